@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", help="also run tests marked slow (the real model)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+def fixtures_dir() -> Path | None:
+    """The reference fixtures: $TLM_FIXTURES, else ../shared/fixtures beside the checkout."""
+    candidates = [os.environ.get("TLM_FIXTURES"), REPO.parent / "shared" / "fixtures"]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture(scope="session")
+def fixtures() -> Path:
+    """Reference fixtures; skipped when absent on a user's machine, a failure under CI."""
+    found = fixtures_dir()
+    if found is None:
+        message = "reference fixtures not found: set TLM_FIXTURES or place them at ../shared/fixtures"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+@pytest.fixture(autouse=True)
+def _quiet_progress(monkeypatch):
+    monkeypatch.setenv("TQDM_DISABLE", "1")

@@ -1,0 +1,66 @@
+"""NeuronMask: set algebra, counts, indices, layers, files."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tl_multilingual as tlm
+
+
+def mask(pairs, shape=(3, 5)):
+    return tlm.NeuronMask.from_pairs(pairs, *shape)
+
+
+def test_algebra_follows_set_semantics():
+    a, b = mask([(0, 1), (1, 2), (2, 4)]), mask([(1, 2), (2, 0)])
+    assert (a & b).indices().tolist() == [[1, 2]]
+    assert (a | b).count() == 4
+    assert (a - b).indices().tolist() == [[0, 1], [2, 4]]
+    assert (a ^ b).count() == 3
+    assert (~a).count() == 15 - 3
+    assert a == mask([(2, 4), (0, 1), (1, 2)]) and a != b
+    with pytest.raises(tlm.MaskError):
+        a & mask([], shape=(3, 6))
+    with pytest.raises(tlm.MaskError):
+        a | torch.ones(3, 5, dtype=torch.bool)
+
+
+def test_counts_indices_and_layers():
+    a = mask([(0, 1), (0, 3), (2, 4)])
+    assert a.per_layer().tolist() == [2, 0, 1]
+    assert [t.tolist() for t in a.layer_indices()] == [[1, 3], [], [4]]
+    assert a.restrict(range(1, 3)).indices().tolist() == [[2, 4]]
+    assert a.restrict(slice(0, 1)).count() == 2
+    assert a.to_frame().values.tolist() == [[0, 1], [0, 3], [2, 4]]
+    assert tlm.NeuronMask.from_layer_indices([[1, 3], [], [4]], 5) == a
+    with pytest.raises(tlm.MaskError):
+        a.restrict([7])
+    with pytest.raises(tlm.MaskError):
+        tlm.NeuronMask.from_layer_indices([[5]], 5)
+
+
+def test_random_masks_match_counts_per_layer_and_avoid_exclusions():
+    base = mask([(0, 0), (0, 1), (2, 3)])
+    rnd = tlm.NeuronMask.random(base.per_layer(), 5, seed=1, exclude=base)
+    assert rnd.per_layer().tolist() == [2, 0, 1]
+    assert (rnd & base).count() == 0
+    assert rnd == tlm.NeuronMask.random(base.per_layer(), 5, seed=1, exclude=base)
+    with pytest.raises(tlm.MaskError):
+        tlm.NeuronMask.random([6], 5)
+
+
+def test_only_boolean_grids_are_masks():
+    with pytest.raises(tlm.MaskError):
+        tlm.NeuronMask(torch.zeros(3))
+    with pytest.raises(tlm.MaskError):
+        tlm.NeuronMask(torch.full((2, 2), 0.5))
+    assert tlm.NeuronMask(torch.tensor([[0, 1]])).count() == 1
+
+
+def test_save_and_load(tmp_path):
+    a = mask([(1, 1)])
+    a.name = "example"
+    a.save(tmp_path / "m")
+    back = tlm.NeuronMask.load(tmp_path / "m")
+    assert back == a and back.name == "example"

@@ -1,0 +1,188 @@
+"""Neuron masks: a boolean grid ``[n_layers, d_mlp]`` with set algebra."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from jaxtyping import Bool, Int
+from torch import Tensor
+
+from .errors import MaskError
+from .persist import read_result, write_result
+
+__all__ = ["NeuronMask"]
+
+KIND = "tl_multilingual.NeuronMask"
+
+
+class NeuronMask:
+    """A set of MLP neurons: boolean ``[n_layers, d_mlp]``.
+
+    Supports ``&`` (both), ``|`` (either), ``-`` (in the first, not the second),
+    ``^`` and ``~``; ``==`` compares contents. Masks of different shapes never mix.
+    """
+
+    __slots__ = ("tensor", "name")
+
+    def __init__(self, tensor: Bool[Tensor, "layer neuron"], *, name: str | None = None) -> None:
+        if not isinstance(tensor, Tensor) or tensor.ndim != 2:
+            raise MaskError(f"a neuron mask is a 2-D tensor [n_layers, d_mlp], got {tensor!r:.80}")
+        if tensor.dtype != torch.bool:
+            if tensor.is_floating_point() or not ((tensor == 0) | (tensor == 1)).all():
+                raise MaskError(f"a neuron mask holds booleans, got dtype {tensor.dtype}")
+            tensor = tensor.bool()
+        self.tensor: Tensor = tensor.detach().to("cpu")
+        self.name = name
+
+    # -- construction ---------------------------------------------------------------
+
+    @classmethod
+    def empty(cls, n_layers: int, d_mlp: int, *, name: str | None = None) -> NeuronMask:
+        return cls(torch.zeros(n_layers, d_mlp, dtype=torch.bool), name=name)
+
+    @classmethod
+    def full(cls, n_layers: int, d_mlp: int, *, name: str | None = None) -> NeuronMask:
+        return cls(torch.ones(n_layers, d_mlp, dtype=torch.bool), name=name)
+
+    @classmethod
+    def from_layer_indices(
+        cls, indices: Sequence[Iterable[int] | Tensor], d_mlp: int, *, name: str | None = None
+    ) -> NeuronMask:
+        """From one list (or LongTensor) of neuron indices per layer: the reference format."""
+        mask = torch.zeros(len(indices), d_mlp, dtype=torch.bool)
+        for layer, idx in enumerate(indices):
+            idx = torch.as_tensor(idx if isinstance(idx, Tensor) else list(idx), dtype=torch.long)
+            if idx.numel() and (idx.min() < 0 or idx.max() >= d_mlp):
+                raise MaskError(f"layer {layer} has neuron indices outside [0, {d_mlp})")
+            mask[layer, idx] = True
+        return cls(mask, name=name)
+
+    @classmethod
+    def from_pairs(
+        cls, pairs: Iterable[tuple[int, int]], n_layers: int, d_mlp: int, *, name: str | None = None
+    ) -> NeuronMask:
+        """From ``(layer, neuron)`` pairs."""
+        mask = torch.zeros(n_layers, d_mlp, dtype=torch.bool)
+        pairs = torch.as_tensor(list(pairs), dtype=torch.long).reshape(-1, 2)
+        if len(pairs) and ((pairs < 0).any() or (pairs[:, 0] >= n_layers).any() or (pairs[:, 1] >= d_mlp).any()):
+            raise MaskError(f"(layer, neuron) pairs fall outside [{n_layers}, {d_mlp}]")
+        mask[pairs[:, 0], pairs[:, 1]] = True
+        return cls(mask, name=name)
+
+    @classmethod
+    def random(
+        cls, per_layer: Sequence[int] | Tensor, d_mlp: int, *, seed: int = 0,
+        exclude: NeuronMask | None = None, name: str | None = None,
+    ) -> NeuronMask:
+        """A random mask with ``per_layer[l]`` neurons in layer ``l`` (a control set),
+        drawn without the neurons of ``exclude``."""
+        counts = torch.as_tensor(per_layer, dtype=torch.long)
+        generator = torch.Generator().manual_seed(seed)
+        mask = torch.zeros(len(counts), d_mlp, dtype=torch.bool)
+        for layer, count in enumerate(counts.tolist()):
+            pool = torch.arange(d_mlp)
+            if exclude is not None:
+                pool = pool[~exclude.tensor[layer]]
+            if count > len(pool):
+                raise MaskError(f"layer {layer}: cannot draw {count} of {len(pool)} neurons")
+            mask[layer, pool[torch.randperm(len(pool), generator=generator)[:count]]] = True
+        return cls(mask, name=name)
+
+    # -- shape and contents ---------------------------------------------------------
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.tensor.shape)  # type: ignore[return-value]
+
+    @property
+    def n_layers(self) -> int:
+        return self.tensor.shape[0]
+
+    @property
+    def d_mlp(self) -> int:
+        return self.tensor.shape[1]
+
+    def count(self) -> int:
+        """Number of neurons in the mask."""
+        return int(self.tensor.sum())
+
+    def per_layer(self) -> Int[Tensor, " layer"]:
+        """Number of neurons in each layer."""
+        return self.tensor.sum(1)
+
+    def indices(self) -> Int[Tensor, "n 2"]:
+        """``(layer, neuron)`` rows, sorted."""
+        return self.tensor.nonzero()
+
+    def layer_indices(self) -> list[Int[Tensor, " n"]]:
+        """Sorted neuron indices of every layer (the reference ``list[layer]`` format)."""
+        return [row.nonzero().squeeze(1) for row in self.tensor]
+
+    def restrict(self, layers: Iterable[int] | slice) -> NeuronMask:
+        """The mask with every layer outside ``layers`` emptied."""
+        keep = torch.zeros(self.n_layers, dtype=torch.bool)
+        if isinstance(layers, slice):
+            keep[layers] = True
+        else:
+            idx = list(layers)
+            if any(not 0 <= i < self.n_layers for i in idx):
+                raise MaskError(f"layers {idx} fall outside [0, {self.n_layers})")
+            keep[idx] = True
+        return NeuronMask(self.tensor & keep[:, None], name=self.name)
+
+    def to_frame(self) -> pd.DataFrame:
+        """Tidy DataFrame with one row per neuron: ``layer``, ``neuron``."""
+        idx = self.indices()
+        return pd.DataFrame({"layer": idx[:, 0].numpy(), "neuron": idx[:, 1].numpy()})
+
+    # -- algebra --------------------------------------------------------------------
+
+    def _other(self, other: Any) -> Tensor:
+        if not isinstance(other, NeuronMask):
+            raise MaskError(f"cannot combine a NeuronMask with {type(other).__name__}")
+        if other.shape != self.shape:
+            raise MaskError(f"mask shapes differ: {self.shape} vs {other.shape}")
+        return other.tensor
+
+    def __and__(self, other: NeuronMask) -> NeuronMask:
+        return NeuronMask(self.tensor & self._other(other))
+
+    def __or__(self, other: NeuronMask) -> NeuronMask:
+        return NeuronMask(self.tensor | self._other(other))
+
+    def __xor__(self, other: NeuronMask) -> NeuronMask:
+        return NeuronMask(self.tensor ^ self._other(other))
+
+    def __sub__(self, other: NeuronMask) -> NeuronMask:
+        return NeuronMask(self.tensor & ~self._other(other))
+
+    def __invert__(self) -> NeuronMask:
+        return NeuronMask(~self.tensor)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, NeuronMask) and other.shape == self.shape and bool(
+            (other.tensor == self.tensor).all()
+        )
+
+    def __repr__(self) -> str:
+        label = f"{self.name!r}, " if self.name else ""
+        return f"NeuronMask({label}{self.count()} of {self.n_layers}x{self.d_mlp})"
+
+    # -- files ----------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> Path:
+        """Save to the folder ``path`` (safetensors + manifest)."""
+        return write_result(
+            path, kind=KIND, tensors={"mask": self.tensor}, manifest={"name": self.name, "shape": self.shape}
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> NeuronMask:
+        tensors, manifest = read_result(path, kind=KIND)
+        if "mask" not in tensors or tuple(tensors["mask"].shape) != tuple(manifest.get("shape", ())):
+            raise MaskError(f"{path} does not hold a mask of the shape its manifest states")
+        return cls(tensors["mask"], name=manifest.get("name"))
