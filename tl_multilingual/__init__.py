@@ -11,7 +11,10 @@ from .errors import (
     TLMultilingualError,
     UnsupportedModelError,
 )
+from .identify import identify
 from .languages import language_name, normalize_language
 from .masks import NeuronMask
+from .neurons import LanguageNeurons
+from .stats import ActivationStats
 
 __version__ = "0.1.0"

@@ -1,0 +1,209 @@
+"""Identification: exact parity with the reference releases, and LAPE against a plain
+implementation written from the formula."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import tl_multilingual as tlm
+
+NJUNLP_LANGS = "en ru es fr de zh ja bn th sw".split()
+NJUNLP_TAG = "Mistral-de76d14562b1da1ba0e52d5b245cf9c0859e2af3"
+
+
+@pytest.fixture(scope="module")
+def njunlp(fixtures):
+    folder = fixtures / "njunlp_mistral_mgsm"
+    stats = tlm.ActivationStats.from_reference_files(
+        full={lang: folder / f"activation.{lang}.{NJUNLP_TAG}.pt" for lang in NJUNLP_LANGS},
+        prefix={lang: folder / f"prefix.activation.{lang}.{NJUNLP_TAG}.pt" for lang in NJUNLP_LANGS},
+    )
+    released = torch.load(folder / f"mask.{NJUNLP_TAG}", weights_only=True)
+    return stats, released
+
+
+def test_ternary_reproduces_the_released_mask_exactly(njunlp):
+    stats, released = njunlp
+    neurons = tlm.identify(stats, method="ternary", top_rate=0.01, lam="auto")
+    assert neurons.lam == 0.109375
+    mine = neurons.to_reference_format()
+    entries = {(k, l, int(n)) for k, per in enumerate(mine) for l, idx in enumerate(per) for n in idx}
+    reference = {(k, l, int(n)) for k, per in enumerate(released) for l, idx in enumerate(per) for n in idx}
+    assert len(reference) == 6307
+    assert entries == reference
+    for ours, theirs in zip(mine, released):
+        for a, b in zip(ours, theirs):
+            assert torch.equal(a, b.long())
+
+
+def test_ternary_diagnostics_on_the_fixture(njunlp):
+    stats, _ = njunlp
+    neurons = tlm.identify(stats, method="ternary")
+    assert neurons.bar == pytest.approx(0.5644, abs=1e-4)
+    assert neurons.histogram == [1369, 1866, 617, 310, 153, 127, 59, 40, 27, 20, 0]
+    assert neurons.dropped == 1369
+    assert neurons.selected().count() == 4588
+    assert stats.notes["counts_above_tokens"] > 0  # the documented quirk is reported, not hidden
+    # Classes partition the selected neurons that belong to a language.
+    specific, related = neurons.specific(), neurons.related()
+    assert (specific & related).count() == 0
+    assert specific.count() + related.count() == 4588 - 1369
+    assert specific.count() == 1866
+    # General neurons: above the bar in all languages, over the whole population.
+    probs = stats.probabilities()
+    assert neurons.general().tensor.equal((probs > neurons.bar).all(-1))
+
+
+def test_fixed_lambda_and_lambda_zero(njunlp):
+    stats, _ = njunlp
+    at_zero = tlm.identify(stats, method="ternary", lam=0.0)
+    assert at_zero.lam == 0.0
+    assert at_zero.selected().count() == 4588
+    with pytest.raises(tlm.IdentificationError):
+        tlm.identify(stats, method="ternary", lam="big")
+
+
+def plain_lape(probs, top_rate=0.01, bar_ratio=0.95, filter_rate=0.95):
+    """LAPE written from the formula, one neuron at a time (Tang et al.)."""
+    n_layers, d_mlp, k_langs = probs.shape
+    flat = sorted(probs.flatten().tolist())
+    bar = flat[round(bar_ratio * len(flat)) - 1]
+    filter_bar = flat[round(filter_rate * len(flat)) - 1] if filter_rate is not None else None
+    scored = []
+    for layer in range(n_layers):
+        for neuron in range(d_mlp):
+            p = probs[layer, neuron].tolist()
+            total = sum(p)
+            entropy = 0.0
+            for value in p:
+                q = value / total if total > 0 else 0.0
+                if q > 0:
+                    entropy -= q * math.log(q)
+            if filter_bar is not None and not any(v > filter_bar for v in p):
+                entropy = math.inf
+            scored.append((entropy, layer, neuron))
+    chosen = sorted(scored)[: round(top_rate * n_layers * d_mlp)]
+    per_language = [set() for _ in range(k_langs)]
+    for _, layer, neuron in chosen:
+        for k in range(k_langs):
+            if probs[layer, neuron, k] > bar:
+                per_language[k].add((layer, neuron))
+    return per_language
+
+
+def as_sets(neurons):
+    return [
+        {(l, int(n)) for l, idx in enumerate(per) for n in idx} for per in neurons.to_reference_format()
+    ]
+
+
+def stats_from_probs(active, tokens):
+    langs = ["en", "fr", "de", "zh", "ru", "ja", "ar", "hi", "th", "sw"][: active.shape[-1]]
+    return tlm.ActivationStats.from_counts(langs, tokens, active)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("prefilter", [True, False])
+def test_lape_matches_the_formula_on_random_stats(seed, prefilter):
+    gen = torch.Generator().manual_seed(seed)
+    k_langs = 2 + seed
+    tokens = torch.randint(50, 200, (k_langs,), generator=gen)
+    active = (torch.rand(3, 40, k_langs, generator=gen) ** 3 * tokens).long()
+    stats = stats_from_probs(active, tokens)
+    neurons = tlm.identify(stats, method="lape", top_rate=0.1, prefilter=prefilter)
+    expected = plain_lape(stats.probabilities(), top_rate=0.1, filter_rate=0.95 if prefilter else None)
+    assert as_sets(neurons) == expected
+
+
+def test_lape_matches_the_formula_on_adversarial_stats():
+    tokens = torch.tensor([100, 100, 100])
+    rows = [
+        [0, 0, 0],  # all-zero neuron
+        [90, 0, 0],  # one language only: entropy exactly 0
+        [0, 90, 0],
+        [90, 0, 0],  # duplicate: an exact tie
+        [50, 50, 50],  # uniform
+        [50, 50, 50],
+        [95, 95, 0],
+        [95, 0, 95],
+        [10, 0, 0],
+        [0, 0, 10],
+    ] * 6
+    active = torch.tensor(rows, dtype=torch.long).reshape(2, 30, 3)
+    stats = stats_from_probs(active, tokens)
+    for top_rate in (0.05, 0.1, 0.2, 0.5):
+        for prefilter in (True, False):
+            neurons = tlm.identify(stats, method="lape", top_rate=top_rate, prefilter=prefilter)
+            expected = plain_lape(
+                stats.probabilities(), top_rate=top_rate, filter_rate=0.95 if prefilter else None
+            )
+            assert as_sets(neurons) == expected, (top_rate, prefilter)
+
+
+def test_a_language_without_tokens_is_rejected_clearly():
+    active = torch.zeros(2, 8, 3, dtype=torch.long)
+    stats = tlm.ActivationStats.from_counts(["en", "fr", "zh"], [10, 0, 10], active)
+    with pytest.raises(tlm.IdentificationError, match="fr"):
+        tlm.identify(stats, method="lape")
+    with pytest.raises(tlm.IdentificationError, match="fr"):
+        tlm.identify(stats, method="ternary")
+
+
+def test_bad_parameters_are_rejected():
+    stats = stats_from_probs(torch.ones(2, 8, 3, dtype=torch.long), [4, 4, 4])
+    with pytest.raises(tlm.IdentificationError):
+        tlm.identify(stats, method="nope")
+    with pytest.raises(tlm.IdentificationError):
+        tlm.identify(stats, top_rate=0.0)
+    with pytest.raises(tlm.IdentificationError):
+        tlm.identify(stats.select(["en"]))
+
+
+def test_lambda_sweep_works_for_any_number_of_languages():
+    gen = torch.Generator().manual_seed(7)
+    for k_langs in (2, 3, 5):
+        tokens = torch.full((k_langs,), 100)
+        active = (torch.rand(4, 50, k_langs, generator=gen) * 100).long()
+        neurons = tlm.identify(stats_from_probs(active, tokens), method="ternary", top_rate=0.05)
+        assert 0.0 <= neurons.lam <= 0.2
+        assert neurons.histogram[k_langs] == 0  # no selected neuron in all languages
+
+
+LAPE_COUNTS = {  # from the fixture README: selected, then per language
+    "LLaMA-2-7B": (3523, {"en": 95, "zh": 583, "fr": 1022, "es": 838, "vi": 836, "id": 1068, "ja": 582}),
+    "Mistral-7B": (4588, {"en": 76, "zh": 1190, "fr": 919, "es": 838, "vi": 1554, "id": 1445}),
+    "BLOOM-7B": (4915, {"en": 445, "zh": 653, "fr": 680, "es": 918, "vi": 551, "id": 2823}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LAPE_COUNTS))
+def test_lape_reference_files_load_and_round_trip(fixtures, name, tmp_path):
+    selected, per_language = LAPE_COUNTS[name]
+    raw = torch.load(fixtures / "lape" / f"{name}.neuron.pth", weights_only=True)
+    neurons = tlm.LanguageNeurons.from_reference_format(raw, list(per_language))
+    assert neurons.selected().count() == selected
+    assert neurons.summary().set_index("language")["total"].to_dict() == per_language
+    back = neurons.to_reference_format()
+    for ours, theirs in zip(back, raw):
+        for a, b in zip(ours, theirs):
+            assert torch.equal(a, torch.as_tensor(b).long())
+    with pytest.raises(tlm.IdentificationError, match="general"):
+        neurons.general()
+    neurons.save(tmp_path / "n")
+    again = tlm.LanguageNeurons.load(tmp_path / "n")
+    assert again.to_reference_format().__len__() == len(per_language)
+    assert torch.equal(again.membership, neurons.membership)
+
+
+def test_lape_output_round_trips_through_the_reference_format():
+    gen = torch.Generator().manual_seed(3)
+    active = (torch.rand(3, 64, 4, generator=gen) ** 2 * 100).long()
+    stats = stats_from_probs(active, [100] * 4)
+    neurons = tlm.identify(stats, method="lape", top_rate=0.05)
+    back = tlm.LanguageNeurons.from_reference_format(neurons.to_reference_format(), stats.languages, d_mlp=64)
+    assert torch.equal(back.membership, neurons.membership)
+    for lang in stats.languages:
+        assert back.language(lang) == neurons.language(lang)

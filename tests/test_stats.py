@@ -1,0 +1,165 @@
+"""ActivationStats: construction, merging, saving and refusing bad data."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+import tl_multilingual as tlm
+from tl_multilingual import persist
+
+
+def make(languages=("en", "fr"), *, seed=0, layers=3, width=8, **kwargs):
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(20, 50, (len(languages),), generator=gen)
+    active = (torch.rand(layers, width, len(languages), generator=gen) * tokens).long()
+    sums = torch.rand(layers, width, len(languages), generator=gen, dtype=torch.float64)
+    return tlm.ActivationStats.from_counts(
+        list(languages), tokens, active, sums=sums, sum_squares=sums * 2, **kwargs
+    )
+
+
+def test_from_counts_and_probabilities():
+    active = torch.tensor([[[1, 2], [0, 4]]])
+    stats = tlm.ActivationStats.from_counts(["English", "fra"], {"en": 2, "fr": 4}, active)
+    assert stats.languages == ("en", "fr")
+    assert stats.token_counts == {"en": 2, "fr": 4}
+    torch.testing.assert_close(stats.probabilities(), torch.tensor([[[0.5, 0.5], [0.0, 1.0]]], dtype=torch.float64))
+    assert stats.n_layers == 1 and stats.d_mlp == 2
+    frame = stats.to_frame()
+    assert list(frame["language"]) == ["en", "fr"]
+    long = stats.to_frame(per_neuron=True)
+    assert len(long) == 4 and set(long.columns) >= {"layer", "neuron", "language", "probability"}
+
+
+@pytest.mark.parametrize(
+    "active, tokens",
+    [
+        (torch.zeros(2, 3), [1, 1]),  # not 3-D
+        (torch.zeros(2, 3, 3, dtype=torch.long), [1, 1]),  # wrong language axis
+        (torch.full((2, 3, 2), -1), [1, 1]),  # negative
+        (torch.full((2, 3, 2), 0.5), [1, 1]),  # fractional
+        (torch.zeros(2, 3, 2, dtype=torch.long), [1, 1, 1]),  # token count per language
+    ],
+)
+def test_bad_counts_are_refused(active, tokens):
+    with pytest.raises(tlm.StatsError):
+        tlm.ActivationStats.from_counts(["en", "fr"], tokens, active)
+
+
+def test_means_need_sums():
+    stats = tlm.ActivationStats.from_counts(["en", "fr"], [1, 1], torch.zeros(1, 2, 2, dtype=torch.long))
+    with pytest.raises(tlm.StatsError, match="sums"):
+        stats.means()
+
+
+def test_addition_sums_everything_and_refuses_mismatches():
+    a, b = make(seed=1), make(seed=2)
+    c = a + b
+    assert torch.equal(c.active_counts, a.active_counts + b.active_counts)
+    assert torch.equal(c.tokens, a.tokens + b.tokens)
+    torch.testing.assert_close(c.sums, a.sums + b.sums)
+    with pytest.raises(tlm.StatsError, match="languages"):
+        a + make(("en", "de"))
+    with pytest.raises(tlm.StatsError, match="shapes"):
+        a + make(width=9)
+    with pytest.raises(tlm.StatsError, match="token_policy"):
+        a + make(seed=2, token_policy="last")
+    with pytest.raises(tlm.StatsError, match="threshold"):
+        a + make(seed=2, threshold=0.1)
+    with pytest.raises(tlm.StatsError, match="different models"):
+        make(model={"name": "x"}) + make(model={"name": "y"})
+
+
+def test_select_reorders_languages():
+    stats = make(("en", "fr", "zh"))
+    picked = stats.select(["zh", "en"])
+    assert picked.languages == ("zh", "en")
+    assert torch.equal(picked.active_counts[..., 0], stats.active_counts[..., 2])
+
+
+def test_save_and_load_round_trip(tmp_path):
+    stats = make(model={"name": "tiny", "n_layers": 3, "d_mlp": 8}, corpus={"fingerprint": "abc"})
+    stats.save(tmp_path / "run")
+    back = tlm.ActivationStats.load(tmp_path / "run")
+    assert back.languages == stats.languages
+    assert torch.equal(back.active_counts, stats.active_counts)
+    assert torch.equal(back.sums, stats.sums)
+    assert back.model["name"] == "tiny" and back.corpus["fingerprint"] == "abc"
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["kind"] == "tl_multilingual.ActivationStats"
+    assert manifest["versions"]["transformer_lens"]
+    # Saving again over a previous save replaces it.
+    make(seed=5).save(tmp_path / "run")
+    assert not torch.equal(tlm.ActivationStats.load(tmp_path / "run").active_counts, stats.active_counts)
+
+
+def test_corrupt_or_foreign_files_are_refused(tmp_path):
+    make().save(tmp_path / "run")
+    data = (tmp_path / "run" / "tensors.safetensors").read_bytes()
+    (tmp_path / "run" / "tensors.safetensors").write_bytes(data[:-10] + b"0123456789")
+    with pytest.raises(tlm.SaveError, match="checksum"):
+        tlm.ActivationStats.load(tmp_path / "run")
+    with pytest.raises(tlm.SaveError):
+        tlm.ActivationStats.load(tmp_path / "nothing-here")
+    tlm.NeuronMask.empty(2, 3).save(tmp_path / "mask")
+    with pytest.raises(tlm.SaveError, match="NeuronMask"):
+        tlm.ActivationStats.load(tmp_path / "mask")
+    make().save(tmp_path / "edited")
+    manifest_path = tmp_path / "edited" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["shape"] = [9, 9, 9]
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(tlm.StatsError, match="shape"):
+        tlm.ActivationStats.load(tmp_path / "edited")
+
+
+def test_a_failed_save_leaves_nothing_behind(tmp_path, monkeypatch):
+    stats = make()
+    target = tmp_path / "deep" / "er" / "run"
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(persist, "save_file", broken)
+    with pytest.raises(tlm.SaveError, match="disk full"):
+        stats.save(target)
+    assert os.listdir(tmp_path) == []
+    # A failure while replacing an earlier save keeps the earlier save intact.
+    monkeypatch.undo()
+    stats.save(tmp_path / "run")
+    monkeypatch.setattr(persist, "save_file", broken)
+    with pytest.raises(tlm.SaveError):
+        make(seed=9).save(tmp_path / "run")
+    assert sorted(os.listdir(tmp_path)) == ["run"]
+    assert torch.equal(tlm.ActivationStats.load(tmp_path / "run").active_counts, stats.active_counts)
+
+
+def test_refuses_to_overwrite_foreign_folders(tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "paper.tex").write_text("draft")
+    with pytest.raises(tlm.SaveError, match="not a saved result"):
+        make().save(tmp_path / "notes")
+    assert (tmp_path / "notes" / "paper.tex").read_text() == "draft"
+
+
+def test_reference_files_full_and_prefix(tmp_path):
+    full_counts = torch.tensor([[3, 5], [0, 2]])
+    prefix_counts = torch.tensor([[1, 6], [0, 1]])
+    for name, n, counts in (("full", 10, full_counts), ("prefix", 4, prefix_counts)):
+        torch.save({"total_tokens": n, "over_zero": counts}, tmp_path / f"{name}.pt")
+    torch.save({"n": 7, "over_zero": full_counts}, tmp_path / "lape.pt")
+    stats = tlm.ActivationStats.from_reference_files(
+        full={"en": tmp_path / "full.pt"}, prefix={"en": tmp_path / "prefix.pt"}
+    )
+    assert stats.token_counts == {"en": 6}
+    assert stats.active_counts[..., 0].tolist() == [[2, 0], [0, 1]]
+    assert stats.notes["clamped_negative_differences"] == 1
+    assert stats.token_policy == "response"
+    lape = tlm.ActivationStats.from_reference_files(full={"zh": tmp_path / "lape.pt"})
+    assert lape.token_counts == {"zh": 7}
+    with pytest.raises(tlm.StatsError):
+        tlm.ActivationStats.from_reference_files(full={"en": tmp_path / "missing.pt"})

@@ -1,0 +1,332 @@
+"""Identified language neurons: :class:`LanguageNeurons`.
+
+Paper A's ternary classes, from the selected neurons and the languages each is
+active in (probability above the activation bar ``tau``), with ``N`` the number of
+such languages and ``K`` the number of languages:
+
+- **language-specific** to ``k``: selected, ``N == 1``, active in ``k``;
+- **language-related** to ``k``: selected, ``1 < N < K``, active in ``k``;
+- **general**: ``N == K`` over the whole population, selected or not.
+
+Selected neurons with ``N == 0`` belong to no language; the reference code drops
+them silently, here :attr:`LanguageNeurons.dropped` reports how many.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from jaxtyping import Bool, Int
+from torch import Tensor
+
+from .errors import IdentificationError
+from .languages import normalize_language
+from .masks import NeuronMask
+from .persist import read_result, write_result
+
+__all__ = ["LanguageNeurons", "CLASSES"]
+
+KIND = "tl_multilingual.LanguageNeurons"
+CLASSES = ("specific", "related", "general")
+
+
+class LanguageNeurons:
+    """Language-specific, language-related and general neurons of one model.
+
+    Attributes:
+        languages: language tags, in the order of the statistics.
+        method: ``"ternary"``, ``"lape"`` or ``"reference"`` (imported masks).
+        lam: paper A's lambda (None for LAPE).
+        bar: the activation bar ``tau``.
+        params: the identification parameters.
+        membership: boolean ``[n_layers, d_mlp, K]``: selected and active in language k.
+    """
+
+    def __init__(
+        self,
+        languages: Sequence[str],
+        membership: Bool[Tensor, "layer neuron lang"],
+        selected: Bool[Tensor, "layer neuron"],
+        general: Bool[Tensor, "layer neuron"] | None,
+        *,
+        method: str,
+        lam: float | None = None,
+        bar: float | None = None,
+        params: Mapping[str, Any] | None = None,
+        source: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.languages: tuple[str, ...] = tuple(languages)
+        if membership.ndim != 3 or membership.shape[2] != len(self.languages):
+            raise IdentificationError(
+                f"membership must be [n_layers, d_mlp, {len(self.languages)}], got {tuple(membership.shape)}"
+            )
+        if selected.shape != membership.shape[:2] or (general is not None and general.shape != selected.shape):
+            raise IdentificationError("selected and general masks must be [n_layers, d_mlp]")
+        if (membership & ~selected[..., None]).any():
+            raise IdentificationError("a neuron belongs to a language without being selected")
+        self.membership = membership.bool().cpu()
+        self._selected = selected.bool().cpu()
+        self._general = None if general is None else general.bool().cpu()
+        self.method = method
+        self.lam = lam
+        self.bar = bar
+        self.params = dict(params or {})
+        self.source = dict(source or {})
+
+    @classmethod
+    def from_selection(
+        cls,
+        languages: Sequence[str],
+        selected: Int[Tensor, " n"],
+        above: Bool[Tensor, "layer neuron lang"],
+        **kwargs: Any,
+    ) -> LanguageNeurons:
+        """From flat indices of the selected neurons and the "above the bar" grid."""
+        n_layers, d_mlp, _ = above.shape
+        chosen = torch.zeros(n_layers * d_mlp, dtype=torch.bool, device=above.device)
+        chosen[selected] = True
+        chosen = chosen.view(n_layers, d_mlp)
+        return cls(languages, above & chosen[..., None], chosen, above.all(-1), **kwargs)
+
+    # -- shape ----------------------------------------------------------------------
+
+    @property
+    def n_layers(self) -> int:
+        return self.membership.shape[0]
+
+    @property
+    def d_mlp(self) -> int:
+        return self.membership.shape[1]
+
+    def _index(self, language: str) -> int:
+        lang = language if language in self.languages else normalize_language(language, allow_unknown=True)
+        if lang not in self.languages:
+            raise IdentificationError(f"no neurons were identified for {language!r}; have {self.languages}")
+        return self.languages.index(lang)
+
+    @property
+    def n_active_languages(self) -> Int[Tensor, "layer neuron"]:
+        """``N``: number of languages each selected neuron belongs to (0 elsewhere)."""
+        return self.membership.sum(-1)
+
+    # -- classes --------------------------------------------------------------------
+
+    def _mask(self, grid: Tensor, name: str) -> NeuronMask:
+        return NeuronMask(grid, name=name)
+
+    def selected(self) -> NeuronMask:
+        """All neurons the method selected (including those in no language)."""
+        return self._mask(self._selected, "selected")
+
+    def language(self, language: str) -> NeuronMask:
+        """Every selected neuron of ``language``: the reference per-language set."""
+        k = self._index(language)
+        return self._mask(self.membership[..., k], f"{self.languages[k]} neurons")
+
+    def specific(self, language: str | None = None) -> NeuronMask:
+        """Language-specific neurons of ``language`` (of any language when None)."""
+        n = self.n_active_languages
+        if language is None:
+            return self._mask(n == 1, "specific")
+        k = self._index(language)
+        return self._mask(self.membership[..., k] & (n == 1), f"{self.languages[k]}-specific")
+
+    def related(self, language: str | None = None) -> NeuronMask:
+        """Language-related neurons of ``language`` (of any language when None)."""
+        n = self.n_active_languages
+        shared = (n > 1) & (n < len(self.languages))
+        if language is None:
+            return self._mask(shared, "related")
+        k = self._index(language)
+        return self._mask(self.membership[..., k] & shared, f"{self.languages[k]}-related")
+
+    def general(self) -> NeuronMask:
+        """General neurons: active above the bar in every language."""
+        if self._general is None:
+            raise IdentificationError(
+                "general neurons are defined over all neurons and need activation statistics; "
+                "these neurons were imported from selected indices only"
+            )
+        return self._mask(self._general, "general")
+
+    def mask(self, cls: str, language: str | None = None) -> NeuronMask:
+        """The mask of a class by name: ``"specific"``, ``"related"``, ``"general"``,
+        ``"language"`` (needs a language) or ``"selected"``."""
+        if cls == "general":
+            return self.general()
+        if cls == "selected":
+            return self.selected()
+        if cls == "language":
+            if language is None:
+                raise IdentificationError("the 'language' class needs a language")
+            return self.language(language)
+        if cls in ("specific", "related"):
+            return getattr(self, cls)(language)
+        raise IdentificationError(f"unknown neuron class {cls!r}; use one of {CLASSES}")
+
+    # -- diagnostics ----------------------------------------------------------------
+
+    @property
+    def histogram(self) -> list[int]:
+        """Selected neurons by number of languages above the bar, for ``N = 0..K``."""
+        n = self.n_active_languages[self._selected]
+        return torch.bincount(n, minlength=len(self.languages) + 1).tolist()
+
+    @property
+    def dropped(self) -> int:
+        """Selected neurons above the bar in no language (the reference drops them)."""
+        return self.histogram[0]
+
+    def layer_counts(self) -> pd.DataFrame:
+        """Tidy counts per layer: ``layer``, ``class``, ``language`` (None for general), ``count``."""
+        n = self.n_active_languages
+        k_langs = len(self.languages)
+        per_lang = {
+            "specific": self.membership & (n == 1)[..., None],
+            "related": self.membership & ((n > 1) & (n < k_langs))[..., None],
+        }
+        rows = []
+        for cls, grid in per_lang.items():
+            counts = grid.sum(1)  # [layer, lang]
+            for layer in range(self.n_layers):
+                for k, lang in enumerate(self.languages):
+                    rows.append((layer, cls, lang, int(counts[layer, k])))
+        if self._general is not None:
+            for layer, count in enumerate(self._general.sum(1).tolist()):
+                rows.append((layer, "general", None, count))
+        return pd.DataFrame(rows, columns=["layer", "class", "language", "count"])
+
+    def summary(self) -> pd.DataFrame:
+        """Neurons per language and class (``specific``, ``related``, ``total``)."""
+        n = self.n_active_languages
+        k_langs = len(self.languages)
+        specific = (self.membership & (n == 1)[..., None]).sum((0, 1))
+        related = (self.membership & ((n > 1) & (n < k_langs))[..., None]).sum((0, 1))
+        total = self.membership.sum((0, 1))
+        return pd.DataFrame(
+            {
+                "language": list(self.languages),
+                "specific": specific.tolist(),
+                "related": related.tolist(),
+                "total": total.tolist(),
+            }
+        )
+
+    def to_frame(self) -> pd.DataFrame:
+        """Tidy DataFrame, one row per (neuron, class, language): ``layer``, ``neuron``,
+        ``class``, ``language`` (None for general neurons)."""
+        n = self.n_active_languages
+        k_langs = len(self.languages)
+        frames = []
+        for cls, keep in (("specific", n == 1), ("related", (n > 1) & (n < k_langs))):
+            idx = (self.membership & keep[..., None]).nonzero()
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "layer": idx[:, 0].numpy(),
+                        "neuron": idx[:, 1].numpy(),
+                        "class": cls,
+                        "language": [self.languages[k] for k in idx[:, 2].tolist()],
+                    }
+                )
+            )
+        if self._general is not None:
+            idx = self._general.nonzero()
+            frames.append(
+                pd.DataFrame(
+                    {"layer": idx[:, 0].numpy(), "neuron": idx[:, 1].numpy(), "class": "general", "language": None}
+                )
+            )
+        frame = pd.concat(frames, ignore_index=True)
+        return frame.sort_values(["layer", "neuron", "class"], kind="stable", ignore_index=True)
+
+    def __repr__(self) -> str:
+        lam = f", lam={self.lam:g}" if self.lam is not None else ""
+        general = self._general.sum() if self._general is not None else "?"
+        return (
+            f"LanguageNeurons({self.method}{lam}, {len(self.languages)} languages, "
+            f"selected={int(self._selected.sum())}, specific={int((self.n_active_languages == 1).sum())}, "
+            f"general={int(general) if general != '?' else general})"
+        )
+
+    # -- reference format -----------------------------------------------------------
+
+    def to_reference_format(self) -> list[list[Tensor]]:
+        """``list[language][layer] -> LongTensor`` of neuron indices, in :attr:`languages`
+        order: the format of the reference implementations' mask files."""
+        return [
+            [row.nonzero().squeeze(1) for row in self.membership[..., k]] for k in range(len(self.languages))
+        ]
+
+    @classmethod
+    def from_reference_format(
+        cls,
+        masks: Sequence[Sequence[Tensor | Sequence[int]]] | str | Path,
+        languages: Sequence[str],
+        *,
+        d_mlp: int | None = None,
+    ) -> LanguageNeurons:
+        """From ``list[language][layer] -> indices`` (or a file holding it, read with
+        ``torch.load(weights_only=True)``).
+
+        ``d_mlp`` is the MLP width; when None it is taken as the largest index + 1,
+        which is only a lower bound. General neurons are unknown in this format.
+        """
+        if isinstance(masks, (str, Path)):
+            masks = torch.load(masks, map_location="cpu", weights_only=True)
+        langs = [normalize_language(code, allow_unknown=True) for code in languages]
+        if len(masks) != len(langs):
+            raise IdentificationError(f"the masks hold {len(masks)} languages, {len(langs)} were named")
+        n_layers = len(masks[0]) if masks else 0
+        if any(len(per_layer) != n_layers for per_layer in masks):
+            raise IdentificationError("every language must list the same number of layers")
+        as_long = [[torch.as_tensor(idx, dtype=torch.long).reshape(-1) for idx in m] for m in masks]
+        if d_mlp is None:
+            d_mlp = 1 + max((int(i.max()) for m in as_long for i in m if i.numel()), default=0)
+        grids = [NeuronMask.from_layer_indices(m, d_mlp).tensor for m in as_long]
+        membership = torch.stack(grids, dim=-1)
+        return cls(langs, membership, membership.any(-1), None, method="reference")
+
+    # -- files ----------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> Path:
+        """Save to the folder ``path`` (safetensors + manifest)."""
+        tensors = {"membership": self.membership.to(torch.uint8), "selected": self._selected.to(torch.uint8)}
+        if self._general is not None:
+            tensors["general"] = self._general.to(torch.uint8)
+        manifest = {
+            "languages": list(self.languages),
+            "method": self.method,
+            "lam": self.lam,
+            "bar": self.bar,
+            "params": self.params,
+            "source": self.source,
+            "shape": [self.n_layers, self.d_mlp],
+            "histogram": self.histogram,
+        }
+        return write_result(path, kind=KIND, tensors=tensors, manifest=manifest)
+
+    @classmethod
+    def load(cls, path: str | Path) -> LanguageNeurons:
+        tensors, manifest = read_result(path, kind=KIND)
+        try:
+            neurons = cls(
+                manifest["languages"],
+                tensors["membership"].bool(),
+                tensors["selected"].bool(),
+                tensors["general"].bool() if "general" in tensors else None,
+                method=manifest["method"],
+                lam=manifest.get("lam"),
+                bar=manifest.get("bar"),
+                params=manifest.get("params"),
+                source=manifest.get("source"),
+            )
+        except KeyError as err:
+            raise IdentificationError(f"{path} lacks {err}") from None
+        if [neurons.n_layers, neurons.d_mlp] != manifest.get("shape"):
+            raise IdentificationError(f"{path}: the masks do not have the shape the manifest states")
+        return neurons
