@@ -1,5 +1,17 @@
-"""tl_multilingual: language neurons of TransformerLens models."""
+"""tl_multilingual: language neurons of TransformerLens models.
 
+Find the language neurons of a model (LAPE; paper A's ternary classes), collect the
+statistics they rest on in one streaming pass, and save everything with a manifest.
+
+>>> import tl_multilingual as tlm
+>>> lm = tlm.adapt(model)
+>>> stats = tlm.collect_stats(lm, tlm.Corpus.from_dict({"en": [...], "fr": [...]}))
+>>> neurons = tlm.identify(stats, method="ternary")
+"""
+
+from . import models
+from .adapters import ModelAdapter, adapt
+from .collect import collect_stats
 from .corpus import Corpus, Text
 from .errors import (
     CorpusError,
@@ -18,3 +30,26 @@ from .neurons import LanguageNeurons
 from .stats import ActivationStats
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "adapt",
+    "ModelAdapter",
+    "models",
+    "Corpus",
+    "Text",
+    "collect_stats",
+    "ActivationStats",
+    "identify",
+    "LanguageNeurons",
+    "NeuronMask",
+    "normalize_language",
+    "language_name",
+    "TLMultilingualError",
+    "UnsupportedModelError",
+    "LanguageError",
+    "CorpusError",
+    "StatsError",
+    "IdentificationError",
+    "MaskError",
+    "SaveError",
+]

@@ -1,0 +1,82 @@
+"""Adapters: the facts they report, and clear refusals of unsupported models."""
+
+from __future__ import annotations
+
+import pytest
+import tiny
+import torch
+import transformers as T
+
+import tl_multilingual as tlm
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma3", "qwen3"])
+def test_adapter_facts_and_hooks(arch):
+    model = tiny.bridge(arch)
+    lm = tlm.adapt(model)
+    assert lm.kind == "bridge"
+    assert lm.n_layers == 2 and lm.d_model == 32
+    assert lm.read_hook(1) == ("blocks.1.mlp.hook_pre" if lm.gated else "blocks.1.mlp.hook_post")
+    assert lm.write_hook(0) == "blocks.0.mlp.hook_post"
+    assert tlm.adapt(lm) is lm
+    assert not model.training
+    facts = lm.describe()
+    assert facts["d_mlp"] == lm.d_mlp
+    assert facts["architecture"] == type(model.original_model).__name__
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_tokenize_matches_transformer_lens(arch):
+    model = tiny.bridge(arch)
+    lm = tlm.adapt(model)
+    for text in tiny.SAMPLE_TEXT["fr"]:
+        assert lm.tokenize([text])[0] == model.to_tokens(text)[0].tolist()
+
+
+def test_gated_neurons_are_the_activated_gate():
+    model = tiny.bridge("llama")
+    lm = tlm.adapt(model)
+    pre = torch.linspace(-3, 3, 13)
+    torch.testing.assert_close(lm.neurons(0, pre), torch.nn.functional.silu(pre))
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padding_puts_real_tokens_on_the_chosen_side(side):
+    lm = tlm.adapt(tiny.bridge("llama"), padding_side=side)
+    batch = lm.pad([[1, 5, 6], [1, 7]])
+    assert batch.attention_mask.tolist() == ([[1, 1, 1], [1, 1, 0]] if side == "right" else [[1, 1, 1], [0, 1, 1]])
+    assert batch.padding_side == side
+
+
+def test_logits_are_skipped_when_not_needed():
+    lm = tlm.adapt(tiny.bridge("gemma3"))
+    seen = []
+    batch = lm.pad(lm.tokenize(["hello world"]))
+    out = lm.forward(batch, fwd_hooks=[("ln_final.hook_normalized", lambda t, hook: seen.append(1))], logits=False)
+    assert out is None and seen == []
+    logits = lm.forward(batch)
+    assert logits.shape[:2] == batch.input_ids.shape
+
+
+def test_mixture_of_experts_is_refused():
+    with pytest.raises(tlm.UnsupportedModelError, match="mixture-of-experts"):
+        tlm.adapt(tiny.bridge("mixtral"))
+
+
+def test_encoder_only_is_refused():
+    from transformer_lens.model_bridge import TransformerBridge
+
+    tok = tiny.tokenizer()
+    config = T.BertConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4)
+    config.architectures = ["BertForMaskedLM"]
+    bert = TransformerBridge.boot_transformers("tiny-bert", hf_model=T.BertForMaskedLM(config), tokenizer=tok)
+    with pytest.raises(tlm.UnsupportedModelError, match="encoder"):
+        tlm.adapt(bert)
+
+
+def test_other_objects_are_refused_with_a_pointer():
+    model, _ = tiny.hf_model("llama")
+    with pytest.raises(tlm.UnsupportedModelError, match="boot_transformers"):
+        tlm.adapt(model)
+    with pytest.raises(tlm.TLMultilingualError):
+        tlm.adapt(tiny.bridge("llama"), padding_side="middle")

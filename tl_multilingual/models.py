@@ -1,0 +1,120 @@
+"""Models that load without the Hugging Face hub.
+
+:func:`tiny` builds a small random model of a real architecture (Llama, Gemma 3,
+GPT-2, ...) with a byte-level tokenizer trained on a few multilingual sentences:
+for trying the API, tutorials and tests, offline and in seconds. Its neurons carry
+no linguistic meaning.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from functools import cache
+from typing import Any
+
+import torch
+
+__all__ = ["tiny", "tiny_tokenizer", "TINY_ARCHITECTURES", "SAMPLE_TEXT"]
+
+SAMPLE_TEXT: dict[str, list[str]] = {
+    "en": ["The cat sleeps on the warm mat.", "We walked to the market in the morning.", "Numbers: 12 plus 30 is 42."],
+    "fr": ["Le chat dort sur le tapis chaud.", "Nous avons marché au marché le matin.", "Douze plus trente font quarante-deux."],
+    "de": ["Die Katze schläft auf der warmen Matte.", "Wir gingen am Morgen zum Markt."],
+    "zh": ["猫在温暖的垫子上睡觉。", "我们早上走到市场。", "十二加三十等于四十二。"],
+    "ru": ["Кошка спит на тёплом коврике.", "Утром мы пошли на рынок."],
+}
+
+
+@cache
+def _tokenizer_dir(vocab_size: int) -> str:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "<s>", "</s>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator([s for texts in SAMPLE_TEXT.values() for s in texts] * 20, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
+    folder = tempfile.mkdtemp(prefix="tlm-tokenizer-")
+    fast.save_pretrained(folder)  # a saved tokenizer: TransformerLens needs one it can reload
+    return folder
+
+
+def tiny_tokenizer(vocab_size: int = 400) -> Any:
+    """A byte-level BPE tokenizer (BOS ``<s>``, pad ``<pad>``) trained on :data:`SAMPLE_TEXT`."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(_tokenizer_dir(vocab_size))
+
+
+def _config(arch: str, vocab_size: int) -> Any:
+    import transformers as T
+
+    small = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=128)
+    gqa = dict(small, intermediate_size=48, num_key_value_heads=2)
+    configs = {
+        "gpt2": lambda: T.GPT2Config(vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=128, n_inner=48),
+        "llama": lambda: T.LlamaConfig(vocab_size=vocab_size, **gqa),
+        "mistral": lambda: T.MistralConfig(vocab_size=vocab_size, **gqa),
+        "qwen2": lambda: T.Qwen2Config(vocab_size=vocab_size, **gqa),
+        "qwen3": lambda: T.Qwen3Config(vocab_size=vocab_size, head_dim=8, **gqa),
+        "gemma": lambda: T.GemmaConfig(vocab_size=vocab_size, head_dim=8, **gqa),
+        "gemma2": lambda: T.Gemma2Config(vocab_size=vocab_size, head_dim=8, final_logit_softcapping=30.0, **gqa),
+        "gemma3": lambda: T.Gemma3TextConfig(vocab_size=vocab_size, head_dim=8, sliding_window=16, **gqa),
+        "bloom": lambda: T.BloomConfig(vocab_size=vocab_size, hidden_size=32, n_layer=2, n_head=4),
+        "neox": lambda: T.GPTNeoXConfig(vocab_size=vocab_size, **dict(small, intermediate_size=48)),
+        "opt": lambda: T.OPTConfig(
+            vocab_size=vocab_size, hidden_size=32, ffn_dim=48, num_hidden_layers=2, num_attention_heads=4,
+            max_position_embeddings=128, word_embed_proj_dim=32,
+        ),
+        "xglm": lambda: T.XGLMConfig(
+            vocab_size=vocab_size, d_model=32, ffn_dim=48, num_layers=2, attention_heads=4, max_position_embeddings=128
+        ),
+        "mixtral": lambda: T.MixtralConfig(vocab_size=vocab_size, num_local_experts=4, **gqa),
+    }
+    if arch not in configs:
+        raise ValueError(f"unknown tiny architecture {arch!r}; choose from {sorted(configs)}")
+    config = configs[arch]()
+    config.architectures = [T.AutoModelForCausalLM._model_mapping[type(config)].__name__]
+    return config
+
+
+TINY_ARCHITECTURES = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "bloom", "neox", "opt", "xglm", "mixtral")
+
+
+def tiny_hf(arch: str = "llama", *, seed: int = 0, scale: float = 0.3) -> tuple[Any, Any]:
+    """A two-layer random Hugging Face model of ``arch`` and its tokenizer.
+
+    Weight matrices are drawn from ``N(0, scale^2)`` (larger than the default
+    initialisation, so that neurons respond differently to different inputs).
+    """
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(_config(arch, len(tokenizer))).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.ndim == 2:
+                param.normal_(0.0, scale)
+    return model, tokenizer
+
+
+def tiny(arch: str = "llama", *, seed: int = 0, scale: float = 0.3) -> Any:
+    """A TransformerBridge over a two-layer random model of ``arch`` (see :func:`tiny_hf`).
+
+    >>> model = tiny("gemma3")
+    >>> lm = tl_multilingual.adapt(model)
+    """
+    from transformer_lens.model_bridge import TransformerBridge
+
+    model, tokenizer = tiny_hf(arch, seed=seed, scale=scale)
+    return TransformerBridge.boot_transformers(f"tiny-{arch}", hf_model=model, tokenizer=tokenizer)
