@@ -1,0 +1,27 @@
+"""Every ``python`` code block of the docs runs, in order, one namespace per page."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+BLOCK = re.compile(r"^```(?P<info>[^\n]*)\n(?P<code>.*?)^```", re.S | re.M)
+
+
+def code_blocks(page: Path) -> list[str]:
+    text = page.read_text(encoding="utf-8")
+    return [m["code"] for m in BLOCK.finditer(text) if m["info"].strip() == "python"]
+
+
+@pytest.mark.parametrize("page", [p for p in sorted(DOCS.rglob("*.md")) if code_blocks(p)], ids=lambda p: p.name)
+def test_page_runs(page, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {"__name__": f"docs.{page.stem}"}
+    for number, code in enumerate(code_blocks(page), 1):
+        try:
+            exec(compile(code, f"{page.name}[block {number}]", "exec"), namespace)
+        except Exception as err:
+            raise AssertionError(f"{page.name}, code block {number} failed:\n{code}") from err
