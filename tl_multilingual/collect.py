@@ -131,7 +131,7 @@ def collect_stats(
         for k, (lang, sequences) in enumerate(plan.items()):
             totals.language = k
             bar.set_postfix_str(lang)
-            for batch, counted in batches(adapter, sequences, batch_size):
+            for _, batch, counted in batches(adapter, sequences, batch_size):
                 totals.run(batch, counted)
                 bar.update()
     return ActivationStats(

@@ -29,7 +29,7 @@ from .adapters import Batch, ModelAdapter
 from .corpus import Text
 from .errors import CorpusError
 
-__all__ = ["TokenPolicy", "Overflow", "Sequence_", "encode", "batches", "limit_tokens"]
+__all__ = ["TokenPolicy", "Overflow", "Encoded", "encode", "batches", "limit_tokens"]
 
 TokenPolicy = Literal["all", "last", "response"]
 Overflow = Literal["truncate", "split", "error"]
@@ -37,7 +37,7 @@ POLICIES = ("all", "last", "response")
 
 
 @dataclass(frozen=True)
-class Sequence_:
+class Encoded:
     """Token ids of one sequence, and the span ``[start, stop)`` of counted positions."""
 
     ids: tuple[int, ...]
@@ -74,7 +74,7 @@ def encode(
     include_bos: bool = False,
     max_length: int | None = None,
     overflow: Overflow = "truncate",
-) -> list[Sequence_]:
+) -> list[Encoded]:
     """Tokenise texts into sequences with their counted span (see the module docstring)."""
     if policy not in POLICIES:
         raise CorpusError(f"unknown token policy {policy!r}; use one of {POLICIES}")
@@ -91,7 +91,7 @@ def encode(
     with_responses = [i for i, t in enumerate(texts) if t.response is not None]
     answers = adapter.tokenize([texts[i].response for i in with_responses], bos=False)
     responses = dict(zip(with_responses, answers))
-    out: list[Sequence_] = []
+    out: list[Encoded] = []
     too_long = 0
     for i, prompt in enumerate(prompts):
         ids = prompt + responses.get(i, [])
@@ -108,7 +108,7 @@ def encode(
             else:  # the response, in this piece's positions
                 start = max(answer_from - offset + first, first)
             if start < len(piece):
-                out.append(Sequence_(tuple(piece), start, len(piece), i))
+                out.append(Encoded(tuple(piece), start, len(piece), i))
     if too_long and overflow != "error":
         action = "truncated to" if overflow == "truncate" else "split into pieces of"
         warnings.warn(
@@ -119,7 +119,7 @@ def encode(
     return out
 
 
-def limit_tokens(sequences: Sequence[Sequence_], budget: int | None) -> list[Sequence_]:
+def limit_tokens(sequences: Sequence[Encoded], budget: int | None) -> list[Encoded]:
     """Keep sequences in order until ``budget`` counted tokens; the sequence that reaches
     the budget is cut so that exactly ``budget`` positions are counted."""
     if budget is None:
@@ -130,12 +130,12 @@ def limit_tokens(sequences: Sequence[Sequence_], budget: int | None) -> list[Seq
             break
         take = min(seq.n_counted, budget - used)
         stop = seq.start + take
-        kept.append(Sequence_(seq.ids[:stop], seq.start, stop, seq.text_index))
+        kept.append(Encoded(seq.ids[:stop], seq.start, stop, seq.text_index))
         used += take
     return kept
 
 
-def counted_mask(sequences: Sequence[Sequence_], batch: Batch) -> Bool[Tensor, "batch pos"]:
+def counted_mask(sequences: Sequence[Encoded], batch: Batch) -> Bool[Tensor, "batch pos"]:
     """Counted positions of a padded batch."""
     width = batch.input_ids.shape[1]
     pos = torch.arange(width, device=batch.input_ids.device)
@@ -147,14 +147,15 @@ def counted_mask(sequences: Sequence[Sequence_], batch: Batch) -> Bool[Tensor, "
 
 
 def batches(
-    adapter: ModelAdapter, sequences: Sequence[Sequence_], batch_size: int
-) -> Iterator[tuple[Batch, Bool[Tensor, "batch pos"]]]:
-    """Padded batches of ``batch_size`` sequences (longest first, to pad little) with
-    their counted-position masks."""
+    adapter: ModelAdapter, sequences: Sequence[Encoded], batch_size: int
+) -> Iterator[tuple[list[int], Batch, Bool[Tensor, "batch pos"]]]:
+    """Padded batches of ``batch_size`` sequences, longest first to pad little: the
+    indices of the sequences in each batch, the batch, and its counted positions."""
     if batch_size < 1:
         raise CorpusError(f"batch_size must be at least 1, got {batch_size}")
     order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i].ids))
     for lo in range(0, len(order), batch_size):
-        chunk = [sequences[i] for i in order[lo : lo + batch_size]]
+        indices = order[lo : lo + batch_size]
+        chunk = [sequences[i] for i in indices]
         batch = adapter.pad([s.ids for s in chunk])
-        yield batch, counted_mask(chunk, batch)
+        yield indices, batch, counted_mask(chunk, batch)
