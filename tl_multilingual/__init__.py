@@ -9,7 +9,7 @@ statistics they rest on in one streaming pass, and save everything with a manife
 >>> neurons = tlm.identify(stats, method="ternary")
 """
 
-from . import models
+from . import evaluate, models
 from .adapters import ModelAdapter, adapt
 from .collect import collect_stats
 from .corpus import Corpus, Text
@@ -23,7 +23,20 @@ from .errors import (
     TLMultilingualError,
     UnsupportedModelError,
 )
+from .evaluate import MultipleChoice, answer_accuracy, choice_accuracy, generate, perplexity
+from .experiments import AblationResult, ablation_matrix
 from .identify import identify
+from .interventions import (
+    Edit,
+    Interventions,
+    ablate,
+    ablation_hooks,
+    boost,
+    intervene,
+    patch,
+    record,
+    steer,
+)
 from .languages import language_name, normalize_language
 from .masks import NeuronMask
 from .neurons import LanguageNeurons
@@ -35,11 +48,28 @@ __all__ = [
     "adapt",
     "ModelAdapter",
     "models",
+    "evaluate",
     "Corpus",
     "Text",
     "collect_stats",
     "ActivationStats",
     "identify",
+    "ablate",
+    "ablation_hooks",
+    "boost",
+    "steer",
+    "patch",
+    "record",
+    "intervene",
+    "Edit",
+    "Interventions",
+    "perplexity",
+    "choice_accuracy",
+    "answer_accuracy",
+    "generate",
+    "MultipleChoice",
+    "ablation_matrix",
+    "AblationResult",
     "LanguageNeurons",
     "NeuronMask",
     "normalize_language",

@@ -1,20 +1,24 @@
 """Models that load without the Hugging Face hub.
 
-:func:`tiny` builds a small random model of a real architecture (Llama, Gemma 3,
-GPT-2, ...) with a byte-level tokenizer trained on a few multilingual sentences:
-for trying the API, tutorials and tests, offline and in seconds. Its neurons carry
-no linguistic meaning.
+- :func:`tiny` builds a small random model of a real architecture (Llama, Gemma 3,
+  GPT-2, ...) with a byte-level tokenizer trained on a few multilingual sentences:
+  for trying the API, tutorials and tests, offline and in seconds. Its neurons carry
+  no linguistic meaning.
+- :func:`planted` builds a tiny GPT-2 whose language neurons are known by
+  construction: a ground truth for identification and deactivation experiments.
 """
 
 from __future__ import annotations
 
+import random
 import tempfile
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
 import torch
 
-__all__ = ["tiny", "tiny_tokenizer", "TINY_ARCHITECTURES", "SAMPLE_TEXT"]
+__all__ = ["tiny", "tiny_hf", "tiny_tokenizer", "planted", "Planted", "TINY_ARCHITECTURES", "SAMPLE_TEXT"]
 
 SAMPLE_TEXT: dict[str, list[str]] = {
     "en": ["The cat sleeps on the warm mat.", "We walked to the market in the morning.", "Numbers: 12 plus 30 is 42."],
@@ -118,3 +122,73 @@ def tiny(arch: str = "llama", *, seed: int = 0, scale: float = 0.3) -> Any:
 
     model, tokenizer = tiny_hf(arch, seed=seed, scale=scale)
     return TransformerBridge.boot_transformers(f"tiny-{arch}", hf_model=model, tokenizer=tokenizer)
+
+
+@dataclass(frozen=True)
+class Planted:
+    """A model with known language neurons (see :func:`planted`).
+
+    Attributes:
+        model: the TransformerBridge.
+        texts: 40 texts per language (``"en"``, ``"ru"``).
+        neurons: the planted neurons of layer 0, per language.
+    """
+
+    model: Any
+    texts: dict[str, list[str]]
+    neurons: dict[str, list[int]]
+
+
+def _word_texts(language: str, n: int, seed: int, words: int = 12) -> list[str]:
+    pool = " ".join(SAMPLE_TEXT[language]).replace(".", "").replace(",", "").split()
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(pool) for _ in range(words)) for _ in range(n)]
+
+
+def planted() -> Planted:
+    """A one-layer GPT-2 (ReLU MLP, 48 neurons, attention off) with planted language
+    neurons, for two synthetic languages written with disjoint tokens (English and
+    Russian words).
+
+    Neurons 0-7 fire only on English-only tokens and raise the logits of English
+    tokens; neurons 8-15 do the same for Russian; neurons 16-47 are random and fire
+    on both. So identification should find 0-7 and 8-15, and deactivating them should
+    raise the perplexity of their own language only.
+    """
+    import transformers as T
+    from transformer_lens.model_bridge import TransformerBridge
+
+    tok = tiny_tokenizer()
+    texts = {"en": _word_texts("en", 40, seed=1), "ru": _word_texts("ru", 40, seed=2)}
+
+    def ids(lang: str) -> set[int]:
+        return {i for t in texts[lang] for i in tok(t, add_special_tokens=False)["input_ids"]}
+
+    en_ids, ru_ids = sorted(ids("en") - ids("ru")), sorted(ids("ru") - ids("en"))
+    config = T.GPT2Config(
+        vocab_size=len(tok), n_embd=32, n_layer=1, n_head=4, n_inner=48, n_positions=128,
+        activation_function="relu", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+    )
+    config.architectures = ["GPT2LMHeadModel"]
+    torch.manual_seed(0)
+    model = T.GPT2LMHeadModel(config).eval()
+    neurons = {"en": list(range(0, 8)), "ru": list(range(8, 16))}
+    with torch.no_grad():
+        wte = model.transformer.wte.weight  # tied: also the unembedding
+        wte.normal_(0.0, 0.02)
+        for lang_ids, marker in ((en_ids, 0), (ru_ids, 1)):
+            wte[lang_ids, marker] = 1.0  # read by the language's neurons
+            wte[lang_ids, marker + 2] = 1.0  # written by them: raises these tokens' logits
+        model.transformer.wpe.weight.zero_()
+        block = model.transformer.h[0]
+        for param in (*block.attn.parameters(), *block.mlp.parameters()):
+            param.zero_()
+        fc_w, fc_b, proj_w = block.mlp.c_fc.weight, block.mlp.c_fc.bias, block.mlp.c_proj.weight
+        for marker, lang in enumerate(("en", "ru")):
+            for j in neurons[lang]:
+                fc_w[marker, j], fc_w[1 - marker, j], fc_b[j] = 4.0, -4.0, -1.0
+                proj_w[j, marker + 2] = 1.0
+        fc_w[4:, 16:] = torch.randn(28, 32)
+        proj_w[16:, 4:] = 0.3 * torch.randn(32, 28)
+    bridge = TransformerBridge.boot_transformers("planted-gpt2", hf_model=model, tokenizer=tok)
+    return Planted(bridge, texts, neurons)

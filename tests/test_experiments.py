@@ -1,0 +1,84 @@
+"""Deactivation experiments: structure, controls, and a planted end-to-end case."""
+
+from __future__ import annotations
+
+import pytest
+import tiny
+
+import tl_multilingual as tlm
+
+
+@pytest.fixture(scope="module")
+def rigged():
+    toy = tlm.models.planted()
+    lm = tlm.adapt(toy.model)
+    train = tlm.Corpus.from_dict({lang: texts[:30] for lang, texts in toy.texts.items()})
+    held_out = tlm.Corpus.from_dict({lang: texts[30:] for lang, texts in toy.texts.items()})
+    stats = tlm.collect_stats(lm, train, progress=False)
+    neurons = tlm.identify(stats, method="ternary", top_rate=16 / 48, bar_ratio=0.75)
+    return lm, neurons, held_out, toy
+
+
+def test_the_planted_neurons_are_identified(rigged):
+    lm, neurons, _, toy = rigged
+    for lang in ("en", "ru"):
+        assert neurons.specific(lang).indices()[:, 1].tolist() == toy.neurons[lang]
+        assert neurons.specific(lang).per_layer().tolist() == [8]
+
+
+def test_ablating_a_languages_neurons_hurts_that_language_most(rigged):
+    lm, neurons, held_out, _ = rigged
+    result = tlm.ablation_matrix(lm, neurons, held_out, classes=["specific"], controls=3, progress=False)
+    rows = result.to_frame().set_index(["ablated", "evaluated"])
+    for own, other in (("en", "ru"), ("ru", "en")):
+        hit = rows.loc[(own, own)]
+        assert hit["n_neurons"] == 8
+        assert hit["change"] > 5 * abs(rows.loc[(own, other), "change"])  # own language far more
+        assert hit["change"] > 5 * abs(hit["control_change"])  # far more than random neurons
+        assert hit["ci_low"] > 0  # the interval excludes no effect
+    matrix = result.matrix("specific")
+    assert list(matrix.index) == ["en", "ru"] and list(matrix.columns) == ["en", "ru"]
+    assert matrix.loc["en", "en"] > matrix.loc["en", "ru"]
+
+
+def test_matrix_shape_variants_layers_and_controls():
+    model = tiny.bridge("llama")
+    lm = tlm.adapt(model)
+    corpus = tlm.Corpus.from_dict(tiny.SAMPLE_TEXT)
+    stats = tlm.collect_stats(lm, corpus, progress=False)
+    neurons = tlm.identify(stats, method="ternary", top_rate=0.1)
+    variants = ["specific", "specific+related", "specific+related+general"]
+    result = tlm.ablation_matrix(lm, neurons, corpus, classes=variants, controls=2, n_boot=50, progress=False)
+    frame = result.to_frame()
+    k = len(corpus.languages)
+    assert len(frame) == len(variants) * k * k
+    assert len(result.controls) == len(variants) * k * k * 2
+    sizes = frame.drop_duplicates(["variant", "ablated"]).set_index(["variant", "ablated"])["n_neurons"]
+    for lang in corpus.languages:
+        assert sizes[("specific", lang)] == neurons.specific(lang).count()
+        assert sizes[("specific+related+general", lang)] == (
+            neurons.specific(lang) | neurons.related(lang) | neurons.general()
+        ).count()
+    assert (frame["ci_low"] <= frame["change"] + 1e-9).all() and (frame["change"] <= frame["ci_high"] + 1e-9).all()
+    restricted = tlm.ablation_matrix(
+        lm, neurons, corpus, classes=["specific+related"], layers=[0], controls=1, n_boot=20, progress=False
+    ).to_frame()
+    for lang in corpus.languages:
+        expected = (neurons.specific(lang) | neurons.related(lang)).restrict([0]).count()
+        assert restricted[restricted.ablated == lang]["n_neurons"].iloc[0] == expected
+    with pytest.raises(tlm.TLMultilingualError):
+        result.matrix("nothing")
+
+
+def test_accuracy_metric_on_multiple_choice_items():
+    lm = tlm.adapt(tiny.bridge("gpt2"))
+    stats = tlm.collect_stats(lm, tlm.Corpus.from_dict(tiny.SAMPLE_TEXT), progress=False)
+    neurons = tlm.identify(stats, method="lape", top_rate=0.1)
+    items = {
+        "en": [{"prompt": "The cat sleeps on the", "options": [" mat", " market"], "answer": 0}] * 3,
+        "fr": [{"prompt": "Le chat dort sur le", "options": [" tapis", " marché"], "answer": 0}] * 3,
+    }
+    result = tlm.ablation_matrix(lm, neurons, items, classes=["language"], languages=["en", "fr"],
+                                 controls=1, n_boot=20, progress=False)
+    assert result.metric == "accuracy"
+    assert set(result.to_frame()["baseline"]) <= {0.0, 1 / 3, 2 / 3, 1.0}

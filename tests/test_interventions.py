@@ -1,0 +1,237 @@
+"""Interventions change exactly the masked neurons at the write hook, compose, respect
+positions, and never leave hooks behind."""
+
+from __future__ import annotations
+
+import pytest
+import tiny
+import torch
+
+import tl_multilingual as tlm
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def setup(request):
+    model = tiny.bridge(request.param)
+    lm = tlm.adapt(model)
+    corpus = tlm.Corpus.from_dict(tiny.SAMPLE_TEXT)
+    stats = tlm.collect_stats(lm, corpus, progress=False)
+    batch = lm.pad(lm.tokenize(tiny.SAMPLE_TEXT["en"] + tiny.SAMPLE_TEXT["fr"][:1]))
+    return model, lm, stats, batch
+
+
+def layer1_mask(lm, neurons=(0, 3, 7)):
+    return tlm.NeuronMask.from_pairs([(1, j) for j in neurons], lm.n_layers, lm.d_mlp)
+
+
+def capture(lm, batch):
+    """Every MLP hook of a run (pre-activations, up projections, write hooks), seen
+    after any intervention hooks already attached."""
+    names = [f"blocks.{l}.mlp.hook_pre" for l in range(lm.n_layers)] + [lm.write_hook(l) for l in range(lm.n_layers)]
+    if lm.gated:
+        names += [lm.up_hook(l) for l in range(lm.n_layers)]
+    seen = {}
+
+    def grab(name):
+        def keep(tensor, hook):
+            seen[name] = tensor.detach().clone()
+
+        return keep
+
+    with torch.no_grad():
+        lm.model.run_with_hooks(batch.input_ids, attention_mask=batch.attention_mask,
+                                fwd_hooks=[(n, grab(n)) for n in names])
+    return seen
+
+
+def expected_values(lm, clean, op, value, mask):
+    """What the write hook of layer 1 must hold after the edit, from the clean run."""
+    post = clean[lm.write_hook(1)].clone()
+    idx = mask.tensor[1].nonzero().squeeze(1)
+    up = clean[lm.up_hook(1)][..., idx] if lm.gated else 1.0
+    current = post[..., idx]
+    if op == "scale":
+        post[..., idx] = current * value
+    elif op == "set":
+        post[..., idx] = value * up
+    elif op == "add":
+        post[..., idx] = current + value * up
+    return post
+
+
+@pytest.mark.parametrize(
+    "op, value",
+    [("set", 0.0), ("set", 0.37), ("scale", 2.5), ("add", -0.4)],
+)
+def test_each_edit_changes_exactly_the_masked_neurons(setup, op, value):
+    model, lm, stats, batch = setup
+    mask = layer1_mask(lm)
+    clean = capture(lm, batch)
+    with tlm.intervene(lm, [tlm.Edit(mask, op, value)]):
+        edited = capture(lm, batch)
+    torch.testing.assert_close(edited[lm.write_hook(1)], expected_values(lm, clean, op, value, mask))
+    unmasked = ~mask.tensor[1]
+    assert torch.equal(edited[lm.write_hook(1)][..., unmasked], clean[lm.write_hook(1)][..., unmasked])
+    # Nothing upstream of the edit moves.
+    for name in ("blocks.0.mlp.hook_pre", lm.write_hook(0), "blocks.1.mlp.hook_pre"):
+        assert torch.equal(edited[name], clean[name]), name
+
+
+def test_verbs_match_their_edits(setup):
+    model, lm, stats, batch = setup
+    mask = layer1_mask(lm)
+    clean = capture(lm, batch)
+    means = stats.means()
+    with tlm.ablate(lm, mask):
+        assert torch.equal(capture(lm, batch)[lm.write_hook(1)][..., mask.tensor[1]], torch.zeros_like(clean[lm.write_hook(1)][..., mask.tensor[1]]))
+    with tlm.ablate(lm, mask, value="mean", stats=stats, language="fr"):
+        got = capture(lm, batch)[lm.write_hook(1)]
+    torch.testing.assert_close(got, expected_values(lm, clean, "set", means[1, :, 1].to(torch.float32)[mask.tensor[1]], mask))
+    with tlm.boost(lm, mask, factor=3.0):
+        got = capture(lm, batch)[lm.write_hook(1)]
+    torch.testing.assert_close(got, expected_values(lm, clean, "scale", 3.0, mask))
+    with tlm.steer(lm, mask, to="zh", source="en", stats=stats, mode="add", strength=2.0):
+        got = capture(lm, batch)[lm.write_hook(1)]
+    delta = (2.0 * (means[1, :, 3] - means[1, :, 0])).to(torch.float32)[mask.tensor[1]]
+    torch.testing.assert_close(got, expected_values(lm, clean, "add", delta, mask))
+    with tlm.steer(lm, mask, to="de", stats=stats):
+        got = capture(lm, batch)[lm.write_hook(1)]
+    torch.testing.assert_close(got, expected_values(lm, clean, "set", means[1, :, 2].to(torch.float32)[mask.tensor[1]], mask))
+
+
+def test_patch_copies_the_source_run(setup):
+    model, lm, stats, batch = setup
+    mask = layer1_mask(lm)
+    other = lm.pad(lm.tokenize(tiny.SAMPLE_TEXT["zh"] + tiny.SAMPLE_TEXT["ru"][:1]))
+    width = min(batch.input_ids.shape[1], other.input_ids.shape[1])
+    batch = lm.pad([row[:width] for row in batch.input_ids.tolist()])
+    other = lm.pad([row[:width] for row in other.input_ids.tolist()])
+    source = tlm.record(lm, other)
+    clean_source = capture(lm, other)
+    torch.testing.assert_close(source[:, :, 1], clean_source[lm.write_hook(1)])
+    with tlm.patch(lm, mask, source):
+        got = capture(lm, batch)[lm.write_hook(1)]
+    idx = mask.tensor[1]
+    torch.testing.assert_close(got[..., idx], clean_source[lm.write_hook(1)][..., idx])
+    # One vector broadcast to every position: the source's last position.
+    with tlm.patch(lm, mask, source[0, -1]):
+        got = capture(lm, batch)[lm.write_hook(1)]
+    assert torch.equal(got[..., idx], source[0, -1, 1, idx].expand_as(got[..., idx]))
+    with pytest.raises(tlm.TLMultilingualError, match="patch source"):
+        with tlm.patch(lm, mask, source[:, :3]):
+            capture(lm, batch)
+
+
+def test_composition_applies_edits_in_order(setup):
+    model, lm, stats, batch = setup
+    a = layer1_mask(lm, (0, 1, 2))
+    b = layer1_mask(lm, (2, 3))
+    clean = capture(lm, batch)
+    with tlm.ablate(lm, a) + tlm.boost(lm, b, factor=2.0):
+        got = capture(lm, batch)[lm.write_hook(1)]
+    post = clean[lm.write_hook(1)]
+    assert torch.equal(got[..., [0, 1, 2]], torch.zeros_like(post[..., [0, 1, 2]]))
+    torch.testing.assert_close(got[..., 3], 2.0 * post[..., 3])
+    with tlm.boost(lm, b, factor=2.0) + tlm.ablate(lm, a, value=1.0):
+        got = capture(lm, batch)[lm.write_hook(1)]
+    up = clean[lm.up_hook(1)][..., 2] if lm.gated else 1.0
+    torch.testing.assert_close(got[..., 2], 1.0 * up * torch.ones_like(post[..., 2]))
+
+
+def test_positions_restrict_the_edit(setup):
+    model, lm, stats, batch = setup
+    mask = layer1_mask(lm)
+    clean = capture(lm, batch)[lm.write_hook(1)]
+    idx = mask.tensor[1]
+    with tlm.ablate(lm, mask, positions=[1, 2]):
+        got = capture(lm, batch)[lm.write_hook(1)]
+    assert torch.equal(got[:, 1:3][..., idx], torch.zeros_like(got[:, 1:3][..., idx]))
+    assert torch.equal(got[:, 3:], clean[:, 3:])
+    assert torch.equal(got[:, :1], clean[:, :1])
+    rows = torch.zeros(batch.input_ids.shape, dtype=torch.bool)
+    rows[0, -1] = True
+    with tlm.boost(lm, mask, factor=0.0, positions=rows):
+        got = capture(lm, batch)[lm.write_hook(1)]
+    assert torch.equal(got[0, -1][idx], torch.zeros_like(got[0, -1][idx]))
+    assert torch.equal(got[1:], clean[1:])
+
+
+def test_layer_restriction(setup):
+    model, lm, stats, batch = setup
+    both = tlm.NeuronMask.from_pairs([(0, 1), (1, 1)], lm.n_layers, lm.d_mlp)
+    clean = capture(lm, batch)
+    with tlm.ablate(lm, both, layers=[1]):
+        got = capture(lm, batch)
+    assert torch.equal(got[lm.write_hook(0)], clean[lm.write_hook(0)])
+    assert torch.equal(got[lm.write_hook(1)][..., 1], torch.zeros_like(got[lm.write_hook(1)][..., 1]))
+
+
+def hook_count(model):
+    return sum(len(m._forward_hooks) for m in model.modules())
+
+
+def test_hooks_are_removed_even_when_the_body_raises(setup):
+    model, lm, stats, batch = setup
+    before = hook_count(model)
+    with pytest.raises(RuntimeError, match="boom"):
+        with tlm.ablate(lm, layer1_mask(lm)):
+            assert hook_count(model) > before
+            raise RuntimeError("boom")
+    assert hook_count(model) == before
+    with tlm.boost(lm, layer1_mask(lm)) + tlm.ablate(lm, layer1_mask(lm, (5,))):
+        pass
+    assert hook_count(model) == before
+
+
+def test_hook_lists_work_with_transformer_lens(setup):
+    model, lm, stats, batch = setup
+    mask = layer1_mask(lm)
+    with torch.no_grad():
+        with tlm.ablate(lm, mask, value="mean", stats=stats):
+            inside = model(batch.input_ids, attention_mask=batch.attention_mask)
+        hooks = tlm.ablation_hooks(lm, mask, value="mean", stats=stats)
+        via_tl = model.run_with_hooks(batch.input_ids, attention_mask=batch.attention_mask, fwd_hooks=hooks)
+        with model.hooks(fwd_hooks=hooks):
+            via_ctx = model(batch.input_ids, attention_mask=batch.attention_mask)
+    torch.testing.assert_close(inside, via_tl)
+    torch.testing.assert_close(inside, via_ctx)
+
+
+def test_zeroing_gated_neurons_equals_zeroing_act_fn_of_the_gate():
+    model = tiny.bridge("llama")
+    lm = tlm.adapt(model)
+    mask = tlm.NeuronMask.from_pairs([(0, 2), (0, 9), (1, 4), (1, 30)], lm.n_layers, lm.d_mlp)
+    batch = lm.pad(lm.tokenize(tiny.SAMPLE_TEXT["de"]))
+    with torch.no_grad():
+        with tlm.ablate(lm, mask):
+            ours = model(batch.input_ids, attention_mask=batch.attention_mask)
+        handles = []
+        for layer, mlp in enumerate(model.original_model.model.layers):
+            idx = mask.tensor[layer].nonzero().squeeze(1)
+
+            def zero_gate(module, inputs, output, idx=idx):
+                output = output.clone()
+                output[..., idx] = 0.0
+                return output
+
+            handles.append(mlp.mlp.act_fn.register_forward_hook(zero_gate))
+        try:
+            reference = model(batch.input_ids, attention_mask=batch.attention_mask)
+        finally:
+            for handle in handles:
+                handle.remove()
+        clean = model(batch.input_ids, attention_mask=batch.attention_mask)
+    torch.testing.assert_close(ours, reference)
+    assert not torch.allclose(ours, clean)
+
+
+def test_bad_interventions_are_refused(setup):
+    model, lm, stats, batch = setup
+    with pytest.raises(tlm.MaskError):
+        tlm.ablate(lm, tlm.NeuronMask.empty(3, 3)).hooks()
+    with pytest.raises(tlm.TLMultilingualError):
+        tlm.ablate(lm, layer1_mask(lm), value="mean")
+    with pytest.raises(tlm.TLMultilingualError):
+        tlm.steer(lm, layer1_mask(lm), to="fr", stats=stats, mode="add")
+    with pytest.raises(tlm.TLMultilingualError):
+        tlm.Edit(layer1_mask(lm), "explode", 1.0)
