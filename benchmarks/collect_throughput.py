@@ -13,49 +13,12 @@ Run: ``python benchmarks/collect_throughput.py [--texts 64] [--batch-size 8] [--
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
-import transformers as T
+from common import build_llama, texts, timed
 
 import tl_multilingual as tlm
-from tl_multilingual.models import SAMPLE_TEXT, tiny_tokenizer
 from tl_multilingual.tokens import batches, encode
-
-
-def build(vocab: int = 32000):
-    from transformer_lens.model_bridge import TransformerBridge
-
-    tok = tiny_tokenizer()
-    config = T.LlamaConfig(
-        vocab_size=vocab, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
-        num_attention_heads=12, num_key_value_heads=12, max_position_embeddings=512,
-    )
-    config.architectures = ["LlamaForCausalLM"]
-    torch.manual_seed(0)
-    hf = T.AutoModelForCausalLM.from_config(config).eval()
-    bridge = TransformerBridge.boot_transformers("bench-llama", hf_model=hf, tokenizer=tok)
-    return hf, bridge
-
-
-def texts(n: int, words: int = 40) -> dict[str, list[str]]:
-    """``n`` texts per language of ``words`` words drawn from the sample sentences."""
-    out = {}
-    for lang in ("en", "fr"):
-        pool = " ".join(SAMPLE_TEXT[lang]).split()
-        out[lang] = [" ".join(pool[(i + j) % len(pool)] for j in range(words)) for i in range(n)]
-    return out
-
-
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    runs = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        runs.append(time.perf_counter() - start)
-    return statistics.median(runs)
 
 
 def main() -> None:
@@ -65,11 +28,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    hf, bridge = build()
+    hf, bridge = build_llama()
     lm = tlm.adapt(bridge)
     corpus = tlm.Corpus.from_dict(texts(args.texts))
     n_params = sum(p.numel() for p in hf.parameters())
-    plan = [b for lang in corpus.languages for b, _ in batches(lm, encode(lm, corpus[lang]), args.batch_size)]
+    plan = [b for lang in corpus.languages for _, b, _ in batches(lm, encode(lm, corpus[lang]), args.batch_size)]
     n_tokens = sum(int(b.attention_mask.sum()) for b in plan)
 
     def bare() -> None:
