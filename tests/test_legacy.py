@@ -30,3 +30,17 @@ def test_hooked_transformer_and_bridge_give_the_same_counts(arch, side):
     assert torch.equal(a.active_counts, single.active_counts)
     assert torch.equal(a.active_counts, b.active_counts)
     torch.testing.assert_close(a.sums, b.sums, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_interventions_and_perplexity_agree_across_model_classes(arch):
+    hooked, bridged = tiny.hooked_and_bridge(arch)
+    corpus = tlm.Corpus.from_dict(tiny.SAMPLE_TEXT)
+    mask = tlm.NeuronMask.from_pairs([(0, 3), (1, 5), (1, 40)], 2, 48)
+    results = []
+    for model in (hooked, bridged):
+        lm = tlm.adapt(model)
+        stats = tlm.collect_stats(lm, corpus, progress=False)
+        with tlm.ablate(lm, mask, value="mean", stats=stats, language="fr"):
+            results.append(tlm.perplexity(lm, corpus)["perplexity"].to_numpy())
+    assert results[0] == pytest.approx(results[1], rel=1e-4)
