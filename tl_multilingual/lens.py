@@ -1,0 +1,211 @@
+"""The multilingual logit lens (Wendler et al., ACL 2024): :func:`language_lens`.
+
+For prompts ending right before an answer, the residual stream after every layer, at
+the last position, goes through the model's own final norm and unembedding (and its
+logit soft-capping, for Gemma 2); the last layer therefore gives exactly the model's
+next-token distribution. Per layer and prompt it reports, for every tracked language,
+the probability of the answer word (summed over the tokens that can start it, see
+:mod:`.wordtokens`) and the rank of its best token, and the entropy of the whole
+distribution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .adapters import Batch, ModelAdapter, adapt
+from .errors import CorpusError
+from .prompts import LensPrompt
+from .wordtokens import word_tokens
+
+__all__ = ["language_lens", "LensResult", "final_head"]
+
+
+def final_head(lm: ModelAdapter) -> Callable[[Tensor], Tensor]:
+    """Residual stream -> logits through the model's final norm, unembedding and
+    soft-capping."""
+    model = lm.model
+    cap = getattr(getattr(getattr(model, "original_model", None), "config", None), "final_logit_softcapping", None)
+    if not cap:
+        cap = getattr(model.cfg, "output_logits_soft_cap", -1.0)
+    cap = float(cap) if cap and cap > 0 else None
+
+    def head(resid: Tensor) -> Tensor:
+        logits = model.unembed(model.ln_final(resid[:, None, :]))[:, 0]
+        if cap is not None:
+            logits = cap * torch.tanh(logits / cap)
+        return logits
+
+    return head
+
+
+@dataclass
+class LensResult:
+    """Per prompt and layer: answer probabilities and ranks per language, and entropy.
+
+    Attributes:
+        languages: tracked languages (columns of ``probability`` and ``rank``).
+        probability: ``[n_prompts, n_layers, n_languages]``; NaN where a prompt has no
+            answer in that language.
+        rank: ``[n_prompts, n_layers, n_languages]``, 1 = the most likely token.
+        entropy: ``[n_prompts, n_layers]``, in nats.
+        top_token: ``[n_prompts, n_layers]`` id of the most likely token.
+    """
+
+    languages: tuple[str, ...]
+    probability: Float[Tensor, "prompt layer lang"]
+    rank: Float[Tensor, "prompt layer lang"]
+    entropy: Float[Tensor, "prompt layer"]
+    top_token: Int[Tensor, "prompt layer"]
+    prompts: tuple[LensPrompt, ...]
+
+    @property
+    def n_layers(self) -> int:
+        return self.probability.shape[1]
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per (prompt, layer, language): ``probability``, ``rank``, ``entropy``."""
+        n_prompts, n_layers, n_langs = self.probability.shape
+        grid = np.stack(np.meshgrid(np.arange(n_prompts), np.arange(n_layers), np.arange(n_langs), indexing="ij"), -1)
+        grid = grid.reshape(-1, 3)
+        frame = pd.DataFrame(
+            {
+                "prompt": grid[:, 0],
+                "layer": grid[:, 1],
+                "language": [self.languages[k] for k in grid[:, 2]],
+                "probability": self.probability.reshape(-1).numpy(),
+                "rank": self.rank.reshape(-1).numpy(),
+                "entropy": self.entropy[grid[:, 0], grid[:, 1]].numpy(),
+            }
+        )
+        return frame.dropna(subset=["probability"]).reset_index(drop=True)
+
+    def curves(self) -> pd.DataFrame:
+        """Mean probability per layer (rows) and language (columns), plus ``entropy``."""
+        mean = torch.nanmean(self.probability, dim=0).numpy()
+        frame = pd.DataFrame(mean, columns=list(self.languages))
+        frame["entropy"] = self.entropy.mean(0).numpy()
+        frame.index.name = "layer"
+        return frame
+
+    def summary(self, *, ci: float = 0.95, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+        """Mean and bootstrap interval over prompts, per layer: ``layer``, ``quantity``
+        (``probability`` per language, or ``entropy``), ``language``, ``mean``,
+        ``ci_low``, ``ci_high``."""
+        rng = np.random.default_rng(seed)
+        n = self.probability.shape[0]
+        draws = rng.integers(0, n, size=(n_boot, n))
+        alpha = (1 - ci) / 2
+        rows = []
+        series = [("probability", lang, self.probability[:, :, k].numpy()) for k, lang in enumerate(self.languages)]
+        series.append(("entropy", None, self.entropy.numpy()))
+        for quantity, lang, values in series:
+            boot = np.nanmean(values[draws], axis=1)  # [n_boot, n_layers]
+            low, high = np.nanquantile(boot, [alpha, 1 - alpha], axis=0)
+            mean = np.nanmean(values, axis=0)
+            for layer in range(values.shape[1]):
+                rows.append((layer, quantity, lang, mean[layer], low[layer], high[layer]))
+        return pd.DataFrame(rows, columns=["layer", "quantity", "language", "mean", "ci_low", "ci_high"])
+
+    def select(self, prompts: Sequence[int]) -> LensResult:
+        """The result on a subset (or resample) of prompts."""
+        idx = torch.as_tensor(list(prompts), dtype=torch.long)
+        return LensResult(
+            self.languages, self.probability[idx], self.rank[idx], self.entropy[idx], self.top_token[idx],
+            tuple(self.prompts[i] for i in idx.tolist()),
+        )
+
+
+def _answer_sets(lm: ModelAdapter, prompts: Sequence[LensPrompt], languages: Sequence[str]) -> list[list[Tensor | None]]:
+    sets = []
+    for prompt in prompts:
+        row = []
+        for lang in languages:
+            word = prompt.answers.get(lang)
+            ids = word_tokens(lm.tokenizer, word) if word else []
+            row.append(torch.tensor(ids, dtype=torch.long, device=lm.device) if ids else None)
+        sets.append(row)
+    return sets
+
+
+def lens_batch(
+    lm: ModelAdapter, batch: Batch, head: Callable[[Tensor], Tensor], fwd_hooks: Sequence = ()
+) -> Float[Tensor, "batch layer vocab"]:
+    """Log-probabilities of the next token read at every layer's last real position."""
+    last = batch.attention_mask.shape[1] - 1 - batch.attention_mask.flip(-1).argmax(-1)
+    rows = torch.arange(batch.input_ids.shape[0], device=batch.input_ids.device)
+    resid: dict[int, Tensor] = {}
+
+    def keep(layer: int) -> Callable[..., None]:
+        def store(tensor: Tensor, hook: Any) -> None:
+            resid[layer] = tensor[rows, last].detach()
+
+        return store
+
+    hooks = list(fwd_hooks) + [(f"blocks.{layer}.hook_resid_post", keep(layer)) for layer in range(lm.n_layers)]
+    lm.forward(batch, fwd_hooks=hooks)
+    with torch.no_grad():
+        stacked = torch.stack([resid[layer] for layer in range(lm.n_layers)], dim=1)  # [batch, layer, d_model]
+        logits = head(stacked.reshape(-1, stacked.shape[-1])).float()
+    return torch.log_softmax(logits, -1).reshape(stacked.shape[0], lm.n_layers, -1)
+
+
+def _measure(logp: Tensor, sets: list[list[Tensor | None]]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    probs = logp.exp()
+    entropy = -(probs * logp).sum(-1)
+    top = probs.argmax(-1)
+    n_langs = len(sets[0]) if sets else 0
+    p_out = torch.full((*probs.shape[:2], n_langs), float("nan"))
+    r_out = torch.full((*probs.shape[:2], n_langs), float("nan"))
+    for i, row in enumerate(sets):
+        for k, ids in enumerate(row):
+            if ids is None:
+                continue
+            chosen = probs[i][:, ids]  # [layer, n_ids]
+            p_out[i, :, k] = chosen.sum(-1).cpu()
+            best = chosen.max(-1).values
+            r_out[i, :, k] = ((probs[i] > best[:, None]).sum(-1) + 1).float().cpu()
+    return p_out, r_out, entropy.cpu(), top.cpu()
+
+
+def language_lens(
+    model: Any,
+    prompts: Sequence[LensPrompt],
+    *,
+    languages: Sequence[str] | None = None,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> LensResult:
+    """Read every layer through the model's own output head, on prompts that end right
+    before an answer.
+
+    Args:
+        model: a model or :class:`ModelAdapter`.
+        prompts: :class:`LensPrompt` objects (see :mod:`tl_multilingual.prompts`).
+        languages: languages to track (default: every language with an answer).
+        batch_size: prompts per forward pass.
+    """
+    lm = adapt(model)
+    prompts = list(prompts)
+    if not prompts:
+        raise CorpusError("the lens needs at least one prompt")
+    if languages is None:
+        languages = list(dict.fromkeys(lang for p in prompts for lang in p.answers))
+    sets = _answer_sets(lm, prompts, languages)
+    head = final_head(lm)
+    parts = []
+    for lo in tqdm(range(0, len(prompts), batch_size), disable=not progress, desc="lens"):
+        chunk = prompts[lo : lo + batch_size]
+        batch = lm.pad(lm.tokenize([p.text for p in chunk]), side="left")
+        parts.append(_measure(lens_batch(lm, batch, head), sets[lo : lo + batch_size]))
+    prob, rank, entropy, top = (torch.cat(x) for x in zip(*parts))
+    return LensResult(tuple(languages), prob, rank, entropy, top, tuple(prompts))
