@@ -15,7 +15,7 @@ the vector that multiplies ``W_out``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -120,6 +120,26 @@ class ModelAdapter:
         scales or zeroes ``act_fn(gate)`` of that neuron.
         """
         return f"blocks.{layer}.mlp.hook_post"
+
+    def layer_range(self, layers: Iterable[int] | slice | str | None) -> list[int]:
+        """Layer indices from a range, a slice, a stage name (needs :attr:`stages`, see
+        :func:`tl_multilingual.map_stages`) or None (every layer)."""
+        every = range(self.n_layers)
+        if layers is None:
+            return list(every)
+        if isinstance(layers, str):
+            if self.stages is None:
+                raise TLMultilingualError(
+                    f"layers={layers!r} names a stage, but this model has no stage map: run "
+                    "tl_multilingual.map_stages(lm, neurons) first"
+                )
+            return list(self.stages.layers(layers))
+        if isinstance(layers, slice):
+            return list(every[layers])
+        chosen = sorted(set(int(layer) for layer in layers))
+        if any(layer not in every for layer in chosen):
+            raise TLMultilingualError(f"layers {chosen} fall outside [0, {self.n_layers})")
+        return chosen
 
     def up_hook(self, layer: int) -> str:
         """Hook of the linear ``up`` projection of a gated MLP (``x W_in``)."""
@@ -360,6 +380,9 @@ def _probe_widths(adapter: ModelAdapter) -> dict[str, int]:
     return widths
 
 
+_CACHE = "_tl_multilingual_adapters"  # per-model adapters, kept in the model's __dict__
+
+
 def adapt(
     model: Any,
     *,
@@ -367,6 +390,9 @@ def adapt(
     prepend_bos: bool | None = None,
 ) -> ModelAdapter:
     """Wrap a TransformerLens model for the library (puts the model in eval mode).
+
+    The adapter of a model is made once per setting and reused, so what is attached to
+    it (its stage map) stays with the model.
 
     Args:
         model: a ``TransformerBridge`` (TL 3.8+ / 4.x) or a ``HookedTransformer``
@@ -382,6 +408,20 @@ def adapt(
     """
     if isinstance(model, ModelAdapter):
         return model
+    key = (padding_side, prepend_bos)
+    cache = vars(model).get(_CACHE) if hasattr(model, "__dict__") else None
+    if cache is not None and key in cache:
+        return cache[key]
+    adapter = _build(model, padding_side, prepend_bos)
+    if cache is None and hasattr(model, "__dict__"):
+        cache = {}
+        object.__setattr__(model, _CACHE, cache)  # bypasses nn.Module's attribute handling
+    if cache is not None:
+        cache[key] = adapter
+    return adapter
+
+
+def _build(model: Any, padding_side: PaddingSide, prepend_bos: bool | None) -> ModelAdapter:
     bridge, hooked = _bridge_class(), _hooked_transformer_class()
     if bridge is not None and isinstance(model, bridge):
         kind: Literal["bridge", "hooked"] = "bridge"

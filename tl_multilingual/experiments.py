@@ -132,7 +132,8 @@ def ablation_matrix(
         classes: variants to deactivate, e.g. ``["specific", "specific+related",
             "specific+related+general"]`` for paper A, ``["language"]`` for LAPE.
         languages: languages whose neurons are deactivated (default: all of ``neurons``).
-        layers: restrict every mask (and its controls) to these layers.
+        layers: restrict every mask (and its controls) to these layers, or to a stage
+            (``"understanding"``...) once :func:`tl_multilingual.map_stages` has run.
         value: what deactivated neurons are set to: 0, a constant, or ``"mean"`` (needs
             ``stats``).
         controls: random same-size-per-layer neuron sets per (variant, language).
@@ -151,7 +152,7 @@ def ablation_matrix(
     variants = list(classes)
     masks = {(v, lang): variant_mask(neurons, v, lang) for v in variants for lang in ablated}
     if layers is not None:
-        masks = {key: m.restrict(layers) for key, m in masks.items()}
+        masks = {key: m.restrict(lm.layer_range(layers)) for key, m in masks.items()}
     total = 1 + len(masks) * (1 + controls)
     bar = tqdm(total=total, disable=not progress, desc="ablation matrix", unit="run")
 
@@ -177,10 +178,7 @@ def ablation_matrix(
         rows, control_rows = [], []
         for (variant, lang), mask in masks.items():
             hit = run(mask)
-            ctrl_runs = []
-            for c in range(controls):
-                random_mask = NeuronMask.random(mask.per_layer(), mask.d_mlp, seed=seed + 1000 * c + 1, exclude=mask)
-                ctrl_runs.append(run(random_mask))
+            ctrl_runs = [run(random_mask) for random_mask in mask.controls(controls, seed=seed)]
             for target in evaluated:
                 rows.append(
                     _row(evaluation, baseline, hit, ctrl_runs, target, draws[target], ci)

@@ -55,7 +55,7 @@ __all__ = [
 
 Op = Literal["set", "add", "scale", "patch"]
 Positions = None | int | slice | Sequence[int] | Tensor
-Layers = None | Iterable[int] | slice
+Layers = None | Iterable[int] | slice | str  # a stage name once the model has a stage map
 
 
 @dataclass(frozen=True)
@@ -218,8 +218,8 @@ def _position_mask(positions: Positions, shape: torch.Size, device: torch.device
 # -- verbs ---------------------------------------------------------------------------
 
 
-def _restricted(mask: NeuronMask, layers: Layers) -> NeuronMask:
-    return mask if layers is None else mask.restrict(layers)
+def _restricted(lm: ModelAdapter, mask: NeuronMask, layers: Layers) -> NeuronMask:
+    return mask if layers is None else mask.restrict(lm.layer_range(layers))
 
 
 def intervene(model: Any, edits: Iterable[Edit]) -> Interventions:
@@ -245,8 +245,9 @@ def ablate(
 ) -> Interventions:
     """Deactivate the neurons of ``mask``: set them to zero (default), a constant, or
     their mean activation (``value="mean"``: over all languages of ``stats`` weighted
-    by tokens, or over ``language``)."""
-    mask = _restricted(mask, layers)
+    by tokens, or over ``language``). ``layers`` is a range of layers or a stage name."""
+    lm = adapt(model)
+    mask = _restricted(lm, mask, layers)
     if value == "zero":
         value = 0.0
     if value == "mean":
@@ -260,7 +261,7 @@ def ablate(
         target = float(value)
     else:
         raise TLMultilingualError(f'value must be a number, "zero" or "mean", got {value!r}')
-    return intervene(model, [Edit(mask, "set", target, positions)])
+    return intervene(lm, [Edit(mask, "set", target, positions)])
 
 
 def ablation_hooks(model: Any, mask: NeuronMask, **kwargs: Any) -> list[tuple[str, Callable[..., Any]]]:
@@ -272,7 +273,8 @@ def boost(
     model: Any, mask: NeuronMask, factor: float = 2.0, *, layers: Layers = None, positions: Positions = None
 ) -> Interventions:
     """Scale the neurons of ``mask`` by ``factor`` (paper B's strengthening)."""
-    return intervene(model, [Edit(_restricted(mask, layers), "scale", float(factor), positions)])
+    lm = adapt(model)
+    return intervene(lm, [Edit(_restricted(lm, mask, layers), "scale", float(factor), positions)])
 
 
 def steer(
@@ -293,15 +295,16 @@ def steer(
     ``strength * (mean[to] - mean[source])``, the steering vector between the languages.
     """
     target = _language_means(stats, to, "steering")
-    mask = _restricted(mask, layers)
+    lm = adapt(model)
+    mask = _restricted(lm, mask, layers)
     if mode == "set":
-        return intervene(model, [Edit(mask, "set", target, positions)])
+        return intervene(lm, [Edit(mask, "set", target, positions)])
     if mode != "add":
         raise TLMultilingualError(f"mode must be 'set' or 'add', got {mode!r}")
     if source is None:
         raise TLMultilingualError("mode='add' steers by a difference of means: pass source=")
     delta = strength * (target - _language_means(stats, source, "steering"))
-    return intervene(model, [Edit(mask, "add", delta, positions)])
+    return intervene(lm, [Edit(mask, "add", delta, positions)])
 
 
 def patch(
@@ -312,15 +315,15 @@ def patch(
     ``source`` is ``[n_layers, d_mlp]`` (one vector broadcast to every position),
     ``[pos, n_layers, d_mlp]`` or ``[batch, pos, n_layers, d_mlp]`` (per position).
     """
-    return intervene(model, [Edit(_restricted(mask, layers), "patch", source, positions)])
+    lm = adapt(model)
+    return intervene(lm, [Edit(_restricted(lm, mask, layers), "patch", source, positions)])
 
 
 def record(model: Any, batch: Any, *, layers: Layers = None) -> Float[Tensor, "batch pos layer neuron"]:
     """Write-hook values of every neuron on a batch (padded as the adapter pads), for
     :func:`patch`. Layers outside ``layers`` are left at zero."""
     lm = adapt(model)
-    every = range(lm.n_layers)
-    wanted = every if layers is None else (every[layers] if isinstance(layers, slice) else sorted(set(layers)))
+    wanted = lm.layer_range(layers)
     shape = (*batch.input_ids.shape, lm.n_layers, lm.d_mlp)
     out = torch.zeros(shape, device=lm.device, dtype=lm.dtype)
 

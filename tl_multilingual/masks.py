@@ -92,6 +92,18 @@ class NeuronMask:
             mask[layer, pool[torch.randperm(len(pool), generator=generator)[:count]]] = True
         return cls(mask, name=name)
 
+    def controls(self, n: int, *, seed: int = 0) -> list[NeuronMask]:
+        """``n`` random masks with as many neurons as this one in every layer, drawn
+        outside it: the control sets of causal experiments."""
+        spare = self.d_mlp - self.per_layer()
+        crowded = (self.per_layer() > spare).nonzero().squeeze(1).tolist()
+        if n and crowded:
+            raise MaskError(
+                f"no random control of the same size fits outside the mask in layers {crowded} "
+                "(the mask holds more than half of their neurons); use controls=0"
+            )
+        return [NeuronMask.random(self.per_layer(), self.d_mlp, seed=seed + 1 + i, exclude=self) for i in range(n)]
+
     # -- shape and contents ---------------------------------------------------------
 
     @property

@@ -59,13 +59,13 @@ def tiny_tokenizer(vocab_size: int = 400) -> Any:
     return AutoTokenizer.from_pretrained(_tokenizer_dir(vocab_size))
 
 
-def _config(arch: str, vocab_size: int) -> Any:
+def _config(arch: str, vocab_size: int, n_layers: int = 2) -> Any:
     import transformers as T
 
-    small = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=128)
+    small = dict(hidden_size=32, num_hidden_layers=n_layers, num_attention_heads=4, max_position_embeddings=128)
     gqa = dict(small, intermediate_size=48, num_key_value_heads=2)
     configs = {
-        "gpt2": lambda: T.GPT2Config(vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=128, n_inner=48),
+        "gpt2": lambda: T.GPT2Config(vocab_size=vocab_size, n_embd=32, n_layer=n_layers, n_head=4, n_positions=128, n_inner=48),
         "llama": lambda: T.LlamaConfig(vocab_size=vocab_size, **gqa),
         "mistral": lambda: T.MistralConfig(vocab_size=vocab_size, **gqa),
         "qwen2": lambda: T.Qwen2Config(vocab_size=vocab_size, **gqa),
@@ -73,14 +73,14 @@ def _config(arch: str, vocab_size: int) -> Any:
         "gemma": lambda: T.GemmaConfig(vocab_size=vocab_size, head_dim=8, **gqa),
         "gemma2": lambda: T.Gemma2Config(vocab_size=vocab_size, head_dim=8, final_logit_softcapping=30.0, **gqa),
         "gemma3": lambda: T.Gemma3TextConfig(vocab_size=vocab_size, head_dim=8, sliding_window=16, **gqa),
-        "bloom": lambda: T.BloomConfig(vocab_size=vocab_size, hidden_size=32, n_layer=2, n_head=4),
+        "bloom": lambda: T.BloomConfig(vocab_size=vocab_size, hidden_size=32, n_layer=n_layers, n_head=4),
         "neox": lambda: T.GPTNeoXConfig(vocab_size=vocab_size, **dict(small, intermediate_size=48)),
         "opt": lambda: T.OPTConfig(
-            vocab_size=vocab_size, hidden_size=32, ffn_dim=48, num_hidden_layers=2, num_attention_heads=4,
+            vocab_size=vocab_size, hidden_size=32, ffn_dim=48, num_hidden_layers=n_layers, num_attention_heads=4,
             max_position_embeddings=128, word_embed_proj_dim=32,
         ),
         "xglm": lambda: T.XGLMConfig(
-            vocab_size=vocab_size, d_model=32, ffn_dim=48, num_layers=2, attention_heads=4, max_position_embeddings=128
+            vocab_size=vocab_size, d_model=32, ffn_dim=48, num_layers=n_layers, attention_heads=4, max_position_embeddings=128
         ),
         "mixtral": lambda: T.MixtralConfig(vocab_size=vocab_size, num_local_experts=4, **gqa),
     }
@@ -94,8 +94,8 @@ def _config(arch: str, vocab_size: int) -> Any:
 TINY_ARCHITECTURES = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "bloom", "neox", "opt", "xglm", "mixtral")
 
 
-def tiny_hf(arch: str = "llama", *, seed: int = 0, scale: float = 0.3) -> tuple[Any, Any]:
-    """A two-layer random Hugging Face model of ``arch`` and its tokenizer.
+def tiny_hf(arch: str = "llama", *, seed: int = 0, scale: float = 0.3, n_layers: int = 2) -> tuple[Any, Any]:
+    """A small random Hugging Face model of ``arch`` (two layers by default) and its tokenizer.
 
     Weight matrices are drawn from ``N(0, scale^2)`` (larger than the default
     initialisation, so that neurons respond differently to different inputs).
@@ -104,7 +104,7 @@ def tiny_hf(arch: str = "llama", *, seed: int = 0, scale: float = 0.3) -> tuple[
 
     tokenizer = tiny_tokenizer()
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(_config(arch, len(tokenizer))).eval()
+    model = AutoModelForCausalLM.from_config(_config(arch, len(tokenizer), n_layers)).eval()
     with torch.no_grad():
         for param in model.parameters():
             if param.ndim == 2:
@@ -112,15 +112,15 @@ def tiny_hf(arch: str = "llama", *, seed: int = 0, scale: float = 0.3) -> tuple[
     return model, tokenizer
 
 
-def tiny(arch: str = "llama", *, seed: int = 0, scale: float = 0.3) -> Any:
-    """A TransformerBridge over a two-layer random model of ``arch`` (see :func:`tiny_hf`).
+def tiny(arch: str = "llama", *, seed: int = 0, scale: float = 0.3, n_layers: int = 2) -> Any:
+    """A TransformerBridge over a small random model of ``arch`` (see :func:`tiny_hf`).
 
     >>> model = tiny("gemma3")
     >>> lm = tl_multilingual.adapt(model)
     """
     from transformer_lens.model_bridge import TransformerBridge
 
-    model, tokenizer = tiny_hf(arch, seed=seed, scale=scale)
+    model, tokenizer = tiny_hf(arch, seed=seed, scale=scale, n_layers=n_layers)
     return TransformerBridge.boot_transformers(f"tiny-{arch}", hf_model=model, tokenizer=tokenizer)
 
 
