@@ -9,7 +9,7 @@ statistics they rest on in one streaming pass, and save everything with a manife
 >>> neurons = tlm.identify(stats, method="ternary")
 """
 
-from . import evaluate, models
+from . import evaluate, models, prompts
 from .adapters import ModelAdapter, adapt
 from .collect import collect_stats
 from .corpus import Corpus, Text
@@ -38,9 +38,14 @@ from .interventions import (
     steer,
 )
 from .languages import language_name, normalize_language
+from .lens import LensResult, language_lens
 from .masks import NeuronMask
 from .neurons import LanguageNeurons
+from .patching import PatchResult, patch_neurons
+from .prompts import LensPrompt
+from .stages import STAGES, StageMap, map_stages
 from .stats import ActivationStats
+from .wordtokens import word_tokens
 
 __version__ = "0.1.0"
 
@@ -70,6 +75,16 @@ __all__ = [
     "MultipleChoice",
     "ablation_matrix",
     "AblationResult",
+    "language_lens",
+    "LensResult",
+    "LensPrompt",
+    "prompts",
+    "word_tokens",
+    "map_stages",
+    "StageMap",
+    "STAGES",
+    "patch_neurons",
+    "PatchResult",
     "LanguageNeurons",
     "NeuronMask",
     "normalize_language",

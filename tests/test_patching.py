@@ -1,0 +1,77 @@
+"""Cross-language patching: the sanity property, controls and readouts."""
+
+from __future__ import annotations
+
+import pytest
+import tiny
+import torch
+
+import tl_multilingual as tlm
+
+WORDS = [{"en": w, "fr": f, "de": d} for w, f, d in
+         (("cat", "chat", "Katze"), ("mat", "tapis", "Matte"), ("morning", "matin", "Morgen"), ("market", "marché", "Markt"))]
+
+
+def mlp_out_at_last(lm, batch, layer, hooks=()):
+    """hook_mlp_out of ``layer`` at each row's last real position."""
+    seen = {}
+
+    def keep(tensor, hook):
+        seen["out"] = tensor.detach().clone()
+
+    lm.forward(batch, fwd_hooks=list(hooks) + [(f"blocks.{layer}.hook_mlp_out", keep)])
+    last = batch.attention_mask.shape[1] - 1 - batch.attention_mask.flip(-1).argmax(-1)
+    return seen["out"][torch.arange(len(last)), last]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_patching_every_neuron_reproduces_the_sources_mlp_output(arch):
+    lm = tlm.adapt(tiny.bridge(arch))
+    source = tlm.prompts.translation(WORDS, src="fr", tgt="en", shots=1)
+    target = tlm.prompts.translation(WORDS, src="fr", tgt="de", shots=1)
+    src = lm.pad(lm.tokenize([p.text for p in source]), side="left")
+    tgt = lm.pad(lm.tokenize([p.text for p in target]), side="left")
+    values = tlm.record(lm, src)[:, -1]  # last position of every source row
+    for layer in range(lm.n_layers):
+        everything = tlm.NeuronMask.full(lm.n_layers, lm.d_mlp).restrict([layer])
+        positions = torch.zeros_like(tgt.attention_mask, dtype=torch.bool)
+        positions[:, -1] = True
+        with tlm.patch(lm, everything, values[:, None], positions=positions):
+            patched = mlp_out_at_last(lm, tgt, layer)
+        torch.testing.assert_close(patched, mlp_out_at_last(lm, src, layer), rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(mlp_out_at_last(lm, tgt, layer), patched)
+
+
+def test_patch_neurons_reports_clean_patched_and_controls():
+    lm = tlm.adapt(tiny.bridge("llama"))
+    source = tlm.prompts.translation(WORDS, src="fr", tgt="en", shots=1)
+    target = tlm.prompts.translation(WORDS, src="fr", tgt="de", shots=1)
+    mask = tlm.NeuronMask.random([0, 12], lm.d_mlp, seed=3)
+    result = tlm.patch_neurons(lm, source=source, target=target, mask=mask, controls=2, batch_size=3)
+    assert result.conditions == ("clean", "patched", "control_0", "control_1")
+    assert result.languages == ("de", "en") and result.n_neurons == 12
+    assert result.probability.shape == (4, len(WORDS), lm.n_layers, 2)
+    # Layer 0 comes before any patched neuron (all in layer 1): nothing changes there.
+    assert torch.equal(result.probability[1, :, 0], result.probability[0, :, 0])
+    assert not torch.equal(result.probability[1, :, 1], result.probability[0, :, 1])
+    clean = tlm.language_lens(lm, target).probability
+    torch.testing.assert_close(result.probability[0], clean)
+    summary = result.summary(n_boot=100)
+    assert set(summary["condition"]) == {"clean", "patched", "control"}
+    assert (summary.query("condition == 'clean'")["change"] == 0).all()
+    assert set(result.output()["layer"]) == {lm.n_layers - 1}
+    frame = result.to_frame()
+    assert len(frame) == 4 * len(WORDS) * lm.n_layers * 2
+
+
+def test_all_position_alignment_needs_equal_lengths():
+    lm = tlm.adapt(tiny.bridge("gpt2"))
+    same = [tlm.LensPrompt("The cat sleeps on the", {"en": "mat"})]
+    result = tlm.patch_neurons(lm, source=same, target=same, mask=tlm.NeuronMask.random([5, 5], lm.d_mlp),
+                               align="all", controls=1)
+    torch.testing.assert_close(result.probability[1], result.probability[0])  # patching a run with itself
+    with pytest.raises(tlm.TLMultilingualError, match="equal token length"):
+        tlm.patch_neurons(lm, source=[tlm.LensPrompt("The cat", {"en": "x"})], target=same,
+                          mask=tlm.NeuronMask.random([5, 5], lm.d_mlp), align="all", controls=0)
+    with pytest.raises(tlm.TLMultilingualError, match="parallel"):
+        tlm.patch_neurons(lm, source=same * 2, target=same, mask=tlm.NeuronMask.random([5, 5], lm.d_mlp))

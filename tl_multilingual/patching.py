@@ -1,0 +1,164 @@
+"""Cross-language neuron patching read through the logit lens: :func:`patch_neurons`.
+
+For parallel prompts (the same content in a source and a target language), the
+masked neurons' write-hook values of the source run replace those of the target run,
+at the last position (``align="last"``) or at every position (``align="all"``, for
+pairs of equal token length). The effect is read at every layer through the lens
+(probability of each language's answer) and at the output (the last layer), for the
+clean target run, the patched run, and random masks with the same number of neurons
+per layer (the control).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from .adapters import ModelAdapter, adapt
+from .errors import TLMultilingualError
+from .interventions import Edit, Interventions, Layers, record
+from .lens import _answer_sets, _measure, final_head, lens_batch
+from .masks import NeuronMask
+from .prompts import LensPrompt
+
+__all__ = ["patch_neurons", "PatchResult"]
+
+
+@dataclass
+class PatchResult:
+    """Answer probabilities per condition, prompt, layer and language.
+
+    Attributes:
+        conditions: ``"clean"``, ``"patched"``, then ``"control_<seed>"``.
+        languages: the languages read out.
+        probability: ``[n_conditions, n_prompts, n_layers, n_languages]``.
+        n_neurons: neurons patched (per mask; the controls have as many per layer).
+    """
+
+    conditions: tuple[str, ...]
+    languages: tuple[str, ...]
+    probability: Tensor
+    n_neurons: int
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per (condition, prompt, layer, language): ``probability``."""
+        grid = np.stack(np.meshgrid(*(np.arange(n) for n in self.probability.shape), indexing="ij"), -1)
+        grid = grid.reshape(-1, 4)
+        return pd.DataFrame(
+            {
+                "condition": [self.conditions[i] for i in grid[:, 0]],
+                "prompt": grid[:, 1],
+                "layer": grid[:, 2],
+                "language": [self.languages[i] for i in grid[:, 3]],
+                "probability": self.probability.reshape(-1).numpy(),
+            }
+        ).dropna(subset=["probability"]).reset_index(drop=True)
+
+    def summary(self, *, ci: float = 0.95, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+        """Per condition (``clean``, ``patched``, ``control`` pooled over seeds), layer
+        and language: mean probability, and the mean change from ``clean`` with a paired
+        bootstrap interval over prompts."""
+        rng = np.random.default_rng(seed)
+        probs = self.probability.numpy()
+        n = probs.shape[1]
+        draws = rng.integers(0, n, size=(n_boot, n))
+        alpha = (1 - ci) / 2
+        groups = {"clean": [0], "patched": [1], "control": list(range(2, len(self.conditions)))}
+        rows = []
+        for name, idx in groups.items():
+            if not idx:
+                continue
+            values = probs[idx].mean(0)  # [prompt, layer, lang]
+            change = values - probs[0]
+            boot = np.nanmean(change[draws], axis=1)  # [n_boot, layer, lang]
+            low, high = np.nanquantile(boot, [alpha, 1 - alpha], axis=0)
+            mean, delta = np.nanmean(values, 0), np.nanmean(change, 0)
+            for layer in range(values.shape[1]):
+                for k, lang in enumerate(self.languages):
+                    rows.append((name, layer, lang, mean[layer, k], delta[layer, k], low[layer, k], high[layer, k]))
+        return pd.DataFrame(rows, columns=["condition", "layer", "language", "probability", "change", "ci_low", "ci_high"])
+
+    def output(self) -> pd.DataFrame:
+        """The last layer (the model's own output) of :meth:`summary`."""
+        frame = self.summary()
+        return frame[frame["layer"] == frame["layer"].max()].reset_index(drop=True)
+
+
+def _prompts(items: Sequence[LensPrompt | str]) -> list[LensPrompt]:
+    return [p if isinstance(p, LensPrompt) else LensPrompt(p) for p in items]
+
+
+def _source(lm: ModelAdapter, src_batch: Any, tgt_batch: Any, align: str) -> tuple[Tensor, Tensor]:
+    """The source run's write-hook values, shaped to patch the target batch, and the
+    target positions to patch."""
+    values = record(lm, src_batch)  # [batch, pos, layer, neuron]
+    tgt_mask = tgt_batch.attention_mask.bool()
+    if align == "last":
+        src_last = src_batch.attention_mask.shape[1] - 1 - src_batch.attention_mask.flip(-1).argmax(-1)
+        rows = torch.arange(values.shape[0], device=values.device)
+        source = values[rows, src_last][:, None]  # [batch, 1, layer, neuron], broadcast over positions
+        tgt_last = tgt_batch.attention_mask.shape[1] - 1 - tgt_batch.attention_mask.flip(-1).argmax(-1)
+        positions = torch.zeros_like(tgt_mask)
+        positions[rows, tgt_last] = True
+    else:
+        if not torch.equal(src_batch.attention_mask.sum(1), tgt_batch.attention_mask.sum(1)):
+            raise TLMultilingualError("align='all' needs source and target prompts of equal token length")
+        if src_batch.input_ids.shape != tgt_batch.input_ids.shape:
+            raise TLMultilingualError("align='all' needs source and target batches padded alike")
+        source, positions = values, tgt_mask
+    return source, positions
+
+
+def patch_neurons(
+    model: Any,
+    *,
+    source: Sequence[LensPrompt | str],
+    target: Sequence[LensPrompt | str],
+    mask: NeuronMask,
+    readout: Sequence[str] | None = None,
+    align: Literal["last", "all"] = "last",
+    layers: Layers = None,
+    controls: int = 3,
+    seed: int = 0,
+    batch_size: int = 8,
+) -> PatchResult:
+    """Patch ``mask``'s neurons from source-language runs into target-language runs.
+
+    Args:
+        model: a model or :class:`ModelAdapter`.
+        source, target: parallel prompts (same content, two languages); the answers to
+            read are taken from ``target`` (:class:`LensPrompt`).
+        mask: the neurons patched (restrict it with ``layers``, a range or a stage name).
+        readout: languages whose answer probability is read (default: all of target's).
+        align: ``"last"`` position, or ``"all"`` positions for equal-length pairs.
+        controls: random masks of the same size per layer (drawn outside ``mask``).
+    """
+    lm = adapt(model)
+    sources, targets = _prompts(source), _prompts(target)
+    if len(sources) != len(targets) or not targets:
+        raise TLMultilingualError(f"source and target must be parallel: {len(sources)} vs {len(targets)} prompts")
+    if layers is not None:
+        mask = mask.restrict(lm.layer_range(layers))
+    languages = list(readout) if readout is not None else list(dict.fromkeys(a for p in targets for a in p.answers))
+    masks = [None, mask, *mask.controls(controls, seed=seed)]
+    head = final_head(lm)
+    sets = _answer_sets(lm, targets, languages)
+    out = torch.full((len(masks), len(targets), lm.n_layers, len(languages)), float("nan"))
+    side = "left" if align == "last" else lm.padding_side
+    for lo in range(0, len(targets), batch_size):
+        hi = min(lo + batch_size, len(targets))
+        src_batch = lm.pad(lm.tokenize([p.text for p in sources[lo:hi]]), side=side)
+        tgt_batch = lm.pad(lm.tokenize([p.text for p in targets[lo:hi]]), side=side)
+        values, positions = _source(lm, src_batch, tgt_batch, align)
+        for c, m in enumerate(masks):
+            hooks = [] if m is None else Interventions(lm, [Edit(m, "patch", values, positions)]).hooks()
+            logp = lens_batch(lm, tgt_batch, head, fwd_hooks=hooks)
+            out[c, lo:hi] = _measure(logp, sets[lo:hi])[0]
+    names = ("clean", "patched", *(f"control_{c}" for c in range(controls)))
+    return PatchResult(names, tuple(languages), out, mask.count())
