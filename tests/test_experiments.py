@@ -15,7 +15,7 @@ def rigged():
     train = tlm.Corpus.from_dict({lang: texts[:30] for lang, texts in toy.texts.items()})
     held_out = tlm.Corpus.from_dict({lang: texts[30:] for lang, texts in toy.texts.items()})
     stats = tlm.collect_stats(lm, train, progress=False)
-    neurons = tlm.identify(stats, method="ternary", top_rate=16 / 48, bar_ratio=0.75)
+    neurons = tlm.identify(stats, method="ternary", top_rate=16 / 48, bar_ratio=0.7)
     return lm, neurons, held_out, toy
 
 

@@ -11,6 +11,7 @@ statistics they rest on in one streaming pass, and save everything with a manife
 
 from . import evaluate, models, prompts
 from .adapters import ModelAdapter, adapt
+from .attribution import Attribution, attribute, class_attribution
 from .collect import collect_stats
 from .corpus import Corpus, Text
 from .errors import (
@@ -37,12 +38,15 @@ from .interventions import (
     record,
     steer,
 )
+from .items import ParallelItem, ParallelItems
 from .languages import language_name, normalize_language
 from .lens import LensResult, language_lens
 from .masks import NeuronMask
 from .neurons import LanguageNeurons
 from .patching import PatchResult, patch_neurons
 from .prompts import LensPrompt
+from .sharing import SHARING_CLASSES, Sharing, sharing
+from .sharing_experiments import boost_experiment, correct_vs_incorrect, item_correctness
 from .stages import STAGES, StageMap, map_stages
 from .stats import ActivationStats
 from .wordtokens import word_tokens
@@ -85,6 +89,17 @@ __all__ = [
     "STAGES",
     "patch_neurons",
     "PatchResult",
+    "ParallelItems",
+    "ParallelItem",
+    "sharing",
+    "Sharing",
+    "SHARING_CLASSES",
+    "attribute",
+    "Attribution",
+    "class_attribution",
+    "item_correctness",
+    "correct_vs_incorrect",
+    "boost_experiment",
     "LanguageNeurons",
     "NeuronMask",
     "normalize_language",

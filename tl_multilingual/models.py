@@ -132,11 +132,15 @@ class Planted:
         model: the TransformerBridge.
         texts: 40 texts per language (``"en"``, ``"ru"``).
         neurons: the planted neurons of layer 0, per language.
+        shared: neurons of layer 0 active in both languages that drive ``answer``.
+        answer: the token the shared neurons push the model to predict next.
     """
 
     model: Any
     texts: dict[str, list[str]]
     neurons: dict[str, list[int]]
+    shared: list[int]
+    answer: str
 
 
 def _word_texts(language: str, n: int, seed: int, words: int = 12) -> list[str]:
@@ -151,9 +155,11 @@ def planted() -> Planted:
     Russian words).
 
     Neurons 0-7 fire only on English-only tokens and raise the logits of English
-    tokens; neurons 8-15 do the same for Russian; neurons 16-47 are random and fire
-    on both. So identification should find 0-7 and 8-15, and deactivating them should
-    raise the perplexity of their own language only.
+    tokens; neurons 8-15 do the same for Russian; neurons 16-23 fire on the tokens of
+    both languages and raise the logit of ``"."`` (the shared answer); neurons 24-47
+    are random. So identification should find 0-7 and 8-15, deactivating them should
+    raise the perplexity of their own language only, and 16-23 should be all-shared
+    and drive the answer ``"."`` in both languages.
     """
     import transformers as T
     from transformer_lens.model_bridge import TransformerBridge
@@ -165,6 +171,7 @@ def planted() -> Planted:
         return {i for t in texts[lang] for i in tok(t, add_special_tokens=False)["input_ids"]}
 
     en_ids, ru_ids = sorted(ids("en") - ids("ru")), sorted(ids("ru") - ids("en"))
+    answer_id = tok(".", add_special_tokens=False)["input_ids"][0]
     config = T.GPT2Config(
         vocab_size=len(tok), n_embd=32, n_layer=1, n_head=4, n_inner=48, n_positions=128,
         activation_function="relu", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
@@ -173,12 +180,14 @@ def planted() -> Planted:
     torch.manual_seed(0)
     model = T.GPT2LMHeadModel(config).eval()
     neurons = {"en": list(range(0, 8)), "ru": list(range(8, 16))}
+    shared = list(range(16, 24))
     with torch.no_grad():
         wte = model.transformer.wte.weight  # tied: also the unembedding
         wte.normal_(0.0, 0.02)
         for lang_ids, marker in ((en_ids, 0), (ru_ids, 1)):
             wte[lang_ids, marker] = 1.0  # read by the language's neurons
             wte[lang_ids, marker + 2] = 1.0  # written by them: raises these tokens' logits
+        wte[answer_id, 4] = 1.0  # written by the shared neurons
         model.transformer.wpe.weight.zero_()
         block = model.transformer.h[0]
         for param in (*block.attn.parameters(), *block.mlp.parameters()):
@@ -188,7 +197,10 @@ def planted() -> Planted:
             for j in neurons[lang]:
                 fc_w[marker, j], fc_w[1 - marker, j], fc_b[j] = 4.0, -4.0, -1.0
                 proj_w[j, marker + 2] = 1.0
-        fc_w[4:, 16:] = torch.randn(28, 32)
-        proj_w[16:, 4:] = 0.3 * torch.randn(32, 28)
+        for j in shared:
+            fc_w[0, j], fc_w[1, j], fc_b[j] = 4.0, 4.0, -1.0
+            proj_w[j, 4] = 1.0
+        fc_w[5:, 24:] = torch.randn(27, 24)
+        proj_w[24:, 5:] = 0.1 * torch.randn(24, 27)
     bridge = TransformerBridge.boot_transformers("planted-gpt2", hf_model=model, tokenizer=tok)
-    return Planted(bridge, texts, neurons)
+    return Planted(bridge, texts, neurons, shared, ".")

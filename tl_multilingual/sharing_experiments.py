@@ -1,0 +1,178 @@
+"""Paper B's experiments on sharing classes: correct versus incorrect items, and
+strengthening (or deactivating) a class of neurons per item.
+
+An item is answered correctly in a language when, with answer options, its gold
+option has the highest log-likelihood given the prompt; without options, when the
+most likely next token is the first token of the gold answer. ``logprob`` is the
+log-likelihood of the gold answer (option) given the prompt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .adapters import ModelAdapter, adapt
+from .corpus import Text
+from .errors import TLMultilingualError
+from .evaluate import _sequence_nll
+from .interventions import boost
+from .items import ParallelItem, ParallelItems
+from .masks import NeuronMask
+from .sharing import SHARING_CLASSES, Sharing
+from .sharing import sharing as compute_sharing
+from .tokens import encode
+
+__all__ = ["item_correctness", "correct_vs_incorrect", "boost_experiment"]
+
+
+def _score_item(lm: ModelAdapter, item: ParallelItem, languages: Sequence[str]) -> list[tuple[bool, float]]:
+    """(correct, logprob) of one item in each language."""
+    if item.options:
+        texts = [Text(item.texts[lang], option) for lang in languages for option in item.options[lang]]
+        sums, _ = _sequence_nll(lm, encode(lm, texts, policy="response"), len(texts))
+        k = len(item.options[languages[0]])
+        out = []
+        for p in range(len(languages)):
+            scores = [-s for s in sums[p * k : (p + 1) * k]]
+            best = max(range(k), key=scores.__getitem__)
+            out.append((best == item.label, scores[item.label]))
+        return out
+    answers = [item.answer(lang) for lang in languages]
+    if any(a is None for a in answers):
+        raise TLMultilingualError(f"item {item.id} needs a gold answer or options in every language")
+    sequences = encode(lm, [Text(item.texts[lang], a) for lang, a in zip(languages, answers)], policy="response")
+    sums, _ = _sequence_nll(lm, sequences, len(sequences))
+    prompts = lm.tokenize([item.texts[lang] for lang in languages])
+    batch = lm.pad(prompts, side="left")
+    predicted = lm.forward(batch)[:, -1].argmax(-1).tolist()
+    out = []
+    for p, (seq, pred) in enumerate(zip(sequences, predicted)):
+        first_answer_token = seq.ids[len(prompts[p])]
+        out.append((pred == first_answer_token, -sums[p]))
+    return out
+
+
+def item_correctness(model: Any, items: ParallelItems, *, progress: bool = False) -> pd.DataFrame:
+    """One row per (item, language): ``correct`` and ``logprob`` of the gold answer."""
+    lm = adapt(model)
+    rows = []
+    for item in tqdm(items, disable=not progress, desc="scoring items"):
+        for lang, (correct, logprob) in zip(items.languages, _score_item(lm, item, items.languages)):
+            rows.append({"id": item.id, "language": lang, "correct": bool(correct), "logprob": logprob})
+    return pd.DataFrame(rows, columns=["id", "language", "correct", "logprob"])
+
+
+def correct_vs_incorrect(
+    model: Any,
+    items: ParallelItems,
+    *,
+    sharing: Sharing | None = None,
+    correctness: pd.DataFrame | None = None,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Sharing-class profiles of items answered correctly versus wrongly, per language.
+
+    Returns one row per (language, correct, layer, class): the mean ``percent`` of
+    ``d_mlp`` over those items and ``n_items``.
+    """
+    lm = adapt(model)
+    sharing = sharing if sharing is not None else compute_sharing(lm, items, progress=progress)
+    correctness = correctness if correctness is not None else item_correctness(lm, items, progress=progress)
+    counts = sharing.counts().double() * 100.0 / sharing.d_mlp  # [item, layer, class]
+    index = {item_id: i for i, item_id in enumerate(sharing.item_ids)}
+    rows = []
+    for (lang, correct), group in correctness.groupby(["language", "correct"], sort=False):
+        picks = [index[i] for i in group["id"]]
+        mean = counts[picks].mean(0)
+        for layer in range(sharing.n_layers):
+            for k, cls in enumerate(SHARING_CLASSES):
+                rows.append((lang, bool(correct), layer, cls, float(mean[layer, k]), len(picks)))
+    return pd.DataFrame(rows, columns=["language", "correct", "layer", "class", "percent", "n_items"])
+
+
+def _class_mask(sharing: Sharing, item: int, classes: Sequence[str]) -> NeuronMask:
+    mask = NeuronMask.empty(sharing.n_layers, sharing.d_mlp)
+    for cls in classes:
+        mask = mask | sharing.mask(item, cls)
+    return mask
+
+
+def _bootstrap(values: np.ndarray, base: np.ndarray, draws: np.ndarray, ci: float) -> tuple[float, float]:
+    change = values - base
+    boot = change[draws].mean(1)
+    alpha = (1 - ci) / 2
+    return float(np.quantile(boot, alpha)), float(np.quantile(boot, 1 - alpha))
+
+
+def boost_experiment(
+    model: Any,
+    items: ParallelItems,
+    *,
+    classes: Sequence[str] = ("all_shared",),
+    factors: Sequence[float] = (1.0, 1.5, 2.0, 3.0),
+    sharing: Sharing | None = None,
+    controls: int = 3,
+    seed: int = 0,
+    n_boot: int = 1000,
+    ci: float = 0.95,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Scale one sharing class of neurons per item and measure every language.
+
+    Each item's own class mask (from ``sharing``) is scaled by each factor (0
+    deactivates, 1 is the baseline) while the item is answered in every language;
+    random masks with as many neurons per layer (drawn outside the class) are the
+    control. Returns one row per (class, factor, language): ``accuracy`` and mean
+    ``logprob``, their changes from the unmodified model with paired bootstrap
+    intervals over items, and the control's accuracy and log-probability.
+    """
+    lm = adapt(model)
+    sharing = sharing if sharing is not None else compute_sharing(lm, items, progress=False)
+    if sharing.item_ids != [item.id for item in items]:
+        raise TLMultilingualError("the sharing classes were computed on other items")
+    langs = list(items.languages)
+    n_items, n_langs = len(items), len(langs)
+    baseline = np.zeros((n_items, n_langs, 2))
+    for i, item in enumerate(items):
+        baseline[i] = _score_item(lm, item, langs)
+    draws = np.random.default_rng(seed).integers(0, n_items, size=(n_boot, n_items))
+    rows = []
+    total = len(classes) * len(factors) * n_items
+    bar = tqdm(total=total, disable=not progress, desc="boost experiment")
+    for cls in classes:
+        cls_parts = [c.strip() for c in cls.split("+")]
+        for factor in factors:
+            hit = np.zeros((n_items, n_langs, 2))
+            ctrl = np.zeros((max(controls, 1), n_items, n_langs, 2))
+            sizes = []
+            for i, item in enumerate(items):
+                mask = _class_mask(sharing, i, cls_parts)
+                sizes.append(mask.count())
+                with boost(lm, mask, factor=factor):
+                    hit[i] = _score_item(lm, item, langs)
+                for c, random_mask in enumerate(mask.controls(controls, seed=seed + 97 * i)):
+                    with boost(lm, random_mask, factor=factor):
+                        ctrl[c, i] = _score_item(lm, item, langs)
+                bar.update()
+            for p, lang in enumerate(langs):
+                acc_low, acc_high = _bootstrap(hit[:, p, 0], baseline[:, p, 0], draws, ci)
+                lp_low, lp_high = _bootstrap(hit[:, p, 1], baseline[:, p, 1], draws, ci)
+                rows.append({
+                    "class": cls, "factor": factor, "language": lang, "mean_neurons": float(np.mean(sizes)),
+                    "baseline_accuracy": baseline[:, p, 0].mean(), "accuracy": hit[:, p, 0].mean(),
+                    "accuracy_change": (hit[:, p, 0] - baseline[:, p, 0]).mean(),
+                    "accuracy_ci_low": acc_low, "accuracy_ci_high": acc_high,
+                    "baseline_logprob": baseline[:, p, 1].mean(), "logprob": hit[:, p, 1].mean(),
+                    "logprob_change": (hit[:, p, 1] - baseline[:, p, 1]).mean(),
+                    "logprob_ci_low": lp_low, "logprob_ci_high": lp_high,
+                    "control_accuracy": ctrl[:controls, :, p, 0].mean() if controls else float("nan"),
+                    "control_logprob_change": (ctrl[:controls, :, p, 1] - baseline[None, :, p, 1]).mean()
+                    if controls else float("nan"),
+                })
+    bar.close()
+    return pd.DataFrame(rows)
