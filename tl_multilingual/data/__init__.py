@@ -1,0 +1,254 @@
+"""Bundled data, and loaders for standard multilingual sets.
+
+Bundled (written for this project, MIT-licensed like the code):
+
+- :func:`parallel`: 170 sentences in 10 languages (en, de, fr, es, ru, zh, ja, ar, hi,
+  th), half everyday, half reasoning-style; as a :class:`Corpus` or, with
+  :func:`parallel_items`, as :class:`ParallelItems`;
+- :func:`words`: 117 concrete nouns in the same languages, with English cloze
+  sentences, for the logit-lens prompts.
+
+Standard sets, from local files or Hugging Face datasets, with language codes mapped:
+:func:`flores` (FLORES+ / FLORES-200), :func:`mgsm`, :func:`xnli`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from functools import cache
+from importlib.resources import files
+from pathlib import Path
+from typing import Any, Literal
+
+from ..corpus import Corpus
+from ..errors import CorpusError
+from ..items import ParallelItem, ParallelItems
+from ..languages import normalize_language
+
+__all__ = ["LANGUAGES", "parallel", "parallel_records", "parallel_items", "words", "flores", "mgsm", "xnli"]
+
+LANGUAGES = ("en", "de", "fr", "es", "ru", "zh", "ja", "ar", "hi", "th")
+Register = Literal["everyday", "reasoning"]
+
+
+@cache
+def _jsonl(name: str) -> tuple[dict[str, Any], ...]:
+    text = files(__name__).joinpath(name).read_text(encoding="utf-8")
+    return tuple(json.loads(line) for line in text.splitlines() if line.strip())
+
+
+def _languages(languages: Sequence[str] | None) -> list[str]:
+    chosen = [normalize_language(x) for x in (languages or LANGUAGES)]
+    unknown = [x for x in chosen if x not in LANGUAGES]
+    if unknown:
+        raise CorpusError(f"the bundled data has no {unknown}; it covers {list(LANGUAGES)}")
+    return chosen
+
+
+def parallel_records(register: Register | None = None) -> list[dict[str, Any]]:
+    """The bundled parallel sentences: ``{"id", "register", "en", "de", ...}``."""
+    return [dict(r) for r in _jsonl("parallel.jsonl") if register is None or r["register"] == register]
+
+
+def parallel(languages: Sequence[str] | None = None, *, register: Register | None = None) -> Corpus:
+    """The bundled parallel sentences as a corpus (same order in every language)."""
+    records = parallel_records(register)
+    return Corpus.from_dict({lang: [r[lang] for r in records] for lang in _languages(languages)})
+
+
+def parallel_items(languages: Sequence[str] | None = None, *, register: Register | None = None) -> ParallelItems:
+    """The bundled parallel sentences as :class:`ParallelItems` (for sharing classes)."""
+    langs = _languages(languages)
+    items = [ParallelItem(r["id"], {lang: r[lang] for lang in langs}) for r in parallel_records(register)]
+    return ParallelItems(items, languages=langs)
+
+
+def words(languages: Sequence[str] | None = None) -> list[dict[str, str]]:
+    """The bundled word list: ``{"concept", "<language>": word, ..., "cloze_en"}``."""
+    langs = _languages(languages)
+    keep = {"concept", "cloze_en", *langs}
+    return [{k: v for k, v in r.items() if k in keep} for r in _jsonl("words.jsonl")]
+
+
+# -- standard sets ---------------------------------------------------------------------
+
+
+def _hf(name: str, **kwargs: Any) -> Any:
+    try:
+        import datasets
+    except ImportError:
+        raise CorpusError('loading from the Hugging Face hub needs datasets: pip install "tl-multilingual[hf]"') from None
+    return datasets.load_dataset(name, **kwargs)
+
+
+# FLORES names individual languages where ISO 639-1 names macrolanguages
+# (FLORES-200 zho_Hans is cmn_Hans in FLORES+).
+_FLORES_ALIASES = {
+    "zho": ("zho", "cmn"), "ara": ("arb", "ara"), "swa": ("swh", "swa"), "fas": ("pes", "fas"),
+    "msa": ("zsm", "msa"), "est": ("est", "ekk"), "lav": ("lvs", "lav"), "uzb": ("uzn", "uzb"),
+    "aze": ("azj", "aze"), "mon": ("khk", "mon"), "nep": ("npi", "nep"), "ori": ("ory", "ori"),
+    "pus": ("pbt", "pus"), "sqi": ("als", "sqi"), "kur": ("kmr", "kur"), "yid": ("ydd", "yid"),
+}
+
+
+def _flores_codes(language: str) -> list[str]:
+    """Candidate FLORES codes (``<ISO 639-3>_<script>``) of a language."""
+    import langcodes
+
+    lang = langcodes.Language.get(normalize_language(language)).maximize()
+    alpha3 = lang.to_alpha3()
+    return [f"{code}_{lang.script}" for code in _FLORES_ALIASES.get(alpha3, (alpha3,))]
+
+
+def flores(
+    source: str | Path | Any,
+    languages: Sequence[str],
+    *,
+    split: str = "devtest",
+    limit: int | None = None,
+) -> Corpus:
+    """FLORES+ / FLORES-200 sentences as a parallel corpus.
+
+    ``source`` is a folder of ``<code>.<split>`` text files (FLORES-200 layout, e.g.
+    ``eng_Latn.devtest``) or ``<split>/<code>.parquet`` files (FLORES+), a
+    ``datasets.Dataset`` with ``iso_639_3``, ``iso_15924`` and ``text`` columns, or a
+    hub name (``"openlanguagedata/flores_plus"``).
+    """
+    texts: dict[str, list[str]] = {}
+    frame = None
+    for language in languages:
+        codes = _flores_codes(language)
+        if isinstance(source, (str, Path)) and Path(source).is_dir():
+            lines = _flores_file(Path(source), codes, split)
+            if lines is None:
+                raise CorpusError(f"no FLORES file for {language!r} ({' or '.join(codes)}) in {source}")
+        else:
+            if frame is None:
+                frame = (_hf(str(source), split=split) if isinstance(source, str) else source).to_pandas()
+            names = frame["iso_639_3"] + "_" + frame["iso_15924"]
+            lines = frame[names.isin(codes)]["text"].tolist()
+            if not lines:
+                raise CorpusError(f"the dataset has no rows for {language!r} ({' or '.join(codes)})")
+        texts[normalize_language(language)] = lines[:limit]
+    return Corpus.from_dict(texts)
+
+
+def _flores_file(folder: Path, codes: list[str], split: str) -> list[str] | None:
+    for code in codes:
+        for path in (folder / f"{code}.{split}", folder / split / f"{code}.{split}"):
+            if path.is_file():
+                return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        for path in (folder / split / f"{code}.parquet", folder / f"{code}.parquet"):
+            if path.is_file():
+                import pandas as pd
+
+                return pd.read_parquet(path)["text"].tolist()
+    return None
+
+
+def mgsm(
+    source: str | Path | Any,
+    languages: Sequence[str],
+    *,
+    template: str = "Question: {question}\nAnswer:",
+    limit: int | None = None,
+) -> ParallelItems:
+    """MGSM (grade-school maths in 10+ languages) as parallel items; the gold answer is
+    the number, with a leading space.
+
+    ``source`` is a folder of ``mgsm_<lang>.tsv`` files (question, answer number; the
+    original release), or a callable/hub name giving, per language, a dataset with
+    ``question`` and ``answer_number`` columns (``"juletxara/mgsm"``).
+    """
+    per_lang: dict[str, list[tuple[str, str]]] = {}
+    for language in languages:
+        lang = normalize_language(language)
+        if isinstance(source, (str, Path)) and Path(source).is_dir():
+            path = Path(source) / f"mgsm_{lang}.tsv"
+            if not path.is_file():
+                raise CorpusError(f"no {path.name} in {source}")
+            with path.open(encoding="utf-8") as handle:
+                rows = [(r[0], r[1]) for r in csv.reader(handle, delimiter="\t") if len(r) >= 2]
+        else:
+            dataset = source(lang) if callable(source) else _hf(str(source), name=lang, split="test")
+            frame = dataset.to_pandas()
+            rows = list(zip(frame["question"], frame["answer_number"].astype(str)))
+        per_lang[lang] = [(q, _number(a)) for q, a in rows][:limit]
+    return _aligned(per_lang, lambda q: template.format(question=q))
+
+
+def _number(answer: str) -> str:
+    value = float(str(answer).replace(",", ""))
+    return f" {int(value)}" if value.is_integer() else f" {value}"
+
+
+def _aligned(per_lang: dict[str, list[tuple[str, str]]], render) -> ParallelItems:
+    sizes = {lang: len(rows) for lang, rows in per_lang.items()}
+    if len(set(sizes.values())) != 1:
+        raise CorpusError(f"the languages have different numbers of items: {sizes}")
+    n = next(iter(sizes.values()))
+    items = [
+        ParallelItem(
+            str(i),
+            {lang: render(rows[i][0]) for lang, rows in per_lang.items()},
+            {lang: (rows[i][1],) for lang, rows in per_lang.items()},
+        )
+        for i in range(n)
+    ]
+    return ParallelItems(items, languages=list(per_lang))
+
+
+XNLI_LABELS = (" True", " Neither", " False")  # entailment, neutral, contradiction
+
+
+def xnli(
+    source: str | Path | Any,
+    languages: Sequence[str],
+    *,
+    split: str = "test",
+    template: str = "{premise}\nQuestion: {hypothesis} True, False or Neither?\nAnswer:",
+    options: Sequence[str] = XNLI_LABELS,
+    limit: int | None = None,
+) -> ParallelItems:
+    """XNLI as multiple-choice parallel items (options: ``True``, ``Neither``,
+    ``False`` for entailment, neutral, contradiction).
+
+    ``source`` is the XNLI-1.0 ``xnli.<split>.tsv`` file (columns ``language``,
+    ``gold_label``, ``sentence1``, ``sentence2``, ``pairID``), or a callable/hub name
+    giving, per language, a dataset with ``premise``, ``hypothesis`` and ``label``
+    (``"facebook/xnli"``).
+    """
+    labels = {"entailment": 0, "neutral": 1, "contradiction": 2}
+    per_lang: dict[str, list[tuple[str, str, int]]] = {}
+    if isinstance(source, (str, Path)) and Path(source).is_file():
+        with Path(source).open(encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
+        for language in languages:
+            lang = normalize_language(language)
+            mine = sorted((r for r in rows if normalize_language(r["language"]) == lang), key=lambda r: r["pairID"])
+            per_lang[lang] = [(r["sentence1"], r["sentence2"], labels[r["gold_label"]]) for r in mine][:limit]
+    else:
+        for language in languages:
+            lang = normalize_language(language)
+            dataset = source(lang) if callable(source) else _hf(str(source), name=lang, split=split)
+            frame = dataset.to_pandas()
+            per_lang[lang] = list(zip(frame["premise"], frame["hypothesis"], frame["label"].astype(int)))[:limit]
+    sizes = {lang: len(rows) for lang, rows in per_lang.items()}
+    if len(set(sizes.values())) != 1:
+        raise CorpusError(f"the languages have different numbers of items: {sizes}")
+    first = next(iter(per_lang.values()))
+    items = []
+    for i in range(len(first)):
+        if len({rows[i][2] for rows in per_lang.values()}) != 1:
+            raise CorpusError(f"item {i}: the languages disagree on the label; the files are not aligned")
+        items.append(
+            ParallelItem(
+                str(i),
+                {lang: template.format(premise=rows[i][0], hypothesis=rows[i][1]) for lang, rows in per_lang.items()},
+                options={lang: tuple(options) for lang in per_lang},
+                label=first[i][2],
+            )
+        )
+    return ParallelItems(items, languages=list(per_lang))
