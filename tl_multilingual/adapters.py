@@ -121,6 +121,11 @@ class ModelAdapter:
         """
         return f"blocks.{layer}.mlp.hook_post"
 
+    @property
+    def final_hook(self) -> str:
+        """The residual stream after the last block, which the final norm reads."""
+        return f"blocks.{self.n_layers - 1}.hook_resid_post"
+
     def layer_range(self, layers: Iterable[int] | slice | str | None) -> list[int]:
         """Layer indices from a range, a slice, a stage name (needs :attr:`stages`, see
         :func:`tl_multilingual.map_stages`) or None (every layer)."""
@@ -229,16 +234,17 @@ class ModelAdapter:
         *,
         fwd_hooks: Sequence[tuple[str, HookFn]] = (),
         logits: bool = True,
+        stop_at: str | None = None,
     ) -> Tensor | None:
         """Run the model on a batch with hooks attached.
 
-        With ``logits=False`` the pass stops right after the last layer's
-        :meth:`write_hook`: the last ``W_out``, the final norm and the unembedding are
-        never computed, and ``None`` is returned.
+        With ``logits=False`` the pass stops right after the hook ``stop_at`` (default:
+        the last layer's :meth:`write_hook`, so the last ``W_out``, the final norm and the
+        unembedding are never computed), and ``None`` is returned.
         """
         hooks = list(fwd_hooks)
         if not logits:
-            hooks.append((self.write_hook(self.n_layers - 1), _raise_stop))
+            hooks.append((stop_at or self.write_hook(self.n_layers - 1), _raise_stop))
         try:
             with torch.no_grad(), self.hooks(hooks):
                 return self._call(batch, logits=logits)

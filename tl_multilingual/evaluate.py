@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
+from torch import Tensor
 
 from .adapters import ModelAdapter, adapt
 from .corpus import Corpus, Text
@@ -40,17 +40,30 @@ __all__ = [
     "generate",
 ]
 
-_LOGIT_CHUNK = 1 << 25  # logits converted to float32 at once
+_HEAD_ROWS = 256  # positions sent through the output head at once
 
 
 def _sequence_nll(lm: ModelAdapter, sequences: list, batch_size: int) -> tuple[list[float], list[int]]:
-    """Summed NLL and token count of the counted positions of each sequence."""
+    """Summed NLL and token count of the counted positions of each sequence.
+
+    Only the positions that predict a counted token go through the model's head (final
+    norm, unembedding, soft-capping), a chunk at a time: the full ``[batch, pos, vocab]``
+    logits are never built.
+    """
+    from .lens import final_head
+
+    head = final_head(lm)
     sums = [0.0] * len(sequences)
     counts = [0] * len(sequences)
+    resid: dict[str, Tensor] = {}
+
+    def keep(tensor: Tensor, hook: Any) -> None:
+        resid["final"] = tensor
+
     for indices, batch, counted in batches(lm, sequences, batch_size):
-        logits = lm.forward(batch)
+        lm.forward(batch, fwd_hooks=[(lm.final_hook, keep)], logits=False, stop_at=lm.final_hook)
         targets = counted[:, 1:]  # the token at p is predicted from position p - 1
-        nll = _cross_entropy(logits[:, :-1][targets], batch.input_ids[:, 1:][targets])
+        nll = _head_nll(head, resid["final"][:, :-1][targets], batch.input_ids[:, 1:][targets])
         per_row = torch.zeros(len(indices), dtype=torch.float64, device=nll.device)
         per_row.index_add_(0, targets.nonzero()[:, 0], nll.double())
         for row, i in enumerate(indices):
@@ -59,13 +72,14 @@ def _sequence_nll(lm: ModelAdapter, sequences: list, batch_size: int) -> tuple[l
     return sums, counts
 
 
-def _cross_entropy(logits: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
-    rows = max(1, _LOGIT_CHUNK // max(logits.shape[-1], 1))
-    parts = [
-        F.cross_entropy(part.float(), target, reduction="none")
-        for part, target in zip(logits.split(rows), gold.split(rows))
-    ]
-    return torch.cat(parts) if parts else logits.new_zeros(0, dtype=torch.float32)
+def _head_nll(head: Any, resid: Tensor, gold: Tensor) -> Tensor:
+    """``-log softmax(head(resid))[gold]`` row by row, in chunks of the vocabulary matrix."""
+    parts = []
+    for rows, target in zip(resid.split(_HEAD_ROWS), gold.split(_HEAD_ROWS)):
+        with torch.no_grad():
+            logits = head(rows).float()
+        parts.append(torch.logsumexp(logits, -1) - logits.gather(-1, target[:, None]).squeeze(-1))
+    return torch.cat(parts) if parts else resid.new_zeros(0, dtype=torch.float32)
 
 
 def text_nll(
@@ -77,21 +91,27 @@ def text_nll(
     max_length: int | None = None,
 ) -> pd.DataFrame:
     """Per-text negative log-likelihood: one row per text with ``language``, ``text``
-    (index), ``tokens`` (predicted tokens counted) and ``nll`` (their summed NLL)."""
+    (index), ``tokens`` (predicted tokens counted) and ``nll`` (their summed NLL).
+    Texts of all languages share batches."""
     lm = adapt(model)
-    rows = []
+    owners, sequences = [], []
     for lang in corpus.languages:
         encoded = encode(lm, corpus[lang], policy=token_policy, max_length=max_length, overflow="truncate")
         # Nothing predicts the first position: count targets from position 1.
-        sequences = [replace(s, start=max(s.start, 1)) for s in encoded if s.stop > max(s.start, 1)]
-        sums, counts = _sequence_nll(lm, sequences, batch_size)
-        per_text: dict[int, list[float]] = {}
-        for seq, total, n in zip(sequences, sums, counts):
-            acc = per_text.setdefault(seq.text_index, [0.0, 0])
-            acc[0] += total
-            acc[1] += n
+        for seq in encoded:
+            if seq.stop > max(seq.start, 1):
+                owners.append((lang, seq.text_index))
+                sequences.append(replace(seq, start=max(seq.start, 1)))
+    sums, counts = _sequence_nll(lm, sequences, batch_size)
+    totals: dict[tuple[str, int], list[float]] = {}
+    for owner, total, n in zip(owners, sums, counts):
+        acc = totals.setdefault(owner, [0.0, 0])
+        acc[0] += total
+        acc[1] += n
+    rows = []
+    for lang in corpus.languages:
         for index in range(len(corpus[lang])):
-            total, n = per_text.get(index, [0.0, 0])
+            total, n = totals.get((lang, index), [0.0, 0])
             rows.append({"language": lang, "text": index, "tokens": int(n), "nll": total})
     return pd.DataFrame(rows, columns=["language", "text", "tokens", "nll"])
 
