@@ -29,6 +29,7 @@ from .adapters import ModelAdapter, adapt
 from .corpus import Corpus, Text
 from .errors import CorpusError
 from .languages import normalize_language
+from .lens import final_head, last_logits
 from .tokens import TokenPolicy, batches, encode
 
 __all__ = [
@@ -50,8 +51,6 @@ def _sequence_nll(lm: ModelAdapter, sequences: list, batch_size: int) -> tuple[l
     norm, unembedding, soft-capping), a chunk at a time: the full ``[batch, pos, vocab]``
     logits are never built.
     """
-    from .lens import final_head
-
     head = final_head(lm)
     sums = [0.0] * len(sequences)
     counts = [0] * len(sequences)
@@ -220,7 +219,7 @@ def generate(
         done = [False] * len(ids)
         for _ in range(max_new_tokens):
             batch = lm.pad([p + n for p, n in zip(ids, new)], side="left")
-            next_ids = lm.forward(batch)[:, -1].argmax(-1).tolist()
+            next_ids = last_logits(lm, batch).argmax(-1).tolist()
             for row, token in enumerate(next_ids):
                 if done[row]:
                     continue

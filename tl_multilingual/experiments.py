@@ -13,8 +13,10 @@ Variants name neuron classes joined with ``+``: paper A's ``"specific"``,
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -28,6 +30,7 @@ from .evaluate import choice_scores, text_nll
 from .interventions import Layers, ablate
 from .masks import NeuronMask
 from .neurons import LanguageNeurons
+from .persist import write_text
 from .stats import ActivationStats
 
 __all__ = ["ablation_matrix", "AblationResult", "variant_mask"]
@@ -86,6 +89,23 @@ class AblationResult:
     def to_frame(self) -> pd.DataFrame:
         return self.frame.copy()
 
+    def save(self, path: str | Path) -> Path:
+        """Save to the folder ``path``: ``cells.csv``, ``controls.csv``, ``result.json``."""
+        folder = Path(path)
+        write_text(folder / "cells.csv", self.frame.to_csv(index=False))
+        write_text(folder / "controls.csv", self.controls.to_csv(index=False))
+        write_text(folder / "result.json", json.dumps({"kind": "tl_multilingual.AblationResult", "metric": self.metric}))
+        return folder
+
+    @classmethod
+    def load(cls, path: str | Path) -> AblationResult:
+        folder = Path(path)
+        try:
+            meta = json.loads((folder / "result.json").read_text(encoding="utf-8"))
+            return cls(pd.read_csv(folder / "cells.csv"), pd.read_csv(folder / "controls.csv"), meta["metric"])
+        except (OSError, ValueError, KeyError) as err:
+            raise TLMultilingualError(f"{folder} is not a saved ablation result: {err}") from None
+
     def matrix(self, variant: str | None = None, value: str = "relative_change") -> pd.DataFrame:
         """Ablated languages (rows) by evaluated languages (columns) for one variant."""
         variants = list(dict.fromkeys(self.frame["variant"]))
@@ -115,7 +135,7 @@ def ablation_matrix(
     layers: Layers = None,
     value: float | Literal["zero", "mean"] = 0.0,
     stats: ActivationStats | None = None,
-    controls: int = 3,
+    controls: int | Mapping[str, int] = 3,
     seed: int = 0,
     n_boot: int = 1000,
     ci: float = 0.95,
@@ -136,8 +156,13 @@ def ablation_matrix(
             (``"understanding"``...) once :func:`tl_multilingual.map_stages` has run.
         value: what deactivated neurons are set to: 0, a constant, or ``"mean"`` (needs
             ``stats``).
-        controls: random same-size-per-layer neuron sets per (variant, language).
-        n_boot, ci: paired bootstrap over texts/items for the change's interval.
+        controls: random same-size-per-layer neuron sets per (variant, language), or a
+            number per variant (``{"specific+related": 3}``; unnamed variants get none).
+        seed: seed of the controls and of the bootstrap.
+        n_boot: paired bootstrap replicates over texts/items for the change's interval.
+        ci: the interval's coverage.
+        batch_size: texts per forward pass.
+        progress: show a progress bar.
 
     Returns:
         :class:`AblationResult` (``to_frame()``, ``matrix(variant)``).
@@ -153,7 +178,8 @@ def ablation_matrix(
     masks = {(v, lang): variant_mask(neurons, v, lang) for v in variants for lang in ablated}
     if layers is not None:
         masks = {key: m.restrict(lm.layer_range(layers)) for key, m in masks.items()}
-    total = 1 + len(masks) * (1 + controls)
+    n_controls = {v: (controls.get(v, 0) if isinstance(controls, Mapping) else controls) for v in variants}
+    total = 1 + sum(1 + n_controls[v] for v, _ in masks)
     bar = tqdm(total=total, disable=not progress, desc="ablation matrix", unit="run")
 
     def run(mask: NeuronMask | None) -> pd.DataFrame:
@@ -178,7 +204,7 @@ def ablation_matrix(
         rows, control_rows = [], []
         for (variant, lang), mask in masks.items():
             hit = run(mask)
-            ctrl_runs = [run(random_mask) for random_mask in mask.controls(controls, seed=seed)]
+            ctrl_runs = [run(random_mask) for random_mask in mask.controls(n_controls[variant], seed=seed)]
             for target in evaluated:
                 rows.append(
                     _row(evaluation, baseline, hit, ctrl_runs, target, draws[target], ci)

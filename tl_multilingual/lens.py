@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,11 +24,14 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .adapters import Batch, ModelAdapter, adapt
-from .errors import CorpusError
+from .errors import CorpusError, SaveError
+from .persist import read_result, write_result
 from .prompts import LensPrompt
 from .wordtokens import word_tokens
 
-__all__ = ["language_lens", "LensResult", "final_head"]
+__all__ = ["language_lens", "LensResult", "final_head", "last_logits"]
+
+_KIND = "tl_multilingual.LensResult"
 
 
 def final_head(lm: ModelAdapter) -> Callable[[Tensor], Tensor]:
@@ -116,6 +120,24 @@ class LensResult:
                 rows.append((layer, quantity, lang, mean[layer], low[layer], high[layer]))
         return pd.DataFrame(rows, columns=["layer", "quantity", "language", "mean", "ci_low", "ci_high"])
 
+    def save(self, path: str | Path) -> Path:
+        """Save to the folder ``path`` (safetensors + manifest with the prompts)."""
+        tensors = {"probability": self.probability, "rank": self.rank, "entropy": self.entropy,
+                   "top_token": self.top_token}
+        prompts = [{"text": p.text, "answers": p.answers} for p in self.prompts]
+        return write_result(path, kind=_KIND, tensors=tensors,
+                            manifest={"languages": list(self.languages), "prompts": prompts})
+
+    @classmethod
+    def load(cls, path: str | Path) -> LensResult:
+        tensors, manifest = read_result(path, kind=_KIND)
+        try:
+            prompts = tuple(LensPrompt(p["text"], p["answers"]) for p in manifest["prompts"])
+            return cls(tuple(manifest["languages"]), tensors["probability"], tensors["rank"], tensors["entropy"],
+                       tensors["top_token"], prompts)
+        except KeyError as err:
+            raise SaveError(f"{path} lacks {err}") from None
+
     def select(self, prompts: Sequence[int]) -> LensResult:
         """The result on a subset (or resample) of prompts."""
         idx = torch.as_tensor(list(prompts), dtype=torch.long)
@@ -137,10 +159,28 @@ def _answer_sets(lm: ModelAdapter, prompts: Sequence[LensPrompt], languages: Seq
     return sets
 
 
+def last_logits(lm: ModelAdapter, batch: Batch, fwd_hooks: Sequence = ()) -> Float[Tensor, "batch vocab"]:
+    """The model's logits at each row's last real position, computing the output head
+    for those positions only."""
+    last = batch.attention_mask.shape[1] - 1 - batch.attention_mask.flip(-1).argmax(-1)
+    rows = torch.arange(batch.input_ids.shape[0], device=batch.input_ids.device)
+    final: dict[str, Tensor] = {}
+
+    def store(tensor: Tensor, hook: Any) -> None:
+        final["resid"] = tensor[rows, last]
+
+    lm.forward(batch, fwd_hooks=[*fwd_hooks, (lm.final_hook, store)], logits=False, stop_at=lm.final_hook)
+    with torch.no_grad():
+        return final_head(lm)(final["resid"])
+
+
 def lens_batch(
     lm: ModelAdapter, batch: Batch, head: Callable[[Tensor], Tensor], fwd_hooks: Sequence = ()
 ) -> Float[Tensor, "batch layer vocab"]:
-    """Log-probabilities of the next token read at every layer's last real position."""
+    """Log-probabilities of the next token read at every layer's last real position.
+
+    The forward pass stops after the last block: only the ``n_layers`` residual
+    vectors per prompt go through the output head."""
     last = batch.attention_mask.shape[1] - 1 - batch.attention_mask.flip(-1).argmax(-1)
     rows = torch.arange(batch.input_ids.shape[0], device=batch.input_ids.device)
     resid: dict[int, Tensor] = {}
@@ -152,7 +192,7 @@ def lens_batch(
         return store
 
     hooks = list(fwd_hooks) + [(f"blocks.{layer}.hook_resid_post", keep(layer)) for layer in range(lm.n_layers)]
-    lm.forward(batch, fwd_hooks=hooks)
+    lm.forward(batch, fwd_hooks=hooks, logits=False, stop_at=lm.final_hook)  # the head runs below, on n_layers rows
     with torch.no_grad():
         stacked = torch.stack([resid[layer] for layer in range(lm.n_layers)], dim=1)  # [batch, layer, d_model]
         logits = head(stacked.reshape(-1, stacked.shape[-1])).float()

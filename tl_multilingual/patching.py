@@ -132,8 +132,9 @@ def patch_neurons(
 
     Args:
         model: a model or :class:`ModelAdapter`.
-        source, target: parallel prompts (same content, two languages); the answers to
-            read are taken from ``target`` (:class:`LensPrompt`).
+        source: prompts in the source language.
+        target: the same prompts in the target language (parallel to ``source``); the
+            answers read come from them (:class:`LensPrompt`).
         mask: the neurons patched (restrict it with ``layers``, a range or a stage name).
         readout: languages whose answer probability is read (default: all of target's).
         align: ``"last"`` position, or ``"all"`` positions for equal-length pairs.

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from .errors import SaveError
 
-__all__ = ["write_result", "read_result", "library_versions"]
+__all__ = ["write_result", "read_result", "library_versions", "write_text"]
 
 TENSORS = "tensors.safetensors"
 MANIFEST = "manifest.json"
@@ -138,3 +138,17 @@ def read_result(path: str | Path, *, kind: str) -> tuple[dict[str, torch.Tensor]
     except (SafetensorError, OSError) as err:
         raise SaveError(f"{tensor_path} is corrupt: {err}") from None
     return tensors, manifest
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write a text file atomically: a temporary sibling, then a rename."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        staging.write_text(text, encoding="utf-8")
+        os.replace(staging, target)
+    except OSError as err:
+        staging.unlink(missing_ok=True)
+        raise SaveError(f"could not write {target}: {err}") from err
+    return target

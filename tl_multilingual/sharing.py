@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -26,13 +27,15 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .adapters import ModelAdapter, adapt
-from .errors import TLMultilingualError
+from .errors import SaveError, TLMultilingualError
 from .items import ParallelItems
 from .masks import NeuronMask
+from .persist import read_result, write_result
 
 __all__ = ["SHARING_CLASSES", "Sharing", "sharing", "item_activations", "classify_codes", "language_codes"]
 
 SHARING_CLASSES = ("all_shared", "partial_shared", "specific", "non_activated")
+_KIND = "tl_multilingual.Sharing"
 Position = Literal["last", "any"]
 
 
@@ -219,6 +222,21 @@ class Sharing:
                 rows.append((layer, cls, 100.0 * float(stable.sum()) / self.d_mlp))
             rows.append((layer, "any", 100.0 * float(same[layer].sum()) / self.d_mlp))
         return pd.DataFrame(rows, columns=["layer", "class", "percent"])
+
+    def save(self, path: str | Path) -> Path:
+        """Save to the folder ``path`` (safetensors + manifest)."""
+        manifest = {"languages": list(self.languages), "item_ids": self.item_ids,
+                    "threshold": self.threshold, "position": self.position}
+        return write_result(path, kind=_KIND, tensors={"codes": self.codes}, manifest=manifest)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Sharing:
+        tensors, manifest = read_result(path, kind=_KIND)
+        try:
+            return cls(tuple(manifest["languages"]), list(manifest["item_ids"]), tensors["codes"],
+                       float(manifest["threshold"]), manifest["position"])
+        except KeyError as err:
+            raise SaveError(f"{path} lacks {err}") from None
 
     def __repr__(self) -> str:
         return (

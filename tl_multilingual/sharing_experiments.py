@@ -22,6 +22,7 @@ from .errors import TLMultilingualError
 from .evaluate import _sequence_nll
 from .interventions import boost
 from .items import ParallelItem, ParallelItems
+from .lens import last_logits
 from .masks import NeuronMask
 from .sharing import SHARING_CLASSES, Sharing
 from .sharing import sharing as compute_sharing
@@ -48,8 +49,7 @@ def _score_item(lm: ModelAdapter, item: ParallelItem, languages: Sequence[str]) 
     sequences = encode(lm, [Text(item.texts[lang], a) for lang, a in zip(languages, answers)], policy="response")
     sums, _ = _sequence_nll(lm, sequences, len(sequences))
     prompts = lm.tokenize([item.texts[lang] for lang in languages])
-    batch = lm.pad(prompts, side="left")
-    predicted = lm.forward(batch)[:, -1].argmax(-1).tolist()
+    predicted = last_logits(lm, lm.pad(prompts, side="left")).argmax(-1).tolist()
     out = []
     for p, (seq, pred) in enumerate(zip(sequences, predicted)):
         first_answer_token = seq.ids[len(prompts[p])]

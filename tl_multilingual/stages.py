@@ -27,8 +27,10 @@ probabilities and token counts), with the neurons re-identified at the same lamb
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,6 +40,7 @@ import torch
 from .errors import TLMultilingualError
 from .masks import NeuronMask
 from .neurons import LanguageNeurons
+from .persist import write_text
 from .stats import ActivationStats
 
 __all__ = ["STAGES", "StageMap", "map_stages", "segment", "neuron_features", "lens_features"]
@@ -101,14 +104,37 @@ class StageMap:
         return self.evidence.copy()
 
     def to_dict(self) -> dict[str, Any]:
+        """Everything as plain data (boundaries, confidence, evidence per layer)."""
         return {
             "n_layers": self.n_layers,
+            "boundaries": list(self.boundaries),
             "stages": {s: [self.layers(s).start, self.layers(s).stop] for s in STAGES},
             "confidence": self.confidence,
             "intervals": {k: list(v) for k, v in self.intervals.items()},
             "constrained": self.constrained,
             "signals": list(self.signals),
+            "d_mlp": self.d_mlp,
+            "evidence": self.evidence.to_dict("records"),
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StageMap:
+        return cls(
+            int(data["n_layers"]), tuple(data["boundaries"]), pd.DataFrame(data["evidence"]),
+            dict(data.get("confidence", {})), {k: tuple(v) for k, v in data.get("intervals", {}).items()},
+            bool(data.get("constrained", True)), tuple(data.get("signals", ())), data.get("d_mlp"),
+        )
+
+    def save(self, path: str | Path) -> Path:
+        """Save as JSON."""
+        return write_text(path, json.dumps(self.to_dict(), indent=2, default=float))
+
+    @classmethod
+    def load(cls, path: str | Path) -> StageMap:
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        except (OSError, ValueError, KeyError) as err:
+            raise TLMultilingualError(f"{path} is not a saved stage map: {err}") from None
 
     def __repr__(self) -> str:
         spans = ", ".join(f"{s}={self.layers(s).start}-{self.layers(s).stop - 1}" for s in STAGES)
@@ -131,15 +157,26 @@ def neuron_features(neurons: LanguageNeurons) -> pd.DataFrame:
 
 
 def lens_features(lens: Any, target: str | None = None) -> pd.DataFrame:
-    """Per layer: mean probability of the target answer and of English, and entropy."""
+    """Per layer: mean probability of the target answer and of English, and entropy.
+
+    The target is ``target`` if given, else each prompt's own first answer language
+    (the target language of the translation prompts), so prompts with different
+    target languages can be pooled.
+    """
     langs = list(lens.languages)
-    target = target or next((lang for lang in langs if lang != "en"), langs[0])
-    if target not in langs:
+    if target is not None and target not in langs:
         raise TLMultilingualError(f"the lens did not track {target!r}; it tracked {langs}")
-    probs = torch.nanmean(lens.probability, dim=0)
-    frame = pd.DataFrame({"f_target": probs[:, langs.index(target)].numpy()})
+    if target is not None:
+        column = torch.full((lens.probability.shape[0],), langs.index(target), dtype=torch.long)
+    else:
+        column = torch.tensor([langs.index(next(iter(p.answers))) if p is not None and p.answers else 0
+                               for p in lens.prompts])
+    rows = torch.arange(lens.probability.shape[0])
+    frame = pd.DataFrame({"f_target": torch.nanmean(lens.probability[rows, :, column], dim=0).numpy()})
     if "en" in langs and target != "en":
-        frame["f_english"] = probs[:, langs.index("en")].numpy()
+        english = lens.probability[:, :, langs.index("en")]
+        not_target = (column != langs.index("en"))[:, None].expand_as(english)
+        frame["f_english"] = torch.nanmean(torch.where(not_target, english, torch.nan), dim=0).numpy()
     frame["f_entropy"] = lens.entropy.mean(0).numpy()
     return frame
 
