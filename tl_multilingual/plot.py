@@ -1,0 +1,218 @@
+"""Figures for papers (matplotlib, optional: ``pip install "tl-multilingual[plot]"``).
+
+Every function draws on a given ``ax`` (or a new figure sized for one paper column,
+3.4 inches wide) and returns the figure. Colours come from the Okabe-Ito palette and
+heatmaps from ColorBrewer's diverging RdBu, both readable with colour-vision
+deficiencies. :func:`save` writes PNG and PDF.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .errors import TLMultilingualError
+
+__all__ = [
+    "OKABE_ITO",
+    "neuron_classes",
+    "language_counts",
+    "ablation_heatmap",
+    "lens_curves",
+    "sharing_profile",
+    "class_changes",
+    "save",
+]
+
+OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
+CLASS_COLOURS = {
+    "specific": "#D55E00", "related": "#E69F00", "general": "#0072B2",
+    "all_shared": "#0072B2", "partial_shared": "#56B4E9", "non_activated": "#BBBBBB",
+}
+STAGE_SHADES = ("#F2F2F2", "#FFFFFF", "#F2F2F2", "#FFFFFF")
+COLUMN = 3.4  # inches: one column of a two-column paper
+
+
+def _plt() -> Any:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise TLMultilingualError('figures need matplotlib: pip install "tl-multilingual[plot]"') from None
+    plt.rcParams.update({"font.size": 7, "axes.titlesize": 8, "axes.labelsize": 7, "legend.fontsize": 6,
+                         "xtick.labelsize": 6, "ytick.labelsize": 6, "axes.spines.top": False,
+                         "axes.spines.right": False})
+    return plt
+
+
+def _axes(ax: Any, height: float = 2.2, width: float = COLUMN) -> tuple[Any, Any]:
+    plt = _plt()
+    if ax is not None:
+        return ax.figure, ax
+    fig, ax = plt.subplots(figsize=(width, height), constrained_layout=True)
+    return fig, ax
+
+
+def _shade_stages(ax: Any, stages: Any) -> None:
+    if stages is None:
+        return
+    from .stages import STAGES
+
+    top = ax.get_ylim()[1]
+    for k, stage in enumerate(STAGES):
+        span = stages.layers(stage)
+        if len(span):
+            ax.axvspan(span.start - 0.5, span.stop - 0.5, color=STAGE_SHADES[k], zorder=0)
+            ax.text((span.start + span.stop - 1) / 2, top, stage.replace("_", "\n"), ha="center", va="bottom",
+                    fontsize=5, color="#555555")
+
+
+def neuron_classes(neurons: Any, *, stages: Any = None, ax: Any = None) -> Any:
+    """Specific, related and general neurons per layer (stacked), stages shaded."""
+    fig, ax = _axes(ax)
+    counts = {
+        "specific": neurons.specific().per_layer().numpy(),
+        "related": neurons.related().per_layer().numpy(),
+    }
+    try:
+        counts["general"] = neurons.general().per_layer().numpy()
+    except TLMultilingualError:
+        pass
+    layers = np.arange(neurons.n_layers)
+    bottom = np.zeros(neurons.n_layers)
+    for cls, values in counts.items():
+        ax.bar(layers, values, bottom=bottom, color=CLASS_COLOURS[cls], label=cls, width=0.85, zorder=2)
+        bottom += values
+    ax.set_xlabel("layer")
+    ax.set_ylabel("neurons")
+    ax.set_xlim(-0.5, neurons.n_layers - 0.5)
+    ax.set_ylim(0, max(bottom.max() * 1.15, 1))
+    _shade_stages(ax, stages)
+    ax.legend(frameon=False, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.22))
+    return fig
+
+
+def language_counts(neurons: Any, *, ax: Any = None) -> Any:
+    """Language-specific and language-related neurons per language."""
+    fig, ax = _axes(ax)
+    summary = neurons.summary()
+    x = np.arange(len(summary))
+    ax.bar(x - 0.2, summary["specific"], width=0.4, color=CLASS_COLOURS["specific"], label="specific")
+    ax.bar(x + 0.2, summary["related"], width=0.4, color=CLASS_COLOURS["related"], label="related")
+    ax.set_xticks(x, summary["language"])
+    ax.set_ylabel("neurons")
+    ax.legend(frameon=False)
+    return fig
+
+
+def _compact(relative: float) -> str:
+    """A relative change as ``+37%``, or ``x12`` once it passes +1000%."""
+    if not np.isfinite(relative):
+        return ""
+    if relative >= 10:
+        return f"x{1 + relative:.0f}"
+    return f"{100 * relative:+.0f}%"
+
+
+def ablation_heatmap(result: Any, variant: str | None = None, *, value: str = "relative_change", ax: Any = None) -> Any:
+    """Ablated (rows) x evaluated (columns) languages, paper A Fig. 2 style.
+
+    For relative changes the colour is ``log(after / before)`` (for perplexity, the
+    change in mean token NLL), so a doubling and a halving look alike; cells are
+    annotated with the change itself.
+    """
+    table = result.matrix(variant, value=value)
+    raw = table.to_numpy(dtype=float)
+    if value == "relative_change":
+        data = np.log(np.clip(1.0 + raw, 1e-6, None))
+        label = "log(after / before)"
+    else:
+        data, label = raw, value.replace("_", " ")
+    fig, ax = _axes(ax, height=COLUMN * 0.9)
+    bound = float(np.nanmax(np.abs(data))) or 1.0
+    image = ax.imshow(data, cmap="RdBu_r", vmin=-bound, vmax=bound)
+    ax.set_xticks(range(table.shape[1]), table.columns)
+    ax.set_yticks(range(table.shape[0]), table.index)
+    ax.set_xlabel("evaluated language")
+    ax.set_ylabel("neurons deactivated")
+    if data.shape[0] <= 12:
+        for i in range(data.shape[0]):
+            for j in range(data.shape[1]):
+                text = _compact(raw[i, j]) if value == "relative_change" else f"{raw[i, j]:.2g}"
+                ax.text(j, i, text, ha="center", va="center", fontsize=4.5,
+                        color="white" if abs(data[i, j]) > 0.6 * bound else "black")
+    fig.colorbar(image, ax=ax, shrink=0.8, label=label)
+    ax.set_title(variant or "")
+    return fig
+
+
+def lens_curves(lens: Any, *, stages: Any = None, ax: Any = None, n_boot: int = 1000) -> Any:
+    """Mean answer probability per layer and language, with bootstrap bands."""
+    fig, ax = _axes(ax)
+    summary = lens.summary(n_boot=n_boot)
+    probs = summary[summary["quantity"] == "probability"]
+    for k, (lang, part) in enumerate(probs.groupby("language", sort=False)):
+        colour = OKABE_ITO[k % len(OKABE_ITO)]
+        ax.plot(part["layer"], part["mean"], color=colour, label=lang, lw=1.2)
+        ax.fill_between(part["layer"], part["ci_low"], part["ci_high"], color=colour, alpha=0.25, lw=0)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("probability of the answer")
+    ax.set_xlim(-0.5, lens.n_layers - 0.5)
+    ax.set_ylim(0, max(1e-3, probs["ci_high"].max() * 1.15))
+    _shade_stages(ax, stages)
+    ax.legend(frameon=False)
+    return fig
+
+
+def sharing_profile(sharing: Any, *, ax: Any = None) -> Any:
+    """Percentage of neurons in each sharing class per layer (paper B), stacked."""
+    from .sharing import SHARING_CLASSES
+
+    fig, ax = _axes(ax)
+    profile = sharing.layer_profile().pivot(index="layer", columns="class", values="percent")[list(SHARING_CLASSES)]
+    ax.stackplot(profile.index, profile.to_numpy().T, labels=[c.replace("_", "-") for c in SHARING_CLASSES],
+                 colors=[CLASS_COLOURS[c] for c in SHARING_CLASSES])
+    ax.set_xlabel("layer")
+    ax.set_ylabel("% of neurons")
+    ax.set_ylim(0, 100)
+    ax.set_xlim(profile.index.min(), profile.index.max())
+    ax.legend(frameon=False, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.22))
+    return fig
+
+
+def class_changes(frame: pd.DataFrame, *, stages: Any = None, ax: Any = None) -> Any:
+    """Change per layer and class between two models (paper A Fig. 4), from a frame
+    with ``layer``, ``class`` and ``change`` columns."""
+    fig, ax = _axes(ax)
+    classes = list(dict.fromkeys(frame["class"]))
+    width = 0.8 / max(len(classes), 1)
+    for k, cls in enumerate(classes):
+        part = frame[frame["class"] == cls]
+        ax.bar(part["layer"] + (k - (len(classes) - 1) / 2) * width, part["change"], width=width,
+               color=CLASS_COLOURS.get(cls, OKABE_ITO[k]), label=cls, zorder=2)
+    ax.axhline(0, color="black", lw=0.5)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("change in neurons")
+    _shade_stages(ax, stages)
+    ax.legend(frameon=False, ncol=3)
+    return fig
+
+
+def save(fig: Any, path: str | Path, formats: Sequence[str] = ("png", "pdf"), dpi: int = 300) -> list[Path]:
+    """Write ``fig`` as ``path.png`` and ``path.pdf`` (and close it)."""
+    plt = _plt()
+    stem = Path(path)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fmt in formats:
+        target = stem.with_suffix(f".{fmt}")
+        fig.savefig(target, dpi=dpi, bbox_inches="tight")
+        written.append(target)
+    plt.close(fig)
+    return written

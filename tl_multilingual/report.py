@@ -1,0 +1,237 @@
+"""The study report: tables (CSV), figures (PNG and PDF) and ``report.html``.
+
+:func:`write_report` reads what a :class:`tl_multilingual.study.Study` saved in its
+folder and writes ``tables/``, ``figures/`` and ``report.html`` beside it, with the
+findings stated in numbers.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import plot
+from .experiments import AblationResult
+from .lens import LensResult
+from .neurons import LanguageNeurons
+from .persist import write_text
+from .sharing import Sharing
+from .stages import STAGES, StageMap
+from .stats import ActivationStats
+
+__all__ = ["write_report", "findings"]
+
+
+def _load(folder: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {"manifest": json.loads((folder / "manifest.json").read_text(encoding="utf-8"))}
+    out["stats"] = ActivationStats.load(folder / "statistics")
+    out["ternary"] = LanguageNeurons.load(folder / "neurons" / "ternary")
+    out["lape"] = LanguageNeurons.load(folder / "neurons" / "lape")
+    out["stages"] = StageMap.load(folder / "stages.json")
+    out["deactivation"] = AblationResult.load(folder / "deactivation")
+    out["lens"] = LensResult.load(folder / "lens") if (folder / "lens").exists() else None
+    out["sharing"] = Sharing.load(folder / "sharing") if (folder / "sharing").exists() else None
+    return out
+
+
+def _quarters(per_layer: np.ndarray) -> tuple[float, float, float]:
+    n = len(per_layer)
+    q = max(n // 4, 1)
+    return float(per_layer[:q].mean()), float(per_layer[q : n - q].mean()), float(per_layer[n - q :].mean())
+
+
+def findings(results: dict[str, Any]) -> dict[str, Any]:
+    """The headline numbers of a study, as plain data."""
+    neurons: LanguageNeurons = results["ternary"]
+    summary = neurons.summary().set_index("language")
+    language_per_layer = neurons.membership.any(-1).sum(1).numpy().astype(float)
+    first, middle, last = _quarters(language_per_layer)
+    facts: dict[str, Any] = {
+        "lambda": neurons.lam,
+        "selected": neurons.selected().count(),
+        "specific": neurons.specific().count(),
+        "related": neurons.related().count(),
+        "general": neurons.general().count(),
+        "dropped": neurons.dropped,
+        "specific_per_language": summary["specific"].to_dict(),
+        "languages_without_specific": [lang for lang, n in summary["specific"].items() if n == 0],
+        "language_neurons_by_quarter": {"first": first, "middle": middle, "last": last},
+        "stages": {s: [results["stages"].layers(s).start, results["stages"].layers(s).stop - 1] for s in STAGES},
+        "stage_confidence": results["stages"].confidence,
+    }
+    frame = results["deactivation"].frame
+    variant = "specific+related" if "specific+related" in set(frame["variant"]) else frame["variant"].iloc[0]
+    part = frame[frame["variant"] == variant]
+    own, wins = {}, []
+    for lang, rows in part.groupby("ablated", sort=False):
+        self_change = float(rows[rows["evaluated"] == lang]["relative_change"].iloc[0])
+        others = float(rows[rows["evaluated"] != lang]["relative_change"].median())
+        control = rows[rows["evaluated"] == lang]["control_change"].iloc[0] / rows[rows["evaluated"] == lang]["baseline"].iloc[0]
+        own[lang] = {"own": self_change, "others_median": others, "control": float(control)}
+        wins.append(self_change > others)
+    facts["deactivation"] = {
+        "variant": variant,
+        "per_language": own,
+        "own_above_others_median": int(sum(wins)),
+        "languages": len(wins),
+        "own_above_control": int(sum(v["own"] > v["control"] for v in own.values() if not np.isnan(v["control"]))),
+    }
+    if results["sharing"] is not None:
+        profile = results["sharing"].layer_profile().groupby("class")["percent"].mean()
+        stable = results["sharing"].stability().query("`class` == 'any'")["percent"].mean()
+        facts["sharing"] = {"percent": profile.round(2).to_dict(), "stable_percent": float(stable)}
+    return facts
+
+
+def _tables(results: dict[str, Any], folder: Path) -> dict[str, pd.DataFrame]:
+    tables = {
+        "token_counts": results["stats"].to_frame(),
+        "neuron_classes_per_layer": results["ternary"].layer_counts(),
+        "neurons_per_language": results["ternary"].summary(),
+        "lape_per_language": results["lape"].summary(),
+        "stages": results["stages"].to_frame(),
+        "deactivation": results["deactivation"].frame,
+    }
+    if results["lens"] is not None:
+        tables["lens"] = results["lens"].summary(n_boot=500)
+    if results["sharing"] is not None:
+        tables["sharing_profile"] = results["sharing"].layer_profile()
+        tables["sharing_stability"] = results["sharing"].stability()
+    for name, table in tables.items():
+        write_text(folder / "tables" / f"{name}.csv", table.to_csv(index=False))
+    return tables
+
+
+def _figures(results: dict[str, Any], folder: Path) -> dict[str, str]:
+    figures = {}
+    stages = results["stages"]
+
+    def keep(name: str, fig: Any, caption: str) -> None:
+        plot.save(fig, folder / "figures" / name)
+        figures[name] = caption
+
+    keep("neuron_classes", plot.neuron_classes(results["ternary"], stages=stages),
+         "Language-specific, language-related and general neurons per layer (paper A's ternary "
+         "classes); the four stages shaded.")
+    keep("neurons_per_language", plot.language_counts(results["ternary"]),
+         "Specific and related neurons of each language.")
+    deactivation = results["deactivation"]
+    for variant in dict.fromkeys(deactivation.frame["variant"]):
+        keep(f"deactivation_{variant.replace('+', '_')}", plot.ablation_heatmap(deactivation, variant),
+             f"Change in perplexity of each evaluated language when the '{variant}' neurons of one "
+             "language are deactivated (paper A Fig. 2); colour: log of the perplexity ratio.")
+    if results["lens"] is not None:
+        keep("lens", plot.lens_curves(results["lens"], stages=stages, n_boot=500),
+             "Logit lens: probability of the answer in the target language and in English per layer "
+             "(mean and 95% bootstrap band over prompts).")
+    if results["sharing"] is not None:
+        keep("sharing_profile", plot.sharing_profile(results["sharing"]),
+             "Neurons per sharing class and layer on held-out parallel sentences (paper B).")
+    return figures
+
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 980px; margin: 2em auto; padding: 0 1em; color: #222; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 2em; }
+figure { margin: 1.5em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { font-size: .9em; color: #555; }
+table { border-collapse: collapse; font-size: .85em; margin: 1em 0; }
+td, th { border: 1px solid #ddd; padding: .25em .6em; text-align: right; }
+th { background: #f5f5f5; } code { background: #f5f5f5; padding: 0 .2em; }
+.facts li { margin: .3em 0; }
+"""
+
+_CHECK = """<script>
+window.addEventListener("load", function () {
+  var images = Array.prototype.slice.call(document.images);
+  var broken = images.filter(function (i) { return !(i.complete && i.naturalWidth > 0); });
+  document.body.setAttribute("data-figures", broken.length ? "broken:" + broken.length : "loaded:" + images.length);
+});
+</script>"""
+
+
+def _figure_html(name: str, caption: str) -> str:
+    return (f'<figure><img src="figures/{name}.png" alt="{html.escape(caption)}">'
+            f'<figcaption>{html.escape(caption)} <a href="figures/{name}.pdf">PDF</a></figcaption></figure>')
+
+
+def _table_html(frame: pd.DataFrame) -> str:
+    return frame.to_html(index=False, float_format=lambda x: f"{x:.3g}", border=0)
+
+
+def write_report(folder: str | Path) -> Path:
+    """Write ``tables/``, ``figures/`` and ``report.html`` for the study in ``folder``."""
+    folder = Path(folder)
+    results = _load(folder)
+    tables = _tables(results, folder)
+    figures = _figures(results, folder)
+    facts = findings(results)
+    write_text(folder / "tables" / "findings.json", json.dumps(facts, indent=2, default=float))
+    manifest = results["manifest"]
+    model, data = manifest["model"], manifest["data"]
+    d = facts["deactivation"]
+    q = facts["language_neurons_by_quarter"]
+    stage_text = ", ".join(f"{s.replace('_', ' ')} {a}-{b}" for s, (a, b) in facts["stages"].items())
+    lines = [
+        f"Ternary identification (lambda = {facts['lambda']:g}) selected {facts['selected']} neurons: "
+        f"{facts['specific']} language-specific and {facts['related']} language-related; "
+        f"{facts['general']} neurons are general (active above the bar in every language).",
+        "Every language has specific neurons." if not facts["languages_without_specific"] else
+        f"Languages without specific neurons: {', '.join(facts['languages_without_specific'])}.",
+        f"Language neurons per layer: {q['first']:.1f} in the first quarter of the layers, {q['middle']:.1f} "
+        f"in the middle half and {q['last']:.1f} in the last quarter.",
+        f"Stages (layers): {stage_text}.",
+        f"Deactivating a language's '{d['variant']}' neurons raised its own perplexity more than the median "
+        f"of the other languages for {d['own_above_others_median']} of {d['languages']} languages"
+        + (f", and more than random neurons of the same number per layer for {d['own_above_control']}."
+           if d["own_above_control"] else "."),
+    ]
+    if "sharing" in facts:
+        pct = facts["sharing"]["percent"]
+        lines.append(
+            f"On held-out parallel sentences, {pct.get('all_shared', 0):.1f}% of neurons are all-shared, "
+            f"{pct.get('partial_shared', 0):.1f}% partial-shared, {pct.get('specific', 0):.1f}% specific and "
+            f"{pct.get('non_activated', 0):.1f}% non-activated on average; "
+            f"{facts['sharing']['stable_percent']:.1f}% keep the same class on every item."
+        )
+    timings = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{v.get('seconds', 0):.1f}</td></tr>" for k, v in manifest.get("steps", {}).items()
+    )
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>Language neurons of {html.escape(model.get('name', 'a model'))}</title>",
+        f"<style>{_STYLE}</style></head><body>",
+        f"<h1>Language neurons of {html.escape(model.get('name', 'a model'))}</h1>",
+        f"<p>{html.escape(model.get('architecture', ''))}, {model.get('n_layers')} layers, {model.get('d_mlp')} "
+        f"neurons per MLP; {len(data['languages'])} languages ({', '.join(data['languages'])}); "
+        f"tl_multilingual {html.escape(manifest['versions'].get('tl_multilingual', ''))}, TransformerLens "
+        f"{html.escape(manifest['versions'].get('transformer_lens', ''))}.</p>",
+        "<h2>Findings</h2><ul class='facts'>" + "".join(f"<li>{html.escape(x)}</li>" for x in lines) + "</ul>",
+        "<h2>Language neurons</h2>",
+        _figure_html("neuron_classes", figures["neuron_classes"]),
+        _figure_html("neurons_per_language", figures["neurons_per_language"]),
+        _table_html(tables["neurons_per_language"]),
+        "<h2>Stages of multilingual inference</h2>",
+        _table_html(pd.DataFrame([{"boundary": k, "confidence": v, "interval": str(results["stages"].intervals.get(k))}
+                                  for k, v in results["stages"].confidence.items()])) if results["stages"].confidence else "",
+    ]
+    if "lens" in figures:
+        parts.append(_figure_html("lens", figures["lens"]))
+    parts.append("<h2>Deactivation</h2>")
+    parts += [_figure_html(name, caption) for name, caption in figures.items() if name.startswith("deactivation_")]
+    if "sharing_profile" in figures:
+        parts += ["<h2>Neuron sharing across languages</h2>", _figure_html("sharing_profile", figures["sharing_profile"])]
+    parts += [
+        "<h2>Reproducibility</h2>",
+        f"<p>Data fingerprint <code>{html.escape(data['fingerprint'][:16])}</code>; command "
+        f"<code>{html.escape(' '.join(manifest.get('command', [])))}</code>; full record in "
+        "<a href='manifest.json'>manifest.json</a>; tables in <code>tables/</code>.</p>",
+        f"<table><tr><th>step</th><th>seconds</th></tr>{timings}</table>",
+        _CHECK, "</body></html>",
+    ]
+    return write_text(folder / "report.html", "\n".join(parts))
