@@ -25,3 +25,15 @@ def test_page_runs(page, tmp_path, monkeypatch):
             exec(compile(code, f"{page.name}[block {number}]", "exec"), namespace)
         except Exception as err:
             raise AssertionError(f"{page.name}, code block {number} failed:\n{code}") from err
+
+
+def test_the_documentation_builds_without_warnings(tmp_path):
+    pytest.importorskip("mkdocs")
+    pytest.importorskip("mkdocstrings")
+    import subprocess
+    import sys
+
+    root = DOCS.parent
+    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
+                          cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
