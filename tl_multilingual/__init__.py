@@ -13,6 +13,7 @@ from . import data, evaluate, models, prompts
 from .adapters import ModelAdapter, adapt
 from .attribution import Attribution, attribute, class_attribution
 from .collect import collect_stats
+from .compare import Comparison, Series, compare, compare_series
 from .corpus import Corpus, Text
 from .errors import (
     CorpusError,
@@ -101,6 +102,10 @@ __all__ = [
     "item_correctness",
     "correct_vs_incorrect",
     "boost_experiment",
+    "compare",
+    "compare_series",
+    "Comparison",
+    "Series",
     "LanguageNeurons",
     "NeuronMask",
     "normalize_language",

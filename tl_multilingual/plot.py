@@ -25,6 +25,8 @@ __all__ = [
     "lens_curves",
     "sharing_profile",
     "class_changes",
+    "shared_by_n",
+    "language_changes",
     "save",
 ]
 
@@ -186,9 +188,11 @@ def sharing_profile(sharing: Any, *, ax: Any = None) -> Any:
     return fig
 
 
-def class_changes(frame: pd.DataFrame, *, stages: Any = None, ax: Any = None) -> Any:
-    """Change per layer and class between two models (paper A Fig. 4), from a frame
-    with ``layer``, ``class`` and ``change`` columns."""
+def class_changes(comparison: Any, *, stages: Any = None, ax: Any = None) -> Any:
+    """Change per layer and class between two models (paper A Fig. 4), from a
+    :class:`~tl_multilingual.compare.Comparison` or a frame with ``layer``, ``class`` and
+    ``change`` columns."""
+    frame = comparison if isinstance(comparison, pd.DataFrame) else comparison.class_changes()
     fig, ax = _axes(ax)
     classes = list(dict.fromkeys(frame["class"]))
     width = 0.8 / max(len(classes), 1)
@@ -201,6 +205,38 @@ def class_changes(frame: pd.DataFrame, *, stages: Any = None, ax: Any = None) ->
     ax.set_ylabel("change in neurons")
     _shade_stages(ax, stages)
     ax.legend(frameon=False, ncol=3)
+    return fig
+
+
+def shared_by_n(comparison: Any, *, ax: Any = None) -> Any:
+    """Neurons shared by N languages before and after (paper A Fig. 5)."""
+    frame = comparison.shared_by_n()
+    fig, ax = _axes(ax)
+    x = frame["n_languages"].to_numpy()
+    labels = getattr(comparison, "labels", ("before", "after"))
+    ax.bar(x - 0.2, frame["before"], width=0.4, color=OKABE_ITO[4], label=labels[0])
+    ax.bar(x + 0.2, frame["after"], width=0.4, color=OKABE_ITO[0], label=labels[1])
+    ax.set_xticks(x)
+    ax.set_xlabel("languages sharing the neuron")
+    ax.set_ylabel("neurons")
+    ax.legend(frameon=False)
+    return fig
+
+
+def language_changes(comparison: Any, *, ax: Any = None) -> Any:
+    """Change in specific and related neurons per language; trained languages marked
+    with an asterisk (paper A Table 2)."""
+    frame = comparison.per_language().pivot(index="language", columns="class", values="change")
+    frame = frame.loc[list(comparison.languages)]
+    trained = set(comparison.trained_languages)
+    fig, ax = _axes(ax)
+    x = np.arange(len(frame))
+    ax.bar(x - 0.2, frame["specific"], width=0.4, color=CLASS_COLOURS["specific"], label="specific")
+    ax.bar(x + 0.2, frame["related"], width=0.4, color=CLASS_COLOURS["related"], label="related")
+    ax.axhline(0, color="black", lw=0.5)
+    ax.set_xticks(x, [f"{lang}*" if lang in trained else lang for lang in frame.index])
+    ax.set_ylabel("change in neurons")
+    ax.legend(frameon=False)
     return fig
 
 
