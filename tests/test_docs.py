@@ -16,7 +16,15 @@ def code_blocks(page: Path) -> list[str]:
     return [m["code"] for m in BLOCK.finditer(text) if m["info"].strip() == "python"]
 
 
-@pytest.mark.parametrize("page", [p for p in sorted(DOCS.rglob("*.md")) if code_blocks(p)], ids=lambda p: p.name)
+def pages():
+    """Pages with code, the ones that start with ``<!-- tests: slow -->`` marked slow."""
+    for page in sorted(DOCS.rglob("*.md")):
+        if code_blocks(page):
+            slow = page.read_text(encoding="utf-8").startswith("<!-- tests: slow -->")
+            yield pytest.param(page, marks=[pytest.mark.slow] if slow else [], id=page.name)
+
+
+@pytest.mark.parametrize("page", pages())
 def test_page_runs(page, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     namespace: dict = {"__name__": f"docs.{page.stem}"}
