@@ -48,3 +48,19 @@ def fixtures() -> Path:
 @pytest.fixture(autouse=True)
 def _quiet_progress(monkeypatch):
     monkeypatch.setenv("TQDM_DISABLE", "1")
+
+
+NJUNLP_LANGS = "en ru es fr de zh ja bn th sw".split()
+NJUNLP_TAG = "Mistral-de76d14562b1da1ba0e52d5b245cf9c0859e2af3"
+
+
+@pytest.fixture(scope="session")
+def njunlp_stats(fixtures):
+    """Paper A's released response-only statistics (Mistral-7B on MGSM, 10 languages)."""
+    import tl_multilingual as tlm
+
+    folder = fixtures / "njunlp_mistral_mgsm"
+    return tlm.ActivationStats.from_reference_files(
+        full={lang: folder / f"activation.{lang}.{NJUNLP_TAG}.pt" for lang in NJUNLP_LANGS},
+        prefix={lang: folder / f"prefix.activation.{lang}.{NJUNLP_TAG}.pt" for lang in NJUNLP_LANGS},
+    )

@@ -24,7 +24,7 @@ def pages():
             yield pytest.param(page, marks=[pytest.mark.slow] if slow else [], id=page.name)
 
 
-@pytest.mark.parametrize("page", pages())
+@pytest.mark.parametrize("page", list(pages()))
 def test_page_runs(page, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     namespace: dict = {"__name__": f"docs.{page.stem}"}

@@ -7,22 +7,15 @@ import math
 
 import pytest
 import torch
+from conftest import NJUNLP_TAG
 
 import tl_multilingual as tlm
 
-NJUNLP_LANGS = "en ru es fr de zh ja bn th sw".split()
-NJUNLP_TAG = "Mistral-de76d14562b1da1ba0e52d5b245cf9c0859e2af3"
-
 
 @pytest.fixture(scope="module")
-def njunlp(fixtures):
-    folder = fixtures / "njunlp_mistral_mgsm"
-    stats = tlm.ActivationStats.from_reference_files(
-        full={lang: folder / f"activation.{lang}.{NJUNLP_TAG}.pt" for lang in NJUNLP_LANGS},
-        prefix={lang: folder / f"prefix.activation.{lang}.{NJUNLP_TAG}.pt" for lang in NJUNLP_LANGS},
-    )
-    released = torch.load(folder / f"mask.{NJUNLP_TAG}", weights_only=True)
-    return stats, released
+def njunlp(fixtures, njunlp_stats):
+    released = torch.load(fixtures / "njunlp_mistral_mgsm" / f"mask.{NJUNLP_TAG}", weights_only=True)
+    return njunlp_stats, released
 
 
 def test_ternary_reproduces_the_released_mask_exactly(njunlp):

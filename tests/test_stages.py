@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import tiny
 import torch
-from test_identify import NJUNLP_LANGS, NJUNLP_TAG
 
 import tl_multilingual as tlm
 from tl_multilingual.lens import LensResult
@@ -14,13 +13,8 @@ from tl_multilingual.stages import segment
 
 
 @pytest.fixture(scope="module")
-def paper_a(fixtures):
-    folder = fixtures / "njunlp_mistral_mgsm"
-    stats = tlm.ActivationStats.from_reference_files(
-        full={lang: folder / f"activation.{lang}.{NJUNLP_TAG}.pt" for lang in NJUNLP_LANGS},
-        prefix={lang: folder / f"prefix.activation.{lang}.{NJUNLP_TAG}.pt" for lang in NJUNLP_LANGS},
-    )
-    return stats, tlm.identify(stats, method="ternary")
+def paper_a(njunlp_stats):
+    return njunlp_stats, tlm.identify(njunlp_stats, method="ternary")
 
 
 def test_class_profiles_of_paper_a_give_its_stages(paper_a):

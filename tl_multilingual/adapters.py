@@ -48,6 +48,11 @@ class Batch:
     def real(self) -> Bool[Tensor, "batch pos"]:
         return self.attention_mask.bool()
 
+    @property
+    def last(self) -> Int[Tensor, " batch"]:
+        """Position of each row's last real token (either padding side)."""
+        return self.attention_mask.shape[1] - 1 - self.attention_mask.flip(-1).argmax(-1)
+
 
 def _hooked_transformer_class() -> type | None:
     # TL 4 removed HookedTransformer and raises ImportError even for attribute access.

@@ -148,12 +148,8 @@ def attribute(
     return Attribution(method, items.languages, [item.id for item in items], scores)
 
 
-def _last_positions(batch: Any) -> Tensor:
-    return batch.attention_mask.shape[1] - 1 - batch.attention_mask.flip(-1).argmax(-1)
-
-
 def _direct(lm: ModelAdapter, batch: Any, gold: Tensor | None, w_out: list[Tensor], method: str, through_norm: bool) -> Tensor:
-    last = _last_positions(batch)
+    last = batch.last
     rows = torch.arange(len(last), device=last.device)
     acts: dict[int, Tensor] = {}
     scale: dict[str, Tensor] = {}
@@ -192,7 +188,7 @@ def _direct(lm: ModelAdapter, batch: Any, gold: Tensor | None, w_out: list[Tenso
 
 
 def _grad_x_act(lm: ModelAdapter, batch: Any, gold: Tensor, metric: Metric) -> Tensor:
-    last = _last_positions(batch)
+    last = batch.last
     rows = torch.arange(len(last), device=last.device)
     acts: dict[int, Tensor] = {}
     probes: dict[int, Tensor] = {}

@@ -162,7 +162,7 @@ def _answer_sets(lm: ModelAdapter, prompts: Sequence[LensPrompt], languages: Seq
 def last_logits(lm: ModelAdapter, batch: Batch, fwd_hooks: Sequence = ()) -> Float[Tensor, "batch vocab"]:
     """The model's logits at each row's last real position, computing the output head
     for those positions only."""
-    last = batch.attention_mask.shape[1] - 1 - batch.attention_mask.flip(-1).argmax(-1)
+    last = batch.last
     rows = torch.arange(batch.input_ids.shape[0], device=batch.input_ids.device)
     final: dict[str, Tensor] = {}
 
@@ -181,7 +181,7 @@ def lens_batch(
 
     The forward pass stops after the last block: only the ``n_layers`` residual
     vectors per prompt go through the output head."""
-    last = batch.attention_mask.shape[1] - 1 - batch.attention_mask.flip(-1).argmax(-1)
+    last = batch.last
     rows = torch.arange(batch.input_ids.shape[0], device=batch.input_ids.device)
     resid: dict[int, Tensor] = {}
 

@@ -100,10 +100,10 @@ def _source(lm: ModelAdapter, src_batch: Any, tgt_batch: Any, align: str) -> tup
     values = record(lm, src_batch)  # [batch, pos, layer, neuron]
     tgt_mask = tgt_batch.attention_mask.bool()
     if align == "last":
-        src_last = src_batch.attention_mask.shape[1] - 1 - src_batch.attention_mask.flip(-1).argmax(-1)
+        src_last = src_batch.last
         rows = torch.arange(values.shape[0], device=values.device)
         source = values[rows, src_last][:, None]  # [batch, 1, layer, neuron], broadcast over positions
-        tgt_last = tgt_batch.attention_mask.shape[1] - 1 - tgt_batch.attention_mask.flip(-1).argmax(-1)
+        tgt_last = tgt_batch.last
         positions = torch.zeros_like(tgt_mask)
         positions[rows, tgt_last] = True
     else:

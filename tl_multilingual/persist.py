@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from .errors import SaveError
 
-__all__ = ["write_result", "read_result", "library_versions", "write_text"]
+__all__ = ["write_result", "read_result", "library_versions", "write_text", "sha256_file"]
 
 TENSORS = "tensors.safetensors"
 MANIFEST = "manifest.json"
@@ -48,7 +48,8 @@ def library_versions() -> dict[str, str]:
     }
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read a megabyte at a time."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -90,7 +91,7 @@ def write_result(
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "versions": library_versions(),
             **manifest,
-            "files": {TENSORS: _sha256(staging / TENSORS)},
+            "files": {TENSORS: sha256_file(staging / TENSORS)},
         }
         (staging / MANIFEST).write_text(json.dumps(full, indent=2, default=str), encoding="utf-8")
         if target.exists():
@@ -131,7 +132,7 @@ def read_result(path: str | Path, *, kind: str) -> tuple[dict[str, torch.Tensor]
             f"{manifest['format_version']}); upgrade to read it"
         )
     expected = manifest.get("files", {}).get(TENSORS)
-    if expected != _sha256(tensor_path):
+    if expected != sha256_file(tensor_path):
         raise SaveError(f"{tensor_path} does not match its manifest checksum: the file is corrupt")
     try:
         tensors = load_file(str(tensor_path))

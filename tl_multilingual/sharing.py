@@ -90,7 +90,7 @@ def _read_positions(
         real = batch.attention_mask.bool()
         rows = torch.arange(lo, lo + len(chunk))
         width = real.shape[1]
-        last = width - 1 - real.flip(-1).long().argmax(-1)
+        last = batch.last
         counted = real.clone()
         if first:
             start = width - real.sum(1) if batch.padding_side == "left" else torch.zeros_like(last)
