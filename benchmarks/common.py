@@ -35,9 +35,10 @@ def texts(n: int, words: int = 40) -> dict[str, list[str]]:
     return out
 
 
-def timed(fn: Callable[[], object], repeats: int) -> float:
+def timed(fn: Callable[[], object], repeats: int, *, warm_up: bool = True) -> float:
     """Median wall time of ``fn`` over ``repeats`` runs, after one warm-up run."""
-    fn()
+    if warm_up:
+        fn()
     runs = []
     for _ in range(repeats):
         start = time.perf_counter()

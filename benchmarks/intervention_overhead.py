@@ -11,6 +11,7 @@ Run: ``python benchmarks/intervention_overhead.py [--texts 16] [--batch-size 8] 
 from __future__ import annotations
 
 import argparse
+import statistics
 
 import torch
 from common import build_llama, texts, timed
@@ -42,9 +43,15 @@ def main() -> None:
         with tlm.ablate(lm, mask, **kwargs):
             forward()
 
-    t_bare = timed(forward, args.repeats)
-    t_zero = timed(ablated, args.repeats)
-    t_mean = timed(lambda: ablated(value="mean", stats=stats), args.repeats)
+    # Interleaved, so that drifts in the machine's speed hit every variant alike.
+    runs = {"bare": forward, "zero": ablated, "mean": lambda: ablated(value="mean", stats=stats)}
+    times = {name: [] for name in runs}
+    for fn in runs.values():
+        fn()  # warm-up
+    for _ in range(args.repeats):
+        for name, fn in runs.items():
+            times[name].append(timed(fn, 1, warm_up=False))
+    t_bare, t_zero, t_mean = (statistics.median(times[n]) for n in ("bare", "zero", "mean"))
     print(f"{lm.n_layers} layers x {lm.d_mlp} neurons, {mask.count()} ablated; {len(plan)} batches; "
           f"torch threads {torch.get_num_threads()}")
     print(f"bare forward       : {t_bare:7.3f} s")
