@@ -252,11 +252,13 @@ class ModelAdapter:
             hooks.append((stop_at or self.write_hook(self.n_layers - 1), _raise_stop))
         try:
             with torch.no_grad(), self.hooks(hooks):
-                return self._call(batch, logits=logits)
+                return self.call(batch)
         except _StopForward:
             return None
 
-    def _call(self, batch: Batch, *, logits: bool) -> Tensor:
+    def call(self, batch: Batch) -> Tensor:
+        """The model's logits on a batch, with whatever hooks are attached (no
+        ``no_grad``: gradients flow)."""
         kwargs: dict[str, Any] = {"attention_mask": batch.attention_mask}
         if self.kind == "bridge":
             kwargs["use_cache"] = False

@@ -205,7 +205,7 @@ def _grad_x_act(lm: ModelAdapter, batch: Any, gold: Tensor, metric: Metric) -> T
 
     hooks = [(lm.write_hook(layer), keep(layer)) for layer in range(lm.n_layers)]
     with torch.enable_grad(), lm.hooks(hooks):
-        logits = lm._call(batch, logits=True)
+        logits = lm.call(batch)
         value = metric(logits[rows, last], gold).sum()
         grads = torch.autograd.grad(value, [probes[layer] for layer in range(lm.n_layers)])
     out = torch.stack([(g * acts[layer])[rows, last].float() for layer, g in enumerate(grads)], dim=1)
