@@ -163,3 +163,12 @@ def test_reference_files_full_and_prefix(tmp_path):
     assert lape.token_counts == {"zh": 7}
     with pytest.raises(tlm.StatsError):
         tlm.ActivationStats.from_reference_files(full={"en": tmp_path / "missing.pt"})
+
+
+def test_redraw_is_a_binomial_replicate():
+    stats = make(layers=4, width=50)
+    gen = torch.Generator().manual_seed(0)
+    draws = torch.stack([stats.redraw(gen).active_counts for _ in range(200)]).double()
+    assert (draws <= stats.tokens.double()).all() and (draws >= 0).all()
+    torch.testing.assert_close(draws.mean(0), stats.active_counts.double(), atol=2.5, rtol=0.1)
+    assert stats.redraw(torch.Generator().manual_seed(1)).token_counts == stats.token_counts

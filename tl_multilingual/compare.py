@@ -220,13 +220,11 @@ class Comparison:
         """
         if self.stats is None or self.identify_kwargs is None:
             raise TLMultilingualError("intervals need the statistics: build the comparison from ActivationStats")
-        from .stages import _resampled_stats
-
         point = self._quantities(self.before, self.after)
         generator = torch.Generator().manual_seed(seed)
         draws: dict[str, list[float]] = {k: [] for k in point}
         for _ in range(n_boot):
-            redrawn = [identify(_resampled_stats(s, generator), **kw) for s, kw in zip(self.stats, self.identify_kwargs)]
+            redrawn = [identify(s.redraw(generator), **kw) for s, kw in zip(self.stats, self.identify_kwargs)]
             for key, (b, a) in self._quantities(*redrawn).items():
                 draws[key].append(a - b)
         alpha = (1 - ci) / 2

@@ -234,14 +234,6 @@ def _fit(neuron_frame: pd.DataFrame | None, lens_frame: pd.DataFrame | None) -> 
     return segment(_standardise(np.hstack(parts)), constraints)
 
 
-def _resampled_stats(stats: ActivationStats, generator: torch.Generator) -> ActivationStats:
-    probs = stats.probabilities().clamp(0, 1)
-    tokens = stats.tokens.to(torch.float64).expand_as(probs).contiguous()
-    counts = torch.binomial(tokens, probs, generator=generator).long()
-    return ActivationStats(stats.languages, stats.tokens.clone(), counts, threshold=stats.threshold,
-                           token_policy=stats.token_policy, include_bos=stats.include_bos)
-
-
 def map_stages(
     model: Any = None,
     neurons: LanguageNeurons | None = None,
@@ -280,7 +272,7 @@ def map_stages(
         for _ in range(n_boot):
             nf, lf = neuron_frame, lens_frame
             if can_redraw:
-                redrawn = _reidentify(_resampled_stats(stats, generator), neurons)
+                redrawn = _reidentify(stats.redraw(generator), neurons)
                 nf = neuron_features(redrawn)
             if lens is not None:
                 picks = rng.integers(0, lens.probability.shape[0], lens.probability.shape[0])

@@ -243,6 +243,15 @@ class ActivationStats:
             )
         return value
 
+    def redraw(self, generator: torch.Generator | None = None) -> ActivationStats:
+        """A parametric bootstrap replicate: every active count redrawn as
+        ``Binomial(token_count, probability)`` (tokens treated as independent)."""
+        probs = self.probabilities().clamp(0, 1)
+        tokens = self.tokens.to(torch.float64).expand_as(probs).contiguous()
+        counts = torch.binomial(tokens, probs, generator=generator).long()
+        return ActivationStats(self.languages, self.tokens.clone(), counts, threshold=self.threshold,
+                               token_policy=self.token_policy, include_bos=self.include_bos)
+
     def select(self, languages: Sequence[str]) -> ActivationStats:
         """The statistics of some languages, in the given order."""
         idx = [self.language_index(lang) for lang in languages]
