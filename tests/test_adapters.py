@@ -37,7 +37,7 @@ def test_gated_neurons_are_the_activated_gate():
     model = tiny.bridge("llama")
     lm = tlm.adapt(model)
     pre = torch.linspace(-3, 3, 13)
-    torch.testing.assert_close(lm.neurons(0, pre), torch.nn.functional.silu(pre))
+    torch.testing.assert_close(lm.neuron_values(0, pre), torch.nn.functional.silu(pre))
 
 
 @pytest.mark.parametrize("side", ["left", "right"])

@@ -7,7 +7,7 @@ import tiny
 import torch
 
 import tl_multilingual as tlm
-from tl_multilingual.lens import final_head, lens_batch
+from tl_multilingual.readout import layer_logprobs
 
 WORDS = [
     {"en": "cat", "fr": "chat", "de": "Katze", "zh": "猫", "cloze_en": "A ___ says meow."},
@@ -23,7 +23,7 @@ def test_last_layer_is_the_models_own_next_token_distribution(arch):
     lm = tlm.adapt(model)
     prompts = tlm.prompts.translation(WORDS, src="fr", tgt="zh", shots=2)
     batch = lm.pad(lm.tokenize([p.text for p in prompts]), side="left")
-    logp = lens_batch(lm, batch, final_head(lm))
+    logp = layer_logprobs(lm, batch)
     with torch.no_grad():
         own = torch.log_softmax(model(batch.input_ids, attention_mask=batch.attention_mask)[:, -1].float(), -1)
     torch.testing.assert_close(logp[:, -1], own, atol=1e-4, rtol=1e-4)

@@ -61,7 +61,7 @@ def hand_values(model, lm, texts, position):
             model.run_with_hooks(torch.tensor([ids]), fwd_hooks=[(f"blocks.{l}.mlp.{name}", grab) for l in range(lm.n_layers)])
         layers = []
         for l in range(lm.n_layers):
-            values = lm.neurons(l, seen[l]) if gated else seen[l]
+            values = lm.neuron_values(l, seen[l]) if gated else seen[l]
             layers.append(values[-1] if position == "last" else values[1:].max(0).values)
         out.append(torch.stack(layers))
     return torch.stack(out)

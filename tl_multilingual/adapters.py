@@ -15,6 +15,7 @@ the vector that multiplies ``W_out``.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -71,11 +72,11 @@ def _bridge_class() -> type | None:
     return TransformerBridge
 
 
-def _transformer_lens_version() -> str:
+def _package_version(name: str) -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        return version("transformer-lens")
+        return version(name)
     except PackageNotFoundError:  # pragma: no cover - installed from source
         return "unknown"
 
@@ -110,6 +111,7 @@ class ModelAdapter:
     prepend_bos: bool
     n_ctx: int
     _act_fns: list[Callable[[Tensor], Tensor]] = field(repr=False, default_factory=list)
+    _head: Callable[[Tensor], Tensor] | None = field(repr=False, default=None)  # see readout.head
     stages: Any = field(default=None, repr=False)
 
     # -- hooks ----------------------------------------------------------------------
@@ -126,10 +128,19 @@ class ModelAdapter:
         """
         return f"blocks.{layer}.mlp.hook_post"
 
+    def resid_hook(self, layer: int) -> str:
+        """The residual stream after block ``layer`` (what the logit lens reads)."""
+        return f"blocks.{layer}.hook_resid_post"
+
     @property
     def final_hook(self) -> str:
         """The residual stream after the last block, which the final norm reads."""
-        return f"blocks.{self.n_layers - 1}.hook_resid_post"
+        return self.resid_hook(self.n_layers - 1)
+
+    @property
+    def final_scale_hook(self) -> str:
+        """The final norm's per-position scale (``1 / rms`` or ``1 / std``)."""
+        return "ln_final.hook_scale"
 
     def layer_range(self, layers: Iterable[int] | slice | str | None) -> list[int]:
         """Layer indices from a range, a slice, a stage name (needs :attr:`stages`, see
@@ -157,9 +168,16 @@ class ModelAdapter:
             raise UnsupportedModelError(f"{self.name} has a plain MLP: there is no up projection")
         return f"blocks.{layer}.mlp.hook_pre_linear"
 
-    def neurons(self, layer: int, read: Tensor) -> Tensor:
-        """Neuron activations from the output of :meth:`read_hook` (``act_fn`` for gated MLPs)."""
+    def neuron_values(self, layer: int, read: Tensor) -> Tensor:
+        """Neuron activation values from the output of :meth:`read_hook` (``act_fn`` for
+        gated MLPs), same shape as ``read``: ``[..., d_mlp]``."""
         return self._act_fns[layer](read) if self.gated else read
+
+    def neurons(self, layer: int, read: Tensor) -> Tensor:
+        """Deprecated alias of :meth:`neuron_values` (``neurons`` elsewhere names a
+        :class:`~tl_multilingual.LanguageNeurons`)."""
+        warnings.warn("ModelAdapter.neurons is renamed neuron_values", DeprecationWarning, stacklevel=2)
+        return self.neuron_values(layer, read)
 
     # -- model facts ------------------------------------------------------------------
 
@@ -195,7 +213,8 @@ class ModelAdapter:
             "gated": self.gated,
             "prepend_bos": self.prepend_bos,
             "dtype": str(self.dtype).removeprefix("torch."),
-            "transformer_lens": _transformer_lens_version(),
+            "transformer_lens": _package_version("transformer-lens"),
+            "transformers": _package_version("transformers"),
         }
 
     # -- tokens -----------------------------------------------------------------------

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from .adapters import ModelAdapter, adapt
 from .errors import TLMultilingualError
 from .items import ParallelItems
+from .readout import centred_writes, output_weights, unembedding
 from .sharing import SHARING_CLASSES, Sharing
 
 __all__ = ["attribute", "Attribution", "class_attribution", "answer_token"]
@@ -101,14 +102,6 @@ def _gold_tokens(lm: ModelAdapter, items: ParallelItems, language: str) -> Tenso
     return torch.tensor(golds, device=lm.device)
 
 
-def _output_rows(lm: ModelAdapter) -> list[Tensor]:
-    return [lm.model.blocks[layer].mlp.W_out.detach() for layer in range(lm.n_layers)]
-
-
-def _centred(lm: ModelAdapter) -> bool:
-    return str(getattr(lm.model.cfg, "normalization_type", "")).startswith("LN")
-
-
 def attribute(
     model: Any,
     items: ParallelItems,
@@ -132,7 +125,7 @@ def attribute(
     lm = adapt(model)
     if method not in ("effective", "contribution", "grad_x_act"):
         raise TLMultilingualError(f"unknown attribution method {method!r}")
-    w_out = _output_rows(lm)
+    w_out = [output_weights(lm, layer) for layer in range(lm.n_layers)]
     scores = torch.zeros(len(items), len(items.languages), lm.n_layers, lm.d_mlp)
     for p, lang in enumerate(tqdm(items.languages, disable=not progress, desc=f"attribution ({method})")):
         texts = items.texts(lang)
@@ -166,18 +159,18 @@ def _direct(lm: ModelAdapter, batch: Any, gold: Tensor | None, w_out: list[Tenso
     hooks = [(lm.write_hook(layer), keep(layer)) for layer in range(lm.n_layers)]
     need_scale = method == "effective" and through_norm
     if need_scale:
-        hooks.append(("ln_final.hook_scale", keep_scale))
+        hooks.append((lm.final_scale_hook, keep_scale))
     lm.forward(batch, fwd_hooks=hooks, logits=need_scale)
     out = torch.zeros(len(last), lm.n_layers, lm.d_mlp)
     if method == "effective":
-        directions = lm.model.W_U.detach()[:, gold].T.float()  # [batch, d_model]
+        directions = unembedding(lm)[:, gold].T.float()  # [batch, d_model]
     for layer in range(lm.n_layers):
         m = acts[layer]  # [batch, d_mlp]
         rows_w = w_out[layer].float()  # [d_mlp, d_model]
         if method == "contribution":
             out[:, layer] = (m.abs() * rows_w.norm(dim=-1)).cpu()
             continue
-        if through_norm and _centred(lm):
+        if through_norm and centred_writes(lm):
             rows_w = rows_w - rows_w.mean(-1, keepdim=True)
         per_token = directions @ rows_w.T  # [batch, d_mlp]: W_out[j] . u_t
         value = m * per_token

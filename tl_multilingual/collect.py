@@ -50,7 +50,7 @@ class _Totals:
             flat = tensor.reshape(-1, tensor.shape[-1])
             if self.rows is not None:
                 flat = flat.index_select(0, self.rows)
-            acts = self.adapter.neurons(layer, flat)
+            acts = self.adapter.neuron_values(layer, flat)
             k = self.language
             self.active[layer, :, k] += (acts > self.threshold).sum(0, dtype=torch.int32)
             for part in acts.split(self.chunk_rows):  # bounds the float32 copy of half precision

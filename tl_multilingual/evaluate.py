@@ -22,15 +22,13 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import pandas as pd
-import torch
-from torch import Tensor
 
-from .adapters import ModelAdapter, adapt
+from .adapters import adapt
 from .corpus import Corpus, Text
 from .errors import CorpusError
 from .languages import normalize_language
-from .lens import final_head, last_logits
-from .tokens import TokenPolicy, batches, encode
+from .readout import last_logits, sequence_nll
+from .tokens import TokenPolicy, encode
 
 __all__ = [
     "perplexity",
@@ -40,46 +38,6 @@ __all__ = [
     "answer_accuracy",
     "generate",
 ]
-
-_HEAD_ROWS = 256  # positions sent through the output head at once
-
-
-def _sequence_nll(lm: ModelAdapter, sequences: list, batch_size: int) -> tuple[list[float], list[int]]:
-    """Summed NLL and token count of the counted positions of each sequence.
-
-    Only the positions that predict a counted token go through the model's head (final
-    norm, unembedding, soft-capping), a chunk at a time: the full ``[batch, pos, vocab]``
-    logits are never built.
-    """
-    head = final_head(lm)
-    sums = [0.0] * len(sequences)
-    counts = [0] * len(sequences)
-    resid: dict[str, Tensor] = {}
-
-    def keep(tensor: Tensor, hook: Any) -> None:
-        resid["final"] = tensor
-
-    for indices, batch, counted in batches(lm, sequences, batch_size):
-        lm.forward(batch, fwd_hooks=[(lm.final_hook, keep)], logits=False, stop_at=lm.final_hook)
-        targets = counted[:, 1:]  # the token at p is predicted from position p - 1
-        nll = _head_nll(head, resid["final"][:, :-1][targets], batch.input_ids[:, 1:][targets])
-        per_row = torch.zeros(len(indices), dtype=torch.float64, device=nll.device)
-        per_row.index_add_(0, targets.nonzero()[:, 0], nll.double())
-        for row, i in enumerate(indices):
-            sums[i] = float(per_row[row])
-            counts[i] = int(targets[row].sum())
-    return sums, counts
-
-
-def _head_nll(head: Any, resid: Tensor, gold: Tensor) -> Tensor:
-    """``-log softmax(head(resid))[gold]`` row by row, in chunks of the vocabulary matrix."""
-    parts = []
-    for rows, target in zip(resid.split(_HEAD_ROWS), gold.split(_HEAD_ROWS)):
-        with torch.no_grad():
-            logits = head(rows).float()
-        parts.append(torch.logsumexp(logits, -1) - logits.gather(-1, target[:, None]).squeeze(-1))
-    return torch.cat(parts) if parts else resid.new_zeros(0, dtype=torch.float32)
-
 
 def text_nll(
     model: Any,
@@ -101,7 +59,7 @@ def text_nll(
             if seq.stop > max(seq.start, 1):
                 owners.append((lang, seq.text_index))
                 sequences.append(replace(seq, start=max(seq.start, 1)))
-    sums, counts = _sequence_nll(lm, sequences, batch_size)
+    sums, counts = sequence_nll(lm, sequences, batch_size)
     totals: dict[tuple[str, int], list[float]] = {}
     for owner, total, n in zip(owners, sums, counts):
         acc = totals.setdefault(owner, [0.0, 0])
@@ -175,7 +133,7 @@ def choice_scores(
         sequences = encode(lm, texts, policy="response")
         if len(sequences) != len(texts):
             raise CorpusError(f"{lang}: an option tokenises to nothing; every option needs a token")
-        sums, counts = _sequence_nll(lm, sequences, batch_size)
+        sums, counts = sequence_nll(lm, sequences, batch_size)
         at = 0
         for i, entry in enumerate(entries):
             k = len(entry.options)

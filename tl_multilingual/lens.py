@@ -11,7 +11,7 @@ distribution.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,33 +23,16 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .adapters import Batch, ModelAdapter, adapt
+from .adapters import ModelAdapter, adapt
 from .errors import CorpusError, SaveError
 from .persist import read_result, write_result
 from .prompts import LensPrompt
+from .readout import layer_logprobs
 from .wordtokens import word_tokens
 
-__all__ = ["language_lens", "LensResult", "final_head", "last_logits"]
+__all__ = ["language_lens", "LensResult", "answer_sets", "measure"]
 
 _KIND = "tl_multilingual.LensResult"
-
-
-def final_head(lm: ModelAdapter) -> Callable[[Tensor], Tensor]:
-    """Residual stream -> logits through the model's final norm, unembedding and
-    soft-capping."""
-    model = lm.model
-    cap = getattr(getattr(getattr(model, "original_model", None), "config", None), "final_logit_softcapping", None)
-    if not cap:
-        cap = getattr(model.cfg, "output_logits_soft_cap", -1.0)
-    cap = float(cap) if cap and cap > 0 else None
-
-    def head(resid: Tensor) -> Tensor:
-        logits = model.unembed(model.ln_final(resid[:, None, :]))[:, 0]
-        if cap is not None:
-            logits = cap * torch.tanh(logits / cap)
-        return logits
-
-    return head
 
 
 @dataclass
@@ -147,7 +130,7 @@ class LensResult:
         )
 
 
-def _answer_sets(lm: ModelAdapter, prompts: Sequence[LensPrompt], languages: Sequence[str]) -> list[list[Tensor | None]]:
+def answer_sets(lm: ModelAdapter, prompts: Sequence[LensPrompt], languages: Sequence[str]) -> list[list[Tensor | None]]:
     sets = []
     for prompt in prompts:
         row = []
@@ -159,47 +142,7 @@ def _answer_sets(lm: ModelAdapter, prompts: Sequence[LensPrompt], languages: Seq
     return sets
 
 
-def last_logits(lm: ModelAdapter, batch: Batch, fwd_hooks: Sequence = ()) -> Float[Tensor, "batch vocab"]:
-    """The model's logits at each row's last real position, computing the output head
-    for those positions only."""
-    last = batch.last
-    rows = torch.arange(batch.input_ids.shape[0], device=batch.input_ids.device)
-    final: dict[str, Tensor] = {}
-
-    def store(tensor: Tensor, hook: Any) -> None:
-        final["resid"] = tensor[rows, last]
-
-    lm.forward(batch, fwd_hooks=[*fwd_hooks, (lm.final_hook, store)], logits=False, stop_at=lm.final_hook)
-    with torch.no_grad():
-        return final_head(lm)(final["resid"])
-
-
-def lens_batch(
-    lm: ModelAdapter, batch: Batch, head: Callable[[Tensor], Tensor], fwd_hooks: Sequence = ()
-) -> Float[Tensor, "batch layer vocab"]:
-    """Log-probabilities of the next token read at every layer's last real position.
-
-    The forward pass stops after the last block: only the ``n_layers`` residual
-    vectors per prompt go through the output head."""
-    last = batch.last
-    rows = torch.arange(batch.input_ids.shape[0], device=batch.input_ids.device)
-    resid: dict[int, Tensor] = {}
-
-    def keep(layer: int) -> Callable[..., None]:
-        def store(tensor: Tensor, hook: Any) -> None:
-            resid[layer] = tensor[rows, last].detach()
-
-        return store
-
-    hooks = list(fwd_hooks) + [(f"blocks.{layer}.hook_resid_post", keep(layer)) for layer in range(lm.n_layers)]
-    lm.forward(batch, fwd_hooks=hooks, logits=False, stop_at=lm.final_hook)  # the head runs below, on n_layers rows
-    with torch.no_grad():
-        stacked = torch.stack([resid[layer] for layer in range(lm.n_layers)], dim=1)  # [batch, layer, d_model]
-        logits = head(stacked.reshape(-1, stacked.shape[-1])).float()
-    return torch.log_softmax(logits, -1).reshape(stacked.shape[0], lm.n_layers, -1)
-
-
-def _measure(logp: Tensor, sets: list[list[Tensor | None]]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def measure(logp: Tensor, sets: list[list[Tensor | None]]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     probs = logp.exp()
     entropy = -(probs * logp).sum(-1)
     top = probs.argmax(-1)
@@ -240,12 +183,11 @@ def language_lens(
         raise CorpusError("the lens needs at least one prompt")
     if languages is None:
         languages = list(dict.fromkeys(lang for p in prompts for lang in p.answers))
-    sets = _answer_sets(lm, prompts, languages)
-    head = final_head(lm)
+    sets = answer_sets(lm, prompts, languages)
     parts = []
     for lo in tqdm(range(0, len(prompts), batch_size), disable=not progress, desc="lens"):
         chunk = prompts[lo : lo + batch_size]
         batch = lm.pad(lm.tokenize([p.text for p in chunk]), side="left")
-        parts.append(_measure(lens_batch(lm, batch, head), sets[lo : lo + batch_size]))
+        parts.append(measure(layer_logprobs(lm, batch), sets[lo : lo + batch_size]))
     prob, rank, entropy, top = (torch.cat(x) for x in zip(*parts))
     return LensResult(tuple(languages), prob, rank, entropy, top, tuple(prompts))

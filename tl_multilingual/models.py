@@ -89,6 +89,10 @@ def _config(arch: str, vocab_size: int, n_layers: int = 2) -> Any:
         "xglm": lambda: T.XGLMConfig(
             vocab_size=vocab_size, d_model=32, ffn_dim=48, num_layers=n_layers, attention_heads=4, max_position_embeddings=128
         ),
+        # Families whose output head scales the logits after the unembedding.
+        "cohere": lambda: T.CohereConfig(vocab_size=vocab_size, logit_scale=0.25, **gqa),
+        "cohere2": lambda: T.Cohere2Config(vocab_size=vocab_size, logit_scale=0.25, sliding_window=16, **gqa),
+        "granite": lambda: T.GraniteConfig(vocab_size=vocab_size, logits_scaling=4.0, **gqa),
         "mixtral": lambda: T.MixtralConfig(vocab_size=vocab_size, num_local_experts=4, **gqa),
     }
     if arch not in configs:
@@ -98,7 +102,10 @@ def _config(arch: str, vocab_size: int, n_layers: int = 2) -> Any:
     return config
 
 
-TINY_ARCHITECTURES = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "bloom", "neox", "opt", "xglm", "mixtral")
+TINY_ARCHITECTURES = (
+    "gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "bloom", "neox", "opt", "xglm",
+    "cohere", "cohere2", "granite", "mixtral",
+)
 
 
 def tiny_hf(arch: str = "llama", *, seed: int = 0, scale: float = 0.3, n_layers: int = 2) -> tuple[Any, Any]:

@@ -23,9 +23,10 @@ from torch import Tensor
 from .adapters import ModelAdapter, adapt
 from .errors import TLMultilingualError
 from .interventions import Edit, Interventions, Layers, record
-from .lens import _answer_sets, _measure, final_head, lens_batch
+from .lens import answer_sets, measure
 from .masks import NeuronMask
 from .prompts import LensPrompt
+from .readout import layer_logprobs
 
 __all__ = ["patch_neurons", "PatchResult"]
 
@@ -148,8 +149,7 @@ def patch_neurons(
         mask = mask.restrict(lm.layer_range(layers))
     languages = list(readout) if readout is not None else list(dict.fromkeys(a for p in targets for a in p.answers))
     masks = [None, mask, *mask.controls(controls, seed=seed)]
-    head = final_head(lm)
-    sets = _answer_sets(lm, targets, languages)
+    sets = answer_sets(lm, targets, languages)
     out = torch.full((len(masks), len(targets), lm.n_layers, len(languages)), float("nan"))
     side = "left" if align == "last" else lm.padding_side
     for lo in range(0, len(targets), batch_size):
@@ -159,7 +159,7 @@ def patch_neurons(
         values, positions = _source(lm, src_batch, tgt_batch, align)
         for c, m in enumerate(masks):
             hooks = [] if m is None else Interventions(lm, [Edit(m, "patch", values, positions)]).hooks()
-            logp = lens_batch(lm, tgt_batch, head, fwd_hooks=hooks)
-            out[c, lo:hi] = _measure(logp, sets[lo:hi])[0]
+            logp = layer_logprobs(lm, tgt_batch, fwd_hooks=hooks)
+            out[c, lo:hi] = measure(logp, sets[lo:hi])[0]
     names = ("clean", "patched", *(f"control_{c}" for c in range(controls)))
     return PatchResult(names, tuple(languages), out, mask.count())

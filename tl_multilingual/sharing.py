@@ -107,7 +107,7 @@ def _position_reader(
     sink: Callable[[Tensor, int, Tensor], None],
 ) -> Callable[..., None]:
     def read(tensor: Tensor, hook: Any) -> None:
-        values = lm.neurons(layer, tensor)
+        values = lm.neuron_values(layer, tensor)
         if position == "last":
             picked = values[torch.arange(values.shape[0], device=values.device), last.to(values.device)]
         else:

@@ -19,11 +19,10 @@ from tqdm.auto import tqdm
 from .adapters import ModelAdapter, adapt
 from .corpus import Text
 from .errors import TLMultilingualError
-from .evaluate import _sequence_nll
 from .interventions import boost
 from .items import ParallelItem, ParallelItems
-from .lens import last_logits
 from .masks import NeuronMask
+from .readout import last_logits, sequence_nll
 from .sharing import SHARING_CLASSES, Sharing
 from .sharing import sharing as compute_sharing
 from .tokens import encode
@@ -35,7 +34,7 @@ def _score_item(lm: ModelAdapter, item: ParallelItem, languages: Sequence[str]) 
     """(correct, logprob) of one item in each language."""
     if item.options:
         texts = [Text(item.texts[lang], option) for lang in languages for option in item.options[lang]]
-        sums, _ = _sequence_nll(lm, encode(lm, texts, policy="response"), len(texts))
+        sums, _ = sequence_nll(lm, encode(lm, texts, policy="response"), len(texts))
         k = len(item.options[languages[0]])
         out = []
         for p in range(len(languages)):
@@ -47,7 +46,7 @@ def _score_item(lm: ModelAdapter, item: ParallelItem, languages: Sequence[str]) 
     if any(a is None for a in answers):
         raise TLMultilingualError(f"item {item.id} needs a gold answer or options in every language")
     sequences = encode(lm, [Text(item.texts[lang], a) for lang, a in zip(languages, answers)], policy="response")
-    sums, _ = _sequence_nll(lm, sequences, len(sequences))
+    sums, _ = sequence_nll(lm, sequences, len(sequences))
     prompts = lm.tokenize([item.texts[lang] for lang in languages])
     predicted = last_logits(lm, lm.pad(prompts, side="left")).argmax(-1).tolist()
     out = []
