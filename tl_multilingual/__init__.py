@@ -23,6 +23,7 @@ from .errors import (
     SaveError,
     StatsError,
     TLMultilingualError,
+    TLMultilingualWarning,
     UnsupportedModelError,
 )
 from .evaluate import MultipleChoice, answer_accuracy, choice_accuracy, generate, perplexity
@@ -111,6 +112,7 @@ __all__ = [
     "normalize_language",
     "language_name",
     "TLMultilingualError",
+    "TLMultilingualWarning",
     "UnsupportedModelError",
     "LanguageError",
     "CorpusError",

@@ -15,7 +15,6 @@ the vector that multiplies ``W_out``.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from .errors import TLMultilingualError, UnsupportedModelError
+from .errors import TLMultilingualError, UnsupportedModelError, warn
 
 __all__ = ["ModelAdapter", "adapt", "Batch"]
 
@@ -176,7 +175,7 @@ class ModelAdapter:
     def neurons(self, layer: int, read: Tensor) -> Tensor:
         """Deprecated alias of :meth:`neuron_values` (``neurons`` elsewhere names a
         :class:`~tl_multilingual.LanguageNeurons`)."""
-        warnings.warn("ModelAdapter.neurons is renamed neuron_values", DeprecationWarning, stacklevel=2)
+        warn("ModelAdapter.neurons is renamed neuron_values", DeprecationWarning)
         return self.neuron_values(layer, read)
 
     # -- model facts ------------------------------------------------------------------

@@ -1,11 +1,45 @@
-"""The library's exception family.
+"""How the library speaks to its user: its exception family, its warnings, its logger.
 
 Every error the library raises on purpose derives from :class:`TLMultilingualError`,
 so ``except tlm.TLMultilingualError`` catches them all. Errors about bad input also
 derive from :class:`ValueError`.
+
+Every caution (data that contradict a method's assumption, a search that ended at its
+bound, truncated texts) is a :class:`TLMultilingualWarning` raised through
+:func:`warn`, which points the warning at the caller's own line, outside the library.
+Progress and information go to the ``tl_multilingual`` :data:`logger` (silent unless
+the application configures logging, e.g. ``logging.basicConfig(level="INFO")``).
 """
 
 from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+logger = logging.getLogger("tl_multilingual")
+"""The library's logger: progress (``INFO``) and details (``DEBUG``)."""
+
+_PACKAGE = str(Path(__file__).resolve().parent)
+
+
+class TLMultilingualWarning(UserWarning):
+    """Base class of every warning raised by tl_multilingual."""
+
+
+def warn(message: str, category: type[Warning] = TLMultilingualWarning) -> None:
+    """Raise a warning attributed to the first caller outside the library.
+
+    Args:
+        message: one or more plain sentences saying what is wrong and what to do.
+        category: the warning class (default :class:`TLMultilingualWarning`).
+    """
+    level, frame = 2, sys._getframe(1)
+    while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(_PACKAGE):
+        frame = frame.f_back
+        level += 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 class TLMultilingualError(Exception):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from .errors import CorpusError
+from .errors import CorpusError, warn
 from .languages import normalize_language
 
 __all__ = ["ParallelItem", "ParallelItems"]
@@ -104,7 +103,7 @@ class ParallelItems:
                 f"{' ...' if len(gaps) > 5 else ''}); fix them or pass missing='drop'"
             )
         if gaps:
-            warnings.warn(f"dropped {len(gaps)} items without every translation: {sorted(gaps)}", stacklevel=2)
+            warn(f"dropped {len(gaps)} items without every translation: {sorted(gaps)}")
             items = [item for item in items if item.id not in gaps]
         ids = [item.id for item in items]
         if len(set(ids)) != len(ids):

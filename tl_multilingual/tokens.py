@@ -16,7 +16,6 @@ longer than ``max_length`` tokens are truncated or split into several sequences
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -27,7 +26,7 @@ from torch import Tensor
 
 from .adapters import Batch, ModelAdapter
 from .corpus import Text
-from .errors import CorpusError
+from .errors import CorpusError, warn
 
 __all__ = ["TokenPolicy", "Overflow", "Encoded", "encode", "batches", "limit_tokens"]
 
@@ -111,10 +110,9 @@ def encode(
                 out.append(Encoded(tuple(piece), start, len(piece), i))
     if too_long and overflow != "error":
         action = "truncated to" if overflow == "truncate" else "split into pieces of"
-        warnings.warn(
+        warn(
             f"{too_long} of {len(texts)} texts are longer than {max_length} tokens and were {action} "
-            f"{max_length} tokens",
-            stacklevel=3,
+            f"{max_length} tokens"
         )
     return out
 
