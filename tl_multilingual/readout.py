@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
+from einops import rearrange
 from jaxtyping import Float
 from torch import Tensor
 
@@ -231,9 +232,9 @@ def layer_logprobs(lm: ModelAdapter, batch: Batch, fwd_hooks: Sequence = ()) -> 
     lm.forward(batch, fwd_hooks=hooks, logits=False, stop_at=lm.final_hook)
     device = resid[lm.n_layers - 1].device
     with torch.no_grad():
-        stacked = torch.stack([resid[layer].to(device) for layer in range(lm.n_layers)], dim=1)
-        logits = apply(stacked.reshape(-1, stacked.shape[-1])).float()
-    return torch.log_softmax(logits, -1).reshape(stacked.shape[0], lm.n_layers, -1)
+        rows_by_layer = torch.stack([resid[layer].to(device) for layer in range(lm.n_layers)])
+        logits = apply(rearrange(rows_by_layer, "layer batch d_model -> (batch layer) d_model")).float()
+    return rearrange(torch.log_softmax(logits, -1), "(batch layer) vocab -> batch layer vocab", layer=lm.n_layers)
 
 
 def _head_nll(apply: Head, resid: Tensor, gold: Tensor) -> Tensor:
