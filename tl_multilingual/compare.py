@@ -62,22 +62,6 @@ def _check_neurons(a: LanguageNeurons, b: LanguageNeurons) -> None:
                                       f"{a.params.get(key)} vs {b.params.get(key)}")
 
 
-def _check_stats(a: ActivationStats, b: ActivationStats) -> None:
-    if a.languages != b.languages:
-        raise TLMultilingualError(f"the statistics cover different languages: {a.languages} vs {b.languages}")
-    if a.active_counts.shape != b.active_counts.shape:
-        raise TLMultilingualError(
-            f"the models differ in shape: {a.n_layers}x{a.d_mlp} vs {b.n_layers}x{b.d_mlp} (d_mlp or layers)"
-        )
-    for name in ("token_policy", "threshold", "include_bos"):
-        if getattr(a, name) != getattr(b, name):
-            raise TLMultilingualError(f"the statistics differ in {name}: {getattr(a, name)!r} vs {getattr(b, name)!r}")
-    for name in ("architecture", "n_layers", "d_mlp"):
-        x, y = a.model.get(name), b.model.get(name)
-        if x is not None and y is not None and x != y:
-            raise TLMultilingualError(f"the statistics come from different architectures ({name}: {x!r} vs {y!r})")
-
-
 @dataclass
 class Comparison:
     """Language neurons of a base and an aligned model, side by side.
@@ -277,7 +261,7 @@ def compare(
     """
     trained = tuple(normalize_language(x, allow_unknown=True) for x in trained_languages)
     if isinstance(base, ActivationStats) and isinstance(aligned, ActivationStats):
-        _check_stats(base, aligned)
+        base.check_compatible(aligned, same_model=False)
         kwargs = {"method": method, "top_rate": top_rate, "bar_ratio": bar_ratio}
         if method == "lape":
             before, after = identify(base, **kwargs), identify(aligned, **kwargs)
@@ -342,7 +326,7 @@ def compare_series(
     labels = list(labels) if labels is not None else [f"checkpoint {i}" for i in range(len(checkpoints))]
     if isinstance(checkpoints[0], ActivationStats):
         for other in checkpoints[1:]:
-            _check_stats(checkpoints[0], other)
+            checkpoints[0].check_compatible(other, same_model=False)
         kwargs = {"top_rate": top_rate, "bar_ratio": bar_ratio}
         first = identify(checkpoints[0], lam=lam if isinstance(lam, (int, float)) else "auto", **kwargs)
         rest_lam = "auto" if lam == "each" else (first.lam if lam == "first" else lam)

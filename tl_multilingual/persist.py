@@ -1,10 +1,19 @@
-"""Saving results: a folder with ``tensors.safetensors`` and ``manifest.json``.
+"""Saving results: a folder with ``tensors.safetensors`` and ``manifest.json``; atomic
+writes of every file the library produces.
 
 The manifest records what produced the result (kind, format version, library and
-TransformerLens versions, model, parameters) and the SHA-256 of the tensor file,
-which :func:`read_result` checks. Writes are atomic: the folder is built beside
-the target and renamed into place, so a failed save leaves nothing half-written
-and never damages a previous save.
+TransformerLens versions, model, parameters), the SHA-256 of the tensor file and a
+checksum of the manifest itself, so neither the tensors nor what gives them their
+meaning (languages and their order, model, shape, settings) can be edited or damaged
+unnoticed: :func:`read_result` checks both.
+
+Every write is atomic. A file is written beside its target and renamed into place
+(:func:`atomic_file`); a folder is built beside its target and swapped in
+(:func:`atomic_folder`). Temporary siblings are named ``.<target>.tmp-<pid>-<id>``
+(and ``.<target>.old-<pid>-<id>`` for the previous version during the swap). A
+process killed mid-save leaves them behind; the next save or load of the same target
+(:func:`recover`) puts the newest complete version in place if the kill hid it
+between the two renames, and removes what dead processes left.
 """
 
 from __future__ import annotations
@@ -14,6 +23,8 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -23,13 +34,19 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .errors import SaveError
+from .errors import SaveError, TLMultilingualError
 
-__all__ = ["write_result", "read_result", "library_versions", "write_text", "sha256_file"]
+__all__ = [
+    "write_result", "read_result", "library_versions", "write_text", "sha256_file", "atomic_file",
+    "atomic_folder", "recover", "is_temporary", "manifest_field", "read_torch_file",
+]
 
 TENSORS = "tensors.safetensors"
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the manifest carries a checksum of its own content
+_STAGING, _BACKUP = "tmp", "old"
+# Failures of the file system or of the serialisers that a save or a load can meet.
+_IO_ERRORS = (OSError, SafetensorError, TypeError, ValueError)
 
 
 def _version(package: str) -> str:
@@ -57,8 +74,219 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+# -- temporary siblings and recovery -----------------------------------------------------
+
+
+def _sibling(target: Path, tag: str) -> Path:
+    return target.parent / f".{target.name}.{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def is_temporary(path: Path) -> bool:
+    """Whether ``path`` is a temporary sibling left by a save (of any target)."""
+    name = path.name
+    if not name.startswith("."):
+        return False
+    for tag in (_STAGING, _BACKUP):
+        stem, sep, _ = name.rpartition(f".{tag}-")
+        if sep and len(stem) > 1:
+            return True
+    return False
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _leftovers(target: Path) -> list[tuple[Path, str]]:
+    """Temporary siblings of ``target`` whose writing process is gone."""
+    prefix = f".{target.name}."
+    try:
+        entries = list(target.parent.iterdir())
+    except OSError:
+        return []
+    found = []
+    for entry in entries:
+        if not entry.name.startswith(prefix):
+            continue
+        tag, _, ident = entry.name[len(prefix) :].partition("-")
+        if tag not in (_STAGING, _BACKUP):
+            continue
+        pid = ident.split("-")[0]
+        if pid.isdigit() and _alive(int(pid)):
+            continue  # a save in progress
+        found.append((entry, tag))
+    return found
+
+
+def _complete_mtime(folder: Path) -> int | None:
+    """The manifest's modification time if ``folder`` is a complete, intact result."""
+    try:
+        _verify(folder)
+        return (folder / MANIFEST).stat().st_mtime_ns
+    except (SaveError, OSError):
+        return None
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def recover(path: str | Path) -> Path | None:
+    """Finish or undo what interrupted saves of ``path`` left behind.
+
+    If ``path`` is missing because a save was killed between moving the previous
+    version aside and moving the new one in, the newest complete version (the new one
+    if it was complete, else the previous one) is put back in place. Then every
+    temporary sibling left by a dead process is removed. Returns the recovered folder,
+    or None. Best effort: errors of the file system are ignored here and surface when
+    the target is used.
+    """
+    target = Path(path)
+    leftovers = _leftovers(target)
+    restored = None
+    if leftovers and not target.exists():
+        candidates = [(mtime, entry) for entry, _ in leftovers if entry.is_dir()
+                      if (mtime := _complete_mtime(entry)) is not None]
+        if candidates:
+            newest = max(candidates)[1]
+            try:
+                newest.rename(target)
+                restored = target
+            except OSError:
+                return None
+    for entry, _ in leftovers:
+        if entry.exists():
+            try:
+                _remove(entry)
+            except OSError:
+                pass
+    return restored
+
+
+def _fsync(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _translate(err: BaseException, target: Path, what: str = "save to") -> BaseException:
+    if isinstance(err, TLMultilingualError):
+        return err
+    if isinstance(err, _IO_ERRORS):
+        return SaveError(f"could not {what} {target}: {err}")
+    return err
+
+
+@contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Write one file atomically: yields a temporary sibling to write, which replaces
+    ``path`` when the block ends without error (and is removed otherwise).
+
+    Raises:
+        SaveError: the file could not be written (the cause is chained).
+    """
+    target = Path(path)
+    recover(target)
+    staging = _sibling(target, _STAGING)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        yield staging
+        _fsync(staging)
+        os.replace(staging, target)
+    except BaseException as err:
+        staging.unlink(missing_ok=True)
+        translated = _translate(err, target, "write")
+        if translated is err:
+            raise
+        raise translated from err
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write a text file atomically (UTF-8)."""
+    with atomic_file(path) as staging:
+        staging.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+@contextmanager
+def atomic_folder(path: str | Path, *, replaceable: Callable[[Path], bool] | None = None) -> Iterator[Path]:
+    """Build a folder atomically: yields an empty staging folder beside ``path``,
+    swapped into place when the block ends without error.
+
+    An existing ``path`` is replaced only if ``replaceable(path)`` (default: never
+    refused). Folders created for the parent path are removed again on failure.
+
+    Raises:
+        SaveError: ``path`` exists and may not be replaced, or writing failed (the
+            cause is chained); a previous version stays intact.
+    """
+    target = Path(path)
+    recover(target)
+    if target.exists() and replaceable is not None and not replaceable(target):
+        raise SaveError(f"{target} exists and is not a saved result; choose another path")
+    created: list[Path] = []
+    parent = target.parent
+    while not parent.exists():
+        created.append(parent)
+        parent = parent.parent
+    staging, backup = _sibling(target, _STAGING), _sibling(target, _BACKUP)
+    moved_old = False
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging.mkdir()
+        yield staging
+        for entry in staging.iterdir():
+            _fsync(entry)
+        if target.exists():
+            target.rename(backup)
+            moved_old = True
+        staging.rename(target)
+        _fsync(target.parent)
+    except BaseException as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        if moved_old and not target.exists():
+            backup.rename(target)
+        for folder in created:
+            if folder.exists() and not any(folder.iterdir()):
+                folder.rmdir()
+        translated = _translate(err, target)
+        if translated is err:
+            raise
+        raise translated from err
+    if moved_old:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+# -- results: tensors + manifest ---------------------------------------------------------
+
+
 def _is_previous_save(path: Path) -> bool:
     return path.is_dir() and set(os.listdir(path)) <= {TENSORS, MANIFEST}
+
+
+def _digest(manifest: Mapping[str, Any]) -> str:
+    """Checksum of a manifest's content (everything but the checksum itself)."""
+    body = {k: v for k, v in manifest.items() if k != "checksum"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def write_result(
@@ -68,21 +296,16 @@ def write_result(
 
     An existing folder is replaced only if it holds a previous save (nothing but a
     manifest and a tensor file); anything else is refused.
+
+    Raises:
+        SaveError: the folder is foreign, or writing failed (disk full, permissions,
+            tensors that cannot be serialised); the previous save stays intact.
     """
     target = Path(path)
-    if target.exists() and not _is_previous_save(target):
-        raise SaveError(f"{target} exists and is not a saved result; choose another path")
-    created: list[Path] = []
-    parent = target.parent
-    while not parent.exists():
-        created.append(parent)
-        parent = parent.parent
-    staging = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-    backup = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-    moved_old = False
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging.mkdir()
+    with atomic_folder(target, replaceable=_is_previous_save) as staging:
+        for name, value in tensors.items():
+            if value.is_meta:
+                raise SaveError(f"cannot save {name}: it is on the meta device and holds no values")
         contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         save_file(contiguous, str(staging / TENSORS))
         full = {
@@ -93,63 +316,119 @@ def write_result(
             **manifest,
             "files": {TENSORS: sha256_file(staging / TENSORS)},
         }
-        (staging / MANIFEST).write_text(json.dumps(full, indent=2, default=str), encoding="utf-8")
-        if target.exists():
-            target.rename(backup)
-            moved_old = True
-        staging.rename(target)
-    except BaseException as err:
-        shutil.rmtree(staging, ignore_errors=True)
-        if moved_old and not target.exists():
-            backup.rename(target)
-        for folder in created:
-            if folder.exists() and not any(folder.iterdir()):
-                folder.rmdir()
-        if isinstance(err, (OSError, TypeError, ValueError)):
-            raise SaveError(f"could not save to {target}: {err}") from err
-        raise
-    if moved_old:
-        shutil.rmtree(backup, ignore_errors=True)
+        full = json.loads(json.dumps(full, default=str))  # what a reader will see
+        full["checksum"] = _digest(full)
+        (staging / MANIFEST).write_text(json.dumps(full, indent=2), encoding="utf-8")
     return target
 
 
-def read_result(path: str | Path, *, kind: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read a folder written by :func:`write_result`, checking its kind and checksum."""
-    folder = Path(path)
+def _verify(folder: Path) -> dict[str, Any]:
+    """The manifest of a saved result, after checking both checksums."""
     manifest_path, tensor_path = folder / MANIFEST, folder / TENSORS
     if not manifest_path.is_file() or not tensor_path.is_file():
         raise SaveError(f"{folder} is not a saved result (expected {MANIFEST} and {TENSORS})")
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise SaveError(f"{manifest_path} is corrupt: {err}") from None
-    if not isinstance(manifest, dict) or manifest.get("kind") != kind:
-        found = manifest.get("kind") if isinstance(manifest, dict) else None
-        raise SaveError(f"{folder} holds a {found!r}, not a {kind!r}")
-    if manifest.get("format_version", 0) > FORMAT_VERSION:
+    except (OSError, ValueError) as err:  # ValueError: JSON and UTF-8 decoding
+        raise SaveError(f"{manifest_path} is corrupt or unreadable: {err}") from err
+    if not isinstance(manifest, dict):
+        raise SaveError(f"{manifest_path} is corrupt: it holds a {type(manifest).__name__}, not an object")
+    version_ = manifest.get("format_version", 0)
+    if not isinstance(version_, int) or isinstance(version_, bool):
+        raise SaveError(f"{manifest_path}: format_version must be an integer, got {version_!r:.60}")
+    if version_ > FORMAT_VERSION:
         raise SaveError(
-            f"{folder} was written by a newer tl_multilingual (format "
-            f"{manifest['format_version']}); upgrade to read it"
+            f"{folder} was written by a newer tl_multilingual (format {version_}); upgrade to read it"
         )
-    expected = manifest.get("files", {}).get(TENSORS)
-    if expected != sha256_file(tensor_path):
+    if version_ >= 2 and manifest.get("checksum") != _digest(manifest):
+        raise SaveError(
+            f"{manifest_path} does not match its checksum: the manifest was edited or damaged, so "
+            "what its tensors mean (languages, model, settings) cannot be trusted"
+        )
+    files = manifest.get("files")
+    expected = files.get(TENSORS) if isinstance(files, dict) else None
+    try:
+        actual = sha256_file(tensor_path)
+    except OSError as err:
+        raise SaveError(f"cannot read {tensor_path}: {err}") from err
+    if expected != actual:
         raise SaveError(f"{tensor_path} does not match its manifest checksum: the file is corrupt")
+    return manifest
+
+
+def read_result(path: str | Path, *, kind: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a folder written by :func:`write_result`, checking its kind and checksums.
+
+    An interrupted save of the folder is recovered first (see :func:`recover`).
+
+    Raises:
+        SaveError: the folder is missing, foreign, of another kind, corrupt or edited.
+    """
+    folder = Path(path)
+    recover(folder)
+    manifest = _verify(folder)
+    if manifest.get("kind") != kind:
+        raise SaveError(f"{folder} holds a {manifest.get('kind')!r}, not a {kind!r}")
+    tensor_path = folder / TENSORS
     try:
         tensors = load_file(str(tensor_path))
     except (SafetensorError, OSError) as err:
-        raise SaveError(f"{tensor_path} is corrupt: {err}") from None
+        raise SaveError(f"{tensor_path} is corrupt: {err}") from err
     return tensors, manifest
 
 
-def write_text(path: str | Path, text: str) -> Path:
-    """Write a text file atomically: a temporary sibling, then a rename."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+_MISSING = object()
+
+
+def manifest_field(
+    manifest: Mapping[str, Any],
+    name: str,
+    types: type | tuple[type, ...],
+    *,
+    where: str | Path,
+    default: Any = _MISSING,
+    check: Callable[[Any], bool] | None = None,
+    expect: str | None = None,
+) -> Any:
+    """The field ``name`` of a loaded manifest, checked to be of ``types`` (``bool`` is
+    never taken for a number) and to pass ``check``.
+
+    Raises:
+        SaveError: the field is missing (and has no ``default``) or invalid, naming the
+            file and the field.
+    """
+    if name not in manifest:
+        if default is _MISSING:
+            raise SaveError(f"{where}: the manifest lacks the field {name!r}")
+        return default
+    value = manifest[name]
+    allowed = types if isinstance(types, tuple) else (types,)
+    ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
+    if ok and check is not None:
+        try:
+            ok = bool(check(value))
+        except (TypeError, ValueError, AttributeError):
+            ok = False
+    if not ok:
+        wanted = expect or " or ".join(t.__name__ for t in allowed)
+        raise SaveError(f"{where}: the manifest field {name!r} must be {wanted}, got {value!r:.80}")
+    return value
+
+
+def read_torch_file(path: str | Path, *, what: str, error: type[TLMultilingualError] = SaveError) -> Any:
+    """Load a ``torch.save`` file of the reference implementations with
+    ``weights_only=True`` (no code in the file is ever run).
+
+    Raises:
+        error: the file is missing, unreadable, not a torch file, or a pickle that
+            asks for anything but tensors and plain containers (the cause is chained).
+    """
+    import pickle
+    import zipfile
+
     try:
-        staging.write_text(text, encoding="utf-8")
-        os.replace(staging, target)
-    except OSError as err:
-        staging.unlink(missing_ok=True)
-        raise SaveError(f"could not write {target}: {err}") from err
-    return target
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, ValueError, zipfile.BadZipFile,
+            AttributeError, ImportError, IndexError, KeyError, TypeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise error(f"cannot read {what} {path}: {first}") from err

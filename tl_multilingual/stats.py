@@ -15,6 +15,7 @@ probability of DESIGN "Vocabulary".
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,17 +25,18 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .errors import StatsError
+from .errors import SaveError, StatsError
 from .languages import normalize_language
-from .persist import read_result, write_result
+from .persist import manifest_field, read_result, read_torch_file, write_result
+from .provenance import check_compatible, model_record
+from .tokens import POLICIES
 
-__all__ = ["ActivationStats"]
+__all__ = ["ActivationStats", "validate_stats"]
 
 KIND = "tl_multilingual.ActivationStats"
 
-# Manifest fields that must agree before two statistics may be added.
-_COMPATIBLE = ("threshold", "token_policy", "include_bos")
-_MODEL_FIELDS = ("name", "architecture", "n_layers", "d_mlp")
+# What must agree before two statistics may be combined (added, compared).
+_SETTINGS = ("languages", "shape", "token_policy", "threshold", "include_bos")
 
 
 class ActivationStats:
@@ -43,6 +45,15 @@ class ActivationStats:
     Build with :func:`tl_multilingual.collect_stats`, :meth:`from_counts`,
     :meth:`from_reference_files` or :meth:`load`. Statistics of the same model,
     languages and token policy add up with ``a + b``.
+
+    Statistics that cannot be true are refused wherever they are built or loaded (see
+    :func:`validate_stats`): counts that are negative or exceed the token count,
+    non-finite sums, shapes that disagree. ``allow_counts_above_tokens=True`` accepts
+    active counts above the token count, a known quirk of the reference
+    implementations' response-only files (:meth:`from_reference_files` sets it).
+
+    Raises:
+        StatsError: the statistics are impossible or malformed.
     """
 
     def __init__(
@@ -59,47 +70,21 @@ class ActivationStats:
         model: Mapping[str, Any] | None = None,
         corpus: Mapping[str, Any] | None = None,
         notes: Mapping[str, Any] | None = None,
+        allow_counts_above_tokens: bool = False,
     ) -> None:
-        self.languages: tuple[str, ...] = tuple(languages)
+        self.languages: tuple[str, ...] = tuple(languages) if not isinstance(languages, str) else (languages,)
         self.tokens = token_counts
         self.active_counts = active_counts
         self.sums = sums
         self.sum_squares = sum_squares
-        self.threshold = float(threshold)
+        self.threshold = threshold
         self.token_policy = token_policy
-        self.include_bos = bool(include_bos)
-        self.model = dict(model or {})
-        self.corpus = dict(corpus or {})
-        self.notes = dict(notes or {})
-        self._validate()
-
-    def _validate(self) -> None:
-        if len(set(self.languages)) != len(self.languages):
-            raise StatsError(f"languages repeat: {self.languages}")
-        k = len(self.languages)
-        if k == 0:
-            raise StatsError("statistics need at least one language")
-        a = self.active_counts
-        if not isinstance(a, Tensor) or a.ndim != 3 or a.shape[2] != k:
-            raise StatsError(
-                f"active_counts must be [n_layers, d_mlp, {k}] for languages {self.languages}, "
-                f"got {tuple(a.shape) if isinstance(a, Tensor) else type(a).__name__}"
-            )
-        if a.is_floating_point() or a.dtype == torch.bool:
-            raise StatsError(f"active_counts must hold integer counts, got {a.dtype}")
-        if self.tokens.shape != (k,) or self.tokens.is_floating_point():
-            raise StatsError(f"token_counts must be {k} integers, got {tuple(self.tokens.shape)}")
-        if (a < 0).any() or (self.tokens < 0).any():
-            raise StatsError("counts cannot be negative")
-        for name in ("sums", "sum_squares"):
-            value = getattr(self, name)
-            if value is not None and value.shape != a.shape:
-                raise StatsError(f"{name} must have the shape of active_counts {tuple(a.shape)}")
-        if self.model.get("d_mlp") not in (None, a.shape[1]) or self.model.get("n_layers") not in (None, a.shape[0]):
-            raise StatsError(
-                f"the model record says {self.model.get('n_layers')}x{self.model.get('d_mlp')} but the "
-                f"counts are {a.shape[0]}x{a.shape[1]}"
-            )
+        self.include_bos = include_bos
+        self.model = dict(model or {}) if isinstance(model, Mapping) or model is None else model
+        self.corpus = dict(corpus or {}) if isinstance(corpus, Mapping) or corpus is None else corpus
+        self.notes = dict(notes or {}) if isinstance(notes, Mapping) or notes is None else notes
+        self.allow_counts_above_tokens = bool(allow_counts_above_tokens)
+        validate_stats(self)
 
     # -- construction ---------------------------------------------------------------
 
@@ -124,9 +109,17 @@ class ActivationStats:
             if not torch.equal(tokens, tokens.round()):
                 raise StatsError("token_counts must be whole numbers")
         counts = torch.as_tensor(active_counts)
+        for name, values in (("token_counts", tokens), ("active_counts", counts)):
+            if values.is_meta:
+                raise StatsError(f"{name} is on the meta device and holds no values")
+            if values.is_floating_point() and not bool(torch.isfinite(values).all()):
+                raise StatsError(f"{name} holds NaN or infinite values")
         if counts.is_floating_point():
             if not torch.equal(counts, counts.round()):
                 raise StatsError("active_counts must be whole numbers")
+        for name in ("sums", "sum_squares"):
+            if isinstance(kwargs.get(name), Tensor) and not kwargs[name].is_floating_point() and not kwargs[name].is_meta:
+                kwargs[name] = kwargs[name].to(torch.float64)
         return cls(langs, tokens.to(torch.long), counts.to(torch.long), **kwargs)
 
     @classmethod
@@ -148,6 +141,8 @@ class ActivationStats:
         token count instead. Both are recorded in :attr:`notes`.
         """
         langs = list(full)
+        if not langs:
+            raise StatsError("from_reference_files needs at least one language")
         if prefix is not None and set(prefix) != set(langs):
             raise StatsError(f"full covers {sorted(full)} but prefix covers {sorted(prefix)}")
         tokens, active = [], []
@@ -186,6 +181,7 @@ class ActivationStats:
             token_policy="response" if prefix is not None else "all",
             include_bos=prefix is None,
             notes=notes,
+            allow_counts_above_tokens=above > 0 and not clip_to_tokens,
         )
 
     # -- shape ----------------------------------------------------------------------
@@ -197,6 +193,18 @@ class ActivationStats:
     @property
     def d_mlp(self) -> int:
         return self.active_counts.shape[1]
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """The model these statistics come from (name, architecture, shape) and the
+        settings that must agree before they are combined with other statistics."""
+        return {
+            **model_record(self.model, self.n_layers, self.d_mlp),
+            "languages": self.languages,
+            "token_policy": self.token_policy,
+            "threshold": self.threshold,
+            "include_bos": self.include_bos,
+        }
 
     @property
     def token_counts(self) -> dict[str, int]:
@@ -250,7 +258,7 @@ class ActivationStats:
         tokens = self.tokens.to(torch.float64).expand_as(probs).contiguous()
         counts = torch.binomial(tokens, probs, generator=generator).long()
         return ActivationStats(self.languages, self.tokens.clone(), counts, threshold=self.threshold,
-                               token_policy=self.token_policy, include_bos=self.include_bos)
+                               token_policy=self.token_policy, include_bos=self.include_bos, model=self.model)
 
     def select(self, languages: Sequence[str]) -> ActivationStats:
         """The statistics of some languages, in the given order."""
@@ -272,28 +280,21 @@ class ActivationStats:
             "model": self.model,
             "corpus": self.corpus,
             "notes": self.notes,
+            "allow_counts_above_tokens": self.allow_counts_above_tokens,
         }
 
     # -- merging --------------------------------------------------------------------
 
-    def check_compatible(self, other: ActivationStats) -> None:
-        """Raise :class:`StatsError` unless ``other`` comes from the same model, languages
-        and counting settings."""
+    def check_compatible(self, other: ActivationStats, *, same_model: bool = True) -> None:
+        """Raise :class:`StatsError` unless ``other`` has the same languages (in the same
+        order), shape and counting settings, and comes from the same model (with
+        ``same_model=False``: the same architecture and shape, e.g. a base model and its
+        fine-tuned version). The one rule is :func:`tl_multilingual.provenance.check_compatible`."""
         if not isinstance(other, ActivationStats):
             raise StatsError(f"cannot combine ActivationStats with {type(other).__name__}")
-        if other.languages != self.languages:
-            raise StatsError(f"languages differ: {self.languages} vs {other.languages}")
-        if other.active_counts.shape != self.active_counts.shape:
-            raise StatsError(
-                f"shapes differ: {tuple(self.active_counts.shape)} vs {tuple(other.active_counts.shape)}"
-            )
-        for name in _COMPATIBLE:
-            if getattr(self, name) != getattr(other, name):
-                raise StatsError(f"{name} differs: {getattr(self, name)!r} vs {getattr(other, name)!r}")
-        for name in _MODEL_FIELDS:
-            mine, theirs = self.model.get(name), other.model.get(name)
-            if mine is not None and theirs is not None and mine != theirs:
-                raise StatsError(f"the statistics come from different models ({name}: {mine!r} vs {theirs!r})")
+        fields = (*_SETTINGS, "architecture", *(("name",) if same_model else ()))
+        check_compatible(self.provenance, other.provenance, fields=fields, error=StatsError,
+                         labels=("the statistics", "the other statistics"))
 
     def __add__(self, other: ActivationStats) -> ActivationStats:
         self.check_compatible(other)
@@ -310,6 +311,7 @@ class ActivationStats:
             model=self.model or other.model,
             corpus={"merged": corpora} if len(corpora) > 1 else (corpora[0] if corpora else {}),
             notes=self.notes,
+            allow_counts_above_tokens=self.allow_counts_above_tokens or other.allow_counts_above_tokens,
         )
 
     # -- presentation ---------------------------------------------------------------
@@ -369,36 +371,61 @@ class ActivationStats:
             "threshold": self.threshold,
             "token_policy": self.token_policy,
             "include_bos": self.include_bos,
+            "allow_counts_above_tokens": self.allow_counts_above_tokens,
         }
         return write_result(path, kind=KIND, tensors=tensors, manifest=manifest)
 
     @classmethod
     def load(cls, path: str | Path) -> ActivationStats:
-        """Load statistics saved with :meth:`save`, checking them against the manifest."""
+        """Load statistics saved with :meth:`save`, checking the checksums, every
+        manifest field and their agreement with the tensors.
+
+        Raises:
+            SaveError: the folder is missing, damaged or edited, or a manifest field is
+                invalid or disagrees with the tensors.
+            StatsError: the statistics themselves are impossible (see :func:`validate_stats`).
+        """
         tensors, manifest = read_result(path, kind=KIND)
+        where = Path(path) / "manifest.json"
         for name in ("token_counts", "active_counts"):
             if name not in tensors:
-                raise StatsError(f"{path} lacks {name}")
-        if list(tensors["active_counts"].shape) != manifest.get("shape"):
-            raise StatsError(f"{path}: the counts do not have the shape the manifest states")
-        if tensors["token_counts"].tolist() != list(manifest.get("token_counts", {}).values()):
-            raise StatsError(f"{path}: the token counts do not match the manifest")
-        try:
-            return cls(
-                manifest["languages"],
-                tensors["token_counts"],
-                tensors["active_counts"],
-                sums=tensors.get("sums"),
-                sum_squares=tensors.get("sum_squares"),
-                threshold=manifest["threshold"],
-                token_policy=manifest["token_policy"],
-                include_bos=manifest.get("include_bos", False),
-                model=manifest.get("model"),
-                corpus=manifest.get("corpus"),
-                notes=manifest.get("notes"),
-            )
-        except KeyError as err:
-            raise StatsError(f"{path}: the manifest lacks {err}") from None
+                raise SaveError(f"{path}: the tensor file lacks {name!r}")
+        active, tokens = tensors["active_counts"], tensors["token_counts"]
+        languages = manifest_field(
+            manifest, "languages", list, where=where, expect="a list of distinct language codes",
+            check=lambda v: v and all(isinstance(x, str) and x for x in v) and len(set(v)) == len(v),
+        )
+        shape = manifest_field(manifest, "shape", list, where=where, expect="[n_layers, d_mlp, n_languages]",
+                               check=lambda v: len(v) == 3 and all(type(x) is int for x in v))
+        if list(active.shape) != shape or shape[2] != len(languages):
+            raise SaveError(f"{path}: the counts are {list(active.shape)} but the manifest states {shape} "
+                            f"for {len(languages)} languages")
+        counts = manifest_field(manifest, "token_counts", dict, where=where,
+                                expect="a token count per language, in the order of 'languages'",
+                                check=lambda v: list(v) == languages)
+        if tokens.ndim != 1 or tokens.tolist() != list(counts.values()):
+            raise SaveError(f"{path}: the token counts do not match the manifest")
+        threshold = manifest_field(manifest, "threshold", (int, float), where=where, expect="a finite number",
+                                   check=math.isfinite)
+        policy = manifest_field(manifest, "token_policy", str, where=where, check=lambda v: v in POLICIES,
+                                expect=f"one of {POLICIES}")
+        record = {
+            name: manifest_field(manifest, name, (dict, type(None)), where=where, default=None)
+            for name in ("model", "corpus", "notes")
+        }
+        return cls(
+            languages,
+            tokens,
+            active,
+            sums=tensors.get("sums"),
+            sum_squares=tensors.get("sum_squares"),
+            threshold=threshold,
+            token_policy=policy,
+            include_bos=manifest_field(manifest, "include_bos", bool, where=where, default=False),
+            allow_counts_above_tokens=manifest_field(manifest, "allow_counts_above_tokens", bool, where=where,
+                                                     default=False),
+            **record,
+        )
 
 
 def _pick(values: Tensor | None, idx: list[int]) -> Tensor | None:
@@ -409,19 +436,115 @@ def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:
     return None if a is None or b is None else a + b.to(a.device)
 
 
+def _per_language(bad: Tensor, languages: Sequence[str]) -> str:
+    """``"en: 3, fr: 1"`` from a boolean grid ``[..., n_languages]``."""
+    counts = bad.reshape(-1, bad.shape[-1]).sum(0).tolist()
+    return ", ".join(f"{lang}: {n}" for lang, n in zip(languages, counts) if n)
+
+
+def validate_stats(stats: ActivationStats) -> None:
+    """Check that statistics can be true: the one rule, run wherever
+    :class:`ActivationStats` are built (constructor, :meth:`~ActivationStats.from_counts`,
+    reference imports, ``a + b``, :meth:`~ActivationStats.select`) or loaded.
+
+    Checked: distinct language codes; ``token_counts`` one integer per language and
+    ``active_counts`` integers ``[n_layers, d_mlp, n_languages]``, both non-negative,
+    with active counts at most the token count (unless ``allow_counts_above_tokens``);
+    ``sums`` and ``sum_squares`` floating point of the same shape, finite, sums of
+    squares non-negative; a finite threshold, a known token policy; a model record that
+    agrees with the shape; no tensor on the ``meta`` device.
+
+    Raises:
+        StatsError: naming the array, the languages and how many entries are wrong.
+    """
+    langs = stats.languages
+    if not langs:
+        raise StatsError("statistics need at least one language")
+    if not all(isinstance(lang, str) and lang for lang in langs):
+        raise StatsError(f"languages must be non-empty strings, got {langs}")
+    if len(set(langs)) != len(langs):
+        raise StatsError(f"languages repeat: {langs}")
+    k = len(langs)
+    arrays = {"token_counts": stats.tokens, "active_counts": stats.active_counts,
+              "sums": stats.sums, "sum_squares": stats.sum_squares}
+    for name, value in arrays.items():
+        if value is None and name in ("sums", "sum_squares"):
+            continue
+        if not isinstance(value, Tensor):
+            raise StatsError(f"{name} must be a tensor, got {type(value).__name__}")
+        if value.is_meta:
+            raise StatsError(f"{name} is on the meta device and holds no values; build statistics from real counts")
+    a, tokens = stats.active_counts, stats.tokens
+    if a.ndim != 3 or a.shape[2] != k:
+        raise StatsError(f"active_counts must be [n_layers, d_mlp, {k}] for languages {langs}, got {tuple(a.shape)}")
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise StatsError(f"active_counts has no neurons: shape {tuple(a.shape)}")
+    for name, value in (("token_counts", tokens), ("active_counts", a)):
+        if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+            raise StatsError(f"{name} must hold integer counts, got {value.dtype}")
+    if tokens.shape != (k,):
+        raise StatsError(f"token_counts must be {k} integers (one per language), got shape {tuple(tokens.shape)}")
+    if bool((tokens < 0).any()):
+        raise StatsError(f"token_counts are negative for {_per_language(tokens[None] < 0, langs)}")
+    if bool((a < 0).any()):
+        raise StatsError(f"active_counts has negative entries ({_per_language(a < 0, langs)})")
+    if not stats.allow_counts_above_tokens:
+        above = a > tokens.to(a.device)
+        if bool(above.any()):
+            raise StatsError(
+                f"active_counts exceed the token count (probabilities above 1) in "
+                f"{_per_language(above, langs)} entries; token counts {stats.token_counts}"
+            )
+    for name in ("sums", "sum_squares"):
+        value = arrays[name]
+        if value is None:
+            continue
+        if value.shape != a.shape:
+            raise StatsError(f"{name} must have the shape of active_counts {tuple(a.shape)}, got {tuple(value.shape)}")
+        if not value.is_floating_point():
+            raise StatsError(f"{name} must be floating point, got {value.dtype}")
+        bad = ~torch.isfinite(value)
+        if bool(bad.any()):
+            raise StatsError(f"{name} holds NaN or infinite values ({_per_language(bad, langs)} entries)")
+    if stats.sum_squares is not None and bool((stats.sum_squares < 0).any()):
+        raise StatsError(f"sum_squares has negative entries ({_per_language(stats.sum_squares < 0, langs)})")
+    if isinstance(stats.threshold, bool) or not isinstance(stats.threshold, (int, float)) or not math.isfinite(stats.threshold):
+        raise StatsError(f"threshold must be a finite number, got {stats.threshold!r}")
+    stats.threshold = float(stats.threshold)
+    if stats.token_policy not in POLICIES:
+        raise StatsError(f"token_policy must be one of {POLICIES}, got {stats.token_policy!r}")
+    if not isinstance(stats.include_bos, bool):
+        raise StatsError(f"include_bos must be True or False, got {stats.include_bos!r}")
+    for name in ("model", "corpus", "notes"):
+        if not isinstance(getattr(stats, name), dict):
+            raise StatsError(f"{name} must be a mapping, got {type(getattr(stats, name)).__name__}")
+    for field, size in (("n_layers", a.shape[0]), ("d_mlp", a.shape[1])):
+        if stats.model.get(field) not in (None, size):
+            raise StatsError(
+                f"the model record says {field} = {stats.model.get(field)!r} but the counts are "
+                f"{a.shape[0]}x{a.shape[1]}"
+            )
+
+
 def _read_reference_file(path: str | Path) -> tuple[int, Tensor]:
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError) as err:
-        raise StatsError(f"cannot read reference file {path}: {err}") from None
+    data = read_torch_file(path, what="reference file", error=StatsError)
     if not isinstance(data, dict) or "over_zero" not in data:
         raise StatsError(f"{path} is not a reference activation file (no 'over_zero')")
     n = data.get("total_tokens", data.get("n"))
     if n is None:
         raise StatsError(f"{path} has no 'total_tokens' (or 'n') token count")
-    over_zero = torch.as_tensor(data["over_zero"]).to(torch.long)
+    try:
+        over_zero = torch.as_tensor(data["over_zero"])
+        count = torch.as_tensor(n)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise StatsError(f"{path}: 'over_zero' and the token count must be numbers: {err}") from err
     if over_zero.ndim != 2:
         raise StatsError(f"{path}: 'over_zero' must be [n_layers, d_mlp], got {tuple(over_zero.shape)}")
-    if torch.as_tensor(n).numel() != 1:
+    if count.numel() != 1:
         raise StatsError(f"{path}: the token count must be one number")
-    return int(torch.as_tensor(n)), over_zero
+    for name, value in (("over_zero", over_zero), ("the token count", count)):
+        if value.is_floating_point() and not (bool(torch.isfinite(value).all()) and torch.equal(value, value.round())):
+            raise StatsError(f"{path}: {name} must hold whole numbers")
+        if value.dtype == torch.bool or value.is_complex():
+            raise StatsError(f"{path}: {name} must hold whole numbers, got {value.dtype}")
+    return int(count), over_zero.to(torch.long)

@@ -1,0 +1,98 @@
+"""Whether a model and a result (or two results) belong together: one check for all.
+
+Every result that depends on a model carries a record of it (:attr:`provenance`:
+``name``, ``architecture`` and ``shape = (n_layers, d_mlp)``, as far as known), and
+every place that combines a model with statistics, masks, neurons, sharing classes or
+a stage map, or two statistics with each other, calls :func:`check_compatible`.
+
+The shape, the languages and the counting settings can never differ (the result
+would be meaningless or the computation would fail). The model's name and
+architecture may differ on purpose, e.g. to apply a base model's statistics to its
+fine-tuned version: every such entry point takes ``allow_mismatch=True`` for that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .errors import TLMultilingualError
+
+__all__ = ["check_compatible", "check_fits", "model_record", "record_of", "MODEL_FIELDS", "OVERRIDABLE"]
+
+MODEL_FIELDS = ("shape", "name", "architecture")
+OVERRIDABLE = ("name", "architecture")
+
+
+def model_record(model: Mapping[str, Any] | None, n_layers: int, d_mlp: int) -> dict[str, Any]:
+    """The provenance record of a result: the model's name and architecture (when
+    recorded) and the shape of its neuron grid."""
+    model = model or {}
+    return {"name": model.get("name"), "architecture": model.get("architecture"), "shape": (n_layers, d_mlp)}
+
+
+def _show(field: str, value: Any) -> str:
+    if field == "shape" and isinstance(value, (tuple, list)) and len(value) == 2:
+        return f"{value[0]}x{value[1]}"
+    return repr(tuple(value) if isinstance(value, list) else value)
+
+
+def check_compatible(
+    mine: Mapping[str, Any],
+    theirs: Mapping[str, Any],
+    *,
+    fields: Sequence[str] = MODEL_FIELDS,
+    labels: tuple[str, str] = ("the model", "the result"),
+    error: type[TLMultilingualError] = TLMultilingualError,
+    allow_mismatch: bool = False,
+) -> None:
+    """Raise ``error`` unless every field of ``fields`` known on both sides agrees.
+
+    Args:
+        mine, theirs: provenance records (``ModelAdapter.describe()`` or a result's
+            ``provenance``); a field missing or None on either side is not compared.
+        fields: what must agree (``shape``, ``name``, ``architecture``, ``languages``,
+            ``threshold``, ``token_policy``, ``include_bos``...).
+        labels: how the two sides are named in the message.
+        error: the exception class raised.
+        allow_mismatch: accept a different model ``name`` or ``architecture`` (never a
+            different shape, languages or counting settings).
+
+    Raises:
+        error: a field differs, named with both values.
+    """
+    for field in fields:
+        x, y = mine.get(field), theirs.get(field)
+        if x is None or y is None:
+            continue
+        if (tuple(x) if isinstance(x, list) else x) == (tuple(y) if isinstance(y, list) else y):
+            continue
+        if field in OVERRIDABLE:
+            if allow_mismatch:
+                continue
+            raise error(
+                f"{labels[0]} and {labels[1]} come from different models ({field}: {_show(field, x)} vs "
+                f"{_show(field, y)}); pass allow_mismatch=True to combine them on purpose"
+            )
+        if field == "shape":
+            raise error(f"{labels[0]} and {labels[1]} differ in shape: {_show(field, x)} vs {_show(field, y)} "
+                        "(n_layers x d_mlp)")
+        raise error(f"{labels[0]} and {labels[1]} differ in {field}: {_show(field, x)} vs {_show(field, y)}")
+
+
+def record_of(thing: Any) -> dict[str, Any]:
+    """The provenance record of a model adapter (from ``describe()``) or of a result
+    (its ``provenance``)."""
+    if hasattr(thing, "provenance"):
+        return dict(thing.provenance)
+    return model_record(thing.describe(), thing.n_layers, thing.d_mlp)
+
+
+def check_fits(
+    lm: Any, result: Any, *, what: str, error: type[TLMultilingualError] = TLMultilingualError,
+    allow_mismatch: bool = False,
+) -> None:
+    """:func:`check_compatible` of a model adapter and a result used on it: the shapes
+    must agree, and the model's name and architecture unless ``allow_mismatch``."""
+    check_compatible(record_of(lm), record_of(result), labels=("the model", what), error=error,
+                     allow_mismatch=allow_mismatch)
