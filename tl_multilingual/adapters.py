@@ -25,6 +25,7 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 
 from .errors import TLMultilingualError, UnsupportedModelError, warn
+from .provenance import check_fits
 
 __all__ = ["ModelAdapter", "adapt", "Batch"]
 
@@ -153,6 +154,7 @@ class ModelAdapter:
                     f"layers={layers!r} names a stage, but this model has no stage map: run "
                     "tl_multilingual.map_stages(lm, neurons) first"
                 )
+            check_fits(self, self.stages, what="the stage map")
             return list(self.stages.layers(layers))
         if isinstance(layers, slice):
             return list(every[layers])
@@ -467,6 +469,12 @@ def _build(model: Any, padding_side: PaddingSide, prepend_bos: bool | None) -> M
     if padding_side not in ("left", "right"):
         raise TLMultilingualError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     _check_supported(model, kind)
+    if any(p.is_meta for p in model.parameters()):
+        raise UnsupportedModelError(
+            f"{getattr(model.cfg, 'model_name', type(model).__name__)} has weights on the meta device (not "
+            "loaded): load the weights, e.g. with from_pretrained, or move the model with to_empty and load a "
+            "state dict"
+        )
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is None:
         raise UnsupportedModelError("the model has no tokenizer; boot it with one")

@@ -14,6 +14,7 @@ Variants name neuron classes joined with ``+``: paper A's ``"specific"``,
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,15 +26,18 @@ from tqdm.auto import tqdm
 
 from .adapters import ModelAdapter, adapt
 from .corpus import Corpus
-from .errors import TLMultilingualError
+from .errors import IdentificationError, SaveError, StatsError, TLMultilingualError
 from .evaluate import choice_scores, text_nll
 from .interventions import Layers, ablate
 from .masks import NeuronMask
 from .neurons import LanguageNeurons
-from .persist import write_text
+from .persist import atomic_folder, recover
+from .provenance import check_fits
 from .stats import ActivationStats
 
 __all__ = ["ablation_matrix", "AblationResult", "variant_mask"]
+
+_FILES = ("cells.csv", "controls.csv", "result.json")
 
 Metric = Literal["perplexity", "accuracy"]
 
@@ -90,21 +94,40 @@ class AblationResult:
         return self.frame.copy()
 
     def save(self, path: str | Path) -> Path:
-        """Save to the folder ``path``: ``cells.csv``, ``controls.csv``, ``result.json``."""
+        """Save to the folder ``path``: ``cells.csv``, ``controls.csv``, ``result.json``
+        (atomically: the three files are replaced together)."""
         folder = Path(path)
-        write_text(folder / "cells.csv", self.frame.to_csv(index=False))
-        write_text(folder / "controls.csv", self.controls.to_csv(index=False))
-        write_text(folder / "result.json", json.dumps({"kind": "tl_multilingual.AblationResult", "metric": self.metric}))
+        with atomic_folder(folder, replaceable=lambda p: set(os.listdir(p)) <= set(_FILES)) as staging:
+            (staging / "cells.csv").write_text(self.frame.to_csv(index=False), encoding="utf-8")
+            (staging / "controls.csv").write_text(self.controls.to_csv(index=False), encoding="utf-8")
+            (staging / "result.json").write_text(
+                json.dumps({"kind": "tl_multilingual.AblationResult", "metric": self.metric}), encoding="utf-8"
+            )
         return folder
 
     @classmethod
     def load(cls, path: str | Path) -> AblationResult:
+        """Load a result saved with :meth:`save`.
+
+        Raises:
+            SaveError: the folder is missing, damaged, or not an ablation result.
+        """
         folder = Path(path)
+        recover(folder)
         try:
             meta = json.loads((folder / "result.json").read_text(encoding="utf-8"))
-            return cls(pd.read_csv(folder / "cells.csv"), pd.read_csv(folder / "controls.csv"), meta["metric"])
-        except (OSError, ValueError, KeyError) as err:
-            raise TLMultilingualError(f"{folder} is not a saved ablation result: {err}") from None
+            frame, controls = pd.read_csv(folder / "cells.csv"), pd.read_csv(folder / "controls.csv")
+        except (OSError, ValueError) as err:  # ValueError: JSON, UTF-8 and CSV parsing
+            raise SaveError(f"{folder} is not a saved ablation result: {err}") from err
+        if not isinstance(meta, dict) or meta.get("kind") != "tl_multilingual.AblationResult":
+            raise SaveError(f"{folder / 'result.json'} is not the record of an ablation result")
+        if meta.get("metric") not in ("perplexity", "accuracy"):
+            raise SaveError(f"{folder / 'result.json'}: metric must be 'perplexity' or 'accuracy', "
+                            f"got {meta.get('metric')!r:.60}")
+        missing = [c for c in ("variant", "ablated", "evaluated") if c not in frame.columns]
+        if missing:
+            raise SaveError(f"{folder / 'cells.csv'} lacks the columns {missing}")
+        return cls(frame, controls, meta["metric"])
 
     def matrix(self, variant: str | None = None, value: str = "relative_change") -> pd.DataFrame:
         """Ablated languages (rows) by evaluated languages (columns) for one variant."""
@@ -141,6 +164,7 @@ def ablation_matrix(
     ci: float = 0.95,
     batch_size: int = 8,
     progress: bool = True,
+    allow_mismatch: bool = False,
 ) -> AblationResult:
     """Deactivate each language's neurons and evaluate every language (paper A Fig. 2).
 
@@ -163,11 +187,19 @@ def ablation_matrix(
         ci: the interval's coverage.
         batch_size: texts per forward pass.
         progress: show a progress bar.
+        allow_mismatch: accept neurons or statistics of another model of the same shape.
 
     Returns:
         :class:`AblationResult` (``to_frame()``, ``matrix(variant)``).
+
+    Raises:
+        IdentificationError, StatsError: neurons or statistics of another shape, or of
+            another model (unless ``allow_mismatch``).
     """
     lm = adapt(model)
+    check_fits(lm, neurons, what="the neurons", error=IdentificationError, allow_mismatch=allow_mismatch)
+    if stats is not None:
+        check_fits(lm, stats, what="the statistics", error=StatsError, allow_mismatch=allow_mismatch)
     if metric is None:
         metric = "perplexity" if isinstance(data, Corpus) else "accuracy"
     if metric == "perplexity" and not isinstance(data, Corpus):
@@ -188,7 +220,7 @@ def ablation_matrix(
         elif mask.count() == 0:
             units = baseline  # nothing to deactivate
         else:
-            with ablate(lm, mask, value=value, stats=stats):
+            with ablate(lm, mask, value=value, stats=stats, allow_mismatch=allow_mismatch):
                 units = evaluation.units(lm)
         bar.update()
         return units

@@ -23,10 +23,15 @@ The verbs :func:`ablate`, :func:`boost`, :func:`steer`, :func:`patch` and
 :func:`intervene` return :class:`Interventions`: use them as context managers (hooks
 are removed on exit, also when the body raises), add them with ``+`` to compose, or
 take ``.hooks()`` for TransformerLens's ``run_with_hooks`` / ``model.hooks()``.
+
+Masks and statistics must come from the model they are applied to: a different
+shape is always refused, a different model name or architecture unless the verb is
+given ``allow_mismatch=True`` (see :mod:`tl_multilingual.provenance`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -37,8 +42,9 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from .adapters import ModelAdapter, adapt
-from .errors import MaskError, TLMultilingualError
+from .errors import MaskError, StatsError, TLMultilingualError
 from .masks import NeuronMask
+from .provenance import check_fits
 from .stats import ActivationStats
 
 __all__ = [
@@ -123,6 +129,8 @@ class Interventions:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if not self._stack:
+            raise TLMultilingualError("these interventions were never entered: use them as 'with interventions:'")
         self._stack.pop().close()
 
 
@@ -222,14 +230,31 @@ def _restricted(lm: ModelAdapter, mask: NeuronMask, layers: Layers) -> NeuronMas
     return mask if layers is None else mask.restrict(lm.layer_range(layers))
 
 
-def intervene(model: Any, edits: Iterable[Edit]) -> Interventions:
-    """Bind edits to a model (composition of any kinds, applied in order per layer)."""
-    return Interventions(adapt(model), list(edits))
+def intervene(model: Any, edits: Iterable[Edit], *, allow_mismatch: bool = False) -> Interventions:
+    """Bind edits to a model (composition of any kinds, applied in order per layer).
+
+    Raises:
+        MaskError: a mask of another shape, or (unless ``allow_mismatch``) identified on
+            another model.
+    """
+    lm = adapt(model)
+    edits = list(edits)
+    for edit in edits:
+        if isinstance(edit, Edit):
+            check_fits(lm, edit.mask, what="the mask", error=MaskError, allow_mismatch=allow_mismatch)
+    return Interventions(lm, edits)
 
 
-def _language_means(stats: ActivationStats | None, language: str, what: str) -> Float[Tensor, "layer neuron"]:
+def _checked_stats(lm: ModelAdapter, stats: ActivationStats | None, what: str, allow_mismatch: bool) -> ActivationStats:
     if stats is None:
         raise TLMultilingualError(f"{what} needs activation statistics: pass stats=")
+    if not isinstance(stats, ActivationStats):
+        raise StatsError(f"{what} needs ActivationStats, got {type(stats).__name__}")
+    check_fits(lm, stats, what="the statistics", error=StatsError, allow_mismatch=allow_mismatch)
+    return stats
+
+
+def _language_means(stats: ActivationStats, language: str) -> Float[Tensor, "layer neuron"]:
     return stats.means()[..., stats.language_index(language)]
 
 
@@ -242,26 +267,34 @@ def ablate(
     language: str | None = None,
     layers: Layers = None,
     positions: Positions = None,
+    allow_mismatch: bool = False,
 ) -> Interventions:
     """Deactivate the neurons of ``mask``: set them to zero (default), a constant, or
     their mean activation (``value="mean"``: over all languages of ``stats`` weighted
-    by tokens, or over ``language``). ``layers`` is a range of layers or a stage name."""
+    by tokens, or over ``language``). ``layers`` is a range of layers or a stage name.
+
+    ``allow_mismatch=True`` accepts a mask or statistics of another model of the same
+    shape (e.g. a base model's, on its fine-tuned version).
+
+    Raises:
+        StatsError, MaskError: statistics or a mask of another shape, or of another
+            model (unless ``allow_mismatch``).
+    """
     lm = adapt(model)
     mask = _restricted(lm, mask, layers)
-    if value == "zero":
+    if isinstance(value, str) and value == "zero":
         value = 0.0
-    if value == "mean":
-        if stats is None:
-            raise TLMultilingualError('value="mean" needs activation statistics: pass stats=')
+    if isinstance(value, str) and value == "mean":
+        stats = _checked_stats(lm, stats, 'value="mean"', allow_mismatch)
         if language is None:
             target: Tensor | float = stats._require("sums").sum(-1) / stats.tokens.sum()
         else:
-            target = _language_means(stats, language, 'value="mean"')
-    elif isinstance(value, (int, float)):
+            target = _language_means(stats, language)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         target = float(value)
     else:
-        raise TLMultilingualError(f'value must be a number, "zero" or "mean", got {value!r}')
-    return intervene(lm, [Edit(mask, "set", target, positions)])
+        raise TLMultilingualError(f'value must be a finite number, "zero" or "mean", got {value!r}')
+    return intervene(lm, [Edit(mask, "set", target, positions)], allow_mismatch=allow_mismatch)
 
 
 def ablation_hooks(model: Any, mask: NeuronMask, **kwargs: Any) -> list[tuple[str, Callable[..., Any]]]:
@@ -270,11 +303,14 @@ def ablation_hooks(model: Any, mask: NeuronMask, **kwargs: Any) -> list[tuple[st
 
 
 def boost(
-    model: Any, mask: NeuronMask, factor: float = 2.0, *, layers: Layers = None, positions: Positions = None
+    model: Any, mask: NeuronMask, factor: float = 2.0, *, layers: Layers = None, positions: Positions = None,
+    allow_mismatch: bool = False,
 ) -> Interventions:
-    """Scale the neurons of ``mask`` by ``factor`` (paper B's strengthening)."""
+    """Scale the neurons of ``mask`` by ``factor`` (paper B's strengthening).
+    ``allow_mismatch`` as in :func:`ablate`."""
     lm = adapt(model)
-    return intervene(lm, [Edit(_restricted(lm, mask, layers), "scale", float(factor), positions)])
+    return intervene(lm, [Edit(_restricted(lm, mask, layers), "scale", float(factor), positions)],
+                     allow_mismatch=allow_mismatch)
 
 
 def steer(
@@ -288,35 +324,45 @@ def steer(
     strength: float = 1.0,
     layers: Layers = None,
     positions: Positions = None,
+    allow_mismatch: bool = False,
 ) -> Interventions:
     """Push the neurons of ``mask`` toward language ``to``.
 
     ``mode="set"`` sets them to ``to``'s mean activation; ``mode="add"`` adds
     ``strength * (mean[to] - mean[source])``, the steering vector between the languages.
+    ``allow_mismatch`` as in :func:`ablate`.
+
+    Raises:
+        StatsError, MaskError: statistics or a mask of another shape, or of another
+            model (unless ``allow_mismatch``).
     """
-    target = _language_means(stats, to, "steering")
     lm = adapt(model)
+    stats = _checked_stats(lm, stats, "steering", allow_mismatch)
+    target = _language_means(stats, to)
     mask = _restricted(lm, mask, layers)
     if mode == "set":
-        return intervene(lm, [Edit(mask, "set", target, positions)])
+        return intervene(lm, [Edit(mask, "set", target, positions)], allow_mismatch=allow_mismatch)
     if mode != "add":
         raise TLMultilingualError(f"mode must be 'set' or 'add', got {mode!r}")
     if source is None:
         raise TLMultilingualError("mode='add' steers by a difference of means: pass source=")
-    delta = strength * (target - _language_means(stats, source, "steering"))
-    return intervene(lm, [Edit(mask, "add", delta, positions)])
+    delta = strength * (target - _language_means(stats, source))
+    return intervene(lm, [Edit(mask, "add", delta, positions)], allow_mismatch=allow_mismatch)
 
 
 def patch(
-    model: Any, mask: NeuronMask, source: Tensor, *, layers: Layers = None, positions: Positions = None
+    model: Any, mask: NeuronMask, source: Tensor, *, layers: Layers = None, positions: Positions = None,
+    allow_mismatch: bool = False,
 ) -> Interventions:
     """Copy the neurons of ``mask`` from a source run's write-hook values (see :func:`record`).
 
     ``source`` is ``[n_layers, d_mlp]`` (one vector broadcast to every position),
     ``[pos, n_layers, d_mlp]`` or ``[batch, pos, n_layers, d_mlp]`` (per position).
+    ``allow_mismatch`` as in :func:`ablate`.
     """
     lm = adapt(model)
-    return intervene(lm, [Edit(_restricted(lm, mask, layers), "patch", source, positions)])
+    return intervene(lm, [Edit(_restricted(lm, mask, layers), "patch", source, positions)],
+                     allow_mismatch=allow_mismatch)
 
 
 def record(model: Any, batch: Any, *, layers: Layers = None) -> Float[Tensor, "batch pos layer neuron"]:

@@ -11,8 +11,9 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from .errors import MaskError
-from .persist import read_result, write_result
+from .errors import MaskError, SaveError
+from .persist import manifest_field, read_result, write_result
+from .provenance import model_record
 
 __all__ = ["NeuronMask"]
 
@@ -24,19 +25,33 @@ class NeuronMask:
 
     Supports ``&`` (both), ``|`` (either), ``-`` (in the first, not the second),
     ``^`` and ``~``; ``==`` compares contents. Masks of different shapes never mix.
+
+    ``model`` records the model the mask was identified on (name, architecture), when
+    known: masks taken from :class:`LanguageNeurons` or :class:`Sharing` carry it, and
+    interventions refuse a mask of another model (see :mod:`tl_multilingual.provenance`).
     """
 
-    __slots__ = ("tensor", "name")
+    __slots__ = ("tensor", "name", "model")
 
-    def __init__(self, tensor: Bool[Tensor, "layer neuron"], *, name: str | None = None) -> None:
+    def __init__(
+        self, tensor: Bool[Tensor, "layer neuron"], *, name: str | None = None, model: dict[str, Any] | None = None
+    ) -> None:
         if not isinstance(tensor, Tensor) or tensor.ndim != 2:
             raise MaskError(f"a neuron mask is a 2-D tensor [n_layers, d_mlp], got {tensor!r:.80}")
+        if tensor.is_meta:
+            raise MaskError("the mask is on the meta device and holds no values")
         if tensor.dtype != torch.bool:
             if tensor.is_floating_point() or not ((tensor == 0) | (tensor == 1)).all():
                 raise MaskError(f"a neuron mask holds booleans, got dtype {tensor.dtype}")
             tensor = tensor.bool()
         self.tensor: Tensor = tensor.detach().to("cpu")
         self.name = name
+        self.model = {k: model.get(k) for k in ("name", "architecture") if model.get(k) is not None} if model else None
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """The model the mask comes from (name, architecture, when known) and its shape."""
+        return model_record(self.model, self.n_layers, self.d_mlp)
 
     # -- construction ---------------------------------------------------------------
 
@@ -102,7 +117,10 @@ class NeuronMask:
                 f"no random control of the same size fits outside the mask in layers {crowded} "
                 "(the mask holds more than half of their neurons); use controls=0"
             )
-        return [NeuronMask.random(self.per_layer(), self.d_mlp, seed=seed + 1 + i, exclude=self) for i in range(n)]
+        masks = [NeuronMask.random(self.per_layer(), self.d_mlp, seed=seed + 1 + i, exclude=self) for i in range(n)]
+        for mask in masks:
+            mask.model = self.model
+        return masks
 
     # -- shape and contents ---------------------------------------------------------
 
@@ -144,7 +162,7 @@ class NeuronMask:
             if any(not 0 <= i < self.n_layers for i in idx):
                 raise MaskError(f"layers {idx} fall outside [0, {self.n_layers})")
             keep[idx] = True
-        return NeuronMask(self.tensor & keep[:, None], name=self.name)
+        return NeuronMask(self.tensor & keep[:, None], name=self.name, model=self.model)
 
     def to_frame(self) -> pd.DataFrame:
         """Tidy DataFrame with one row per neuron: ``layer``, ``neuron``."""
@@ -160,20 +178,27 @@ class NeuronMask:
             raise MaskError(f"mask shapes differ: {self.shape} vs {other.shape}")
         return other.tensor
 
+    def _joint_model(self, other: NeuronMask) -> dict[str, Any] | None:
+        """The model of a combination: the one both masks (or either) come from; None
+        (unknown) for masks of different models."""
+        if self.model is None or other.model is None:
+            return self.model or other.model
+        return self.model if self.model == other.model else None
+
     def __and__(self, other: NeuronMask) -> NeuronMask:
-        return NeuronMask(self.tensor & self._other(other))
+        return NeuronMask(self.tensor & self._other(other), model=self._joint_model(other))
 
     def __or__(self, other: NeuronMask) -> NeuronMask:
-        return NeuronMask(self.tensor | self._other(other))
+        return NeuronMask(self.tensor | self._other(other), model=self._joint_model(other))
 
     def __xor__(self, other: NeuronMask) -> NeuronMask:
-        return NeuronMask(self.tensor ^ self._other(other))
+        return NeuronMask(self.tensor ^ self._other(other), model=self._joint_model(other))
 
     def __sub__(self, other: NeuronMask) -> NeuronMask:
-        return NeuronMask(self.tensor & ~self._other(other))
+        return NeuronMask(self.tensor & ~self._other(other), model=self._joint_model(other))
 
     def __invert__(self) -> NeuronMask:
-        return NeuronMask(~self.tensor)
+        return NeuronMask(~self.tensor, model=self.model)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, NeuronMask) and other.shape == self.shape and bool(
@@ -189,12 +214,25 @@ class NeuronMask:
     def save(self, path: str | Path) -> Path:
         """Save to the folder ``path`` (safetensors + manifest)."""
         return write_result(
-            path, kind=KIND, tensors={"mask": self.tensor}, manifest={"name": self.name, "shape": self.shape}
+            path, kind=KIND, tensors={"mask": self.tensor},
+            manifest={"name": self.name, "shape": self.shape, "model": self.model},
         )
 
     @classmethod
     def load(cls, path: str | Path) -> NeuronMask:
+        """Load a mask saved with :meth:`save`.
+
+        Raises:
+            SaveError: the folder is missing, damaged or edited, or its manifest
+                disagrees with the tensor.
+        """
         tensors, manifest = read_result(path, kind=KIND)
-        if "mask" not in tensors or tuple(tensors["mask"].shape) != tuple(manifest.get("shape", ())):
-            raise MaskError(f"{path} does not hold a mask of the shape its manifest states")
-        return cls(tensors["mask"], name=manifest.get("name"))
+        where = Path(path) / "manifest.json"
+        shape = manifest_field(manifest, "shape", list, where=where, expect="[n_layers, d_mlp]",
+                               check=lambda v: len(v) == 2 and all(type(x) is int for x in v))
+        mask = tensors.get("mask")
+        if mask is None or list(mask.shape) != shape or mask.dtype != torch.bool:
+            raise SaveError(f"{path} does not hold a boolean mask of the shape its manifest states ({shape})")
+        name = manifest_field(manifest, "name", (str, type(None)), where=where, default=None)
+        model = manifest_field(manifest, "model", (dict, type(None)), where=where, default=None)
+        return cls(mask, name=name, model=model)

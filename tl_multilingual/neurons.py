@@ -23,10 +23,11 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from .errors import IdentificationError
+from .errors import IdentificationError, SaveError
 from .languages import normalize_language
 from .masks import NeuronMask
-from .persist import read_result, write_result
+from .persist import manifest_field, read_result, read_torch_file, write_result
+from .provenance import model_record
 
 __all__ = ["LanguageNeurons", "CLASSES"]
 
@@ -115,8 +116,16 @@ class LanguageNeurons:
 
     # -- classes --------------------------------------------------------------------
 
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """The model the neurons were identified on (name, architecture, when recorded)
+        and the shape of its neuron grid."""
+        model = self.source.get("model")
+        return model_record(model if isinstance(model, dict) else None, self.n_layers, self.d_mlp)
+
     def _mask(self, grid: Tensor, name: str) -> NeuronMask:
-        return NeuronMask(grid, name=name)
+        model = self.source.get("model")
+        return NeuronMask(grid, name=name, model=model if isinstance(model, dict) else None)
 
     def selected(self) -> NeuronMask:
         """All neurons the method selected (including those in no language)."""
@@ -277,14 +286,25 @@ class LanguageNeurons:
         which is only a lower bound. General neurons are unknown in this format.
         """
         if isinstance(masks, (str, Path)):
-            masks = torch.load(masks, map_location="cpu", weights_only=True)
+            masks = read_torch_file(masks, what="reference mask file", error=IdentificationError)
         langs = [normalize_language(code, allow_unknown=True) for code in languages]
+        if not isinstance(masks, (list, tuple)) or not all(isinstance(m, (list, tuple)) for m in masks):
+            raise IdentificationError(
+                f"reference masks are a list (per language) of lists (per layer) of neuron indices, got "
+                f"{type(masks).__name__}"
+            )
         if len(masks) != len(langs):
             raise IdentificationError(f"the masks hold {len(masks)} languages, {len(langs)} were named")
         n_layers = len(masks[0]) if masks else 0
         if any(len(per_layer) != n_layers for per_layer in masks):
             raise IdentificationError("every language must list the same number of layers")
-        as_long = [[torch.as_tensor(idx, dtype=torch.long).reshape(-1) for idx in m] for m in masks]
+        try:
+            as_long = [[torch.as_tensor(idx).reshape(-1) for idx in m] for m in masks]
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise IdentificationError(f"reference masks must hold integer neuron indices: {err}") from err
+        if any(i.is_floating_point() or i.dtype == torch.bool or i.is_complex() for m in as_long for i in m):
+            raise IdentificationError("reference masks must hold integer neuron indices")
+        as_long = [[i.long() for i in m] for m in as_long]
         if d_mlp is None:
             d_mlp = 1 + max((int(i.max()) for m in as_long for i in m if i.numel()), default=0)
         grids = [NeuronMask.from_layer_indices(m, d_mlp).tensor for m in as_long]
@@ -312,21 +332,43 @@ class LanguageNeurons:
 
     @classmethod
     def load(cls, path: str | Path) -> LanguageNeurons:
+        """Load neurons saved with :meth:`save`, checking every manifest field.
+
+        Raises:
+            SaveError: the folder is missing, damaged or edited, or its manifest is
+                invalid or disagrees with the tensors.
+        """
         tensors, manifest = read_result(path, kind=KIND)
+        where = Path(path) / "manifest.json"
+        languages = manifest_field(
+            manifest, "languages", list, where=where, expect="a list of distinct language codes",
+            check=lambda v: v and all(isinstance(x, str) and x for x in v) and len(set(v)) == len(v),
+        )
+        shape = manifest_field(manifest, "shape", list, where=where, expect="[n_layers, d_mlp]",
+                               check=lambda v: len(v) == 2 and all(type(x) is int for x in v))
+        grids = {}
+        for name, dims in (("membership", [*shape, len(languages)]), ("selected", shape), ("general", shape)):
+            value = tensors.get(name)
+            if value is None:
+                if name == "general":
+                    continue
+                raise SaveError(f"{path}: the tensor file lacks {name!r}")
+            if list(value.shape) != dims or value.dtype != torch.uint8 or bool((value > 1).any()):
+                raise SaveError(f"{path}: {name!r} must be 0/1 of shape {dims} (from the manifest's shape and "
+                                f"languages), got {value.dtype} {list(value.shape)}")
+            grids[name] = value.bool()
+        number = (int, float, type(None))
         try:
-            neurons = cls(
-                manifest["languages"],
-                tensors["membership"].bool(),
-                tensors["selected"].bool(),
-                tensors["general"].bool() if "general" in tensors else None,
-                method=manifest["method"],
-                lam=manifest.get("lam"),
-                bar=manifest.get("bar"),
-                params=manifest.get("params"),
-                source=manifest.get("source"),
+            return cls(
+                languages,
+                grids["membership"],
+                grids["selected"],
+                grids.get("general"),
+                method=manifest_field(manifest, "method", str, where=where),
+                lam=manifest_field(manifest, "lam", number, where=where, default=None),
+                bar=manifest_field(manifest, "bar", number, where=where, default=None),
+                params=manifest_field(manifest, "params", (dict, type(None)), where=where, default=None),
+                source=manifest_field(manifest, "source", (dict, type(None)), where=where, default=None),
             )
-        except KeyError as err:
-            raise IdentificationError(f"{path} lacks {err}") from None
-        if [neurons.n_layers, neurons.d_mlp] != manifest.get("shape"):
-            raise IdentificationError(f"{path}: the masks do not have the shape the manifest states")
-        return neurons
+        except IdentificationError as err:
+            raise SaveError(f"{path}: the saved neurons are inconsistent: {err}") from err

@@ -21,11 +21,12 @@ import torch
 from torch import Tensor
 
 from .adapters import ModelAdapter, adapt
-from .errors import TLMultilingualError
+from .errors import MaskError, TLMultilingualError
 from .interventions import Edit, Interventions, Layers, record
 from .lens import answer_sets, measure
 from .masks import NeuronMask
 from .prompts import LensPrompt
+from .provenance import check_fits
 from .readout import layer_logprobs
 
 __all__ = ["patch_neurons", "PatchResult"]
@@ -128,6 +129,7 @@ def patch_neurons(
     controls: int = 3,
     seed: int = 0,
     batch_size: int = 8,
+    allow_mismatch: bool = False,
 ) -> PatchResult:
     """Patch ``mask``'s neurons from source-language runs into target-language runs.
 
@@ -140,8 +142,13 @@ def patch_neurons(
         readout: languages whose answer probability is read (default: all of target's).
         align: ``"last"`` position, or ``"all"`` positions for equal-length pairs.
         controls: random masks of the same size per layer (drawn outside ``mask``).
+        allow_mismatch: accept a mask identified on another model of the same shape.
+
+    Raises:
+        MaskError: a mask of another shape, or of another model (unless ``allow_mismatch``).
     """
     lm = adapt(model)
+    check_fits(lm, mask, what="the mask", error=MaskError, allow_mismatch=allow_mismatch)
     sources, targets = _prompts(source), _prompts(target)
     if len(sources) != len(targets) or not targets:
         raise TLMultilingualError(f"source and target must be parallel: {len(sources)} vs {len(targets)} prompts")

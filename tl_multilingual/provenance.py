@@ -37,6 +37,12 @@ def _show(field: str, value: Any) -> str:
     return repr(tuple(value) if isinstance(value, list) else value)
 
 
+def _same(field: str, x: Any, y: Any) -> bool:
+    if field == "shape":  # a side may know only some dimensions (None for the others)
+        return len(x) == len(y) and all(a is None or b is None or a == b for a, b in zip(x, y))
+    return (tuple(x) if isinstance(x, list) else x) == (tuple(y) if isinstance(y, list) else y)
+
+
 def check_compatible(
     mine: Mapping[str, Any],
     theirs: Mapping[str, Any],
@@ -65,7 +71,7 @@ def check_compatible(
         x, y = mine.get(field), theirs.get(field)
         if x is None or y is None:
             continue
-        if (tuple(x) if isinstance(x, list) else x) == (tuple(y) if isinstance(y, list) else y):
+        if _same(field, x, y):
             continue
         if field in OVERRIDABLE:
             if allow_mismatch:

@@ -30,7 +30,8 @@ from .adapters import ModelAdapter, adapt
 from .errors import SaveError, TLMultilingualError
 from .items import ParallelItems
 from .masks import NeuronMask
-from .persist import read_result, write_result
+from .persist import manifest_field, read_result, write_result
+from .provenance import model_record
 
 __all__ = ["SHARING_CLASSES", "Sharing", "sharing", "item_activations", "classify_codes", "language_codes"]
 
@@ -143,6 +144,7 @@ class Sharing:
         codes: ``[n_items, n_layers, d_mlp]`` bitmask of the languages each neuron is
             active in.
         threshold, position: how "active" was decided.
+        model: the model the classes were computed on (name, architecture), if known.
     """
 
     languages: tuple[str, ...]
@@ -150,6 +152,12 @@ class Sharing:
     codes: Tensor
     threshold: float
     position: str
+    model: dict[str, Any] | None = None
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """The model the classes come from (name, architecture, when known) and its shape."""
+        return model_record(self.model, self.n_layers, self.d_mlp)
 
     @property
     def n_layers(self) -> int:
@@ -179,7 +187,8 @@ class Sharing:
                 raise TLMultilingualError("only the 'specific' class belongs to one language")
             bit = self.languages.index(language)
             grid &= ((self.codes[i] >> bit) & 1).bool()
-        return NeuronMask(grid, name=f"item {self.item_ids[i]}: {cls}" + (f" ({language})" if language else ""))
+        return NeuronMask(grid, name=f"item {self.item_ids[i]}: {cls}" + (f" ({language})" if language else ""),
+                          model=self.model)
 
     def to_frame(self) -> pd.DataFrame:
         """One row per (item, layer, class): ``count`` and ``percent`` of ``d_mlp``."""
@@ -226,17 +235,39 @@ class Sharing:
     def save(self, path: str | Path) -> Path:
         """Save to the folder ``path`` (safetensors + manifest)."""
         manifest = {"languages": list(self.languages), "item_ids": self.item_ids,
-                    "threshold": self.threshold, "position": self.position}
+                    "threshold": self.threshold, "position": self.position, "model": self.model}
         return write_result(path, kind=_KIND, tensors={"codes": self.codes}, manifest=manifest)
 
     @classmethod
     def load(cls, path: str | Path) -> Sharing:
+        """Load classes saved with :meth:`save`, checking every manifest field.
+
+        Raises:
+            SaveError: the folder is missing, damaged or edited, or its manifest is
+                invalid or disagrees with the tensor.
+        """
         tensors, manifest = read_result(path, kind=_KIND)
-        try:
-            return cls(tuple(manifest["languages"]), list(manifest["item_ids"]), tensors["codes"],
-                       float(manifest["threshold"]), manifest["position"])
-        except KeyError as err:
-            raise SaveError(f"{path} lacks {err}") from None
+        where = Path(path) / "manifest.json"
+        languages = manifest_field(
+            manifest, "languages", list, where=where, expect="a list of distinct language codes",
+            check=lambda v: 0 < len(v) <= 63 and all(isinstance(x, str) and x for x in v) and len(set(v)) == len(v),
+        )
+        item_ids = manifest_field(manifest, "item_ids", list, where=where, expect="a list of item ids",
+                                  check=lambda v: all(isinstance(x, str) for x in v))
+        threshold = manifest_field(manifest, "threshold", (int, float), where=where, expect="a finite number",
+                                   check=lambda v: v == v and abs(v) != float("inf"))
+        position = manifest_field(manifest, "position", str, where=where, expect="'last' or 'any'",
+                                  check=lambda v: v in ("last", "any"))
+        model = manifest_field(manifest, "model", (dict, type(None)), where=where, default=None)
+        codes = tensors.get("codes")
+        if codes is None or codes.ndim != 3 or codes.shape[0] != len(item_ids):
+            raise SaveError(f"{path}: the codes must be [n_items = {len(item_ids)}, n_layers, d_mlp], got "
+                            f"{None if codes is None else list(codes.shape)}")
+        if codes.dtype != _code_dtype(len(languages)) or bool((codes < 0).any()) or bool(
+            (codes >> len(languages)).any()
+        ):
+            raise SaveError(f"{path}: the codes are not bitmasks of the {len(languages)} languages the manifest names")
+        return cls(tuple(languages), list(item_ids), codes, float(threshold), position, model)
 
     def __repr__(self) -> str:
         return (
@@ -277,5 +308,6 @@ def sharing(
 
         _read_positions(lm, items.texts(lang), position, batch_size, mark)
     ids = [item.id for item in items]
-    results = {t: Sharing(items.languages, ids, grid, t, position) for t, grid in codes.items()}
+    record = {k: lm.describe()[k] for k in ("name", "architecture")}
+    results = {t: Sharing(items.languages, ids, grid, t, position, record) for t, grid in codes.items()}
     return results[thresholds[0]] if isinstance(threshold, (int, float)) else results

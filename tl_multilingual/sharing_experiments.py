@@ -22,6 +22,7 @@ from .errors import TLMultilingualError
 from .interventions import boost
 from .items import ParallelItem, ParallelItems
 from .masks import NeuronMask
+from .provenance import check_fits
 from .readout import last_logits, sequence_nll
 from .sharing import SHARING_CLASSES, Sharing
 from .sharing import sharing as compute_sharing
@@ -73,13 +74,17 @@ def correct_vs_incorrect(
     sharing: Sharing | None = None,
     correctness: pd.DataFrame | None = None,
     progress: bool = False,
+    allow_mismatch: bool = False,
 ) -> pd.DataFrame:
     """Sharing-class profiles of items answered correctly versus wrongly, per language.
 
     Returns one row per (language, correct, layer, class): the mean ``percent`` of
-    ``d_mlp`` over those items and ``n_items``.
+    ``d_mlp`` over those items and ``n_items``. ``allow_mismatch`` accepts sharing
+    classes computed on another model of the same shape.
     """
     lm = adapt(model)
+    if sharing is not None:
+        check_fits(lm, sharing, what="the sharing classes", allow_mismatch=allow_mismatch)
     sharing = sharing if sharing is not None else compute_sharing(lm, items, progress=progress)
     correctness = correctness if correctness is not None else item_correctness(lm, items, progress=progress)
     counts = sharing.counts().double() * 100.0 / sharing.d_mlp  # [item, layer, class]
@@ -120,6 +125,7 @@ def boost_experiment(
     n_boot: int = 1000,
     ci: float = 0.95,
     progress: bool = True,
+    allow_mismatch: bool = False,
 ) -> pd.DataFrame:
     """Scale one sharing class of neurons per item and measure every language.
 
@@ -129,8 +135,11 @@ def boost_experiment(
     control. Returns one row per (class, factor, language): ``accuracy`` and mean
     ``logprob``, their changes from the unmodified model with paired bootstrap
     intervals over items, and the control's accuracy and log-probability.
+    ``allow_mismatch`` accepts sharing classes computed on another model of the same shape.
     """
     lm = adapt(model)
+    if sharing is not None:
+        check_fits(lm, sharing, what="the sharing classes", allow_mismatch=allow_mismatch)
     sharing = sharing if sharing is not None else compute_sharing(lm, items, progress=False)
     if sharing.item_ids != [item.id for item in items]:
         raise TLMultilingualError("the sharing classes were computed on other items")
@@ -152,10 +161,10 @@ def boost_experiment(
             for i, item in enumerate(items):
                 mask = _class_mask(sharing, i, cls_parts)
                 sizes.append(mask.count())
-                with boost(lm, mask, factor=factor):
+                with boost(lm, mask, factor=factor, allow_mismatch=allow_mismatch):
                     hit[i] = _score_item(lm, item, langs)
                 for c, random_mask in enumerate(mask.controls(controls, seed=seed + 97 * i)):
-                    with boost(lm, random_mask, factor=factor):
+                    with boost(lm, random_mask, factor=factor, allow_mismatch=allow_mismatch):
                         ctrl[c, i] = _score_item(lm, item, langs)
                 bar.update()
             for p, lang in enumerate(langs):

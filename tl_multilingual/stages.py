@@ -41,6 +41,7 @@ from .errors import TLMultilingualError
 from .masks import NeuronMask
 from .neurons import LanguageNeurons
 from .persist import write_text
+from .provenance import check_compatible, check_fits
 from .stats import ActivationStats
 
 __all__ = ["STAGES", "StageMap", "map_stages", "segment", "neuron_features", "lens_features"]
@@ -99,6 +100,11 @@ class StageMap:
             raise TLMultilingualError("this stage map does not know d_mlp: pass it")
         return NeuronMask.full(self.n_layers, width).restrict(self.layers(stage))
 
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """The shape of the model the map was made for (``d_mlp`` None when unknown)."""
+        return {"shape": (self.n_layers, self.d_mlp)}
+
     def to_frame(self) -> pd.DataFrame:
         """One row per layer: ``layer``, ``stage`` and the evidence."""
         return self.evidence.copy()
@@ -119,6 +125,12 @@ class StageMap:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StageMap:
+        """From :meth:`to_dict`'s plain data, checking every field.
+
+        Raises:
+            TLMultilingualError: a field is missing or invalid.
+        """
+        _check_fields(data)
         return cls(
             int(data["n_layers"]), tuple(data["boundaries"]), pd.DataFrame(data["evidence"]),
             dict(data.get("confidence", {})), {k: tuple(v) for k, v in data.get("intervals", {}).items()},
@@ -131,14 +143,46 @@ class StageMap:
 
     @classmethod
     def load(cls, path: str | Path) -> StageMap:
+        """Load a map saved with :meth:`save`.
+
+        Raises:
+            TLMultilingualError: the file is missing, not JSON, or not a valid stage map.
+        """
         try:
             return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
-        except (OSError, ValueError, KeyError) as err:
-            raise TLMultilingualError(f"{path} is not a saved stage map: {err}") from None
+        except (OSError, ValueError, TLMultilingualError) as err:
+            raise TLMultilingualError(f"{path} is not a saved stage map: {err}") from err
 
     def __repr__(self) -> str:
         spans = ", ".join(f"{s}={self.layers(s).start}-{self.layers(s).stop - 1}" for s in STAGES)
         return f"StageMap({spans})"
+
+
+def _check_fields(data: Any) -> None:
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not isinstance(data, dict):
+        raise TLMultilingualError(f"a stage map is a JSON object, got {type(data).__name__}")
+    for key in ("n_layers", "boundaries", "evidence"):
+        if key not in data:
+            raise TLMultilingualError(f"the field {key!r} is missing")
+    n, bounds = data["n_layers"], data["boundaries"]
+    if not is_int(n) or n < 4:
+        raise TLMultilingualError(f"n_layers must be an integer of at least 4, got {n!r:.60}")
+    if not (isinstance(bounds, list) and len(bounds) == 3 and all(is_int(b) for b in bounds)
+            and 0 < bounds[0] < bounds[1] < bounds[2] < n):
+        raise TLMultilingualError(f"boundaries must be 3 increasing layers inside (0, {n}), got {bounds!r:.60}")
+    d_mlp = data.get("d_mlp")
+    if d_mlp is not None and (not is_int(d_mlp) or d_mlp < 1):
+        raise TLMultilingualError(f"d_mlp must be a positive integer or null, got {d_mlp!r:.60}")
+    if not isinstance(data["evidence"], list) or len(data["evidence"]) != n:
+        raise TLMultilingualError(f"evidence must list the {n} layers")
+    for key, kind in (("confidence", dict), ("intervals", dict), ("signals", list)):
+        if not isinstance(data.get(key, kind()), kind):
+            raise TLMultilingualError(f"{key} must be a {kind.__name__}")
+    if not isinstance(data.get("constrained", True), bool):
+        raise TLMultilingualError("constrained must be true or false")
 
 
 def neuron_features(neurons: LanguageNeurons) -> pd.DataFrame:
@@ -257,6 +301,10 @@ def map_stages(
     """
     if neurons is None and lens is None:
         raise TLMultilingualError("map_stages needs neurons, a lens result, or both")
+    if neurons is not None and stats is not None:
+        check_compatible(stats.provenance, neurons.provenance, labels=("the statistics", "the neurons"))
+        if tuple(stats.languages) != tuple(neurons.languages):
+            raise TLMultilingualError(f"the statistics cover {stats.languages} but the neurons {neurons.languages}")
     neuron_frame = neuron_features(neurons) if neurons is not None else None
     lens_frame = lens_features(lens, target) if lens is not None else None
     n_layers = len(neuron_frame if neuron_frame is not None else lens_frame)
@@ -305,7 +353,9 @@ def map_stages(
     if model is not None:
         from .adapters import adapt
 
-        adapt(model).stages = stage_map
+        lm = adapt(model)
+        check_fits(lm, stage_map, what="the stage map")
+        lm.stages = stage_map
     return stage_map
 
 
