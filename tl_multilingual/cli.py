@@ -149,7 +149,7 @@ def _settings(args: argparse.Namespace, base: Any) -> Any:
 def run(args: argparse.Namespace, argv: list[str]) -> Path:
     from .study import DEMO_SETTINGS, Study, StudySettings, check_output_folder
 
-    check_output_folder(args.out)
+    check_output_folder(args.out, command=args.command)
     languages = _languages(args.languages)
     if args.command == "demo":
         corpus, settings, spec, word_spec = _corpus(None, languages), _settings(args, DEMO_SETTINGS), DEMO_MODEL, None

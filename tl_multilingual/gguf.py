@@ -17,7 +17,6 @@ import functools
 import importlib
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .errors import SaveError, TLMultilingualError, UnsupportedModelError
-from .persist import sha256_file
+from .errors import TLMultilingualError, UnsupportedModelError
+from .persist import atomic_folder, sha256_file
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -130,10 +129,11 @@ def _build_cache(path: Path, sha256: str, target: Path) -> dict[str, Any]:
     """Convert ``path`` into ``target`` atomically (a temporary sibling folder,
     renamed into place) and return the manifest."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        from transformers import __version__ as transformers_version
+    from transformers import __version__ as transformers_version
 
+    # A broken entry (no valid manifest) is replaced; a folder another process
+    # finished meanwhile is replaced by an identical one.
+    with atomic_folder(target) as staging:
         gguf_name = _convert(path, staging)
         manifest = {
             "gguf_file": path.name,
@@ -143,18 +143,6 @@ def _build_cache(path: Path, sha256: str, target: Path) -> dict[str, Any]:
             "converted": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-        if target.exists():  # a broken entry (no valid manifest): replace it
-            shutil.rmtree(target)
-        try:
-            staging.rename(target)
-        except OSError:
-            # Another process finished the same conversion first: keep its folder.
-            if _read_manifest(target, sha256) is None:
-                raise
-    except OSError as err:
-        raise SaveError(f"could not convert {path} into {target}: {err}") from err
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return manifest
 
 

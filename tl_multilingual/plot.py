@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import TLMultilingualError
+from .persist import atomic_file
 
 __all__ = [
     "OKABE_ITO",
@@ -241,14 +242,15 @@ def language_changes(comparison: Any, *, ax: Any = None) -> Any:
 
 
 def save(fig: Any, path: str | Path, formats: Sequence[str] = ("png", "pdf"), dpi: int = 300) -> list[Path]:
-    """Write ``fig`` as ``path.png`` and ``path.pdf`` (and close it)."""
+    """Write ``fig`` as ``path.png`` and ``path.pdf`` (and close it), each atomically."""
     plt = _plt()
     stem = Path(path)
     stem.parent.mkdir(parents=True, exist_ok=True)
     written = []
     for fmt in formats:
         target = stem.with_suffix(f".{fmt}")
-        fig.savefig(target, dpi=dpi, bbox_inches="tight")
+        with atomic_file(target) as staging:
+            fig.savefig(staging, format=fmt, dpi=dpi, bbox_inches="tight")
         written.append(target)
     plt.close(fig)
     return written

@@ -155,9 +155,19 @@ window.addEventListener("load", function () {
 </script>"""
 
 
+def _e(value: Any) -> str:
+    """Any value, as HTML-escaped text: everything written into the report goes through it."""
+    return html.escape(str(value))
+
+
+def _seconds(step: Any) -> str:
+    seconds = step.get("seconds", 0) if isinstance(step, dict) else None
+    return f"{seconds:.1f}" if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) else "?"
+
+
 def _figure_html(name: str, caption: str) -> str:
-    return (f'<figure><img src="figures/{name}.png" alt="{html.escape(caption)}">'
-            f'<figcaption>{html.escape(caption)} <a href="figures/{name}.pdf">PDF</a></figcaption></figure>')
+    return (f'<figure><img src="figures/{_e(name)}.png" alt="{_e(caption)}">'
+            f'<figcaption>{_e(caption)} <a href="figures/{_e(name)}.pdf">PDF</a></figcaption></figure>')
 
 
 def _table_html(frame: pd.DataFrame) -> str:
@@ -200,18 +210,21 @@ def write_report(folder: str | Path) -> Path:
             f"{facts['sharing']['stable_percent']:.1f}% keep the same class on every item."
         )
     timings = "".join(
-        f"<tr><td>{html.escape(k)}</td><td>{v.get('seconds', 0):.1f}</td></tr>" for k, v in manifest.get("steps", {}).items()
+        f"<tr><td>{_e(k)}</td><td>{_e(_seconds(v))}</td></tr>" for k, v in manifest.get("steps", {}).items()
     )
+    versions = manifest.get("versions", {})
+    languages = [str(lang) for lang in data.get("languages", [])]
+    command = manifest.get("command", [])
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>Language neurons of {html.escape(model.get('name', 'a model'))}</title>",
+        f"<title>Language neurons of {_e(model.get('name', 'a model'))}</title>",
         f"<style>{_STYLE}</style></head><body>",
-        f"<h1>Language neurons of {html.escape(model.get('name', 'a model'))}</h1>",
-        f"<p>{html.escape(model.get('architecture', ''))}, {model.get('n_layers')} layers, {model.get('d_mlp')} "
-        f"neurons per MLP; {len(data['languages'])} languages ({', '.join(data['languages'])}); "
-        f"tl_multilingual {html.escape(manifest['versions'].get('tl_multilingual', ''))}, TransformerLens "
-        f"{html.escape(manifest['versions'].get('transformer_lens', ''))}.</p>",
-        "<h2>Findings</h2><ul class='facts'>" + "".join(f"<li>{html.escape(x)}</li>" for x in lines) + "</ul>",
+        f"<h1>Language neurons of {_e(model.get('name', 'a model'))}</h1>",
+        f"<p>{_e(model.get('architecture', ''))}, {_e(model.get('n_layers'))} layers, {_e(model.get('d_mlp'))} "
+        f"neurons per MLP; {len(languages)} languages ({_e(', '.join(languages))}); "
+        f"tl_multilingual {_e(versions.get('tl_multilingual', ''))}, TransformerLens "
+        f"{_e(versions.get('transformer_lens', ''))}.</p>",
+        "<h2>Findings</h2><ul class='facts'>" + "".join(f"<li>{_e(x)}</li>" for x in lines) + "</ul>",
         "<h2>Language neurons</h2>",
         _figure_html("neuron_classes", figures["neuron_classes"]),
         _figure_html("neurons_per_language", figures["neurons_per_language"]),
@@ -228,8 +241,8 @@ def write_report(folder: str | Path) -> Path:
         parts += ["<h2>Neuron sharing across languages</h2>", _figure_html("sharing_profile", figures["sharing_profile"])]
     parts += [
         "<h2>Reproducibility</h2>",
-        f"<p>Data fingerprint <code>{html.escape(data['fingerprint'][:16])}</code>; command "
-        f"<code>{html.escape(' '.join(manifest.get('command', [])))}</code>; full record in "
+        f"<p>Data fingerprint <code>{_e(str(data.get('fingerprint', ''))[:16])}</code>; command "
+        f"<code>{_e(' '.join(map(str, command)) if isinstance(command, list) else command)}</code>; full record in "
         "<a href='manifest.json'>manifest.json</a>; tables in <code>tables/</code>.</p>",
         f"<table><tr><th>step</th><th>seconds</th></tr>{timings}</table>",
         _CHECK, "</body></html>",

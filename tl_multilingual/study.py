@@ -14,6 +14,7 @@ import json
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from .identify import identify
 from .items import ParallelItem, ParallelItems
 from .lens import LensResult, language_lens
 from .neurons import LanguageNeurons
-from .persist import library_versions, write_text
+from .persist import is_temporary, library_versions, write_text
 from .prompts import translation
 from .sharing import Sharing, sharing
 from .stages import StageMap, map_stages
@@ -99,12 +100,15 @@ class Study:
     # -- bookkeeping ----------------------------------------------------------------
 
     def _read_manifest(self) -> dict[str, Any]:
-        if self.manifest_path.is_file():
-            try:
-                return json.loads(self.manifest_path.read_text(encoding="utf-8"))
-            except ValueError:
-                pass
-        return {}
+        manifest = _read_study_manifest(self.manifest_path)
+        if manifest is _CORRUPT:
+            warnings.warn(
+                f"{self.manifest_path} is corrupt: the results saved in {self.out} cannot be matched to "
+                "their settings, so every step will be recomputed and the file rewritten",
+                stacklevel=3,
+            )
+            return {}
+        return manifest or {}
 
     def _write_manifest(self) -> None:
         facts = self.lm.describe()
@@ -164,6 +168,7 @@ class Study:
     def run(self) -> dict[str, Any]:
         """Run (or resume) every step; returns the manifest."""
         s, progress = self.settings, not self.quiet
+        check_output_folder(self.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self._write_manifest()
         stats = self._step(
@@ -259,17 +264,56 @@ class Study:
             return None
 
 
-def check_output_folder(out: Path) -> None:
-    """Refuse an output folder that holds something other than a study, or that cannot
-    be written, before anything is computed."""
+_CORRUPT: Any = object()
+_STUDY_KIND = "tl_multilingual.Study"
+# What a study writes into its folder.
+_STUDY_ENTRIES = {"manifest.json", "statistics", "neurons", "lens", "stages.json", "deactivation", "sharing",
+                  "tables", "figures", "report.html"}
+
+
+def _read_study_manifest(path: Path) -> dict[str, Any] | None:
+    """A study folder's manifest: None if absent, ``_CORRUPT`` if unreadable."""
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return _CORRUPT
+    return manifest if isinstance(manifest, dict) else _CORRUPT
+
+
+def check_output_folder(out: Path, command: str | None = None) -> None:
+    """Refuse, before anything is computed, an output folder that cannot be written or
+    that holds something other than a study (of the subcommand ``command``, e.g.
+    ``"run"``, when given). Temporary files left by an interrupted save are ignored: a
+    study they belong to is resumed in place."""
     out = Path(out)
     if out.exists():
         if not out.is_dir():
             raise TLMultilingualError(f"{out} exists and is not a folder")
-        entries = list(out.iterdir())
-        manifest = out / "manifest.json"
-        if entries and not manifest.is_file():
+        entries = [entry for entry in out.iterdir() if not is_temporary(entry)]
+        manifest = _read_study_manifest(out / "manifest.json")
+        if entries and manifest is None:
             raise TLMultilingualError(f"{out} is not empty and holds no study: choose a new or empty folder")
+        if manifest is _CORRUPT:
+            foreign = sorted(e.name for e in entries if e.name not in _STUDY_ENTRIES)
+            if foreign:
+                raise TLMultilingualError(
+                    f"{out / 'manifest.json'} is corrupt and {out} holds {foreign[:3]}, which no study writes: "
+                    "choose a new or empty folder"
+                )
+        elif manifest is not None:
+            if manifest.get("kind") != _STUDY_KIND:
+                raise TLMultilingualError(
+                    f"{out} holds a saved {manifest.get('kind')!r}, not a study: choose a new or empty folder"
+                )
+            previous = manifest.get("command")
+            previous = previous[1] if isinstance(previous, list) and len(previous) > 1 else None
+            if command is not None and previous not in (None, command):
+                raise TLMultilingualError(
+                    f"{out} holds a study of 'tl-multilingual {previous}', not of 'tl-multilingual {command}': "
+                    "choose a new or empty folder"
+                )
         probe = out
     else:
         probe = out.parent
@@ -278,4 +322,4 @@ def check_output_folder(out: Path) -> None:
     try:  # the only sure test, also for root: make (and remove) a folder there
         Path(tempfile.mkdtemp(prefix=".tlm-write-test-", dir=probe)).rmdir()
     except OSError as err:
-        raise TLMultilingualError(f"cannot write to {out}: {probe} is not writable ({err.strerror})") from None
+        raise TLMultilingualError(f"cannot write to {out}: {probe} is not writable ({err.strerror})") from err
