@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from .adapters import ModelAdapter, adapt
 from .errors import CorpusError, SaveError
-from .persist import read_result, write_result
+from .persist import manifest_field, read_result, write_result
 from .prompts import LensPrompt
 from .readout import layer_logprobs
 from .wordtokens import word_tokens
@@ -113,13 +113,33 @@ class LensResult:
 
     @classmethod
     def load(cls, path: str | Path) -> LensResult:
+        """Load a result saved with :meth:`save`, checking every manifest field.
+
+        Raises:
+            SaveError: the folder is missing, damaged or edited, or its manifest is
+                invalid or disagrees with the tensors.
+        """
         tensors, manifest = read_result(path, kind=_KIND)
-        try:
-            prompts = tuple(LensPrompt(p["text"], p["answers"]) for p in manifest["prompts"])
-            return cls(tuple(manifest["languages"]), tensors["probability"], tensors["rank"], tensors["entropy"],
-                       tensors["top_token"], prompts)
-        except KeyError as err:
-            raise SaveError(f"{path} lacks {err}") from None
+        where = Path(path) / "manifest.json"
+        languages = manifest_field(manifest, "languages", list, where=where, expect="a list of language codes",
+                                   check=lambda v: all(isinstance(x, str) for x in v))
+        prompts = manifest_field(
+            manifest, "prompts", list, where=where, expect="a list of {text, answers} records",
+            check=lambda v: all(isinstance(p, dict) and isinstance(p.get("text"), str)
+                                and isinstance(p.get("answers"), dict) for p in v),
+        )
+        missing = [k for k in ("probability", "rank", "entropy", "top_token") if k not in tensors]
+        if missing:
+            raise SaveError(f"{path}: the tensor file lacks {missing}")
+        n = len(prompts)
+        probability = tensors["probability"]
+        if probability.ndim != 3 or probability.shape[0] != n or probability.shape[2] != len(languages) or any(
+            tensors[k].shape[:2] != probability.shape[:2] for k in ("rank", "entropy", "top_token")
+        ):
+            raise SaveError(f"{path}: the tensors do not match the manifest's {n} prompts and "
+                            f"{len(languages)} languages")
+        return cls(tuple(languages), probability, tensors["rank"], tensors["entropy"], tensors["top_token"],
+                   tuple(LensPrompt(p["text"], p["answers"]) for p in prompts))
 
     def select(self, prompts: Sequence[int]) -> LensResult:
         """The result on a subset (or resample) of prompts."""

@@ -306,7 +306,13 @@ def write_result(
         for name, value in tensors.items():
             if value.is_meta:
                 raise SaveError(f"cannot save {name}: it is on the meta device and holds no values")
-        contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        contiguous, seen = {}, set()
+        for name, value in tensors.items():
+            value = value.detach().cpu().contiguous()
+            if value.numel() and value.untyped_storage().data_ptr() in seen:  # safetensors refuses shared memory
+                value = value.clone()
+            seen.add(value.untyped_storage().data_ptr())
+            contiguous[name] = value
         save_file(contiguous, str(staging / TENSORS))
         full = {
             "kind": kind,

@@ -33,7 +33,7 @@ def model_record(model: Mapping[str, Any] | None, n_layers: int, d_mlp: int) -> 
 
 def _show(field: str, value: Any) -> str:
     if field == "shape" and isinstance(value, (tuple, list)) and len(value) == 2:
-        return f"{value[0]}x{value[1]}"
+        return "x".join("?" if v is None else str(v) for v in value)
     return repr(tuple(value) if isinstance(value, list) else value)
 
 

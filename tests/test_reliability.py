@@ -1,0 +1,477 @@
+"""Bad input and faults: impossible statistics, results used with another model,
+foreign exceptions, damaged or edited files, interrupted saves. Each case is listed in
+docs/reliability.md."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import tiny
+import torch
+from safetensors import SafetensorError
+
+import tl_multilingual as tlm
+from tl_multilingual import cli, persist, report
+from tl_multilingual.stages import StageMap
+from tl_multilingual.study import Study, StudySettings, check_output_folder
+
+GPT2 = {"name": "tiny-gpt2", "architecture": "GPT2LMHeadModel", "n_layers": 2, "d_mlp": 48}
+
+
+def stats_of(model=None, *, layers=2, width=48, seed=0, languages=("en", "fr")):
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.full((len(languages),), 50)
+    active = torch.randint(0, 50, (layers, width, len(languages)), generator=gen)
+    sums = torch.rand(layers, width, len(languages), generator=gen, dtype=torch.float64)
+    return tlm.ActivationStats.from_counts(list(languages), tokens, active, sums=sums, sum_squares=sums,
+                                           model=model)
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def resign(folder: Path, edit) -> None:
+    """Edit a saved manifest and recompute its checksum, as a buggy writer would."""
+    path = folder / "manifest.json"
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    manifest["checksum"] = persist._digest(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+# -- statistics that cannot be true ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("name", ["sums", "sum_squares"])
+def test_non_finite_sums_are_refused_naming_array_and_language(name, bad):
+    values = torch.ones(2, 4, 2, dtype=torch.float64)
+    values[1, 2, 1] = bad
+    kwargs = {"sums": torch.ones(2, 4, 2, dtype=torch.float64), "sum_squares": torch.ones(2, 4, 2, dtype=torch.float64)}
+    kwargs[name] = values
+    with pytest.raises(tlm.StatsError, match=rf"{name} holds NaN or infinite values \(fr: 1 entries\)"):
+        tlm.ActivationStats(["en", "fr"], torch.tensor([10, 10]), torch.ones(2, 4, 2, dtype=torch.long), **kwargs)
+
+
+def test_active_counts_above_the_token_count_are_refused():
+    with pytest.raises(tlm.StatsError, match=r"exceed the token count .* en: 8, fr: 8 entries"):
+        tlm.ActivationStats(["en", "fr"], torch.tensor([10, 10]), torch.full((2, 4, 2), 10**6))
+    # On purpose (the reference files' known quirk) they are accepted, and saved as such.
+    quirk = tlm.ActivationStats(["en", "fr"], torch.tensor([10, 10]), torch.full((2, 4, 2), 11),
+                                allow_counts_above_tokens=True)
+    assert quirk.allow_counts_above_tokens
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"token_counts": torch.tensor([10, -1])}, "token_counts are negative for fr: 1"),
+        ({"token_counts": torch.tensor([10.0, 10.0])}, "token_counts must hold integer"),
+        ({"active_counts": torch.ones(2, 4, 2, dtype=torch.bool)}, "active_counts must hold integer"),
+        ({"sums": torch.ones(2, 4, 2, dtype=torch.long)}, "sums must be floating point"),
+        ({"sums": torch.ones(2, 4, 3)}, "sums must have the shape"),
+        ({"sum_squares": -torch.ones(2, 4, 2)}, "sum_squares has negative entries"),
+        ({"threshold": float("nan")}, "threshold must be a finite number"),
+        ({"token_policy": "every"}, "token_policy must be one of"),
+        ({"active_counts": torch.ones(2, 4, 2, dtype=torch.long, device="meta")}, "meta device"),
+        ({"languages": ["en", ""]}, "non-empty strings"),
+    ],
+)
+def test_malformed_statistics_are_refused(kwargs, message):
+    args = {"languages": ["en", "fr"], "token_counts": torch.tensor([10, 10]),
+            "active_counts": torch.ones(2, 4, 2, dtype=torch.long)}
+    args.update(kwargs)
+    with pytest.raises(tlm.StatsError, match=message):
+        tlm.ActivationStats(args.pop("languages"), args.pop("token_counts"), args.pop("active_counts"), **args)
+
+
+def test_from_counts_refuses_non_finite_and_meta_counts():
+    with pytest.raises(tlm.StatsError, match="NaN"):
+        tlm.ActivationStats.from_counts(["en", "fr"], [10, 10], torch.full((2, 4, 2), float("nan")))
+    with pytest.raises(tlm.StatsError, match="meta"):
+        tlm.ActivationStats.from_counts(["en", "fr"], [10, 10], torch.ones(2, 4, 2, device="meta"))
+
+
+def test_loading_impossible_statistics_is_refused(tmp_path):
+    stats = stats_of()
+    sums = stats.sums.clone()
+    sums[0, 0, 0] = float("nan")
+    tensors = {"token_counts": stats.tokens, "active_counts": stats.active_counts, "sums": sums}
+    manifest = {"languages": ["en", "fr"], "token_counts": stats.token_counts, "shape": [2, 48, 2],
+                "threshold": 0.0, "token_policy": "all", "include_bos": False}
+    persist.write_result(tmp_path / "nan", kind="tl_multilingual.ActivationStats", tensors=tensors, manifest=manifest)
+    with pytest.raises(tlm.StatsError, match="sums holds NaN"):
+        tlm.ActivationStats.load(tmp_path / "nan")
+    tensors = {"token_counts": torch.tensor([1, 1]), "active_counts": stats.active_counts}
+    manifest["token_counts"] = {"en": 1, "fr": 1}
+    persist.write_result(tmp_path / "above", kind="tl_multilingual.ActivationStats", tensors=tensors, manifest=manifest)
+    with pytest.raises(tlm.StatsError, match="exceed the token count"):
+        tlm.ActivationStats.load(tmp_path / "above")
+
+
+def test_quirky_reference_statistics_survive_a_round_trip(tmp_path):
+    torch.save({"total_tokens": 10, "over_zero": torch.tensor([[3, 12], [0, 2]])}, tmp_path / "en.pt")
+    torch.save({"total_tokens": 10, "over_zero": torch.tensor([[3, 5], [0, 2]])}, tmp_path / "fr.pt")
+    stats = tlm.ActivationStats.from_reference_files({"en": tmp_path / "en.pt", "fr": tmp_path / "fr.pt"})
+    assert stats.allow_counts_above_tokens and stats.notes["counts_above_tokens"] == 1
+    stats.save(tmp_path / "saved")
+    assert tlm.ActivationStats.load(tmp_path / "saved").allow_counts_above_tokens
+    clipped = tlm.ActivationStats.from_reference_files({"en": tmp_path / "en.pt"}, clip_to_tokens=True)
+    assert not clipped.allow_counts_above_tokens
+
+
+# -- results are used only with what produced them --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return tlm.adapt(tiny.bridge("llama"))  # 2 layers x 48 neurons, like GPT2 above
+
+
+def test_statistics_of_another_model_are_refused_by_steer_and_ablate(llama):
+    assert (llama.n_layers, llama.d_mlp) == (GPT2["n_layers"], GPT2["d_mlp"])
+    foreign = stats_of(GPT2)
+    mask = tlm.NeuronMask.full(2, 48)
+    with pytest.raises(tlm.StatsError, match="different models"):
+        tlm.steer(llama, mask, to="fr", stats=foreign)
+    with pytest.raises(tlm.StatsError, match="allow_mismatch=True"):
+        tlm.ablate(llama, mask, value="mean", stats=foreign)
+    with pytest.raises(tlm.StatsError, match="shape"):
+        tlm.steer(llama, mask, to="fr", stats=stats_of(layers=3), allow_mismatch=True)
+    # On purpose, the same statistics are accepted.
+    with tlm.steer(llama, mask, to="fr", stats=foreign, allow_mismatch=True):
+        pass
+    with tlm.ablate(llama, mask, value="mean", stats=foreign, allow_mismatch=True):
+        pass
+    own = stats_of({"name": llama.name, "architecture": llama.architecture, "n_layers": 2, "d_mlp": 48})
+    with tlm.steer(llama, mask, to="fr", stats=own):
+        pass
+
+
+def test_masks_and_neurons_of_another_model_are_refused(llama):
+    neurons = tlm.identify(stats_of(GPT2), top_rate=0.1)
+    mask = neurons.language("en") | neurons.language("fr")
+    assert mask.model["name"] == "tiny-gpt2"
+    for verb in (lambda: tlm.ablate(llama, mask), lambda: tlm.boost(llama, mask),
+                 lambda: tlm.patch(llama, mask, torch.zeros(2, 48)),
+                 lambda: tlm.intervene(llama, [tlm.Edit(mask, "scale", 0.0)])):
+        with pytest.raises(tlm.MaskError, match="different models"):
+            verb()
+    with tlm.ablate(llama, mask, allow_mismatch=True):
+        pass
+    corpus = tlm.Corpus.from_dict({"en": ["The cat sleeps."], "fr": ["Le chat dort."]})
+    with pytest.raises(tlm.IdentificationError, match="different models"):
+        tlm.ablation_matrix(llama, neurons, corpus, controls=0, progress=False)
+    with pytest.raises(tlm.MaskError, match="different models"):
+        tlm.patch_neurons(llama, source=["a"], target=["b"], mask=mask, controls=0)
+
+
+def test_a_saved_mask_keeps_its_model(tmp_path, llama):
+    mask = tlm.identify(stats_of(GPT2), top_rate=0.1).language("en")
+    mask.save(tmp_path / "mask")
+    with pytest.raises(tlm.MaskError, match="different models"):
+        tlm.ablate(llama, tlm.NeuronMask.load(tmp_path / "mask"))
+
+
+def test_a_stage_map_of_another_layer_count_is_refused():
+    lm = tlm.adapt(tiny.bridge("llama", n_layers=4))
+    evidence = [{"layer": i} for i in range(5)]
+    lm.stages = StageMap.from_dict({"n_layers": 5, "boundaries": [1, 2, 3], "evidence": evidence})
+    with pytest.raises(tlm.TLMultilingualError, match="shape: 4x48 vs 5x"):
+        tlm.ablate(lm, tlm.NeuronMask.full(4, lm.d_mlp), layers="understanding")
+    lm.stages = None
+
+
+def test_stage_map_files_are_validated(tmp_path):
+    good = {"n_layers": 5, "boundaries": [1, 2, 3], "evidence": [{}] * 5}
+    for edit, message in ((dict(boundaries=[3, 2, 1]), "boundaries"), (dict(n_layers="5"), "n_layers"),
+                          (dict(d_mlp=-1), "d_mlp"), (dict(evidence=[]), "evidence")):
+        (tmp_path / "map.json").write_text(json.dumps({**good, **edit}))
+        with pytest.raises(tlm.TLMultilingualError, match=message):
+            StageMap.load(tmp_path / "map.json")
+
+
+def test_edited_manifests_are_caught_by_the_checksum(tmp_path):
+    stats = stats_of()
+    stats.save(tmp_path / "stats")
+    path = tmp_path / "stats" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["languages"] = ["fr", "en"]  # relabel the language axis
+    manifest["token_counts"] = {"fr": 50, "en": 50}
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(tlm.SaveError, match="edited or damaged"):
+        tlm.ActivationStats.load(tmp_path / "stats")
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda m: m.update(threshold="0"), "'threshold' must be a finite number"),
+        (lambda m: m.update(token_policy="every"), "'token_policy' must be one of"),
+        (lambda m: m.update(languages=["en", "en"]), "'languages' must be a list of distinct"),
+        (lambda m: m.update(languages=["en", "fr", "de"]), "manifest states"),
+        (lambda m: m.update(shape=[2, "48", 2]), "'shape' must be"),
+        (lambda m: m.update(include_bos="no"), "'include_bos' must be bool"),
+        (lambda m: m.update(model=["x"]), "'model' must be dict"),
+        (lambda m: m.pop("threshold"), "lacks the field 'threshold'"),
+        (lambda m: m.update(token_counts={"fr": 50, "en": 50}), "'token_counts' must be"),
+    ],
+)
+def test_every_statistics_manifest_field_is_validated(tmp_path, edit, message):
+    stats_of().save(tmp_path / "stats")
+    resign(tmp_path / "stats", edit)
+    with pytest.raises(tlm.SaveError, match=message):
+        tlm.ActivationStats.load(tmp_path / "stats")
+
+
+def test_neuron_mask_and_sharing_manifests_are_validated(tmp_path):
+    neurons = tlm.identify(stats_of(GPT2), top_rate=0.1)
+    neurons.save(tmp_path / "neurons")
+    resign(tmp_path / "neurons", lambda m: m.update(languages=["en", "fr", "de"]))
+    with pytest.raises(tlm.SaveError, match="membership"):
+        tlm.LanguageNeurons.load(tmp_path / "neurons")
+    neurons.save(tmp_path / "neurons2")
+    resign(tmp_path / "neurons2", lambda m: m.update(lam="high"))
+    with pytest.raises(tlm.SaveError, match="'lam'"):
+        tlm.LanguageNeurons.load(tmp_path / "neurons2")
+    tlm.NeuronMask.empty(2, 3).save(tmp_path / "mask")
+    resign(tmp_path / "mask", lambda m: m.update(name=7))
+    with pytest.raises(tlm.SaveError, match="'name'"):
+        tlm.NeuronMask.load(tmp_path / "mask")
+    codes = torch.zeros(1, 2, 3, dtype=torch.uint8)
+    tlm.Sharing(("en", "fr"), ["q1"], codes, 0.0, "last").save(tmp_path / "sharing")
+    resign(tmp_path / "sharing", lambda m: m.update(position="first"))
+    with pytest.raises(tlm.SaveError, match="'position'"):
+        tlm.Sharing.load(tmp_path / "sharing")
+    tlm.Sharing(("en", "fr"), ["q1"], codes | 4, 0.0, "last").save(tmp_path / "sharing2")
+    with pytest.raises(tlm.SaveError, match="bitmasks"):
+        tlm.Sharing.load(tmp_path / "sharing2")
+
+
+# -- the library's own errors ----------------------------------------------------------------
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo owned",))
+
+
+@pytest.fixture
+def bad_files(tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x80\x04not a torch file at all")
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps(_Evil()))
+    zipped = tmp_path / "evil-zip.pt"
+    torch.save({"over_zero": _Evil()}, zipped)
+    return [junk, evil, zipped]
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_junk_or_pickles_given_to_reference_loaders_raise_library_errors(bad_files, tmp_path):
+    good = tmp_path / "good.pt"
+    torch.save({"total_tokens": 10, "over_zero": torch.zeros(2, 3, dtype=torch.long)}, good)
+    for bad in bad_files:
+        for call in (lambda bad=bad: tlm.ActivationStats.from_reference_files({"en": bad}),
+                     lambda bad=bad: tlm.ActivationStats.from_reference_files({"en": good}, prefix={"en": bad})):
+            with pytest.raises(tlm.StatsError, match="cannot read reference file") as info:
+                call()
+            assert info.value.__cause__ is not None
+        with pytest.raises(tlm.IdentificationError, match="cannot read reference mask file") as info:
+            tlm.LanguageNeurons.from_reference_format(bad, ["en"])
+        assert info.value.__cause__ is not None
+
+
+def test_a_full_disk_during_save_raises_save_error_and_keeps_the_previous_save(tmp_path, monkeypatch):
+    first = stats_of(seed=1)
+    first.save(tmp_path / "run")
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: IoError(No space left on device (os error 28))")
+
+    monkeypatch.setattr(persist, "save_file", full)
+    with pytest.raises(tlm.SaveError, match="No space left") as info:
+        stats_of(seed=2).save(tmp_path / "run")
+    assert isinstance(info.value.__cause__, SafetensorError)
+    monkeypatch.undo()
+    assert torch.equal(tlm.ActivationStats.load(tmp_path / "run").active_counts, first.active_counts)
+    assert sorted(os.listdir(tmp_path)) == ["run"]
+
+
+def test_a_model_on_the_meta_device_is_refused():
+    model = tiny.bridge("gpt2").to("meta")
+    with pytest.raises(tlm.UnsupportedModelError, match="meta device"):
+        tlm.adapt(model)
+
+
+def test_exit_without_enter_is_a_library_error(llama):
+    interventions = tlm.ablate(llama, tlm.NeuronMask.empty(2, 48))
+    with pytest.raises(tlm.TLMultilingualError, match="never entered"):
+        interventions.__exit__(None, None, None)
+
+
+# -- files: nothing half-written, nothing stranded --------------------------------------------
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if persist.is_temporary(p))
+
+
+def test_a_kill_between_the_two_renames_never_hides_the_only_good_copy(tmp_path):
+    pid = dead_pid()
+    old, new = stats_of(seed=1), stats_of(seed=2)
+    old.save(tmp_path / "run")
+    new.save(tmp_path / "next")
+    # The state a save killed between its renames leaves: the old version moved aside,
+    # the new one complete in its staging folder, no target.
+    (tmp_path / "run").rename(tmp_path / f".run.old-{pid}-aaaa")
+    (tmp_path / "next").rename(tmp_path / f".run.tmp-{pid}-bbbb")
+    assert torch.equal(tlm.ActivationStats.load(tmp_path / "run").active_counts, new.active_counts)
+    assert _leftovers(tmp_path) == []
+    # Killed while the new version was still being written: the old one comes back.
+    (tmp_path / "run").rename(tmp_path / f".run.old-{pid}-cccc")
+    staging = tmp_path / f".run.tmp-{pid}-dddd"
+    staging.mkdir()
+    (staging / "tensors.safetensors").write_bytes(b"half")
+    assert torch.equal(tlm.ActivationStats.load(tmp_path / "run").active_counts, new.active_counts)
+    (tmp_path / "run").rename(tmp_path / f".run.old-{pid}-eeee")
+    old.save(tmp_path / "other")
+    (tmp_path / "other").rename(tmp_path / f".run.tmp-{pid}-ffff")
+    stats_of(seed=3).save(tmp_path / "run")  # the next save recovers first, then replaces
+    assert _leftovers(tmp_path) == []
+
+
+def test_stray_staging_of_dead_processes_is_removed_by_the_next_save(tmp_path):
+    pid = dead_pid()
+    stats_of().save(tmp_path / "run")
+    for name in (f".run.tmp-{pid}-1234", ".run.tmp-abcd1234", f".run.old-{pid}-5678"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "tensors.safetensors").write_bytes(b"x" * 100)
+    live = tmp_path / f".run.tmp-{os.getppid()}-9999"  # a save in progress elsewhere: left alone
+    live.mkdir()
+    (tmp_path / f".notes.txt.tmp-{pid}-1111").write_text("half")
+    stats_of(seed=1).save(tmp_path / "run")
+    assert _leftovers(tmp_path) == sorted([live.name, f".notes.txt.tmp-{pid}-1111"])
+    persist.write_text(tmp_path / "notes.txt", "done")
+    assert _leftovers(tmp_path) == [live.name]
+
+
+def test_a_study_folder_with_only_a_stray_temporary_manifest_is_resumed(tmp_path):
+    out = tmp_path / "study"
+    out.mkdir()
+    (out / f".manifest.json.tmp-{dead_pid()}-abcd").write_text('{"kind": "tl_multi')
+    check_output_folder(out, command="run")  # refused before
+
+
+def test_a_corrupt_study_manifest_is_reported(tmp_path):
+    out = tmp_path / "study"
+    out.mkdir()
+    (out / "manifest.json").write_text('{"kind": "tl_multilingual.Study", "steps": {')
+    (out / "statistics").mkdir()
+    check_output_folder(out, command="run")  # a study's own folder: resumable
+    corpus = tlm.Corpus.from_dict({"en": ["a", "b", "c"], "fr": ["d", "e", "f"]})
+    with pytest.warns(UserWarning, match=r"manifest.json is corrupt"):
+        Study(out, tiny.bridge("gpt2"), corpus, StudySettings(held_out=1))
+    (out / "thesis.tex").write_text("draft")
+    with pytest.raises(tlm.TLMultilingualError, match="corrupt"):
+        check_output_folder(out, command="run")
+
+
+def test_run_refuses_a_folder_holding_a_saved_result(tmp_path, capsys):
+    stats_of().save(tmp_path / "stats")
+    before = (tmp_path / "stats" / "manifest.json").read_text()
+    assert cli.main(["run", "--model", "unused", "--out", str(tmp_path / "stats"), "--quiet"]) == 2
+    assert "not a study" in capsys.readouterr().err
+    assert (tmp_path / "stats" / "manifest.json").read_text() == before
+    tlm.ActivationStats.load(tmp_path / "stats")
+    study = tmp_path / "demo-study"
+    study.mkdir()
+    (study / "manifest.json").write_text(json.dumps({"kind": "tl_multilingual.Study",
+                                                     "command": ["tl-multilingual", "demo"]}))
+    assert cli.main(["run", "--model", "unused", "--out", str(study), "--quiet"]) == 2
+    assert "tl-multilingual demo" in capsys.readouterr().err
+
+
+def test_every_value_in_the_report_is_escaped(tmp_path, monkeypatch):
+    attack = "<script>alert(1)</script>"
+    manifest = {"model": {"name": attack, "architecture": attack, "n_layers": attack, "d_mlp": attack},
+                "data": {"languages": ["en", attack], "fingerprint": attack}, "command": [attack],
+                "versions": {"tl_multilingual": attack, "transformer_lens": attack},
+                "steps": {attack: {"seconds": attack}}}
+    stages = StageMap.from_dict({"n_layers": 4, "boundaries": [1, 2, 3], "evidence": [{}] * 4})
+    facts = {"lambda": 0.1, "selected": 1, "specific": 1, "related": 0, "general": 0,
+             "languages_without_specific": [attack], "language_neurons_by_quarter": {"first": 1, "middle": 1, "last": 1},
+             "stages": {"understanding": [0, 0]},
+             "deactivation": {"variant": attack, "own_above_others_median": 1, "languages": 2, "own_above_control": 0}}
+    monkeypatch.setattr(report, "_load", lambda folder: {"manifest": manifest, "stages": stages})
+    monkeypatch.setattr(report, "_tables", lambda results, folder: {"neurons_per_language": pd.DataFrame({"x": [attack]})})
+    monkeypatch.setattr(report, "_figures", lambda results, folder: {"neuron_classes": attack,
+                                                                     "neurons_per_language": attack})
+    monkeypatch.setattr(report, "findings", lambda results: facts)
+    text = report.write_report(tmp_path).read_text()
+    assert "<script>alert" not in text and "&lt;script&gt;" in text
+
+
+# -- fault injection: SIGKILL during repeated saves --------------------------------------------
+
+
+def _saver(target: Path, start: int, report_to: int) -> None:
+    """The child: save versions start+1, start+2, ... until killed, reporting each."""
+    try:
+        torch.set_num_threads(1)
+        version = start
+        while True:
+            version += 1
+            persist.write_result(target, kind="test", tensors={"x": torch.full((1 << 20,), float(version))},
+                                 manifest={"version": version})
+            os.write(report_to, f"{version}\n".encode())
+    finally:
+        os._exit(0)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_sigkill_at_random_points_never_leaves_a_wrong_or_stranded_save(tmp_path):
+    target = tmp_path / "result"
+    persist.write_result(target, kind="test", tensors={"x": torch.full((1 << 20,), 0.0)}, manifest={"version": 0})
+    rng = random.Random(1234)
+    completed, budget, kills, stranded = 0, 3.0, 0, 0
+    while budget > 0 and kills < 15:
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read)
+            _saver(target, completed, write)
+        os.close(write)
+        delay = rng.uniform(0.02, 0.4)
+        time.sleep(delay)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        with os.fdopen(read) as pipe:
+            lines = pipe.read().split()
+        kills += 1
+        budget -= delay
+        done = int(lines[-1]) if lines else completed
+        stranded += len(_leftovers(tmp_path))
+        tensors, manifest = persist.read_result(target, kind="test")  # the old or the new complete version
+        version = manifest["version"]
+        assert version in (done, done + 1), (version, done)
+        assert torch.equal(tensors["x"], torch.full((1 << 20,), float(version)))
+        assert _leftovers(tmp_path) == []  # the load cleaned up
+        completed = version
+    assert completed > kills and stranded > 0  # saves ran, and kills hit them mid-way
+    persist.write_result(target, kind="test", tensors={"x": torch.zeros(4)}, manifest={"version": -1})
+    assert sorted(os.listdir(tmp_path)) == ["result"]
+    assert persist.read_result(target, kind="test")[1]["version"] == -1
