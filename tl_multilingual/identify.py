@@ -238,7 +238,7 @@ def identify(
     try:
         probs = stats.probabilities()
     except Exception as err:  # StatsError: a language without tokens
-        raise IdentificationError(str(err)) from None
+        raise IdentificationError(str(err)) from err
     params = {"top_rate": top_rate, "bar_ratio": bar_ratio}
     use_filter = (method == "lape") if prefilter is None else prefilter
     rate = filter_rate if use_filter else None

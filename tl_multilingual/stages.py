@@ -82,8 +82,8 @@ class StageMap:
         edges = (0, *self.boundaries, self.n_layers)
         try:
             k = STAGES.index(stage)
-        except ValueError:
-            raise TLMultilingualError(f"unknown stage {stage!r}; stages are {STAGES}") from None
+        except ValueError as err:
+            raise TLMultilingualError(f"unknown stage {stage!r}; stages are {STAGES}") from err
         return range(edges[k], edges[k + 1])
 
     def stage_of(self, layer: int) -> str:

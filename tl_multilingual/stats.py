@@ -513,8 +513,9 @@ def validate_stats(stats: ActivationStats) -> None:
     stats.threshold = float(stats.threshold)
     if stats.token_policy not in POLICIES:
         raise StatsError(f"token_policy must be one of {POLICIES}, got {stats.token_policy!r}")
-    if not isinstance(stats.include_bos, bool):
+    if not isinstance(stats.include_bos, (bool, int)) or stats.include_bos not in (True, False):
         raise StatsError(f"include_bos must be True or False, got {stats.include_bos!r}")
+    stats.include_bos = bool(stats.include_bos)
     for name in ("model", "corpus", "notes"):
         if not isinstance(getattr(stats, name), dict):
             raise StatsError(f"{name} must be a mapping, got {type(getattr(stats, name)).__name__}")
