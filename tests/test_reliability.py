@@ -383,7 +383,7 @@ def test_a_corrupt_study_manifest_is_reported(tmp_path):
     (out / "statistics").mkdir()
     check_output_folder(out, command="run")  # a study's own folder: resumable
     corpus = tlm.Corpus.from_dict({"en": ["a", "b", "c"], "fr": ["d", "e", "f"]})
-    with pytest.warns(UserWarning, match=r"manifest.json is corrupt"):
+    with pytest.warns(tlm.TLMultilingualWarning, match=r"manifest.json is corrupt"):
         Study(out, tiny.bridge("gpt2"), corpus, StudySettings(held_out=1))
     (out / "thesis.tex").write_text("draft")
     with pytest.raises(tlm.TLMultilingualError, match="corrupt"):

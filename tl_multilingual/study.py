@@ -14,7 +14,6 @@ import json
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any, TypeVar
 from .adapters import ModelAdapter, adapt
 from .collect import collect_stats
 from .corpus import Corpus
-from .errors import CorpusError, TLMultilingualError
+from .errors import CorpusError, TLMultilingualError, warn
 from .experiments import AblationResult, ablation_matrix
 from .identify import identify
 from .items import ParallelItem, ParallelItems
@@ -102,10 +101,9 @@ class Study:
     def _read_manifest(self) -> dict[str, Any]:
         manifest = _read_study_manifest(self.manifest_path)
         if manifest is _CORRUPT:
-            warnings.warn(
+            warn(
                 f"{self.manifest_path} is corrupt: the results saved in {self.out} cannot be matched to "
-                "their settings, so every step will be recomputed and the file rewritten",
-                stacklevel=3,
+                "their settings, so every step will be recomputed and the file rewritten"
             )
             return {}
         return manifest or {}
