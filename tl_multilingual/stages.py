@@ -498,11 +498,13 @@ def _standardise(features: np.ndarray) -> np.ndarray:
 # -- exact segmentation -------------------------------------------------------------
 
 
-def _costs(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _costs(x: np.ndarray, *, gram: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Segment costs and prefix sums of features ``[R, L, F]``.
 
     Returns ``cost[r, i, j]``, the squared error of one constant fitted to layers
-    ``[i, j)`` (inf where ``j <= i``), and the prefix sums ``[R, L + 1, F]``.
+    ``[i, j)`` (inf where ``j <= i``), and the prefix sums ``[R, L + 1, F]``. With
+    ``gram``, ``|S_j - S_i|^2`` comes from the Gram matrix of the prefix sums (faster,
+    rounding-level differences: used for the null draws only).
     """
     n_rep, n, _ = x.shape
     sums = np.zeros((n_rep, n + 1, x.shape[2]))
@@ -510,9 +512,13 @@ def _costs(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     squares = np.zeros((n_rep, n + 1))
     squares[:, 1:] = np.cumsum((x**2).sum(-1), 1)
     length = np.arange(n + 1)[None, :] - np.arange(n + 1)[:, None]  # [i, j] = j - i
-    diff = sums[:, None, :, :] - sums[:, :, None, :]  # [R, i, j, F] = S_j - S_i
+    if gram:
+        norms = (sums**2).sum(-1)
+        between = norms[:, None, :] + norms[:, :, None] - 2.0 * np.einsum("rif,rjf->rij", sums, sums)
+    else:
+        between = ((sums[:, None, :, :] - sums[:, :, None, :]) ** 2).sum(-1)  # |S_j - S_i|^2
     with np.errstate(divide="ignore", invalid="ignore"):
-        cost = (squares[:, None, :] - squares[:, :, None]) - (diff**2).sum(-1) / length
+        cost = (squares[:, None, :] - squares[:, :, None]) - between / length
     return np.where(length > 0, np.maximum(cost, 0.0), np.inf), sums
 
 
@@ -685,10 +691,10 @@ def _explained(cost: np.ndarray, boundaries: Sequence[int]) -> float:
 def _best_costs(x: np.ndarray, k: int, chunk_cells: int = 4_000_000) -> np.ndarray:
     """Best ``k``-segment cost of every replicate ``[R, L, F]``, in chunks."""
     n_rep, n, f = x.shape
-    step = max(1, chunk_cells // ((n + 1) ** 2 * max(f, 1)))
+    step = max(1, chunk_cells // (n + 1) ** 2)
     out = []
     for lo in range(0, n_rep, step):
-        cost, _ = _costs(x[lo : lo + step])
+        cost, _ = _costs(x[lo : lo + step], gram=True)
         out.append(_dp(cost, k)[0])
     return np.concatenate(out) if out else np.zeros(0)
 
@@ -860,7 +866,10 @@ def _warnings(maps: dict[str, SignalMap], agreement: pd.DataFrame | None, alpha:
                     out.append(f"{label}: {stage.replace('_', ' ')} is a single layer ({span.start}) only because the "
                                f"signatures force it; the best unconstrained fit gives it {_layers_text(free)}.{note}")
         q = fit.quality
-        if q is not None and np.isfinite(q.p_value) and q.p_value >= alpha:
+        if n == 4:
+            out.append(f"{label}: with four layers every stage is one layer; it is the only segmentation there is, "
+                       "so the data can neither support nor reject it.")
+        elif q is not None and np.isfinite(q.p_value) and q.p_value >= alpha:
             out.append(f"{label}: the four stages explain {q.explained:.0%} of the features' variation across "
                        f"layers, no more than the best four-stage fit to layer-shuffled features (p = "
                        f"{q.p_value:.2g}): the data do not show four stages, however stable the boundaries.")
