@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -55,7 +54,7 @@ import pandas as pd
 import torch
 
 from . import resample
-from .errors import TLMultilingualError
+from .errors import TLMultilingualError, TLMultilingualWarning, warn
 from .masks import NeuronMask
 from .neurons import LanguageNeurons
 from .persist import write_text
@@ -84,7 +83,7 @@ _BOUNDARIES = ("understanding|shared_reasoning", "shared_reasoning|output_transf
 _LABELS = {"neurons": "Neuron-class map", "lens": "Logit-lens map", "neurons+lens": "Combined map"}
 
 
-class StageWarning(UserWarning):
+class StageWarning(TLMultilingualWarning):
     """A caution about a stage map: a failed signature, a fit no better than chance,
     signals that disagree (also kept in :attr:`StageMap.warnings`)."""
 
@@ -317,8 +316,8 @@ class StageMap:
     @property
     def confidence(self) -> dict[str, float]:
         """Deprecated name of :attr:`stability`."""
-        warnings.warn("StageMap.confidence is now StageMap.stability (it measures stability under "
-                      "resampling, not support in the data)", DeprecationWarning, stacklevel=2)
+        warn("StageMap.confidence is now StageMap.stability (it measures stability under resampling, not "
+             "support in the data)", DeprecationWarning)
         return self.stability
 
     def layers(self, stage: str) -> range:
@@ -924,9 +923,9 @@ def _legacy_arguments(neurons: Any, lens: Any) -> tuple[Any, Any]:
         neurons, lens = (lens, None) if isinstance(lens, LanguageNeurons) else (None, lens)
     else:
         return neurons, lens
-    warnings.warn("map_stages no longer takes a model first and no longer attaches the map to it: call "
-                  "map_stages(neurons, lens=..., stats=...) and pass layers=stage_map.layers(stage) to "
-                  "experiments", DeprecationWarning, stacklevel=3)
+    warn("map_stages no longer takes a model first and no longer attaches the map to it: call "
+         "map_stages(neurons, lens=..., stats=...) and pass layers=stage_map.layers(stage) to experiments",
+         DeprecationWarning)
     return neurons, lens
 
 
@@ -1035,7 +1034,7 @@ def map_stages(
         agreement["agree"] = agreement["difference"].abs() <= tolerance
     cautions = tuple(_warnings(maps, agreement, alpha, tolerance))
     for sentence in cautions:
-        warnings.warn(sentence, StageWarning, stacklevel=2)
+        warn(sentence, StageWarning)
     return StageMap(
         n_layers, combined.boundaries, evidence, dict(combined.stability), dict(combined.intervals),
         combined.constrained, signals, neurons.d_mlp if neurons is not None else None, maps, agreement, cautions,
