@@ -29,26 +29,33 @@ def test_run_writes_the_whole_study_and_resumes(model_dir, tmp_path, monkeypatch
                  "neurons/ternary/manifest.json", "neurons/lape/manifest.json", "lens/manifest.json",
                  "deactivation/cells.csv", "sharing/manifest.json", "tables/findings.json",
                  "figures/neuron_classes.png", "figures/neuron_classes.pdf", "figures/lens.png",
-                 "figures/sharing_profile.png", "figures/deactivation_specific_related.png"):
+                 "figures/sharing_profile.png", "figures/deactivation_specific_related.png",
+                 "stage_effects/cells.csv", "figures/stage_effects.png", "tables/stage_maps.csv"):
         assert (out / name).is_file(), name
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model"]["n_layers"] == 4 and manifest["data"]["languages"] == ["en", "fr", "zh"]
-    assert set(manifest["steps"]) == {"statistics", "neurons", "lens", "stages", "deactivation", "sharing", "report"}
+    assert set(manifest["steps"]) == {"statistics", "neurons", "lens", "stages", "deactivation", "stage_effects",
+                                      "sharing", "report"}
     assert manifest["versions"]["transformer_lens"] and manifest["data"]["fingerprint"]
     assert all(step["seconds"] >= 0 for step in manifest["steps"].values())
     html = (out / "report.html").read_text()
     assert "Findings" in html and "figures/lens.png" in html
+    # Four layers admit one segmentation only: the report says the fit shows no four stages.
+    assert "Cautions about the stage map" in html and "the only segmentation there is" in html
+    assert "Causal evidence per stage" in html and "figures/stage_effects.png" in html
+    assert "fewer than 10" in html  # two evaluation texts per language
 
     # A second run finds every step up to date and recomputes nothing.
     def refuse(*args, **kwargs):
         raise AssertionError("recomputed a step that was up to date")
 
-    for name in ("collect_stats", "identify", "language_lens", "map_stages", "ablation_matrix", "sharing"):
+    for name in ("collect_stats", "identify", "language_lens", "map_stages", "ablation_matrix", "stage_effects",
+                 "sharing"):
         monkeypatch.setattr(f"tl_multilingual.study.{name}", refuse)
     messages = []
     monkeypatch.setattr("tl_multilingual.study.Study._say", lambda self, m: messages.append(m))
     assert cli.main(["run", "--model", str(model_dir), "--out", str(out), *FAST]) == 0
-    assert sum("up to date" in m for m in messages) == 6
+    assert sum("up to date" in m for m in messages) == 7
 
 
 def test_changed_settings_recompute_only_what_depends_on_them(model_dir, tmp_path, monkeypatch):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
+
+import pandas as pd
 import pytest
 import tiny
 
@@ -19,7 +22,9 @@ def results():
     neurons = tlm.identify(stats, top_rate=0.1)
     words = tlm.data.words(["en", "fr", "de"])[:6]
     lens = tlm.language_lens(lm, tlm.prompts.translation(words, src="fr", tgt="de", shots=1))
-    stages = tlm.map_stages(lm, neurons, lens=lens, n_boot=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a random model's stages come with cautions
+        stages = tlm.map_stages(neurons, lens, n_boot=0)
     matrix = tlm.ablation_matrix(lm, neurons, corpus, controls=0, n_boot=10, progress=False)
     items = tlm.ParallelItems.from_records([{"id": str(i), "text": {"en": e, "fr": f}}
                                             for i, (e, f) in enumerate(zip(tiny.SAMPLE_TEXT["en"], tiny.SAMPLE_TEXT["fr"]))])
@@ -37,8 +42,53 @@ def test_every_figure_saves(results, tmp_path):
         "heatmap": plot.ablation_heatmap(matrix, "specific"),
         "lens": plot.lens_curves(lens, stages=stages, n_boot=50),
         "sharing": plot.sharing_profile(sharing),
+        "stage_effects": plot.stage_effects(_effects()),
     }
     for name, fig in figures.items():
         written = plot.save(fig, tmp_path / name)
         assert [p.suffix for p in written] == [".png", ".pdf"]
         assert all(p.stat().st_size > 1000 for p in written)
+
+
+def _effects():
+    from tl_multilingual.stage_effects import StageEffects
+
+    rows = [{"stage": s, "language": lang, "over_control": 0.5 if s == "output_transformation" else 0.01,
+             "carries": s == "output_transformation"} for s in tlm.STAGES for lang in ("en", "fr")]
+    return StageEffects(pd.DataFrame(rows), pd.DataFrame(), "specific")
+
+
+def _boxes(fig):
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    return [t.get_window_extent(renderer) for ax in fig.axes for t in ax.texts if t.get_gid() == "stage-label"]
+
+
+@pytest.mark.parametrize("boundaries", [(1, 2, 3), (60, 61, 125), (40, 80, 120)])
+def test_stage_labels_never_overlap(boundaries):
+    from tl_multilingual import plot
+
+    stages = tlm.StageMap.from_boundaries(126, boundaries)
+    frame = pd.DataFrame({"layer": range(126), "class": "specific", "change": 1.0})
+    fig = plot.class_changes(frame, stages=stages)
+    boxes = _boxes(fig)
+    assert len(boxes) == 4
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert not boxes[i].overlaps(boxes[j]), (boundaries, i, j)
+    assert all(fig.axes[0].bbox.x0 - 1 <= b.x0 and b.x1 <= fig.axes[0].bbox.x1 + 1 for b in boxes)
+    plot.save(fig, "/dev/null", formats=())
+
+
+def test_language_neurons_keep_a_scale_of_their_own(results):
+    from tl_multilingual import plot
+
+    neurons = results[0]
+    fig = plot.neuron_classes(neurons)
+    left, right = fig.axes[0], fig.axes[1]  # bars of language neurons; line of general neurons
+    language = (neurons.specific().per_layer() + neurons.related().per_layer()).max().item()
+    general = neurons.general().per_layer().max().item()
+    assert left.get_ylim()[1] <= max(language * 1.15, 1) + 1e-9
+    assert right.get_ylim()[1] >= general
+    assert left.get_ylabel() == "language neurons" and right.get_ylabel() == "general neurons"
+    plot.save(fig, "/dev/null", formats=())

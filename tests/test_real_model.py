@@ -43,7 +43,8 @@ def test_the_demo_writes_a_complete_study(demo_study):
     assert manifest["model"]["name"] == "google/gemma-3-270m"
     assert manifest["model"]["n_layers"] == 18 and manifest["model"]["d_mlp"] == 2048
     assert len(manifest["data"]["languages"]) == 10
-    assert set(manifest["steps"]) == {"statistics", "neurons", "lens", "stages", "deactivation", "sharing", "report"}
+    assert set(manifest["steps"]) == {"statistics", "neurons", "lens", "stages", "deactivation", "stage_effects",
+                                      "sharing", "report"}
     for folder in ("figures", "tables"):
         assert any((demo_study / folder).iterdir())
     figures = sorted(p.stem for p in (demo_study / "figures").glob("*.png"))

@@ -189,10 +189,13 @@ def test_a_saved_mask_keeps_its_model(tmp_path, llama):
 def test_a_stage_map_of_another_layer_count_is_refused():
     lm = tlm.adapt(tiny.bridge("llama", n_layers=4))
     evidence = [{"layer": i} for i in range(5)]
-    lm.stages = StageMap.from_dict({"n_layers": 5, "boundaries": [1, 2, 3], "evidence": evidence})
-    with pytest.raises(tlm.TLMultilingualError, match="shape: 4x48 vs 5x"):
-        tlm.ablate(lm, tlm.NeuronMask.full(4, lm.d_mlp), layers="understanding")
-    lm.stages = None
+    stage_map = StageMap.from_dict({"n_layers": 5, "boundaries": [1, 2, 3], "evidence": evidence, "d_mlp": lm.d_mlp})
+    with pytest.raises(tlm.MaskError, match="shape"):
+        tlm.ablate(lm, stage_map.mask("understanding"))
+    with pytest.raises(tlm.MaskError):
+        tlm.NeuronMask.full(4, lm.d_mlp) & stage_map.mask("understanding")
+    with pytest.raises(tlm.TLMultilingualError, match="outside"):
+        tlm.ablate(lm, tlm.NeuronMask.full(4, lm.d_mlp), layers=stage_map.layers("vocabulary_output"))
 
 
 def test_stage_map_files_are_validated(tmp_path):
@@ -414,8 +417,9 @@ def test_every_value_in_the_report_is_escaped(tmp_path, monkeypatch):
     stages = StageMap.from_dict({"n_layers": 4, "boundaries": [1, 2, 3], "evidence": [{}] * 4})
     facts = {"lambda": 0.1, "selected": 1, "specific": 1, "related": 0, "general": 0,
              "languages_without_specific": [attack], "language_neurons_by_quarter": {"first": 1, "middle": 1, "last": 1},
-             "stages": {"understanding": [0, 0]},
-             "deactivation": {"variant": attack, "own_above_others_median": 1, "languages": 2, "own_above_control": 0}}
+             "stages": {"understanding": [0, 0]}, "stage_warnings": [attack],
+             "deactivation": {"variant": attack, "own_above_others_median": 1, "languages": 2, "own_above_control": 0,
+                              "texts_per_language": attack, "few_texts": True}}
     monkeypatch.setattr(report, "_load", lambda folder: {"manifest": manifest, "stages": stages})
     monkeypatch.setattr(report, "_tables", lambda results, folder: {"neurons_per_language": pd.DataFrame({"x": [attack]})})
     monkeypatch.setattr(report, "_figures", lambda results, folder: {"neuron_classes": attack,

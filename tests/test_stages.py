@@ -1,6 +1,10 @@
-"""The four-stage layer map: on paper A's statistics, on a planted lens, and in use."""
+"""The four-stage layer map: exact segmentation, planted profiles with known answers,
+each signal's own map, fit quality against a null, signatures as checks, and
+explicit stage maps in experiments."""
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import pytest
@@ -9,27 +13,181 @@ import torch
 
 import tl_multilingual as tlm
 from tl_multilingual.lens import LensResult
-from tl_multilingual.stages import segment
+from tl_multilingual.stages import StageWarning, _exhaustive, segment
+
+LANGUAGE = [12] * 4 + [1] * 6 + [12] * 4 + [6] * 2  # stages 0-3, 4-9, 10-13, 14-15
+GENERAL = [2] * 4 + [4] * 6 + [2] * 4 + [20] * 2
 
 
-@pytest.fixture(scope="module")
-def paper_a(njunlp_stats):
-    return njunlp_stats, tlm.identify(njunlp_stats, method="ternary")
+def planted_stats(language, general, d_mlp=200, langs=("en", "fr", "zh"), tokens=10_000, seed=0):
+    """Statistics whose ternary identification gives ``language[l]`` language-specific
+    and ``general[l]`` general neurons in layer ``l``; and the matching top rate."""
+    rng = np.random.default_rng(seed)
+    n_layers, k = len(language), len(langs)
+    p = np.zeros((n_layers, d_mlp, k))
+    for layer in range(n_layers):
+        order = rng.permutation(d_mlp)
+        for i, j in enumerate(order[: language[layer]]):
+            p[layer, j, i % k] = 0.9
+        p[layer, order[language[layer] : language[layer] + general[layer]], :] = 0.5
+    stats = tlm.ActivationStats.from_counts(langs, [tokens] * k, torch.tensor(rng.binomial(tokens, p)))
+    return stats, sum(language) / (n_layers * d_mlp)
 
 
-def test_class_profiles_of_paper_a_give_its_stages(paper_a):
-    stats, neurons = paper_a
-    stages = tlm.map_stages(None, neurons, stats=stats, n_boot=10)
-    assert stages.signals == ("neurons",) and stages.constrained
-    assert stages.layers("understanding").stop - 1 in (3, 4, 5)
-    assert stages.layers("shared_reasoning").stop - 1 in (16, 17, 18, 19)
-    assert stages.layers("vocabulary_output") in (range(31, 32), range(30, 32))
-    assert set(stages.confidence) == {"understanding|shared_reasoning", "shared_reasoning|output_transformation",
-                                      "output_transformation|vocabulary_output"}
-    assert all(0.0 <= c <= 1.0 for c in stages.confidence.values())
-    frame = stages.to_frame()
-    assert list(frame["stage"].unique()) == list(tlm.STAGES)
-    assert {"language_neurons", "general_neurons", "stage_agreement"} <= set(frame.columns)
+def planted_neurons(language, general, **kwargs):
+    stats, rate = planted_stats(language, general, **kwargs)
+    return stats, tlm.identify(stats, top_rate=rate)
+
+
+def staged_lens(boundaries, n_layers=16, n_prompts=20, seed=0) -> LensResult:
+    """A lens with four levels: target answer improbable, then English, then the
+    target rising, then the target on top (Wendler et al.'s picture)."""
+    edges = (0, *boundaries, n_layers)
+    target_levels, english_levels, entropy_levels = (0.001, 0.01, 0.3, 0.8), (0.01, 0.3, 0.05, 0.01), (6, 4, 2, 1)
+    target, english, entropy = (np.empty(n_layers) for _ in range(3))
+    for k in range(4):
+        target[edges[k] : edges[k + 1]] = target_levels[k]
+        english[edges[k] : edges[k + 1]] = english_levels[k]
+        entropy[edges[k] : edges[k + 1]] = entropy_levels[k]
+    gen = torch.Generator().manual_seed(seed)
+    noise = lambda scale: scale * torch.rand(n_prompts, n_layers, generator=gen)  # noqa: E731
+    probability = torch.stack([torch.tensor(target).expand(n_prompts, -1) + noise(0.01),
+                               torch.tensor(english).expand(n_prompts, -1) + noise(0.01)], -1).float()
+    return LensResult(("zh", "en"), probability, torch.ones_like(probability),
+                      torch.tensor(entropy).float().expand(n_prompts, -1) + noise(0.1),
+                      torch.zeros(n_prompts, n_layers, dtype=torch.long), tuple([None] * n_prompts))
+
+
+def quiet_map(*args, **kwargs):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        stage_map = tlm.map_stages(*args, **kwargs)
+    return stage_map, [str(w.message) for w in caught if issubclass(w.category, StageWarning)]
+
+
+# -- exact segmentation ---------------------------------------------------------------
+
+
+def test_segmentation_is_the_exact_optimum():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([np.full(4, 1.0), np.full(5, -1.0), np.full(6, 2.0), np.full(2, 5.0)])[:, None]
+    x = x + 0.01 * rng.standard_normal(x.shape)
+    assert segment(x)[0] == (4, 9, 15)
+
+
+@pytest.mark.parametrize("n_layers", range(4, 31))
+def test_dynamic_programming_matches_the_exhaustive_search(n_layers):
+    rng = np.random.default_rng(n_layers)
+    constraint_sets = [(), [(0, "min_second"), (1, "max_last")], [(2, "max_last")],
+                       [(0, "min_second"), (1, "max_last"), (2, "max_last")]]
+    for _ in range(4):
+        x = rng.standard_normal((n_layers, 3))
+        for constraints in constraint_sets:
+            assert segment(x, constraints) == _exhaustive(x, constraints)
+
+
+def test_equal_stage_means_meet_a_signature_despite_rounding():
+    # Shared reasoning as many language neurons as its neighbours: "fewest" holds (ties count).
+    x = np.array([[1.0], [1.0], [1.0], [0.2], [0.2], [3.0]])
+    assert segment(x, [(0, "min_second")]) == _exhaustive(x, [(0, "min_second")])
+    assert segment(x, [(0, "min_second")])[1]
+
+
+# -- planted profiles -----------------------------------------------------------------
+
+
+def test_a_clean_four_stage_profile_gives_its_boundaries_without_warnings():
+    stats, neurons = planted_neurons(LANGUAGE, GENERAL)
+    stage_map, raised = quiet_map(neurons, stats=stats, n_boot=5)
+    assert stage_map.boundaries == (4, 10, 14)
+    assert stage_map.warnings == () and raised == []
+    fit = stage_map.by_signal["neurons"]
+    assert fit.unconstrained == fit.boundaries and fit.constrained
+    assert all(check.holds and check.met for check in fit.checks)
+    quality = stage_map.quality
+    assert quality.significant() and quality.explained > 0.95
+    assert quality.beats[3] < 0.05 and quality.beats[2] < 0.05
+    assert quality.explained_by_stages[3] < quality.explained_by_stages[4]
+    assert set(stage_map.stability) == {"understanding|shared_reasoning", "shared_reasoning|output_transformation",
+                                        "output_transformation|vocabulary_output"}
+
+
+def test_general_neurons_that_peak_early_are_a_failed_signature_not_a_silent_force():
+    # The picture of a small real model: general neurons peak at layer 3 and vanish late.
+    general = [5, 8, 15, 150, 100, 70, 50, 40, 30, 20, 15, 10, 8, 5, 5, 5]
+    stats, neurons = planted_neurons(LANGUAGE, general, d_mlp=600)
+    with pytest.warns(StageWarning, match="vocabulary output has the most general neurons"):
+        stage_map = tlm.map_stages(neurons, stats=stats, n_boot=5)
+    text = " ".join(stage_map.warnings)
+    assert "general neurons peak at layer 3" in text
+    fit = stage_map.by_signal["neurons"]
+    failed = [c for c in fit.checks if not c.holds]
+    assert "most_general_neurons_in_vocabulary_output" in {c.name for c in failed}
+    # The signatures force a degenerate map; the unconstrained one is kept beside it.
+    assert stage_map.boundaries == (1, 2, 3)
+    free = stage_map.unconstrained()
+    assert free.boundaries == fit.unconstrained != stage_map.boundaries
+    assert free.layers("vocabulary_output") == range(fit.unconstrained[2], 16)
+    # A perfectly stable forced boundary never stands without a warning that says so.
+    assert any(v == 1.0 for v in stage_map.stability.values())
+    assert "only because the signatures force it" in text and "not that the data support it" in text
+    # ... and the forced fit explains less than chance allows.
+    assert not stage_map.quality.significant()
+    assert stage_map.quality.explained < stage_map.quality.explained_unconstrained
+
+
+def test_the_signatures_can_be_checked_without_being_imposed():
+    general = [5, 8, 15, 150, 100, 70, 50, 40, 30, 20, 15, 10, 8, 5, 5, 5]
+    stats, neurons = planted_neurons(LANGUAGE, general, d_mlp=600)
+    stage_map, raised = quiet_map(neurons, signatures=False, n_boot=0)
+    fit = stage_map.by_signal["neurons"]
+    assert stage_map.boundaries == fit.unconstrained and not stage_map.constrained
+    assert any("does not hold in the data" in w for w in raised)
+
+
+def test_a_flat_random_profile_is_not_significant_and_is_warned():
+    rng = np.random.default_rng(1)
+    stats, neurons = planted_neurons(list(rng.integers(4, 8, 16)), list(rng.integers(3, 6, 16)))
+    stage_map, raised = quiet_map(neurons, stats=stats, n_boot=5)
+    assert not stage_map.quality.significant()
+    assert any("do not show four stages" in w for w in stage_map.warnings)
+    assert raised == list(stage_map.warnings)
+
+
+# -- two signals ------------------------------------------------------------------------
+
+
+def test_neuron_and_lens_maps_that_agree():
+    stats, neurons = planted_neurons(LANGUAGE, GENERAL)
+    stage_map, _ = quiet_map(neurons, staged_lens((4, 10, 14)), stats=stats, n_boot=5)
+    assert set(stage_map.by_signal) == {"neurons", "lens", "neurons+lens"}
+    assert stage_map.by_signal["neurons"].boundaries == stage_map.by_signal["lens"].boundaries == (4, 10, 14)
+    assert stage_map.boundaries == (4, 10, 14)
+    assert stage_map.agreement["agree"].all() and (stage_map.agreement["difference"] == 0).all()
+    assert not any("disagree" in w for w in stage_map.warnings)
+    assert {"stage_neurons", "stage_lens", "stage_agreement", "boundary_share"} <= set(stage_map.to_frame().columns)
+
+
+def test_neuron_and_lens_maps_that_disagree_say_where():
+    stats, neurons = planted_neurons(LANGUAGE, GENERAL)
+    stage_map, raised = quiet_map(neurons, staged_lens((7, 12, 14)), stats=stats, n_boot=5)
+    assert stage_map.by_signal["neurons"].boundaries == (4, 10, 14)
+    assert stage_map.by_signal["lens"].boundaries == (7, 12, 14)
+    assert stage_map.agreement["difference"].tolist() == [3, 2, 0]
+    assert stage_map.agreement["agree"].tolist() == [False, True, True]  # within two layers
+    disagreements = [w for w in raised if "disagree" in w]
+    assert len(disagreements) == 1 and "shared reasoning begins: layer 4 by the neurons, layer 7 by the lens" \
+        in disagreements[0]
+
+
+@pytest.mark.parametrize("step", [3, 6, 9])
+def test_a_planted_decodability_step_gives_a_boundary_there(step):
+    stage_map, _ = quiet_map(lens=planted_lens(step), n_boot=20)
+    assert step in stage_map.boundaries
+    assert stage_map.signals == ("lens",)
+    # Refits on resampled prompts always put a boundary at the step.
+    assert stage_map.evidence.loc[step, "boundary_share"] > 0.95
+    assert stage_map.evidence["boundary_share"].drop(index=step).max() < 0.95
 
 
 def planted_lens(step: int, n_layers: int = 12, n_prompts: int = 20, seed: int = 0) -> LensResult:
@@ -44,47 +202,103 @@ def planted_lens(step: int, n_layers: int = 12, n_prompts: int = 20, seed: int =
                       torch.zeros(n_prompts, n_layers, dtype=torch.long), tuple([None] * n_prompts))
 
 
-@pytest.mark.parametrize("step", [3, 6, 9])
-def test_a_planted_decodability_step_gives_a_boundary_there(step):
-    stages = tlm.map_stages(None, lens=planted_lens(step), n_boot=20)
-    assert step in stages.boundaries
-    assert stages.signals == ("lens",)
-    # Refits on resampled prompts always put a boundary at the step.
-    assert stages.evidence.loc[step, "boundary_share"] > 0.95
-    assert stages.evidence["boundary_share"].drop(index=step).max() < 0.95
+def test_a_saved_map_keeps_each_signal_the_agreement_and_the_warnings(tmp_path):
+    stats, neurons = planted_neurons(LANGUAGE, GENERAL)
+    stage_map, _ = quiet_map(neurons, staged_lens((7, 12, 14)), stats=stats, n_boot=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # loading never raises the warnings again
+        loaded = tlm.StageMap.load(stage_map.save(tmp_path / "stages.json"))
+    assert loaded.boundaries == stage_map.boundaries and loaded.warnings == stage_map.warnings
+    assert loaded.by_signal["lens"].quality == stage_map.by_signal["lens"].quality
+    assert loaded.by_signal["neurons"].checks == stage_map.by_signal["neurons"].checks
+    assert loaded.agreement.equals(stage_map.agreement)
+    assert loaded.stability == stage_map.stability
+    with pytest.warns(DeprecationWarning, match="stability"):
+        assert loaded.confidence == loaded.stability
 
 
-def test_segmentation_is_the_exact_optimum():
-    rng = np.random.default_rng(0)
-    x = np.concatenate([np.full(4, 1.0), np.full(5, -1.0), np.full(6, 2.0), np.full(2, 5.0)])[:, None]
-    x = x + 0.01 * rng.standard_normal(x.shape)
-    assert segment(x)[0] == (4, 9, 15)
+# -- paper A's statistics ---------------------------------------------------------------
 
 
-def test_both_signals_attach_to_the_model_and_restrict_experiments():
+@pytest.fixture(scope="module")
+def paper_a(njunlp_stats):
+    return njunlp_stats, tlm.identify(njunlp_stats, method="ternary")
+
+
+def test_class_profiles_of_paper_a_give_its_stages(paper_a):
+    stats, neurons = paper_a
+    stage_map, _ = quiet_map(neurons, stats=stats, n_boot=10)
+    assert stage_map.signals == ("neurons",) and stage_map.constrained
+    assert stage_map.layers("understanding").stop - 1 in (3, 4, 5)
+    assert stage_map.layers("shared_reasoning").stop - 1 in (16, 17, 18, 19)
+    assert stage_map.layers("vocabulary_output") in (range(31, 32), range(30, 32))
+    assert set(stage_map.stability) == {"understanding|shared_reasoning", "shared_reasoning|output_transformation",
+                                        "output_transformation|vocabulary_output"}
+    assert all(0.0 <= c <= 1.0 for c in stage_map.stability.values())
+    frame = stage_map.to_frame()
+    assert list(frame["stage"].unique()) == list(tlm.STAGES)
+    assert {"language_neurons", "general_neurons", "stage_agreement"} <= set(frame.columns)
+    assert stage_map.quality.significant()
+
+
+# -- explicit stage maps in experiments -------------------------------------------------
+
+
+def test_experiments_take_a_stage_map_explicitly():
     model = tiny.bridge("llama", n_layers=6)
     lm = tlm.adapt(model)
     corpus = tlm.Corpus.from_dict(tiny.SAMPLE_TEXT)
     stats = tlm.collect_stats(lm, corpus, progress=False)
     neurons = tlm.identify(stats, top_rate=0.1)
-    with pytest.raises(tlm.TLMultilingualError, match="stage map"):
-        tlm.ablate(lm, neurons.specific(), layers="understanding")
     words = [{"en": w, "fr": f} for w, f in (("cat", "chat"), ("mat", "tapis"), ("morning", "matin"), ("market", "marché"))]
     lens = tlm.language_lens(lm, tlm.prompts.translation(words, src="en", tgt="fr", shots=1))
-    stages = tlm.map_stages(lm, neurons, lens=lens, stats=stats, n_boot=5)
+    stages, _ = quiet_map(neurons, lens, stats=stats, n_boot=5)
     assert stages.signals == ("neurons", "lens")
-    assert tlm.adapt(model).stages is stages
+    assert not hasattr(tlm.adapt(model), "stages")  # nothing is attached to the model
     spans = [stages.layers(s) for s in tlm.STAGES]
     assert [layer for span in spans for layer in span] == list(range(6))
     first = stages.layers("understanding")
     assert stages.mask("understanding").per_layer().tolist() == [lm.d_mlp if l in first else 0 for l in range(6)]
     specific = neurons.specific()
-    with tlm.ablate(lm, specific, layers="understanding") as edits:
+    with tlm.ablate(lm, specific, layers=first) as edits:
         (edit,) = edits.edits
         assert edit.mask == specific.restrict(first)
-    table = tlm.ablation_matrix(lm, neurons, corpus, layers="shared_reasoning", controls=0, n_boot=10, progress=False)
+    middle = stages.layers("shared_reasoning")
+    table = tlm.ablation_matrix(lm, neurons, corpus, layers=middle, controls=0, n_boot=10, progress=False)
     for lang in corpus.languages:
-        expected = neurons.specific(lang).restrict(stages.layers("shared_reasoning")).count()
+        expected = neurons.specific(lang).restrict(middle).count()
         assert table.to_frame().query("ablated == @lang")["n_neurons"].iloc[0] == expected
     with pytest.raises(tlm.TLMultilingualError, match="unknown stage"):
         stages.layers("thinking")
+
+
+@pytest.mark.parametrize("call", ["ablate", "ablation_matrix", "patch_neurons"])
+def test_a_stage_name_without_its_map_is_a_clear_error(call):
+    model = tiny.bridge("llama", n_layers=4)
+    lm = tlm.adapt(model)
+    mask = tlm.NeuronMask.full(lm.n_layers, lm.d_mlp)
+    with pytest.raises(tlm.TLMultilingualError, match=r"stage_map\.layers\('understanding'\)"):
+        if call == "ablate":
+            tlm.ablate(lm, mask, layers="understanding")
+        elif call == "ablation_matrix":
+            stats = tlm.collect_stats(lm, tlm.Corpus.from_dict(tiny.SAMPLE_TEXT), progress=False)
+            tlm.ablation_matrix(lm, tlm.identify(stats, top_rate=0.1), tlm.Corpus.from_dict(tiny.SAMPLE_TEXT),
+                                layers="understanding", controls=0, progress=False)
+        else:
+            tlm.patch_neurons(lm, source=["a b"], target=["c d"], mask=mask, layers="understanding", controls=0)
+
+
+def test_the_old_call_with_a_model_first_warns_and_attaches_nothing():
+    stats, neurons = planted_neurons(LANGUAGE, GENERAL)
+    model = tiny.bridge("llama", n_layers=4)
+    with pytest.warns(DeprecationWarning, match="no longer attaches"):
+        stage_map = tlm.map_stages(model, neurons, n_boot=0, n_null=0)
+    assert stage_map.boundaries == (4, 10, 14)
+    assert not hasattr(tlm.adapt(model), "stages")
+
+
+def test_a_hand_made_map_checks_its_boundaries():
+    stage_map = tlm.StageMap.from_boundaries(8, (2, 5, 7), d_mlp=4)
+    assert stage_map.layers("output_transformation") == range(5, 7) and stage_map.warnings == ()
+    with pytest.raises(tlm.TLMultilingualError, match="boundaries"):
+        tlm.StageMap.from_boundaries(8, (2, 2, 7))

@@ -49,6 +49,7 @@ from .patching import PatchResult, patch_neurons
 from .prompts import LensPrompt
 from .sharing import SHARING_CLASSES, Sharing, sharing
 from .sharing_experiments import boost_experiment, correct_vs_incorrect, item_correctness
+from .stage_effects import StageEffects, stage_effects
 from .stages import STAGES, StageMap, map_stages
 from .stats import ActivationStats
 from .wordtokens import word_tokens
@@ -90,6 +91,8 @@ __all__ = [
     "map_stages",
     "StageMap",
     "STAGES",
+    "stage_effects",
+    "StageEffects",
     "patch_neurons",
     "PatchResult",
     "ParallelItems",

@@ -25,7 +25,6 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 
 from .errors import TLMultilingualError, UnsupportedModelError, warn
-from .provenance import check_fits
 
 __all__ = ["ModelAdapter", "adapt", "Batch"]
 
@@ -112,7 +111,6 @@ class ModelAdapter:
     n_ctx: int
     _act_fns: list[Callable[[Tensor], Tensor]] = field(repr=False, default_factory=list)
     _head: Callable[[Tensor], Tensor] | None = field(repr=False, default=None)  # see readout.head
-    stages: Any = field(default=None, repr=False)
 
     # -- hooks ----------------------------------------------------------------------
 
@@ -142,20 +140,22 @@ class ModelAdapter:
         """The final norm's per-position scale (``1 / rms`` or ``1 / std``)."""
         return "ln_final.hook_scale"
 
-    def layer_range(self, layers: Iterable[int] | slice | str | None) -> list[int]:
-        """Layer indices from a range, a slice, a stage name (needs :attr:`stages`, see
-        :func:`tl_multilingual.map_stages`) or None (every layer)."""
+    def layer_range(self, layers: Iterable[int] | slice | None) -> list[int]:
+        """Layer indices from a range (e.g. ``stage_map.layers("shared_reasoning")``), a
+        slice or None (every layer).
+
+        Raises:
+            TLMultilingualError: for a string (a stage name needs its stage map: pass
+                ``layers=stage_map.layers(name)``) or layers outside the model.
+        """
         every = range(self.n_layers)
         if layers is None:
             return list(every)
         if isinstance(layers, str):
-            if self.stages is None:
-                raise TLMultilingualError(
-                    f"layers={layers!r} names a stage, but this model has no stage map: run "
-                    "tl_multilingual.map_stages(lm, neurons) first"
-                )
-            check_fits(self, self.stages, what="the stage map")
-            return list(self.stages.layers(layers))
+            raise TLMultilingualError(
+                f"layers={layers!r} names a stage, but a name alone has no layers: pass "
+                f"layers=stage_map.layers({layers!r}) with a StageMap from tl_multilingual.map_stages"
+            )
         if isinstance(layers, slice):
             return list(every[layers])
         chosen = sorted(set(int(layer) for layer in layers))

@@ -176,8 +176,8 @@ def ablation_matrix(
         classes: variants to deactivate, e.g. ``["specific", "specific+related",
             "specific+related+general"]`` for paper A, ``["language"]`` for LAPE.
         languages: languages whose neurons are deactivated (default: all of ``neurons``).
-        layers: restrict every mask (and its controls) to these layers, or to a stage
-            (``"understanding"``...) once :func:`tl_multilingual.map_stages` has run.
+        layers: restrict every mask (and its controls) to these layers, e.g. a stage's
+            ``stage_map.layers("understanding")`` (see :func:`tl_multilingual.map_stages`).
         value: what deactivated neurons are set to: 0, a constant, or ``"mean"`` (needs
             ``stats``).
         controls: random same-size-per-layer neuron sets per (variant, language), or a

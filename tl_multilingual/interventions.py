@@ -61,7 +61,7 @@ __all__ = [
 
 Op = Literal["set", "add", "scale", "patch"]
 Positions = None | int | slice | Sequence[int] | Tensor
-Layers = None | Iterable[int] | slice | str  # a stage name once the model has a stage map
+Layers = None | Iterable[int] | slice  # e.g. stage_map.layers("shared_reasoning")
 
 
 @dataclass(frozen=True)
@@ -271,7 +271,8 @@ def ablate(
 ) -> Interventions:
     """Deactivate the neurons of ``mask``: set them to zero (default), a constant, or
     their mean activation (``value="mean"``: over all languages of ``stats`` weighted
-    by tokens, or over ``language``). ``layers`` is a range of layers or a stage name.
+    by tokens, or over ``language``). ``layers`` is a range of layers, e.g.
+    ``stage_map.layers("understanding")``.
 
     ``allow_mismatch=True`` accepts a mask or statistics of another model of the same
     shape (e.g. a base model's, on its fine-tuned version).

@@ -145,9 +145,10 @@ class Planted:
     Attributes:
         model: the TransformerBridge.
         texts: 40 texts per language (``"en"``, ``"ru"``).
-        neurons: the planted neurons of layer 0, per language.
-        shared: neurons of layer 0 active in both languages that drive ``answer``.
+        neurons: the planted neurons of layer ``layer``, per language.
+        shared: neurons of layer ``layer`` active in both languages that drive ``answer``.
         answer: the token the shared neurons push the model to predict next.
+        layer: the layer that holds the planted neurons (every other layer is empty).
     """
 
     model: Any
@@ -155,6 +156,7 @@ class Planted:
     neurons: dict[str, list[int]]
     shared: list[int]
     answer: str
+    layer: int = 0
 
 
 def _word_texts(language: str, n: int, seed: int, words: int = 12) -> list[str]:
@@ -163,10 +165,14 @@ def _word_texts(language: str, n: int, seed: int, words: int = 12) -> list[str]:
     return [" ".join(rng.choice(pool) for _ in range(words)) for _ in range(n)]
 
 
-def planted() -> Planted:
-    """A one-layer GPT-2 (ReLU MLP, 48 neurons, attention off) with planted language
-    neurons, for two synthetic languages written with disjoint tokens (English and
-    Russian words).
+def planted(n_layers: int = 1, layer: int = 0) -> Planted:
+    """A GPT-2 (ReLU MLP, 48 neurons, attention off; one layer by default) with planted
+    language neurons in layer ``layer``, for two synthetic languages written with
+    disjoint tokens (English and Russian words). Every other layer is empty (zero
+    weights: it passes the residual stream on unchanged), so with ``n_layers >= 4``
+    the language neurons sit in one stage of a hand-made
+    :meth:`~tl_multilingual.StageMap.from_boundaries` map: a ground truth for
+    :func:`~tl_multilingual.stage_effects.stage_effects`.
 
     Neurons 0-7 fire only on English-only tokens and raise the logits of English
     tokens; neurons 8-15 do the same for Russian; neurons 16-23 fire on the tokens of
@@ -174,8 +180,14 @@ def planted() -> Planted:
     are random. So identification should find 0-7 and 8-15, deactivating them should
     raise the perplexity of their own language only, and 16-23 should be all-shared
     and drive the answer ``"."`` in both languages.
+
+    Raises:
+        ValueError: unless ``0 <= layer < n_layers``.
     """
     import transformers as T
+
+    if not 0 <= layer < n_layers:
+        raise ValueError(f"layer {layer} is outside [0, {n_layers})")
     from transformer_lens.model_bridge import TransformerBridge
 
     tok = tiny_tokenizer()
@@ -187,7 +199,7 @@ def planted() -> Planted:
     en_ids, ru_ids = sorted(ids("en") - ids("ru")), sorted(ids("ru") - ids("en"))
     answer_id = tok(".", add_special_tokens=False)["input_ids"][0]
     config = T.GPT2Config(
-        vocab_size=len(tok), n_embd=32, n_layer=1, n_head=4, n_inner=48, n_positions=128,
+        vocab_size=len(tok), n_embd=32, n_layer=n_layers, n_head=4, n_inner=48, n_positions=128,
         activation_function="relu", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
     )
     config.architectures = ["GPT2LMHeadModel"]
@@ -203,9 +215,10 @@ def planted() -> Planted:
             wte[lang_ids, marker + 2] = 1.0  # written by them: raises these tokens' logits
         wte[answer_id, 4] = 1.0  # written by the shared neurons
         model.transformer.wpe.weight.zero_()
-        block = model.transformer.h[0]
-        for param in (*block.attn.parameters(), *block.mlp.parameters()):
-            param.zero_()
+        for other in model.transformer.h:
+            for param in (*other.attn.parameters(), *other.mlp.parameters()):
+                param.zero_()
+        block = model.transformer.h[layer]
         fc_w, fc_b, proj_w = block.mlp.c_fc.weight, block.mlp.c_fc.bias, block.mlp.c_proj.weight
         for marker, lang in enumerate(("en", "ru")):
             for j in neurons[lang]:
@@ -217,4 +230,4 @@ def planted() -> Planted:
         fc_w[5:, 24:] = torch.randn(27, 24)
         proj_w[24:, 5:] = 0.1 * torch.randn(24, 27)
     bridge = TransformerBridge.boot_transformers("planted-gpt2", hf_model=model, tokenizer=tok)
-    return Planted(bridge, texts, neurons, shared, ".")
+    return Planted(bridge, texts, neurons, shared, ".", layer)

@@ -138,7 +138,8 @@ def patch_neurons(
         source: prompts in the source language.
         target: the same prompts in the target language (parallel to ``source``); the
             answers read come from them (:class:`LensPrompt`).
-        mask: the neurons patched (restrict it with ``layers``, a range or a stage name).
+        mask: the neurons patched (restrict it with ``layers``, a range such as
+            ``stage_map.layers("shared_reasoning")``).
         readout: languages whose answer probability is read (default: all of target's).
         align: ``"last"`` position, or ``"all"`` positions for equal-length pairs.
         controls: random masks of the same size per layer (drawn outside ``mask``).

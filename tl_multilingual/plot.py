@@ -28,6 +28,7 @@ __all__ = [
     "class_changes",
     "shared_by_n",
     "language_changes",
+    "stage_effects",
     "save",
 ]
 
@@ -62,42 +63,75 @@ def _axes(ax: Any, height: float = 2.2, width: float = COLUMN) -> tuple[Any, Any
     return fig, ax
 
 
+STAGE_GAP = 0.07  # least distance between two stage labels, in axes widths
+
+
+def _label_positions(centres: Sequence[float], gap: float = STAGE_GAP) -> list[float]:
+    """Label positions (axes fractions) as near the stage centres as they can be while
+    at least ``gap`` apart and inside [gap / 2, 1 - gap / 2]."""
+    out: list[float] = []
+    for centre in centres:
+        out.append(max(centre, gap / 2, out[-1] + gap if out else -np.inf))
+    for k in range(len(out) - 1, -1, -1):
+        limit = 1 - gap / 2 if k == len(out) - 1 else out[k + 1] - gap
+        out[k] = min(out[k], limit)
+    return out
+
+
 def _shade_stages(ax: Any, stages: Any) -> None:
+    """Shade the four stages and number them 1-4 above the axes; labels never overlap
+    (a narrow stage's label moves aside)."""
     if stages is None:
         return
     from .stages import STAGES
 
-    top = ax.get_ylim()[1]
+    low, high = ax.get_xlim()
+    centres, numbers = [], []
     for k, stage in enumerate(STAGES):
         span = stages.layers(stage)
         if len(span):
             ax.axvspan(span.start - 0.5, span.stop - 0.5, color=STAGE_SHADES[k], zorder=0)
-            ax.text((span.start + span.stop - 1) / 2, top, stage.replace("_", "\n"), ha="center", va="bottom",
-                    fontsize=5, color="#555555")
+            centres.append(((span.start + span.stop - 1) / 2 - low) / (high - low))
+            numbers.append(str(k + 1))
+    for x, number in zip(_label_positions(centres), numbers):
+        ax.text(x, 1.01, number, transform=ax.transAxes, ha="center", va="bottom", fontsize=6,
+                color="#555555", gid="stage-label")
 
 
 def neuron_classes(neurons: Any, *, stages: Any = None, ax: Any = None) -> Any:
-    """Specific, related and general neurons per layer (stacked), stages shaded."""
+    """Specific and related neurons per layer (stacked bars, left scale) and general
+    neurons (line, right scale), stages shaded and numbered 1-4.
+
+    General neurons outnumber language neurons by orders of magnitude in many models:
+    on a shared scale the language neurons would vanish, so each has its own."""
     fig, ax = _axes(ax)
-    counts = {
-        "specific": neurons.specific().per_layer().numpy(),
-        "related": neurons.related().per_layer().numpy(),
-    }
-    try:
-        counts["general"] = neurons.general().per_layer().numpy()
-    except TLMultilingualError:
-        pass
     layers = np.arange(neurons.n_layers)
     bottom = np.zeros(neurons.n_layers)
-    for cls, values in counts.items():
-        ax.bar(layers, values, bottom=bottom, color=CLASS_COLOURS[cls], label=cls, width=0.85, zorder=2)
+    handles = []
+    for cls, values in (("specific", neurons.specific().per_layer().numpy()),
+                        ("related", neurons.related().per_layer().numpy())):
+        handles.append(ax.bar(layers, values, bottom=bottom, color=CLASS_COLOURS[cls], label=cls, width=0.85,
+                              zorder=2))
         bottom += values
     ax.set_xlabel("layer")
-    ax.set_ylabel("neurons")
+    ax.set_ylabel("language neurons")
     ax.set_xlim(-0.5, neurons.n_layers - 0.5)
     ax.set_ylim(0, max(bottom.max() * 1.15, 1))
+    try:
+        general = neurons.general().per_layer().numpy()
+    except TLMultilingualError:
+        general = None
+    if general is not None:
+        right = ax.twinx()
+        right.spines["right"].set_visible(True)
+        (line,) = right.plot(layers, general, color=CLASS_COLOURS["general"], lw=1.2, marker="o", ms=2,
+                             label="general", zorder=3)
+        right.set_ylabel("general neurons", color=CLASS_COLOURS["general"])
+        right.tick_params(axis="y", colors=CLASS_COLOURS["general"])
+        right.set_ylim(0, max(general.max() * 1.15, 1))
+        handles.append(line)
     _shade_stages(ax, stages)
-    ax.legend(frameon=False, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.22))
+    ax.legend(handles=handles, frameon=False, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.22))
     return fig
 
 
@@ -238,6 +272,35 @@ def language_changes(comparison: Any, *, ax: Any = None) -> Any:
     ax.set_xticks(x, [f"{lang}*" if lang in trained else lang for lang in frame.index])
     ax.set_ylabel("change in neurons")
     ax.legend(frameon=False)
+    return fig
+
+
+def stage_effects(result: Any, value: str = "over_control", *, ax: Any = None) -> Any:
+    """Stages (rows) x languages (columns) of a :class:`~tl_multilingual.stage_effects.StageEffects`:
+    by default the relative change of the language's own perplexity beyond random
+    neurons when its neurons are deactivated inside that stage only; ``*`` marks the
+    cells where the stage carries the language-specific effect."""
+    from .stages import STAGES
+
+    table = result.matrix(value)
+    carries = result.matrix("carries").astype(bool).reindex_like(table)
+    raw = table.to_numpy(dtype=float)
+    data = np.log(np.clip(1.0 + raw, 1e-6, None)) if value in ("own_change", "over_control") else raw
+    fig, ax = _axes(ax, height=COLUMN * 0.8)
+    bound = float(np.nanmax(np.abs(data))) if np.isfinite(data).any() else 1.0
+    image = ax.imshow(data, cmap="RdBu_r", vmin=-(bound or 1.0), vmax=bound or 1.0, aspect="auto")
+    ax.set_xticks(range(table.shape[1]), table.columns)
+    labels = [f"{STAGES.index(s) + 1} {s.replace('_', ' ')}" for s in table.index]
+    ax.set_yticks(range(table.shape[0]), labels)
+    ax.set_xlabel("language whose neurons are deactivated")
+    if table.shape[1] <= 12:
+        for i in range(table.shape[0]):
+            for j in range(table.shape[1]):
+                mark = "*" if carries.iloc[i, j] else ""
+                ax.text(j, i, f"{_compact(raw[i, j])}{mark}", ha="center", va="center", fontsize=4.5,
+                        color="white" if abs(data[i, j]) > 0.6 * (bound or 1.0) else "black")
+    label = "log(1 + change beyond controls)" if value == "over_control" else value.replace("_", " ")
+    fig.colorbar(image, ax=ax, shrink=0.8, label=label)
     return fig
 
 

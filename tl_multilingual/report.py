@@ -20,7 +20,9 @@ from .experiments import AblationResult
 from .lens import LensResult
 from .neurons import LanguageNeurons
 from .persist import write_text
+from .resample import MIN_UNITS
 from .sharing import Sharing
+from .stage_effects import StageEffects
 from .stages import STAGES, StageMap
 from .stats import ActivationStats
 
@@ -34,6 +36,8 @@ def _load(folder: Path) -> dict[str, Any]:
     out["lape"] = LanguageNeurons.load(folder / "neurons" / "lape")
     out["stages"] = StageMap.load(folder / "stages.json")
     out["deactivation"] = AblationResult.load(folder / "deactivation")
+    effects = folder / "stage_effects"
+    out["stage_effects"] = StageEffects.load(effects) if effects.exists() else None
     out["lens"] = LensResult.load(folder / "lens") if (folder / "lens").exists() else None
     out["sharing"] = Sharing.load(folder / "sharing") if (folder / "sharing").exists() else None
     return out
@@ -62,7 +66,17 @@ def findings(results: dict[str, Any]) -> dict[str, Any]:
         "languages_without_specific": [lang for lang, n in summary["specific"].items() if n == 0],
         "language_neurons_by_quarter": {"first": first, "middle": middle, "last": last},
         "stages": {s: [results["stages"].layers(s).start, results["stages"].layers(s).stop - 1] for s in STAGES},
-        "stage_confidence": results["stages"].confidence,
+        "stage_stability": results["stages"].stability,
+        "stage_maps": {name: {"stages": {s: [fit.layers(s).start, fit.layers(s).stop - 1] for s in STAGES},
+                              "unconstrained": {s: [fit.layers(s, unconstrained=True).start,
+                                                    fit.layers(s, unconstrained=True).stop - 1] for s in STAGES},
+                              "signatures_met": fit.constrained,
+                              "quality": fit.quality.to_dict() if fit.quality is not None else None,
+                              "stability": fit.stability}
+                       for name, fit in results["stages"].by_signal.items()},
+        "stage_agreement": (results["stages"].agreement.to_dict("records")
+                            if results["stages"].agreement is not None else None),
+        "stage_warnings": list(results["stages"].warnings),
     }
     frame = results["deactivation"].frame
     variant = "specific+related" if "specific+related" in set(frame["variant"]) else frame["variant"].iloc[0]
@@ -73,19 +87,46 @@ def findings(results: dict[str, Any]) -> dict[str, Any]:
         others = float(rows[rows["evaluated"] != lang]["relative_change"].median())
         control = rows[rows["evaluated"] == lang]["control_change"].iloc[0] / rows[rows["evaluated"] == lang]["baseline"].iloc[0]
         own[lang] = {"own": self_change, "others_median": others, "control": float(control)}
-        wins.append(self_change > others)
+        wins.append(_hurt_most(self_change, others))
+    texts = _texts_per_language(results)
     facts["deactivation"] = {
         "variant": variant,
         "per_language": own,
         "own_above_others_median": int(sum(wins)),
         "languages": len(wins),
-        "own_above_control": int(sum(v["own"] > v["control"] for v in own.values() if not np.isnan(v["control"]))),
+        "own_above_control": int(sum(v["own"] > 0 and v["own"] > v["control"]
+                                     for v in own.values() if not np.isnan(v["control"]))),
+        "texts_per_language": texts,
+        "few_texts": texts is not None and texts < MIN_UNITS,
     }
+    if results.get("stage_effects") is not None:
+        effects = results["stage_effects"]
+        facts["stage_effects"] = {
+            "variant": effects.variant,
+            "carriers": effects.carriers(),
+            "finding": effects.finding(),
+            "over_control": effects.matrix("over_control").round(6).to_dict(),
+        }
     if results["sharing"] is not None:
         profile = results["sharing"].layer_profile().groupby("class")["percent"].mean()
         stable = results["sharing"].stability().query("`class` == 'any'")["percent"].mean()
         facts["sharing"] = {"percent": profile.round(2).to_dict(), "stable_percent": float(stable)}
     return facts
+
+
+def _hurt_most(own: float, others_median: float) -> bool:
+    """A language is hurt most by its own neurons when its own perplexity rose (> 0)
+    and rose more than the median of the other languages'."""
+    return bool(own > 0 and own > others_median)
+
+
+def _texts_per_language(results: dict[str, Any]) -> int | None:
+    """Evaluation texts per language behind the deactivation intervals (the fewest)."""
+    held = results["manifest"].get("data", {}).get("held_out_texts")
+    setting = results["manifest"].get("settings", {}).get("eval_texts")
+    if not held or setting is None:
+        return None
+    return int(min(min(held.values()), setting))
 
 
 def _tables(results: dict[str, Any], folder: Path) -> dict[str, pd.DataFrame]:
@@ -95,8 +136,13 @@ def _tables(results: dict[str, Any], folder: Path) -> dict[str, pd.DataFrame]:
         "neurons_per_language": results["ternary"].summary(),
         "lape_per_language": results["lape"].summary(),
         "stages": results["stages"].to_frame(),
+        "stage_maps": results["stages"].summary(),
         "deactivation": results["deactivation"].frame,
     }
+    if results["stages"].agreement is not None:
+        tables["stage_agreement"] = results["stages"].agreement
+    if results.get("stage_effects") is not None:
+        tables["stage_effects"] = results["stage_effects"].frame
     if results["lens"] is not None:
         tables["lens"] = results["lens"].summary(n_boot=500)
     if results["sharing"] is not None:
@@ -116,8 +162,9 @@ def _figures(results: dict[str, Any], folder: Path) -> dict[str, str]:
         figures[name] = caption
 
     keep("neuron_classes", plot.neuron_classes(results["ternary"], stages=stages),
-         "Language-specific, language-related and general neurons per layer (paper A's ternary "
-         "classes); the four stages shaded.")
+         "Language-specific and language-related neurons per layer (bars, left scale) and general neurons "
+         "(line, right scale) (paper A's ternary classes); the four stages of the combined map shaded and "
+         "numbered 1-4 (understanding, shared reasoning, output transformation, vocabulary output).")
     keep("neurons_per_language", plot.language_counts(results["ternary"]),
          "Specific and related neurons of each language.")
     deactivation = results["deactivation"]
@@ -129,6 +176,12 @@ def _figures(results: dict[str, Any], folder: Path) -> dict[str, str]:
         keep("lens", plot.lens_curves(results["lens"], stages=stages, n_boot=500),
              "Logit lens: probability of the answer in the target language and in English per layer "
              "(mean and 95% bootstrap band over prompts).")
+    if results.get("stage_effects") is not None:
+        keep("stage_effects", plot.stage_effects(results["stage_effects"]),
+             f"Deactivating each language's '{results['stage_effects'].variant}' neurons inside one stage only: "
+             "relative change of that language's own perplexity minus the change under random neurons of the "
+             "same number per layer; * marks cells whose change exceeds both the controls and the other "
+             "languages (paired bootstrap intervals above zero).")
     if results["sharing"] is not None:
         keep("sharing_profile", plot.sharing_profile(results["sharing"]),
              "Neurons per sharing class and layer on held-out parallel sentences (paper B).")
@@ -174,6 +227,37 @@ def _table_html(frame: pd.DataFrame) -> str:
     return frame.to_html(index=False, float_format=lambda x: f"{x:.3g}", border=0)
 
 
+def _stages_html(stage_map: StageMap) -> list[str]:
+    """Each signal's map, the agreement, the fit quality and the cautions."""
+    out = [
+        "<p>Each signal is fitted alone (neuron classes, logit lens) and together (combined, the map used "
+        "above). <em>Explained</em>: share of the features' variation across layers the four stages explain; "
+        "<em>p</em>: against the best four-stage fit to layer-shuffled features; <em>4 vs 3</em>, <em>4 vs 2</em>: "
+        "p-values that four stages explain more than three (Wendler et al.'s phases) or two. <em>Stability</em>: "
+        "share of bootstrap refits that put a boundary at the same layer; it measures reproducibility, not "
+        "support in the data.</p>",
+    ]
+    summary = stage_map.summary()
+    if not summary.empty:
+        columns = {"map": "map", "stages": "stages", "unconstrained": "best fit without the signatures",
+                   "signatures_met": "signatures met", "explained": "explained", "p_value": "p",
+                   "four_beat_three_p": "4 vs 3", "four_beat_two_p": "4 vs 2"}
+        table = summary[[c for c in columns if c in summary.columns]].rename(columns=columns)
+        stability = summary.filter(like="stability")
+        table["stability"] = [" / ".join("-" if pd.isna(v) else f"{v:.2f}" for v in row)
+                              for row in stability.itertuples(index=False)]
+        out.append(_table_html(table))
+    if stage_map.agreement is not None:
+        out.append("<p>Where each signal puts each boundary (layer where the next stage begins):</p>")
+        out.append(_table_html(stage_map.agreement))
+    if stage_map.warnings:
+        out.append("<p><strong>Cautions about the stage map:</strong></p><ul class='warnings'>"
+                   + "".join(f"<li>{html.escape(w)}</li>" for w in stage_map.warnings) + "</ul>")
+    else:
+        out.append("<p>No cautions: every signature holds, the fit beats chance and the signals agree.</p>")
+    return out
+
+
 def write_report(folder: str | Path) -> Path:
     """Write ``tables/``, ``figures/`` and ``report.html`` for the study in ``folder``."""
     folder = Path(folder)
@@ -195,12 +279,18 @@ def write_report(folder: str | Path) -> Path:
         f"Languages without specific neurons: {', '.join(facts['languages_without_specific'])}.",
         f"Language neurons per layer: {q['first']:.1f} in the first quarter of the layers, {q['middle']:.1f} "
         f"in the middle half and {q['last']:.1f} in the last quarter.",
-        f"Stages (layers): {stage_text}.",
-        f"Deactivating a language's '{d['variant']}' neurons raised its own perplexity more than the median "
-        f"of the other languages for {d['own_above_others_median']} of {d['languages']} languages"
-        + (f", and more than random neurons of the same number per layer for {d['own_above_control']}."
-           if d["own_above_control"] else "."),
+        f"Stages (layers): {stage_text}"
+        + (f"; {len(facts['stage_warnings'])} cautions about this map, listed below." if facts["stage_warnings"]
+           else "."),
+        f"Deactivating a language's '{d['variant']}' neurons raised its own perplexity, and more than the median "
+        f"of the other languages', for {d['own_above_others_median']} of {d['languages']} languages"
+        + (f"; it rose, and more than under random neurons of the same number per layer, for "
+           f"{d['own_above_control']}." if d["own_above_control"] else ".")
+        + (f" These intervals rest on {d['texts_per_language']} texts per language, fewer than "
+           f"{MIN_UNITS}: read them with caution." if d["few_texts"] else ""),
     ]
+    if "stage_effects" in facts:
+        lines.append(facts["stage_effects"]["finding"])
     if "sharing" in facts:
         pct = facts["sharing"]["percent"]
         lines.append(
@@ -230,11 +320,13 @@ def write_report(folder: str | Path) -> Path:
         _figure_html("neurons_per_language", figures["neurons_per_language"]),
         _table_html(tables["neurons_per_language"]),
         "<h2>Stages of multilingual inference</h2>",
-        _table_html(pd.DataFrame([{"boundary": k, "confidence": v, "interval": str(results["stages"].intervals.get(k))}
-                                  for k, v in results["stages"].confidence.items()])) if results["stages"].confidence else "",
+        *_stages_html(results["stages"]),
     ]
     if "lens" in figures:
         parts.append(_figure_html("lens", figures["lens"]))
+    if "stage_effects" in figures:
+        parts += ["<h3>Causal evidence per stage</h3>", _figure_html("stage_effects", figures["stage_effects"]),
+                  f"<p>{html.escape(facts['stage_effects']['finding'])}</p>"]
     parts.append("<h2>Deactivation</h2>")
     parts += [_figure_html(name, caption) for name, caption in figures.items() if name.startswith("deactivation_")]
     if "sharing_profile" in figures:

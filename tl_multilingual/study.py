@@ -1,7 +1,9 @@
 """The full language-neuron study of one model, step by step, resumable.
 
 Steps: activation statistics -> LAPE and ternary neurons -> logit lens -> stage map ->
-deactivation matrix on held-out texts -> sharing profile on parallel items -> report.
+deactivation matrix on held-out texts -> deactivation inside each stage (causal
+evidence per stage) -> sharing profile on parallel items -> report. The stage map is
+passed to the steps that use it; nothing is attached to the model.
 Each step saves its result in the study folder and records, in ``manifest.json``, a
 key made of its parameters and the keys of what it depends on; a step whose result
 exists under the same key is loaded, not recomputed.
@@ -31,13 +33,14 @@ from .neurons import LanguageNeurons
 from .persist import is_temporary, library_versions, write_text
 from .prompts import translation
 from .sharing import Sharing, sharing
+from .stage_effects import StageEffects, stage_effects
 from .stages import StageMap, map_stages
 from .stats import ActivationStats
 
 __all__ = ["StudySettings", "Study", "DEMO_SETTINGS"]
 
 T = TypeVar("T")
-STEPS = ("statistics", "neurons", "lens", "stages", "deactivation", "sharing", "report")
+STEPS = ("statistics", "neurons", "lens", "stages", "deactivation", "stage_effects", "sharing", "report")
 
 
 @dataclass
@@ -55,6 +58,8 @@ class StudySettings:
     lens_pairs: int = 3
     lens_words: int = 40
     sharing_items: int = 30
+    stage_variant: str = "specific"  # neurons deactivated inside each stage
+    stage_words: int = 10  # lens prompts per language for the stage effects
     n_boot: int = 200
     seed: int = 0
 
@@ -196,16 +201,28 @@ class Study:
         stages = self._step(
             "stages", {"n_boot": s.n_boot, "seed": s.seed, "lens": lens is not None},
             ("neurons", *(("lens",) if lens is not None else ())),
-            lambda: map_stages(None, neurons["ternary"], lens=lens, stats=stats, n_boot=s.n_boot, seed=s.seed),
+            lambda: map_stages(neurons["ternary"], lens, stats=stats, n_boot=s.n_boot, seed=s.seed),
             lambda r, p: r.save(p), StageMap.load, self.out / "stages.json",
         )
-        self.lm.stages = stages
+        for sentence in stages.warnings:
+            self._say(f"stages: {sentence}")
         evaluation = self.held.head(s.eval_texts)
         self._step(
             "deactivation", {"variants": list(s.variants), "controls": s.controls, "eval_texts": s.eval_texts,
                              "control_variant": s.control_variant, "n_boot": s.n_boot}, ("neurons",),
             lambda: self._deactivation(neurons["ternary"], evaluation, progress),
             lambda r, p: r.save(p), AblationResult.load, self.out / "deactivation",
+        )
+        stage_prompts = self._stage_prompts()
+        self._step(
+            "stage_effects", {"variant": s.stage_variant, "controls": s.controls, "eval_texts": s.eval_texts,
+                              "n_boot": s.n_boot, "seed": s.seed,
+                              "prompts": _key([(p.text, p.answers) for p in stage_prompts])},
+            ("neurons", "stages"),
+            lambda: stage_effects(self.lm, neurons["ternary"], stages, evaluation, lens_prompts=stage_prompts,
+                                  variant=s.stage_variant, controls=s.controls, seed=s.seed, n_boot=s.n_boot,
+                                  batch_size=s.batch_size, progress=progress),
+            lambda r, p: r.save(p), StageEffects.load, self.out / "stage_effects",
         )
         items = self._sharing_items()
         if items is not None:
@@ -248,6 +265,21 @@ class Study:
         prompts = []
         for src, tgt in pairs:
             prompts += translation(words, src=src, tgt=tgt, shots=3, seed=self.settings.seed)
+        return prompts
+
+    def _stage_prompts(self) -> list:
+        """Translation prompts into every language the word list covers (from the next
+        such language), so each language's neurons have answers of their own to read."""
+        if not self.words:
+            return []
+        langs = [lang for lang in self.corpus.languages if all(lang in w for w in self.words)]
+        if len(langs) < 2:
+            return []
+        words = self.words[: self.settings.stage_words]
+        prompts = []
+        for i, tgt in enumerate(langs):
+            src = langs[(i + 1) % len(langs)]
+            prompts += translation(words, src=src, tgt=tgt, shots=3, seed=self.settings.seed, track=())
         return prompts
 
     def _sharing_items(self) -> ParallelItems | None:
