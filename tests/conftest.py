@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -24,6 +26,28 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def in_ci() -> bool:
+    """Whether the tests run under CI (the variable CI is "true"), where every extra is installed."""
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def unavailable(message: str) -> None:
+    """Something a test needs is missing: skip on a user's machine, fail under CI."""
+    if in_ci():
+        pytest.fail(f"{message} (CI installs everything the tests need)", pytrace=False)
+    pytest.skip(message, allow_module_level=True)
+
+
+def require(module: str) -> ModuleType:
+    """Import an optional package (an extra), like ``pytest.importorskip``, except that a
+    missing package fails the test under CI instead of skipping it silently."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        unavailable(f"{module} is not installed ({err}); pip install 'tl-multilingual[test]'")
+        raise  # unreachable: unavailable() always raises
+
+
 def fixtures_dir() -> Path | None:
     """The reference fixtures: $TLM_FIXTURES, else ../shared/fixtures beside the checkout."""
     candidates = [os.environ.get("TLM_FIXTURES"), REPO.parent / "shared" / "fixtures"]
@@ -38,10 +62,7 @@ def fixtures() -> Path:
     """Reference fixtures; skipped when absent on a user's machine, a failure under CI."""
     found = fixtures_dir()
     if found is None:
-        message = "reference fixtures not found: set TLM_FIXTURES or place them at ../shared/fixtures"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable("reference fixtures not found: set TLM_FIXTURES or place them at ../shared/fixtures")
     return found
 
 

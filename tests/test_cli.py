@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 
 import pytest
+import torch
 
 import tl_multilingual as tlm
 from tl_multilingual import cli
@@ -36,8 +38,19 @@ def test_run_writes_the_whole_study_and_resumes(model_dir, tmp_path, monkeypatch
     assert manifest["model"]["n_layers"] == 4 and manifest["data"]["languages"] == ["en", "fr", "zh"]
     assert set(manifest["steps"]) == {"statistics", "neurons", "lens", "stages", "deactivation", "stage_effects",
                                       "sharing", "report"}
-    assert manifest["versions"]["transformer_lens"] and manifest["data"]["fingerprint"]
-    assert all(step["seconds"] >= 0 for step in manifest["steps"].values())
+    assert manifest["versions"]["transformer_lens"] == importlib.metadata.version("transformer-lens")
+    corpus = tlm.data.parallel(["en", "fr", "zh"])
+    assert manifest["data"]["fingerprint"] == corpus.fingerprint()
+    assert manifest["data"]["texts"] == {lang: len(corpus[lang]) for lang in corpus.languages}
+    for lang in corpus.languages:
+        assert manifest["data"]["train_texts"][lang] + manifest["data"]["held_out_texts"][lang] == len(corpus[lang])
+    # The saved results are those of this model on the training split.
+    stats = tlm.ActivationStats.load(out / "statistics")
+    assert stats.languages == ("en", "fr", "zh") and stats.model["n_layers"] == 4
+    assert stats.corpus["texts"] == manifest["data"]["train_texts"]
+    neurons = tlm.LanguageNeurons.load(out / "neurons" / "ternary")
+    again = tlm.identify(stats, method="ternary", **{k: neurons.params[k] for k in ("top_rate", "bar_ratio")})
+    assert neurons.lam == again.lam and torch.equal(neurons.membership, again.membership)
     html = (out / "report.html").read_text()
     assert "Findings" in html and "figures/lens.png" in html
     # Four layers admit one segmentation only: the report says the fit shows no four stages.

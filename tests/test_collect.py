@@ -176,7 +176,7 @@ def test_no_hooks_are_left_after_success_errors_and_interrupts(monkeypatch):
     model = tiny.bridge("llama")
     lm = tlm.adapt(model)
     before = forward_hook_count(model)
-    tlm.collect_stats(lm, corpus(), progress=False)
+    first = tlm.collect_stats(lm, corpus(), progress=False)
     assert forward_hook_count(model) == before
     with pytest.raises(tlm.CorpusError):
         tlm.collect_stats(lm, corpus(), token_policy="response", progress=False)
@@ -198,7 +198,9 @@ def test_no_hooks_are_left_after_success_errors_and_interrupts(monkeypatch):
     monkeypatch.undo()
     # The model still works and gives the same statistics afterwards.
     again = tlm.collect_stats(lm, corpus(), progress=False)
-    assert again.token_counts == tlm.collect_stats(lm, corpus(), progress=False).token_counts
+    assert again.token_counts == first.token_counts
+    assert torch.equal(again.active_counts, first.active_counts)
+    assert torch.equal(again.sums, first.sums)
 
 
 def test_bad_input_is_refused_before_running():
@@ -219,7 +221,74 @@ def test_stats_record_what_produced_them():
     assert stats.model["architecture"] == "Gemma3ForCausalLM"
     assert stats.model["d_mlp"] == 48
     assert stats.corpus["fingerprint"] == corpus().fingerprint()
-    assert stats.means().shape == (2, 48, len(tiny.SAMPLE_TEXT))
-    assert (stats.variances() >= 0).all()
+    assert stats.model["n_layers"] == 2
+    assert stats.corpus["texts"] == {lang: len(texts) for lang, texts in tiny.SAMPLE_TEXT.items()}
+    # Means and variances follow from the totals (the totals themselves are checked
+    # against an independent capture in test_sums_are_float64_totals_of_the_neuron_activations).
+    tokens = stats.tokens.to(torch.float64)
+    torch.testing.assert_close(stats.means(), stats.sums / tokens)
+    torch.testing.assert_close(stats.variances(), (stats.sum_squares / tokens - (stats.sums / tokens) ** 2).clamp_min(0))
+    assert (stats.variances() > 0).any()
     neurons = tlm.identify(stats, method="ternary", top_rate=0.1)
     assert neurons.source["corpus"]["fingerprint"] == corpus().fingerprint()
+
+
+def hf_activation_modules(hf, arch):
+    """The activation module of every MLP of a plain Hugging Face model: its output is the
+    neuron vector (``act_fn(gate)`` for gated MLPs, ``act(x W_in + b)`` for GPT-2)."""
+    if arch == "gpt2":
+        return [block.mlp.act for block in hf.transformer.h]
+    return [layer.mlp.act_fn for layer in hf.model.layers]
+
+
+def hf_reference_totals(arch, texts_by_lang, *, bos):
+    """Float64 sums and sums of squares of the neuron activations of every text token,
+    captured by plain forward hooks on a fresh Hugging Face model with the same weights,
+    one text at a time (no TransformerLens, no padding, the BOS position not counted)."""
+    hf, tok = tiny.hf_model(arch)
+    first = [tok.bos_token_id] if bos else []
+    modules = hf_activation_modules(hf, arch)
+    seen = {}
+    handles = [m.register_forward_hook(lambda mod, args, out, l=l: seen.__setitem__(l, out[0].double()))
+               for l, m in enumerate(modules)]
+    sums = squares = None
+    tokens = []
+    try:
+        for k, texts in enumerate(texts_by_lang):
+            n = 0
+            for text in texts:
+                ids = first + tok(text, add_special_tokens=False)["input_ids"]
+                with torch.no_grad():
+                    hf(torch.tensor([ids]))
+                acts = torch.stack([seen[l][len(first):] for l in range(len(modules))])  # [layer, pos, d_mlp]
+                if sums is None:
+                    shape = (len(modules), acts.shape[-1], len(texts_by_lang))
+                    sums = torch.zeros(shape, dtype=torch.float64)
+                    squares = torch.zeros(shape, dtype=torch.float64)
+                sums[..., k] += acts.sum(1)
+                squares[..., k] += (acts * acts).sum(1)
+                n += acts.shape[1]
+            tokens.append(n)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return sums, squares, tokens
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2", "gemma3"])
+def test_sums_are_float64_totals_of_the_neuron_activations(arch):
+    """Sums and sums of squares are float64 and equal float64 sums of the activations
+    (``act_fn(gate)`` for gated MLPs, not the gate itself) captured outside the library,
+    over several batches per language."""
+    model = tiny.bridge(arch)
+    lm = tlm.adapt(model)
+    stats = tlm.collect_stats(lm, corpus(), batch_size=2, progress=False)
+    assert stats.sums.dtype == torch.float64 and stats.sum_squares.dtype == torch.float64
+    sums, squares, tokens = hf_reference_totals(arch, list(tiny.SAMPLE_TEXT.values()),
+                                                bos=model.cfg.default_prepend_bos)
+    assert list(stats.token_counts.values()) == tokens
+    torch.testing.assert_close(stats.sums, sums, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(stats.sum_squares, squares, rtol=1e-5, atol=1e-4)
+    n = torch.tensor(tokens, dtype=torch.float64)
+    torch.testing.assert_close(stats.means(), sums / n, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(stats.variances(), (squares / n - (sums / n) ** 2).clamp_min(0), rtol=1e-4, atol=1e-5)

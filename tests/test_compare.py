@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import require
 
 import tl_multilingual as tlm
 
@@ -128,7 +129,7 @@ def test_series_of_checkpoints():
 
 
 def test_comparison_figures(planted, tmp_path):
-    pytest.importorskip("matplotlib")
+    require("matplotlib")
     from tl_multilingual import plot
 
     for name, fig in {"classes": plot.class_changes(planted), "shared": plot.shared_by_n(planted),

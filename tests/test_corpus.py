@@ -6,6 +6,7 @@ import json
 
 import pandas as pd
 import pytest
+from conftest import require
 
 import tl_multilingual as tlm
 from tl_multilingual.corpus import Text
@@ -72,7 +73,7 @@ def test_from_json_jsonl_and_text_files(tmp_path):
 
 
 def test_from_hugging_face_dataset():
-    datasets = pytest.importorskip("datasets")
+    datasets = require("datasets")
     ds = datasets.Dataset.from_dict({"lang": ["en", "zh"], "sentence": ["hi", "你好"]})
     corpus = tlm.Corpus.from_hf(ds, language="lang", text="sentence")
     assert corpus.languages == ("en", "zh")

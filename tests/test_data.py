@@ -6,6 +6,7 @@ import unicodedata
 
 import pandas as pd
 import pytest
+from conftest import require
 
 import tl_multilingual as tlm
 from tl_multilingual import data
@@ -47,7 +48,7 @@ def test_flores_from_local_files_and_datasets(tmp_path):
     assert corpus.languages == ("en", "zh", "fr") and corpus["zh"][1].text == "二。"
     with pytest.raises(tlm.CorpusError, match="ja"):
         data.flores(tmp_path, ["ja"])
-    datasets = pytest.importorskip("datasets")
+    datasets = require("datasets")
     ds = datasets.Dataset.from_dict({"iso_639_3": ["eng", "cmn", "eng"], "iso_15924": ["Latn", "Hans", "Latn"],
                                      "text": ["One.", "一。", "Two."]})
     assert data.flores(ds, ["en", "zh"], limit=1)["zh"][0].text == "一。"  # FLORES+ names Chinese cmn

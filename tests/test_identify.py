@@ -111,29 +111,44 @@ def test_lape_matches_the_formula_on_random_stats(seed, prefilter):
     assert as_sets(neurons) == expected
 
 
-def test_lape_matches_the_formula_on_adversarial_stats():
+ADVERSARIAL = [
+    [0, 0, 0],  # all-zero neuron
+    [90, 0, 0],  # one language only: entropy exactly 0
+    [0, 90, 0],
+    [90, 0, 0],  # duplicate: an exact tie
+    [50, 50, 50],  # uniform
+    [50, 50, 50],
+    [95, 95, 0],
+    [95, 0, 95],
+    [10, 0, 0],
+    [0, 0, 10],
+]
+
+
+@pytest.mark.parametrize("bar_ratio", [0.5, 0.7])
+@pytest.mark.parametrize("filter_rate", [None, 0.6, 0.8])
+def test_lape_matches_the_formula_on_adversarial_stats(bar_ratio, filter_rate):
     tokens = torch.tensor([100, 100, 100])
-    rows = [
-        [0, 0, 0],  # all-zero neuron
-        [90, 0, 0],  # one language only: entropy exactly 0
-        [0, 90, 0],
-        [90, 0, 0],  # duplicate: an exact tie
-        [50, 50, 50],  # uniform
-        [50, 50, 50],
-        [95, 95, 0],
-        [95, 0, 95],
-        [10, 0, 0],
-        [0, 0, 10],
-    ] * 6
-    active = torch.tensor(rows, dtype=torch.long).reshape(2, 30, 3)
+    active = torch.tensor(ADVERSARIAL * 6, dtype=torch.long).reshape(2, 30, 3)
     stats = stats_from_probs(active, tokens)
     for top_rate in (0.05, 0.1, 0.2, 0.5):
-        for prefilter in (True, False):
-            neurons = tlm.identify(stats, method="lape", top_rate=top_rate, prefilter=prefilter)
-            expected = plain_lape(
-                stats.probabilities(), top_rate=top_rate, filter_rate=0.95 if prefilter else None
-            )
-            assert as_sets(neurons) == expected, (top_rate, prefilter)
+        kwargs = {"prefilter": False} if filter_rate is None else {"prefilter": True, "filter_rate": filter_rate}
+        neurons = tlm.identify(stats, method="lape", top_rate=top_rate, bar_ratio=bar_ratio, **kwargs)
+        expected = plain_lape(stats.probabilities(), top_rate=top_rate, bar_ratio=bar_ratio, filter_rate=filter_rate)
+        assert any(expected), "the case must select neurons above the bar, or it compares nothing"
+        assert as_sets(neurons) == expected, (top_rate, filter_rate)
+
+
+def test_lape_scores_an_all_zero_neuron_zero():
+    """Tang et al.: an all-zero neuron has entropy 0, so it ranks with the one-language
+    neurons (and before a later one on a tie), yet belongs to no language."""
+    active = torch.tensor([[0, 0, 0], [90, 0, 0], [0, 90, 0], [30, 30, 30]]).reshape(1, 4, 3)
+    stats = stats_from_probs(active, [100] * 3)
+    neurons = tlm.identify(stats, method="lape", top_rate=0.5, bar_ratio=0.8, prefilter=False)
+    assert neurons.bar == pytest.approx(0.3)
+    assert neurons.language("en").indices().tolist() == [[0, 1]]
+    assert neurons.language("fr").count() == 0 and neurons.language("de").count() == 0
+    assert as_sets(neurons) == plain_lape(stats.probabilities(), top_rate=0.5, bar_ratio=0.8, filter_rate=None)
 
 
 def test_a_language_without_tokens_is_rejected_clearly():

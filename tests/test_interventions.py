@@ -167,7 +167,10 @@ def test_layer_restriction(setup):
 
 
 def hook_count(model):
-    return sum(len(m._forward_hooks) for m in model.modules())
+    """Every forward hook on the model: torch module hooks (TransformerLens hook points
+    included) and the hook points' own lists."""
+    total = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+    return total + sum(len(hp.fwd_hooks) for hp in model.hook_dict.values())
 
 
 def test_hooks_are_removed_even_when_the_body_raises(setup):
@@ -181,6 +184,40 @@ def test_hooks_are_removed_even_when_the_body_raises(setup):
     with tlm.boost(lm, layer1_mask(lm)) + tlm.ablate(lm, layer1_mask(lm, (5,))):
         pass
     assert hook_count(model) == before
+
+
+def test_hooks_are_removed_when_the_body_raises_while_the_intervention_is_kept(setup):
+    """Garbage collection cannot tidy up here: the intervention object stays referenced."""
+    model, lm, stats, batch = setup
+    clean = capture(lm, batch)[lm.write_hook(1)]
+    before = hook_count(model)
+    kept = tlm.boost(lm, layer1_mask(lm), factor=3.0) + tlm.ablate(lm, layer1_mask(lm, (5,)))
+    with pytest.raises(RuntimeError, match="boom"):
+        with kept:
+            assert hook_count(model) > before
+            raise RuntimeError("boom")
+    assert hook_count(model) == before
+    assert torch.equal(capture(lm, batch)[lm.write_hook(1)], clean)  # no edit applies any more
+    with kept:  # and it can be entered again
+        assert not torch.equal(capture(lm, batch)[lm.write_hook(1)], clean)
+    assert hook_count(model) == before
+
+
+def test_pooled_mean_ablation_writes_the_token_weighted_mean_of_all_languages(setup):
+    """``value="mean"`` without a language: sums over every language divided by every
+    counted token, times the up projection on gated models, at the masked neurons only."""
+    model, lm, stats, batch = setup
+    mask = layer1_mask(lm)
+    idx = mask.tensor[1]
+    pooled = (stats.sums.sum(-1) / stats.tokens.sum())[1, idx]
+    for k in range(len(stats.languages)):  # the pooled mean is no single language's mean
+        assert not torch.allclose(pooled, stats.sums[1, idx, k] / stats.tokens[k])
+    clean = capture(lm, batch)
+    with tlm.ablate(lm, mask, value="mean", stats=stats):
+        got = capture(lm, batch)[lm.write_hook(1)]
+    up = clean[lm.up_hook(1)][..., idx] if lm.gated else torch.ones_like(got[..., idx])
+    torch.testing.assert_close(got[..., idx], pooled.to(up.dtype) * up)
+    assert torch.equal(got[..., ~idx], clean[lm.write_hook(1)][..., ~idx])
 
 
 def test_hook_lists_work_with_transformer_lens(setup):

@@ -7,6 +7,7 @@ import tiny
 import torch
 
 import tl_multilingual as tlm
+from tl_multilingual.lens import LensResult
 from tl_multilingual.readout import layer_logprobs
 
 WORDS = [
@@ -42,11 +43,38 @@ def test_result_frames_and_intervals():
     assert result.languages == ("de", "en")
     frame = result.to_frame()
     assert len(frame) == 4 * lm.n_layers * 2
+    for row in frame.itertuples():
+        k = result.languages.index(row.language)
+        assert row.probability == result.probability[row.prompt, row.layer, k].item()
+        assert row.rank == result.rank[row.prompt, row.layer, k].item()
+        assert row.entropy == result.entropy[row.prompt, row.layer].item()
     summary = result.summary(n_boot=200)
     probs = summary[summary.quantity == "probability"]
     assert ((probs["ci_low"] <= probs["mean"] + 1e-12) & (probs["mean"] <= probs["ci_high"] + 1e-12)).all()
-    assert list(result.curves().columns) == ["de", "en", "entropy"]
-    assert result.select([0, 0]).probability.shape[0] == 2
+    de = probs[probs.language == "de"].sort_values("layer")["mean"].to_numpy()
+    assert de == pytest.approx(result.probability[:, :, 0].mean(0).tolist())
+    curves = result.curves()
+    assert list(curves.columns) == ["de", "en", "entropy"]
+    assert curves["en"].tolist() == pytest.approx(result.probability[:, :, 1].mean(0).tolist())
+    assert curves["entropy"].tolist() == pytest.approx(result.entropy.mean(0).tolist())
+    picked = result.select([2, 0, 2])
+    assert torch.equal(picked.probability, result.probability[[2, 0, 2]])
+    assert torch.equal(picked.entropy, result.entropy[[2, 0, 2]])
+    assert [p.text for p in picked.prompts] == [result.prompts[i].text for i in (2, 0, 2)]
+
+
+def test_curves_and_frames_skip_prompts_without_an_answer():
+    """NaN marks a prompt with no answer in a language: it is left out of that language's
+    mean and of the frame, not counted as probability 0."""
+    nan = float("nan")
+    probability = torch.tensor([[[0.2, nan], [0.4, nan]], [[0.6, 0.1], [0.8, 0.3]]])
+    result = LensResult(("fr", "en"), probability, torch.ones_like(probability), torch.tensor([[1.0, 2.0], [3.0, 4.0]]),
+                        torch.zeros(2, 2, dtype=torch.long), (None, None))
+    curves = result.curves()
+    assert curves["fr"].tolist() == pytest.approx([0.4, 0.6])
+    assert curves["en"].tolist() == pytest.approx([0.1, 0.3])
+    assert curves["entropy"].tolist() == pytest.approx([2.0, 3.0])
+    assert len(result.to_frame()) == 6
 
 
 def test_prompt_builders_follow_wendler_et_al():

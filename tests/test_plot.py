@@ -7,10 +7,11 @@ import warnings
 import pandas as pd
 import pytest
 import tiny
+from conftest import require
 
 import tl_multilingual as tlm
 
-pytest.importorskip("matplotlib")
+require("matplotlib")
 
 
 @pytest.fixture(scope="module")

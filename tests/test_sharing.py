@@ -7,6 +7,7 @@ import json
 import pytest
 import tiny
 import torch
+from conftest import require
 
 import tl_multilingual as tlm
 from tl_multilingual.sharing import (
@@ -36,9 +37,7 @@ def test_classes_match_the_definition(n_languages, threshold):
     classes = classify_codes(language_codes(acts > threshold), n_languages)
     expected = loop_classes(acts, threshold)
     assert [SHARING_CLASSES[c] for c in classes.reshape(-1).tolist()] == expected
-    onehot = torch.nn.functional.one_hot(classes.long(), 4)
-    assert (onehot.sum(-1) == 1).all()  # a partition: exactly one class per neuron
-    assert (onehot.sum(-2) .sum(-1) == 20).all()  # classes of a layer add up to d_mlp
+    assert len(classes.unique()) >= 2  # the draw exercises several classes, not one
 
 
 ITEMS = [
@@ -125,6 +124,6 @@ def test_parallel_items_formats_and_missing_translations(tmp_path):
     path = tmp_path / "items.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in ITEMS))
     assert len(tlm.ParallelItems.from_jsonl(path)) == 3
-    datasets = pytest.importorskip("datasets")
+    datasets = require("datasets")
     ds = datasets.Dataset.from_list(long)
     assert len(tlm.ParallelItems.from_hf(ds)) == 3

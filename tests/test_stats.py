@@ -31,8 +31,25 @@ def test_from_counts_and_probabilities():
     assert stats.n_layers == 1 and stats.d_mlp == 2
     frame = stats.to_frame()
     assert list(frame["language"]) == ["en", "fr"]
+    assert frame["tokens"].tolist() == [2, 4]
+    assert frame["mean_probability"].tolist() == pytest.approx([0.25, 0.75])
     long = stats.to_frame(per_neuron=True)
     assert len(long) == 4 and set(long.columns) >= {"layer", "neuron", "language", "probability"}
+    rows = {(r.layer, r.neuron, r.language): r.probability for r in long.itertuples()}
+    assert rows == pytest.approx({(0, 0, "en"): 0.5, (0, 0, "fr"): 0.5, (0, 1, "en"): 0.0, (0, 1, "fr"): 1.0})
+
+
+def test_means_and_variances_from_sums():
+    """Activations en: neuron 0 saw 1 and 3, neuron 1 saw 0 and 2; fr: 2, 2, 2 and -1, 0, 1."""
+    sums = torch.tensor([[[4.0, 6.0], [2.0, 0.0]]], dtype=torch.float64)
+    squares = torch.tensor([[[10.0, 12.0], [4.0, 2.0]]], dtype=torch.float64)
+    stats = tlm.ActivationStats.from_counts(["en", "fr"], [2, 3], torch.zeros(1, 2, 2, dtype=torch.long),
+                                            sums=sums, sum_squares=squares)
+    assert stats.means().tolist() == [[[2.0, 2.0], [1.0, 0.0]]]
+    torch.testing.assert_close(stats.variances(), torch.tensor([[[1.0, 0.0], [1.0, 2 / 3]]], dtype=torch.float64))
+    picked = stats.select(["fr"])
+    assert picked.means().tolist() == [[[2.0], [0.0]]]
+    torch.testing.assert_close(picked.variances(), torch.tensor([[[0.0], [2 / 3]]], dtype=torch.float64))
 
 
 @pytest.mark.parametrize(
@@ -62,6 +79,7 @@ def test_addition_sums_everything_and_refuses_mismatches():
     assert torch.equal(c.active_counts, a.active_counts + b.active_counts)
     assert torch.equal(c.tokens, a.tokens + b.tokens)
     torch.testing.assert_close(c.sums, a.sums + b.sums)
+    torch.testing.assert_close(c.sum_squares, a.sum_squares + b.sum_squares)
     with pytest.raises(tlm.StatsError, match="languages"):
         a + make(("en", "de"))
     with pytest.raises(tlm.StatsError, match="shape"):
@@ -79,6 +97,10 @@ def test_select_reorders_languages():
     picked = stats.select(["zh", "en"])
     assert picked.languages == ("zh", "en")
     assert torch.equal(picked.active_counts[..., 0], stats.active_counts[..., 2])
+    assert torch.equal(picked.active_counts[..., 1], stats.active_counts[..., 0])
+    assert picked.token_counts == {"zh": stats.token_counts["zh"], "en": stats.token_counts["en"]}
+    assert torch.equal(picked.sums, stats.sums[..., [2, 0]])
+    assert torch.equal(picked.sum_squares, stats.sum_squares[..., [2, 0]])
 
 
 def test_save_and_load_round_trip(tmp_path):
@@ -171,4 +193,8 @@ def test_redraw_is_a_binomial_replicate():
     draws = torch.stack([stats.redraw(gen).active_counts for _ in range(200)]).double()
     assert (draws <= stats.tokens.double()).all() and (draws >= 0).all()
     torch.testing.assert_close(draws.mean(0), stats.active_counts.double(), atol=2.5, rtol=0.1)
+    # Binomial spread, not a copy of the counts: variance n p (1 - p), pooled over neurons.
+    p = stats.probabilities()
+    expected = (stats.tokens.double() * p * (1 - p)).mean()
+    assert draws.var(0).mean().item() == pytest.approx(expected.item(), rel=0.1)
     assert stats.redraw(torch.Generator().manual_seed(1)).token_counts == stats.token_counts

@@ -85,12 +85,17 @@ def test_known_members(tokenizer):
     vocab = tok.get_vocab()
     if kind == "sentencepiece":
         assert vocab["<0xE7>"] in tlm.word_tokens(tok, "猫")  # byte fallback: 猫 is E7 8C AB
-        assert vocab["▁cat"] in tlm.word_tokens(tok, "cat") if "▁cat" in vocab else True
+        assert vocab["▁cat"] in tlm.word_tokens(tok, "cat")  # the whole word, with its marker
+        assert vocab["▁tap"] in tlm.word_tokens(tok, "tapis")
         assert vocab["▁c"] in tlm.word_tokens(tok, "cat")
+        assert vocab["▁cat"] not in tlm.word_tokens(tok, "chat")
     elif kind == "byte-level":
         assert vocab["c"] in tlm.word_tokens(tok, "cat")
         assert vocab["ç"] in tlm.word_tokens(tok, "猫")  # the byte E7 in GPT-2's alphabet
-        assert "Ġcat" not in vocab or vocab["Ġcat"] in tlm.word_tokens(tok, "cat")
+        assert vocab["cat"] in tlm.word_tokens(tok, "cat")  # without the word-start marker
+        assert vocab["Ġmat"] in tlm.word_tokens(tok, "matin")  # with it
+        assert vocab["Ġch"] in tlm.word_tokens(tok, "chat") and vocab["Ġch"] not in tlm.word_tokens(tok, "cat")
+        assert vocab["Ġmar"] not in tlm.word_tokens(tok, "mat")
     else:
         assert tlm.word_tokens(tok, "cat") == [vocab["c"]]
         assert tlm.word_tokens(tok, "猫") == [vocab["猫"]]
