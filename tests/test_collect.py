@@ -172,7 +172,7 @@ def forward_hook_count(model) -> int:
     return total + sum(len(hp.fwd_hooks) for hp in model.hook_dict.values())
 
 
-def test_no_hooks_are_left_after_success_errors_and_interrupts(monkeypatch):
+def test_no_hooks_are_left_after_success_errors_and_interrupts():
     model = tiny.bridge("llama")
     lm = tlm.adapt(model)
     before = forward_hook_count(model)
@@ -183,19 +183,19 @@ def test_no_hooks_are_left_after_success_errors_and_interrupts(monkeypatch):
     assert forward_hook_count(model) == before
 
     calls = {"n": 0}
-    original = lm.neurons
 
-    def interrupt(layer, read):
+    def interrupt(tensor, hook):  # a user's own hook, interrupting the third forward pass
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
-        return original(layer, read)
 
-    monkeypatch.setattr(lm, "neurons", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        tlm.collect_stats(lm, corpus(), progress=False)
+    with model.hooks(fwd_hooks=[(lm.read_hook(0), interrupt)]):
+        with_users_hook = forward_hook_count(model)
+        with pytest.raises(KeyboardInterrupt):
+            tlm.collect_stats(lm, corpus(), progress=False)
+        assert calls["n"] == 3
+        assert forward_hook_count(model) == with_users_hook
     assert forward_hook_count(model) == before
-    monkeypatch.undo()
     # The model still works and gives the same statistics afterwards.
     again = tlm.collect_stats(lm, corpus(), progress=False)
     assert again.token_counts == first.token_counts

@@ -202,9 +202,9 @@ MUTANTS: list[Mutant] = [
       "best = min(range(k), key=lambda j: scores[j])",
       "test_evaluate.py"),
     # -- lens ----------------------------------------------------------------------------
-    m("readout-no-softcap", "readout.py",
-      "logits = cap * torch.tanh(logits / cap)",
-      "logits = logits",
+    m("readout-head-skips-final-transform", "readout.py",
+      "        return transform(logits)\n",
+      "        return logits\n",
       "test_lens.py", "test_evaluate.py"),
     m("lens-rank-of-worst-token", "lens.py",
       "best = chosen.max(-1).values",
