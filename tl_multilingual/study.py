@@ -334,8 +334,9 @@ def check_study(corpus: Corpus, settings: StudySettings, *, names: dict[str, str
             default: the Python names.
 
     Raises:
-        CorpusError: fewer than two languages, a language too small to hold texts out and
-            keep some for statistics, or settings out of range.
+        CorpusError: fewer than two languages, a language with only empty texts, a
+            language too small to hold texts out and keep some for statistics, or
+            settings out of range.
         LanguageError: a language key that is not a known language (a corpus built with
             ``allow_unknown=True``): the sharing and lens steps need real languages.
     """
@@ -353,6 +354,11 @@ def check_study(corpus: Corpus, settings: StudySettings, *, names: dict[str, str
             f"the corpus has texts in {codes}, which are not known language codes: use ISO 639 or FLORES "
             f"codes, or leave them out ({name['languages']})"
         )
+    from .tokens import require_tokens
+
+    for lang in corpus.languages:  # all empty: no tokenizer gives a token (the model is not needed)
+        if all(not t.text.strip() and not (t.response or "").strip() for t in corpus[lang]):
+            require_tokens(lang, 0)
     held = settings.held_out
     if isinstance(held, float) and not 0.0 < held < 1.0:
         raise CorpusError(f"{name['held_out']} is a fraction in (0, 1) or a count of texts, got {held}")
