@@ -17,7 +17,7 @@ codes"):
   (``zho_Hans`` -> ``zh``, ``zho_Hant`` -> ``zh-Hant``, ``arb_Latn`` -> ``arb-Latn``).
 - An ISO 3166 region is kept (``zh-TW``, ``pt-BR``).
 - Variants, extensions and private-use parts (``deu_1996``, ``en-x-mine``) are dropped
-  with a :class:`UserWarning` saying what was read as what, unless ``keep_variants``.
+  with a :class:`~tl_multilingual.TLMultilingualWarning` saying what was read as what, unless ``keep_variants``.
 - Folding is explicit: ``fold="macrolanguage"`` reads an individual language as its
   macrolanguage (``arb`` -> ``ar``, ``cmn`` -> ``zh``, ``nb`` -> ``no``, ``prs`` ->
   ``fa``), ``fold="region"`` replaces a region by the script it implies or drops it
@@ -31,7 +31,6 @@ Unknown codes (not registered, reserved for local use, ``und``, ``mul``...) rais
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Collection
 from functools import lru_cache
 from typing import Literal
@@ -39,7 +38,7 @@ from typing import Literal
 import langcodes
 from langcodes import data_dicts
 
-from .errors import LanguageError
+from .errors import LanguageError, warn
 
 __all__ = ["normalize_language", "language_name", "flores_code", "macrolanguage", "usual_script"]
 
@@ -170,11 +169,7 @@ def normalize_language(
     if resolved is not None:
         key, dropped = resolved
         if dropped:
-            warnings.warn(
-                f"language code {code!r} read as {key!r}: {dropped!r} dropped (keep_variants=True keeps it)",
-                UserWarning,
-                stacklevel=2,
-            )
+            warn(f"language code {code!r} read as {key!r}: {dropped!r} dropped (keep_variants=True keeps it)")
         return key
     if allow_unknown and code.strip():
         return code.strip()
