@@ -162,9 +162,10 @@ def test_demo_and_run_share_the_study_flags():
 def test_unknown_codes_outside_the_selection_and_variant_codes(tmp_path):
     path = small_corpus(tmp_path, extra={"xx-unknown": ["texte"] * 30, "deu_1996": ["Satz"] * 30})
     said = []
-    corpus = cli._corpus(str(path), ["en", "de"], said.append)
+    with pytest.warns(tlm.TLMultilingualWarning, match="deu_1996"):
+        corpus = cli._corpus(str(path), ["en", "de"], said.append)
     assert corpus.languages == ("en", "de") and said == ["languages: deu_1996 -> de"]
-    with pytest.raises(tlm.LanguageError, match="--languages en,fr,zh,de"):
+    with pytest.raises(tlm.LanguageError, match="--languages en,fr,zh,de"), pytest.warns(tlm.TLMultilingualWarning):
         cli._corpus(str(path), None)
 
 
