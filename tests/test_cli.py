@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 
 import tl_multilingual as tlm
-from tl_multilingual import cli
+from tl_multilingual import cli, data
+from tl_multilingual.study import Study, StudySettings, check_study
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +27,19 @@ def model_dir(tmp_path_factory):
 FAST = ["--languages", "en,fr,zh", "--eval-texts", "2", "--controls", "1", "--quiet"]
 
 
+def small_corpus(folder, n=30, extra=None):
+    """A parallel corpus of ``n`` real translations per language, as a JSON file."""
+    corpus = data.parallel(["en", "fr", "zh"]).head(n)
+    texts = {lang: [t.text for t in corpus[lang]] for lang in corpus.languages}
+    path = folder / "corpus.json"
+    path.write_text(json.dumps({**texts, **(extra or {})}, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
 def test_run_writes_the_whole_study_and_resumes(model_dir, tmp_path, monkeypatch, capsys):
     out = tmp_path / "study"
-    assert cli.main(["run", "--model", str(model_dir), "--out", str(out), *FAST]) == 0
+    corpus = small_corpus(tmp_path)  # 30 texts per language: the held-out split follows the corpus
+    assert cli.main(["run", "--model", str(model_dir), "--out", str(out), "--corpus", str(corpus), *FAST]) == 0
     for name in ("report.html", "manifest.json", "stages.json", "statistics/manifest.json",
                  "neurons/ternary/manifest.json", "neurons/lape/manifest.json", "lens/manifest.json",
                  "deactivation/cells.csv", "sharing/manifest.json", "tables/findings.json",
@@ -67,8 +80,9 @@ def test_run_writes_the_whole_study_and_resumes(model_dir, tmp_path, monkeypatch
         monkeypatch.setattr(f"tl_multilingual.study.{name}", refuse)
     messages = []
     monkeypatch.setattr("tl_multilingual.study.Study._say", lambda self, m: messages.append(m))
-    assert cli.main(["run", "--model", str(model_dir), "--out", str(out), *FAST]) == 0
+    assert cli.main(["run", "--model", str(model_dir), "--out", str(out), "--corpus", str(corpus), *FAST]) == 0
     assert sum("up to date" in m for m in messages) == 7
+    assert manifest["data"]["held_out_texts"] == {"en": 6, "fr": 6, "zh": 6}
 
 
 def test_changed_settings_recompute_only_what_depends_on_them(model_dir, tmp_path, monkeypatch):
@@ -91,13 +105,22 @@ def test_changed_settings_recompute_only_what_depends_on_them(model_dir, tmp_pat
         (["run", "--model", "MODEL", "--languages", "en,xx-unknown-code"], "unknown language"),
         (["run", "--model", "MODEL", "--corpus", "EMPTY"], "no texts"),
         (["run", "--model", "MODEL", "--corpus", "SINGLE"], "compares languages"),
+        (["run", "--model", "MODEL", "--corpus", "UNKNOWN"], "--languages en,fr"),
+        (["run", "--model", "MODEL", "--corpus", "SMALL"], "--held-out"),
+        (["run", "--model", "MODEL", "--corpus", "BLANK", "--languages", "en,fr"], "'fr' give no countable tokens"),
+        (["run", "--model", "/no/such/folder"], "no model folder at /no/such/folder"),
+        (["run", "--model", "./no-such-model"], "no model folder at"),
+        (["run", "--model", "missing.gguf"], "no GGUF file at"),
     ],
 )
 def test_bad_input_gives_one_line_and_writes_nothing(model_dir, tmp_path, capsys, args, message):
     (tmp_path / "empty.json").write_text(json.dumps({"en": [], "fr": []}))
     (tmp_path / "single.json").write_text(json.dumps({"en": ["a text"] * 40}))
-    args = [a.replace("MODEL", str(model_dir)).replace("EMPTY", str(tmp_path / "empty.json"))
-            .replace("SINGLE", str(tmp_path / "single.json")) for a in args]
+    (tmp_path / "unknown.json").write_text(json.dumps({"en": ["a"] * 40, "fr": ["b"] * 40, "xx-unknown": ["c"] * 40}))
+    (tmp_path / "small.json").write_text(json.dumps({"en": ["a"] * 40, "fr": ["b"] * 9}))
+    (tmp_path / "blank.json").write_text(json.dumps({"en": ["a text"] * 40, "fr": [""] * 40}))
+    files = {name.upper(): str(tmp_path / f"{name}.json") for name in ("empty", "single", "unknown", "small", "blank")}
+    args = [files.get(a, a).replace("MODEL", str(model_dir)) for a in args]
     out = tmp_path / "study"
     assert cli.main([*args, "--out", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
@@ -116,3 +139,73 @@ def test_unwritable_or_foreign_output_folders_are_refused(model_dir, tmp_path, c
     assert cli.main(["run", "--model", str(model_dir), "--out", str(foreign), *FAST]) == 2
     assert "holds no study" in capsys.readouterr().err
     assert sorted(p.name for p in foreign.iterdir()) == ["chapter1.tex"]
+
+
+def test_help_and_argument_errors_do_not_import_torch():
+    code = ("import sys\nfrom tl_multilingual import cli\n"
+            "for argv in (['--help'], ['run', '--out', 'x'], ['demo', '--help']):\n"
+            "    try:\n        cli.main(argv)\n    except SystemExit:\n        pass\n"
+            "heavy = [m for m in ('torch', 'transformer_lens', 'transformers', 'pandas') if m in sys.modules]\n"
+            "print('HEAVY', heavy)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(cli.Path(cli.__file__).parents[1]))
+    assert "HEAVY []" in result.stdout, result.stdout + result.stderr
+    assert "--held-out" in result.stdout and "--controls" in result.stdout
+
+
+def test_lazy_package_keeps_every_name():
+    import tl_multilingual.study  # noqa: F401  (binds submodules named like functions)
+
+    assert all(hasattr(tlm, name) for name in tlm.__all__)
+    assert callable(tlm.sharing) and callable(tlm.identify) and callable(tlm.compare)
+    assert set(tlm.__all__) <= set(dir(tlm))
+
+
+def test_demo_and_run_share_the_study_flags():
+    flags = ["--out", "x", "--controls", "2", "--eval-texts", "3", "--held-out", "0.3", "--languages", "en,fr"]
+    demo = cli._parser().parse_args(["demo", *flags])
+    run = cli._parser().parse_args(["run", "--model", "m", *flags])
+    for args in (demo, run):
+        settings = cli._settings(args, StudySettings())
+        assert (settings.controls, settings.eval_texts, settings.held_out) == (2, 3, 0.3)
+    assert cli._parser().parse_args(["demo", "--out", "x", "--held-out", "12"]).held_out == 12
+    with pytest.raises(SystemExit):
+        cli._parser().parse_args(["demo", "--out", "x", "--held-out", "1.5"])
+
+
+def test_unknown_codes_outside_the_selection_and_variant_codes(tmp_path):
+    path = small_corpus(tmp_path, extra={"xx-unknown": ["texte"] * 30, "deu_1996": ["Satz"] * 30})
+    said = []
+    with pytest.warns(tlm.TLMultilingualWarning, match="deu_1996"):
+        corpus = cli._corpus(str(path), ["en", "de"], said.append)
+    assert corpus.languages == ("en", "de") and said == ["languages: deu_1996 -> de"]
+    with pytest.raises(tlm.LanguageError, match="--languages en,fr,zh,de"), pytest.warns(tlm.TLMultilingualWarning):
+        cli._corpus(str(path), None)
+
+
+def test_a_study_checks_its_inputs_before_the_first_step(tmp_path):
+    texts = {lang: [t.text for t in data.parallel([lang]).head(30)[lang]] for lang in ("en", "fr")}
+    lm = tlm.adapt(tlm.models.tiny("gpt2"))
+    unknown = tlm.Corpus.from_dict({**texts, "xx-local": texts["fr"]}, allow_unknown=True)
+    with pytest.raises(tlm.LanguageError, match="xx-local"):
+        Study(tmp_path / "a", lm, unknown)
+    assert check_study(tlm.Corpus.from_dict(texts), StudySettings()) == 6  # 20% of 30, at least 5
+    with pytest.raises(tlm.CorpusError, match="StudySettings.held_out"):
+        check_study(tlm.Corpus.from_dict({k: v[:9] for k, v in texts.items()}), StudySettings())
+    broken = tlm.Corpus.from_dict({"en": texts["en"], "fr": texts["fr"][:29] + ["\ud800"]})
+    with pytest.raises(tlm.CorpusError, match="language 'fr', text"):
+        Study(tmp_path / "b", lm, broken, StudySettings(held_out=5))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_the_report_is_rewritten_after_each_step(model_dir, tmp_path, monkeypatch):
+    out = tmp_path / "study"
+
+    def fail(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("tl_multilingual.study.ablation_matrix", fail)
+    corpus = small_corpus(tmp_path)
+    assert cli.main(["run", "--model", str(model_dir), "--out", str(out), "--corpus", str(corpus), *FAST]) == 130
+    html = (out / "report.html").read_text()
+    assert "In progress" in html and "deactivation" in html and "Ternary identification" in html
+    assert (out / "figures" / "neuron_classes.png").is_file()

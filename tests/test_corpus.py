@@ -17,7 +17,8 @@ def test_language_codes_are_normalised():
         assert tlm.normalize_language(code) == "en"
     assert tlm.normalize_language("zho_Hans") == "zh"
     assert tlm.normalize_language("zho_Hant") == "zh-Hant"
-    assert tlm.normalize_language("arb_Arab") == "ar"
+    assert tlm.normalize_language("arb_Arab") == "arb"  # Standard Arabic, not the macrolanguage
+    assert tlm.normalize_language("arb_Arab", fold="macrolanguage") == "ar"
     for bad in ("xx", "", "und", "not a language"):
         with pytest.raises(tlm.LanguageError):
             tlm.normalize_language(bad)

@@ -69,3 +69,72 @@ def test_mgsm_and_xnli_from_local_files(tmp_path):
     path.write_text(header + "\n".join(rows) + "\n", encoding="utf-8")
     xnli = data.xnli(path, ["en", "fr"])
     assert len(xnli) == 2 and xnli[1].label == 2 and xnli[1].answer("fr") == " False"
+
+
+def test_flores_reads_each_languages_own_file(tmp_path):
+    codes = data.flores_languages()
+    for code in codes:
+        (tmp_path / f"{code}.devtest").write_text(f"{code}\n", encoding="utf-8")
+    corpus = data.flores(tmp_path, codes)
+    assert len(corpus.languages) == len(codes)
+    for code, key in zip(codes, corpus.languages):
+        assert corpus[key][0].text == code, f"{code} read another language's file"
+        assert tlm.normalize_language(code) == key
+    dari = data.flores(tmp_path, ["prs_Arab", "twi_Latn", "tgl_Latn"])
+    assert [t[0].text for t in (dari["prs"], dari["tw"], dari["tl"])] == ["prs_Arab", "twi_Latn", "tgl_Latn"]
+
+
+def test_flores_names_what_exists_when_a_file_is_missing(tmp_path):
+    (tmp_path / "pes_Arab.devtest").write_text("Iranian Persian\n", encoding="utf-8")
+    (tmp_path / "aka_Latn.devtest").write_text("Akan\n", encoding="utf-8")
+    for asked in ("prs_Arab", "twi_Latn", "tgl_Latn"):
+        with pytest.raises(tlm.CorpusError, match=rf"{asked}.*aka_Latn, pes_Arab"):
+            data.flores(tmp_path, [asked])
+    # A macrolanguage reads the individual language FLORES uses for it; the key stays as asked.
+    assert data.flores(tmp_path, ["fa"])["fa"][0].text == "Iranian Persian"
+
+
+class FakeHub:
+    """A stand-in for ``datasets.load_dataset`` that records its calls."""
+
+    def __init__(self, tables):
+        self.tables, self.calls = tables, []
+
+    def __call__(self, path, name=None, **kwargs):
+        datasets = pytest.importorskip("datasets")
+        self.calls.append((path, name, kwargs))
+        if (path, name) not in self.tables:
+            raise ValueError(f"BuilderConfig '{name}' not found")
+        return datasets.Dataset.from_dict(self.tables[(path, name)])
+
+
+def test_hub_loaders_call_load_dataset_as_documented(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    flores_rows = lambda code, text: {"iso_639_3": [code[:3]], "iso_15924": [code[4:]], "text": [text]}  # noqa: E731
+    hub = FakeHub({
+        ("openlanguagedata/flores_plus", "prs_Arab"): flores_rows("prs_Arab", "Dari"),
+        ("openlanguagedata/flores_plus", "cmn_Hans"): flores_rows("cmn_Hans", "一。"),
+        ("juletxara/mgsm", "en"): {"question": ["One plus one?"], "answer": [""], "answer_number": [2]},
+        ("juletxara/mgsm", "zh"): {"question": ["一加一？"], "answer": [""], "answer_number": [2]},
+        ("facebook/xnli", "en"): {"premise": ["A man sleeps."], "hypothesis": ["A person rests."], "label": [0]},
+        ("facebook/xnli", "fr"): {"premise": ["Un homme dort."], "hypothesis": ["Une personne se repose."],
+                                  "label": [0]},
+    })
+    monkeypatch.setattr(datasets, "load_dataset", hub)
+
+    corpus = data.flores("openlanguagedata/flores_plus", ["prs_Arab", "zh"])
+    assert corpus["prs"][0].text == "Dari" and corpus["zh"][0].text == "一。"
+    assert [c[1] for c in hub.calls] == ["prs_Arab", "zho_Hans", "cmn_Hans"]  # only what was asked for
+    assert all(c[2] == {"split": "devtest"} for c in hub.calls)
+    with pytest.raises(tlm.CorpusError, match="pes_Arab"):
+        data.flores("openlanguagedata/flores_plus", ["pes_Arab"])
+
+    hub.calls.clear()
+    items = data.mgsm("juletxara/mgsm", ["en", "zh"])
+    assert hub.calls == [("juletxara/mgsm", "en", {"split": "test"}), ("juletxara/mgsm", "zh", {"split": "test"})]
+    assert len(items) == 1 and items[0].answer("zh") == " 2"
+
+    hub.calls.clear()
+    xnli = data.xnli("facebook/xnli", ["en", "fr"])
+    assert hub.calls == [("facebook/xnli", "en", {"split": "test"}), ("facebook/xnli", "fr", {"split": "test"})]
+    assert xnli[0].label == 0 and xnli[0].answer("fr") == " True"

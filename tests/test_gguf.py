@@ -79,6 +79,21 @@ def test_failed_conversion_leaves_nothing_behind(monkeypatch, tmp_path):
     assert list((tmp_path / "cache" / "gguf").iterdir()) == []
 
 
+def test_first_use_says_it_converts_and_how_long(monkeypatch, tmp_path):
+    fake = tmp_path / "model.gguf"
+    fake.write_bytes(b"GGUF" + bytes(60))
+    monkeypatch.setenv("TLM_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(gguf, "_convert", lambda path, folder: None)
+    monkeypatch.setattr(gguf, "_boot", lambda folder, name, dtype, device: "model")
+    lines = []
+    assert gguf.load_gguf(fake, log=lines.append) == "model"
+    assert len(lines) == 2 and "converting model.gguf" in lines[0] and "min on a CPU" in lines[0]
+    assert lines[1].startswith("converted in")
+    lines.clear()
+    gguf.load_gguf(fake, log=lines.append)  # cached: nothing to say
+    assert lines == []
+
+
 # --- the real model (slow) -------------------------------------------------------------
 
 

@@ -387,7 +387,7 @@ def test_a_corrupt_study_manifest_is_reported(tmp_path):
     check_output_folder(out, command="run")  # a study's own folder: resumable
     corpus = tlm.Corpus.from_dict({"en": ["a", "b", "c"], "fr": ["d", "e", "f"]})
     with pytest.warns(tlm.TLMultilingualWarning, match=r"manifest.json is corrupt"):
-        Study(out, tiny.bridge("gpt2"), corpus, StudySettings(held_out=1))
+        Study(out, tiny.bridge("gpt2"), corpus, StudySettings(held_out=1, min_train_texts=2))
     (out / "thesis.tex").write_text("draft")
     with pytest.raises(tlm.TLMultilingualError, match="corrupt"):
         check_output_folder(out, command="run")

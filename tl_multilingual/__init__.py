@@ -9,12 +9,13 @@ statistics they rest on in one streaming pass, and save everything with a manife
 >>> neurons = tlm.identify(stats, method="ternary")
 """
 
-from . import data, evaluate, models, prompts
-from .adapters import ModelAdapter, adapt
-from .attribution import Attribution, attribute, class_attribution
-from .collect import collect_stats
-from .compare import Comparison, Series, compare, compare_series
-from .corpus import Corpus, Text
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import Any
+
 from .errors import (
     CorpusError,
     IdentificationError,
@@ -26,33 +27,65 @@ from .errors import (
     TLMultilingualWarning,
     UnsupportedModelError,
 )
-from .evaluate import MultipleChoice, answer_accuracy, choice_accuracy, generate, perplexity
-from .experiments import AblationResult, ablation_matrix
-from .identify import identify
-from .interventions import (
-    Edit,
-    Interventions,
-    ablate,
-    ablation_hooks,
-    boost,
-    intervene,
-    patch,
-    record,
-    steer,
-)
-from .items import ParallelItem, ParallelItems
-from .languages import language_name, normalize_language
-from .lens import LensResult, language_lens
-from .masks import NeuronMask
-from .neurons import LanguageNeurons
-from .patching import PatchResult, patch_neurons
-from .prompts import LensPrompt
-from .sharing import SHARING_CLASSES, Sharing, sharing
-from .sharing_experiments import boost_experiment, correct_vs_incorrect, item_correctness
-from .stage_effects import StageEffects, stage_effects
-from .stages import STAGES, StageMap, map_stages
-from .stats import ActivationStats
-from .wordtokens import word_tokens
+
+# Names are imported on first use (PEP 562), so that ``import tl_multilingual`` and the
+# command's ``--help`` do not load torch and TransformerLens.
+_SUBMODULES = ("data", "evaluate", "models", "prompts")
+_EXPORTS = {
+    "adapters": ("ModelAdapter", "adapt"),
+    "attribution": ("Attribution", "attribute", "class_attribution"),
+    "collect": ("collect_stats",),
+    "compare": ("Comparison", "Series", "compare", "compare_series"),
+    "corpus": ("Corpus", "Text"),
+    "evaluate": ("MultipleChoice", "answer_accuracy", "choice_accuracy", "generate", "perplexity"),
+    "experiments": ("AblationResult", "ablation_matrix"),
+    "identify": ("identify",),
+    "interventions": ("Edit", "Interventions", "ablate", "ablation_hooks", "boost", "intervene", "patch", "record",
+                      "steer"),
+    "items": ("ParallelItem", "ParallelItems"),
+    "languages": ("language_name", "normalize_language"),
+    "lens": ("LensResult", "language_lens"),
+    "masks": ("NeuronMask",),
+    "neurons": ("LanguageNeurons",),
+    "patching": ("PatchResult", "patch_neurons"),
+    "prompts": ("LensPrompt",),
+    "sharing": ("SHARING_CLASSES", "Sharing", "sharing"),
+    "sharing_experiments": ("boost_experiment", "correct_vs_incorrect", "item_correctness"),
+    "stage_effects": ("StageEffects", "stage_effects"),
+    "stages": ("STAGES", "StageMap", "map_stages"),
+    "stats": ("ActivationStats",),
+    "wordtokens": ("word_tokens",),
+}
+_HOME = {name: module for module, names in _EXPORTS.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    elif name in _HOME:
+        value = getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """Keeps a function named like its module (``sharing``, ``identify``, ``compare``)
+    from being replaced by the module when the import system binds submodules."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _HOME and isinstance(value, types.ModuleType) and value.__name__ == f"{__name__}.{name}":
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
 
 __version__ = "0.1.0"
 

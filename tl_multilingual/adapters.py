@@ -24,12 +24,30 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from .errors import TLMultilingualError, UnsupportedModelError, warn
+from .errors import CorpusError, TLMultilingualError, UnsupportedModelError, warn
 
 __all__ = ["ModelAdapter", "adapt", "Batch"]
 
 HookFn = Callable[..., Any]
 PaddingSide = Literal["left", "right"]
+
+
+def _untokenizable(tokenizer: Any, texts: Sequence[Any], err: Exception) -> CorpusError:
+    """The library's error for a batch the tokenizer refused, naming the first bad text."""
+    def refused(text: Any) -> bool:
+        try:
+            tokenizer([text], add_special_tokens=False)
+        except Exception:  # noqa: BLE001 - any failure marks the culprit
+            return True
+        return False
+
+    index = next((i for i, text in enumerate(texts) if refused(text)), 0)
+    shown = repr(texts[index])
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    error = CorpusError(f"text {index} cannot be tokenised ({type(err).__name__}: {first}): {shown}")
+    error.index = index
+    return error
 
 
 class _StopForward(Exception):
@@ -222,10 +240,18 @@ class ModelAdapter:
 
     def tokenize(self, texts: Sequence[str], *, bos: bool | None = None) -> list[list[int]]:
         """Token ids of each text, with the BOS token first when ``bos`` (default:
-        :attr:`prepend_bos`). No other special tokens are added."""
+        :attr:`prepend_bos`). No other special tokens are added.
+
+        Raises:
+            CorpusError: a text the tokenizer cannot take (a lone surrogate, a non-string);
+                its ``index`` attribute is the text's position in ``texts``.
+        """
         if not texts:
             return []
-        ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        try:
+            ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        except Exception as err:  # the tokenizer's own error: find the text and say which
+            raise _untokenizable(self.tokenizer, texts, err) from err
         bos = self.prepend_bos if bos is None else bos
         if bos and self.bos_token_id is not None:
             return [[self.bos_token_id, *row] for row in ids]

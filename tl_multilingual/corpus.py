@@ -18,8 +18,8 @@ from typing import Any
 
 import pandas as pd
 
-from .errors import CorpusError
-from .languages import normalize_language
+from .errors import CorpusError, LanguageError
+from .languages import Fold, normalize_language
 
 __all__ = ["Corpus", "Text"]
 
@@ -62,7 +62,14 @@ class Corpus:
 
     Build one with :meth:`from_dict`, :meth:`from_frame`, :meth:`from_json`,
     :meth:`from_text_files` or :meth:`from_hf`. Language codes are normalised
-    (``eng_Latn`` -> ``en``); unknown codes are an error unless ``allow_unknown``.
+    (``eng_Latn`` -> ``en``, see :func:`tl_multilingual.normalize_language`; the codes
+    as given stay in :attr:`codes`); unknown codes are an error unless
+    ``allow_unknown``. ``fold`` and ``keep_variants`` are passed to
+    :func:`~tl_multilingual.normalize_language` (:meth:`folded` folds afterwards).
+
+    Raises:
+        CorpusError: no languages, a language given twice, or texts that are not texts.
+        LanguageError: an unknown language code (without ``allow_unknown``).
     """
 
     def __init__(
@@ -70,26 +77,44 @@ class Corpus:
         texts: Mapping[str, Iterable[Any]],
         *,
         allow_unknown: bool = False,
+        fold: Fold = False,
+        keep_variants: bool = False,
     ) -> None:
         data: dict[str, tuple[Text, ...]] = {}
+        codes: dict[str, str] = {}
         for code, items in texts.items():
-            lang = normalize_language(code, allow_unknown=allow_unknown)
+            lang = normalize_language(code, allow_unknown=allow_unknown, fold=fold, keep_variants=keep_variants)
             if lang in data:
-                raise CorpusError(f"language {code!r} appears twice (both mean {lang!r})")
+                raise CorpusError(f"language {code!r} appears twice (both {code!r} and {codes[lang]!r} mean {lang!r})")
             if isinstance(items, str):
                 raise CorpusError(f"texts of {code!r} must be a list of texts, not one string")
             data[lang] = tuple(_as_text(item) for item in items)
+            codes[lang] = code
         if not data:
             raise CorpusError("the corpus has no languages")
         self._texts = data
+        self._codes = codes
+
+    @classmethod
+    def _derived(cls, texts: Mapping[str, Sequence[Text]], codes: Mapping[str, str]) -> Corpus:
+        """A corpus of already-canonical keys (no renormalisation)."""
+        corpus = cls.__new__(cls)
+        corpus._texts = {lang: tuple(t) for lang, t in texts.items()}
+        corpus._codes = {lang: codes.get(lang, lang) for lang in texts}
+        if not corpus._texts:
+            raise CorpusError("the corpus has no languages")
+        return corpus
 
     # -- construction ----------------------------------------------------------------
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Iterable[Any]], *, allow_unknown: bool = False) -> Corpus:
+    def from_dict(
+        cls, data: Mapping[str, Iterable[Any]], *, allow_unknown: bool = False, fold: Fold = False,
+        keep_variants: bool = False,
+    ) -> Corpus:
         """From ``{language: [text, ...]}``; a text may be a string, a
         ``(prompt, response)`` pair or a mapping with ``text``/``prompt`` and ``response``."""
-        return cls(data, allow_unknown=allow_unknown)
+        return cls(data, allow_unknown=allow_unknown, fold=fold, keep_variants=keep_variants)
 
     @classmethod
     def from_frame(
@@ -213,11 +238,23 @@ class Corpus:
         """Canonical language tags, in corpus order."""
         return tuple(self._texts)
 
+    @property
+    def codes(self) -> dict[str, str]:
+        """The language codes as given, by canonical key (``{"en": "eng_Latn"}``)."""
+        return dict(self._codes)
+
+    def unknown_languages(self) -> list[str]:
+        """Keys that name no known language (kept by ``allow_unknown``)."""
+        unknown = []
+        for lang in self._texts:
+            try:
+                normalize_language(lang, keep_variants=True)
+            except LanguageError:
+                unknown.append(lang)
+        return unknown
+
     def __getitem__(self, language: str) -> tuple[Text, ...]:
-        lang = language if language in self._texts else normalize_language(language, allow_unknown=True)
-        if lang not in self._texts:
-            raise CorpusError(f"the corpus has no language {language!r}; it has {self.languages}")
-        return self._texts[lang]
+        return self._texts[self._key(language)]
 
     def __contains__(self, language: object) -> bool:
         return isinstance(language, str) and language in self._texts
@@ -260,13 +297,39 @@ class Corpus:
 
     # -- derived corpora ---------------------------------------------------------------
 
+    def _key(self, language: str) -> str:
+        lang = language if language in self._texts else normalize_language(language, allow_unknown=True)
+        if lang not in self._texts:
+            raise CorpusError(f"the corpus has no language {language!r}; it has {self.languages}")
+        return lang
+
     def select(self, languages: Sequence[str]) -> Corpus:
         """The corpus restricted to (and reordered as) ``languages``."""
-        return Corpus({lang: self[lang] for lang in languages}, allow_unknown=True)
+        keys = [self._key(lang) for lang in languages]
+        if len(set(keys)) != len(keys):
+            raise CorpusError(f"languages {list(languages)} name a language twice")
+        return Corpus._derived({k: self._texts[k] for k in keys}, self._codes)
 
     def head(self, n: int) -> Corpus:
         """The first ``n`` texts of every language."""
-        return Corpus({lang: texts[:n] for lang, texts in self._texts.items()}, allow_unknown=True)
+        return Corpus._derived({lang: texts[:n] for lang, texts in self._texts.items()}, self._codes)
+
+    def folded(self, fold: Fold = True) -> Corpus:
+        """The corpus with its keys folded (``"macrolanguage"``, ``"region"`` or both:
+        ``zh-TW`` -> ``zh-Hant``, ``nb`` -> ``no``); two keys that fold together are an
+        error, not silently merged.
+
+        Raises:
+            CorpusError: two languages fold into one key.
+        """
+        texts: dict[str, tuple[Text, ...]] = {}
+        codes: dict[str, str] = {}
+        for lang, items in self._texts.items():
+            key = normalize_language(lang, allow_unknown=True, fold=fold, keep_variants=True)
+            if key in texts:
+                raise CorpusError(f"{codes[key]!r} and {self._codes[lang]!r} both fold into {key!r}")
+            texts[key], codes[key] = items, self._codes[lang]
+        return Corpus._derived(texts, codes)
 
     def split(self, held_out: float | int, *, seed: int = 0) -> tuple[Corpus, Corpus]:
         """Split every language into (kept, held-out) texts.
@@ -283,7 +346,7 @@ class Corpus:
             chosen = shared if shared is not None else self._held_out_indices(len(texts), held_out, seed)
             kept[lang] = [t for i, t in enumerate(texts) if i not in chosen]
             out[lang] = [t for i, t in enumerate(texts) if i in chosen]
-        return Corpus(kept, allow_unknown=True), Corpus(out, allow_unknown=True)
+        return Corpus._derived(kept, self._codes), Corpus._derived(out, self._codes)
 
     @staticmethod
     def _held_out_indices(n: int, held_out: float | int, seed: int) -> set[int]:

@@ -28,7 +28,7 @@ from .corpus import Corpus, Text
 from .errors import CorpusError
 from .languages import normalize_language
 from .readout import last_logits, sequence_nll
-from .tokens import TokenPolicy, encode
+from .tokens import TokenPolicy, encode, encode_language, of_language, require_tokens
 
 __all__ = [
     "perplexity",
@@ -53,12 +53,13 @@ def text_nll(
     lm = adapt(model)
     owners, sequences = [], []
     for lang in corpus.languages:
-        encoded = encode(lm, corpus[lang], policy=token_policy, max_length=max_length, overflow="truncate")
+        encoded = encode_language(lm, lang, corpus[lang], policy=token_policy, max_length=max_length,
+                                  overflow="truncate")
         # Nothing predicts the first position: count targets from position 1.
-        for seq in encoded:
-            if seq.stop > max(seq.start, 1):
-                owners.append((lang, seq.text_index))
-                sequences.append(replace(seq, start=max(seq.start, 1)))
+        predicted = [replace(seq, start=max(seq.start, 1)) for seq in encoded if seq.stop > max(seq.start, 1)]
+        require_tokens(lang, sum(seq.n_counted for seq in predicted), "predicted tokens")
+        owners += [(lang, seq.text_index) for seq in predicted]
+        sequences += predicted
     sums, counts = sequence_nll(lm, sequences, batch_size)
     totals: dict[tuple[str, int], list[float]] = {}
     for owner, total, n in zip(owners, sums, counts):
@@ -129,8 +130,10 @@ def choice_scores(
     lm = adapt(model)
     rows = []
     for lang, entries in _choices(items).items():
+        require_tokens(lang, len(entries), "items")
         texts = [Text(e.prompt, option) for e in entries for option in e.options]
-        sequences = encode(lm, texts, policy="response")
+        with of_language(lang):
+            sequences = encode(lm, texts, policy="response")
         if len(sequences) != len(texts):
             raise CorpusError(f"{lang}: an option tokenises to nothing; every option needs a token")
         sums, counts = sequence_nll(lm, sequences, batch_size)
@@ -172,7 +175,13 @@ def generate(
     eos = getattr(lm.tokenizer, "eos_token_id", None)
     outputs: list[str] = []
     for lo in range(0, len(prompts), batch_size):
-        ids = lm.tokenize(list(prompts[lo : lo + batch_size]))
+        try:
+            ids = lm.tokenize(list(prompts[lo : lo + batch_size]))
+        except CorpusError as err:
+            raise _shifted(err, lo) from err
+        empty = [lo + row for row, p in enumerate(ids) if not p]
+        if empty:
+            raise CorpusError(f"prompt {empty[0]} gives no token: every prompt needs at least one")
         new: list[list[int]] = [[] for _ in ids]
         done = [False] * len(ids)
         for _ in range(max_new_tokens):
@@ -197,6 +206,16 @@ def generate(
     return outputs
 
 
+def _shifted(err: CorpusError, offset: int) -> CorpusError:
+    """A tokenizer error of a chunk, re-indexed to the whole list."""
+    index = getattr(err, "index", None)
+    if index is None or not offset:
+        return err
+    error = CorpusError(str(err).replace(f"text {index} ", f"text {index + offset} ", 1))
+    error.index = index + offset
+    return error
+
+
 def answer_accuracy(
     model: Any,
     items: Mapping[str, Sequence[tuple[str, Any]]],
@@ -213,7 +232,10 @@ def answer_accuracy(
     rows = []
     for lang, entries in items.items():
         lang = normalize_language(lang, allow_unknown=True)
-        answers = generate(model, [p for p, _ in entries], max_new_tokens=max_new_tokens, stop=stop, batch_size=batch_size)
+        require_tokens(lang, len(entries), "items")
+        with of_language(lang):
+            answers = generate(model, [p for p, _ in entries], max_new_tokens=max_new_tokens, stop=stop,
+                               batch_size=batch_size)
         for i, ((_, gold), text) in enumerate(zip(entries, answers)):
             rows.append({"language": lang, "item": i, "output": text, "gold": gold, "correct": bool(checker(text, gold))})
     frame = pd.DataFrame(rows, columns=["language", "item", "output", "gold", "correct"])

