@@ -25,7 +25,7 @@ def test_effective_scores_sum_to_transformer_lens_direct_logit_attribution(arch)
     for i, item in enumerate(items):
         for p, lang in enumerate(items.languages):
             ids = torch.tensor([lm.tokenize([item.texts[lang]])[0]])
-            gold = answer_token(lm, item.answer(lang))
+            gold = answer_token(lm, item.texts[lang], item.answer(lang))
             with torch.no_grad():
                 _, cache = model.run_with_cache(ids)
             for layer in range(lm.n_layers):
@@ -59,7 +59,7 @@ def test_grad_x_act_matches_finite_differences():
     items = tlm.ParallelItems.from_records(RECORDS[:1])
     attr = tlm.attribute(lm, items, method="grad_x_act", progress=False)
     ids = lm.tokenize([items[0].texts["en"]])[0]
-    gold = answer_token(lm, " mat")
+    gold = answer_token(lm, items[0].texts["en"], " mat")
     batch = lm.pad([ids])
 
     def metric_with(layer, neuron, scale):

@@ -41,3 +41,63 @@ def hooked_and_bridge(arch: str, *, seed: int = 0):
     hooked.load_state_dict(weights, strict=False)
     bridged = TransformerBridge.boot_transformers(f"tiny-{arch}", hf_model=model, tokenizer=tok)
     return hooked.eval(), bridged
+
+
+SP_SENTENCES = [
+    "Question: is the cat on the mat? Answer: True",
+    "Question: is the sky green? Answer: False",
+    "True or False? True. False. True, False.",
+    "The cat sleeps on the warm mat.",
+    "Le chat dort sur le tapis chaud.",
+]
+
+
+def sentencepiece_tokenizer(scheme: str = "legacy"):
+    """A SentencePiece-style BPE tokenizer that adds a prefix space, built offline and
+    loaded as a generic ``PreTrainedTokenizerFast``.
+
+    ``"legacy"``: the Llama-2 / Mistral-v0.1 ``tokenizer.json`` pipeline (normalizer
+    ``Prepend("▁")`` + ``Replace(" ", "▁")``, byte fallback), which makes ``" True"``
+    alone into ``"▁", "▁True"``. ``"first"`` / ``"always"``: a ``Metaspace``
+    pre-tokenizer with that ``prepend_scheme`` (newer converters), which makes
+    ``"True"`` alone into ``"▁True"``.
+    """
+    import tempfile
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    if scheme == "legacy":
+        tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+        tok.decoder = decoders.Sequence(
+            [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+        )
+    else:
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=scheme, split=False)
+        tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Metaspace(replacement="▁", prepend_scheme=scheme, split=False)])
+    special = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
+    trainer = trainers.BpeTrainer(vocab_size=len(special) + 120, special_tokens=special, show_progress=False)
+    tok.train_from_iterator(SP_SENTENCES * 20, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    folder = tempfile.mkdtemp(prefix="tlm-sp-tokenizer-")
+    fast.save_pretrained(folder)
+    return PreTrainedTokenizerFast.from_pretrained(folder)
+
+
+def sentencepiece_bridge(scheme: str = "legacy", arch: str = "llama", *, seed: int = 0):
+    """A tiny random ``arch`` model with :func:`sentencepiece_tokenizer` (a TransformerBridge)."""
+    import torch
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import AutoModelForCausalLM
+
+    from tl_multilingual.models import _config
+
+    tok = sentencepiece_tokenizer(scheme)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(_config(arch, len(tok))).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.ndim == 2:
+                param.normal_(0.0, 0.3)
+    return TransformerBridge.boot_transformers(f"tiny-{arch}-sp", hf_model=model, tokenizer=tok)

@@ -17,7 +17,9 @@ import types
 from typing import Any
 
 from .errors import (
+    ContextLengthError,
     CorpusError,
+    GradientError,
     IdentificationError,
     LanguageError,
     MaskError,
@@ -25,6 +27,7 @@ from .errors import (
     StatsError,
     TLMultilingualError,
     TLMultilingualWarning,
+    TruncationWarning,
     UnsupportedModelError,
 )
 
@@ -156,4 +159,7 @@ __all__ = [
     "IdentificationError",
     "MaskError",
     "SaveError",
+    "ContextLengthError",
+    "GradientError",
+    "TruncationWarning",
 ]

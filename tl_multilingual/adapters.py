@@ -24,7 +24,7 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from .errors import CorpusError, TLMultilingualError, UnsupportedModelError, warn
+from .errors import CorpusError, GradientError, TLMultilingualError, UnsupportedModelError, warn
 
 __all__ = ["ModelAdapter", "adapt", "Batch"]
 
@@ -302,9 +302,40 @@ class ModelAdapter:
         except _StopForward:
             return None
 
+    @contextmanager
+    def gradients(self) -> Iterator[None]:
+        """A block in which gradients can be taken through the model, whatever the
+        caller's mode: it leaves ``torch.inference_mode`` and ``torch.no_grad`` for its
+        duration. Tensors made before the block under ``inference_mode`` (batches,
+        indices) are inference tensors that autograd cannot save: make them inside
+        the block, or ``clone()`` them there.
+
+        Raises:
+            GradientError: the model's own weights are inference tensors (it was
+                created or loaded under ``torch.inference_mode``), or autograd met
+                another inference tensor.
+        """
+        if any(torch.is_inference(p) for p in self.model.parameters()):
+            raise GradientError(
+                f"gradients through {self.name} are impossible: its weights are inference tensors "
+                "(the model was created or loaded under torch.inference_mode()). Load it outside "
+                "inference mode; the gradient methods may then run inside it."
+            )
+        try:
+            with torch.inference_mode(False), torch.enable_grad():
+                yield
+        except RuntimeError as err:
+            if "nference tensor" not in str(err):
+                raise
+            raise GradientError(
+                f"autograd met an inference tensor made under torch.inference_mode() ({err}); "
+                "gradient computations need tensors made outside inference mode"
+            ) from err
+
     def call(self, batch: Batch) -> Tensor:
         """The model's logits on a batch, with whatever hooks are attached (no
-        ``no_grad``: gradients flow)."""
+        ``no_grad``: gradients flow; see :meth:`gradients` to take them under
+        ``inference_mode``)."""
         kwargs: dict[str, Any] = {"attention_mask": batch.attention_mask}
         if self.kind == "bridge":
             kwargs["use_cache"] = False

@@ -18,8 +18,11 @@ the effective score: ``fold_ln`` multiplies ``u_t`` by the final norm's weight, 
 ``center_writing_weights`` centres ``W_out`` rows (LayerNorm models); contributions
 change only through the centring.
 
-Answers are tokenised as written, without BOS: give them a leading space where they
-follow one.
+The gold token is the answer's first token *in context*: ``prompt + answer`` is
+tokenised as one text and the answer's tokens are those after the prompt's (see
+:mod:`.tokens`); give the answer a leading space where one separates it from the
+prompt. Gradients (``"grad_x_act"``) are taken outside ``torch.inference_mode``, so
+the method also runs inside it.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from .errors import TLMultilingualError
 from .items import ParallelItems
 from .readout import centred_writes, output_weights, unembedding
 from .sharing import SHARING_CLASSES, Sharing
+from .tokens import Overflow, check_overflow, fit, in_context
 
 __all__ = ["attribute", "Attribution", "class_attribution", "answer_token"]
 
@@ -46,12 +50,22 @@ Method = Literal["effective", "contribution", "grad_x_act"]
 Metric = Callable[[Tensor, Tensor], Tensor]
 
 
-def answer_token(lm: ModelAdapter, answer: str) -> int:
-    """The first token of an answer, tokenised as written (no BOS)."""
-    ids = lm.tokenize([answer], bos=False)[0]
-    if not ids:
-        raise TLMultilingualError(f"the answer {answer!r} has no tokens")
-    return ids[0]
+def answer_token(lm: ModelAdapter, prompt: str, answer: str) -> int:
+    """The first token of ``answer`` after ``prompt``, tokenised in context (see
+    :func:`tl_multilingual.tokens.in_context`)."""
+    return _gold(lm, [prompt], [answer])[1][0]
+
+
+def _gold(lm: ModelAdapter, prompts: list[str], answers: list[str]) -> tuple[list[list[int]], list[int]]:
+    """The prompts as the model reads them before their answers, and each answer's
+    first token."""
+    contexts, golds = [], []
+    for answer, (ids, start) in zip(answers, in_context(lm, prompts, answers)):
+        if start >= len(ids):
+            raise TLMultilingualError(f"the answer {answer!r} adds no token after its prompt")
+        contexts.append(ids[:start])
+        golds.append(ids[start])
+    return contexts, golds
 
 
 def logprob_metric(logits: Tensor, gold: Tensor) -> Tensor:
@@ -92,14 +106,15 @@ class Attribution:
         return pd.DataFrame(rows, columns=["item", "language", "layer", "neuron", "score"])
 
 
-def _gold_tokens(lm: ModelAdapter, items: ParallelItems, language: str) -> Tensor:
-    golds = []
+def _gold_tokens(lm: ModelAdapter, items: ParallelItems, language: str) -> tuple[list[list[int]], Tensor]:
+    answers = []
     for item in items:
         answer = item.answer(language)
         if answer is None:
             raise TLMultilingualError(f"item {item.id} has no gold answer in {language!r}")
-        golds.append(answer_token(lm, answer))
-    return torch.tensor(golds, device=lm.device)
+        answers.append(answer)
+    contexts, golds = _gold(lm, items.texts(language), answers)
+    return contexts, torch.tensor(golds, device=lm.device)
 
 
 def attribute(
@@ -111,6 +126,8 @@ def attribute(
     metric: Metric | None = None,
     batch_size: int = 8,
     progress: bool = True,
+    max_length: int | None = None,
+    overflow: Overflow = "truncate",
 ) -> Attribution:
     """Score every neuron of every item in every language (see the module docstring).
 
@@ -121,23 +138,33 @@ def attribute(
         through_norm: effective scores through the final norm's scale.
         metric: for ``grad_x_act``, ``metric(logits [batch, vocab], gold [batch]) ->
             [batch]`` on the last position (default: log-probability of the gold token).
+        max_length: longest prompt fed to the model (default: its context size).
+        overflow: longer prompts lose their oldest tokens (``"truncate"``, with a
+            warning) or are refused (``"error"``); see :mod:`tl_multilingual.tokens`.
+
+    Raises:
+        GradientError: ``grad_x_act`` on a model whose weights are inference tensors.
     """
     lm = adapt(model)
     if method not in ("effective", "contribution", "grad_x_act"):
         raise TLMultilingualError(f"unknown attribution method {method!r}")
+    check_overflow(overflow, split=False)
     w_out = [output_weights(lm, layer) for layer in range(lm.n_layers)]
     scores = torch.zeros(len(items), len(items.languages), lm.n_layers, lm.d_mlp)
     for p, lang in enumerate(tqdm(items.languages, disable=not progress, desc=f"attribution ({method})")):
-        texts = items.texts(lang)
-        gold = _gold_tokens(lm, items, lang) if method != "contribution" else None
-        for lo in range(0, len(texts), batch_size):
-            batch = lm.pad(lm.tokenize(texts[lo : lo + batch_size]))
-            rows = slice(lo, lo + batch.input_ids.shape[0])
+        if method == "contribution":
+            ids, gold = lm.tokenize(items.texts(lang)), None
+        else:
+            ids, gold = _gold_tokens(lm, items, lang)
+        ids, _ = fit(lm, ids, max_length=max_length, overflow=overflow)
+        for lo in range(0, len(ids), batch_size):
+            chunk = ids[lo : lo + batch_size]
+            rows = slice(lo, lo + len(chunk))
             g = gold[rows] if gold is not None else None
             if method == "grad_x_act":
-                scores[rows, p] = _grad_x_act(lm, batch, g, metric or logprob_metric)
+                scores[rows, p] = _grad_x_act(lm, chunk, g, metric or logprob_metric)
             else:
-                scores[rows, p] = _direct(lm, batch, g, w_out, method, through_norm)
+                scores[rows, p] = _direct(lm, lm.pad(chunk), g, w_out, method, through_norm)
     return Attribution(method, items.languages, [item.id for item in items], scores)
 
 
@@ -180,7 +207,12 @@ def _direct(lm: ModelAdapter, batch: Any, gold: Tensor | None, w_out: list[Tenso
     return out
 
 
-def _grad_x_act(lm: ModelAdapter, batch: Any, gold: Tensor, metric: Metric) -> Tensor:
+def _grad_x_act(lm: ModelAdapter, ids: list[list[int]], gold: Tensor, metric: Metric) -> Tensor:
+    with lm.gradients():  # also under torch.inference_mode: the batch and gold are made anew
+        return _grad_x_act_batch(lm, lm.pad(ids), gold.clone(), metric)
+
+
+def _grad_x_act_batch(lm: ModelAdapter, batch: Any, gold: Tensor, metric: Metric) -> Tensor:
     last = batch.last
     rows = torch.arange(len(last), device=last.device)
     acts: dict[int, Tensor] = {}
@@ -197,7 +229,7 @@ def _grad_x_act(lm: ModelAdapter, batch: Any, gold: Tensor, metric: Metric) -> T
         return store
 
     hooks = [(lm.write_hook(layer), keep(layer)) for layer in range(lm.n_layers)]
-    with torch.enable_grad(), lm.hooks(hooks):
+    with lm.hooks(hooks):
         logits = lm.call(batch)
         value = metric(logits[rows, last], gold).sum()
         grads = torch.autograd.grad(value, [probes[layer] for layer in range(lm.n_layers)])

@@ -14,6 +14,7 @@ the application configures logging, e.g. ``logging.basicConfig(level="INFO")``).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -21,7 +22,7 @@ from pathlib import Path
 logger = logging.getLogger("tl_multilingual")
 """The library's logger: progress (``INFO``) and details (``DEBUG``)."""
 
-_PACKAGE = str(Path(__file__).resolve().parent)
+_PACKAGE = str(Path(__file__).resolve().parent) + os.sep
 
 
 class TLMultilingualWarning(UserWarning):
@@ -72,3 +73,16 @@ class MaskError(TLMultilingualError, ValueError):
 
 class SaveError(TLMultilingualError, OSError):
     """A result could not be written or read back."""
+
+
+class ContextLengthError(CorpusError):
+    """A text longer than the model's context (or the ``max_length`` asked for), under
+    ``overflow="error"``, or one that no truncation can fit."""
+
+
+class GradientError(TLMultilingualError, RuntimeError):
+    """A computation that needs gradients cannot get them (e.g. inference tensors)."""
+
+
+class TruncationWarning(TLMultilingualWarning):
+    """Texts were truncated or split to fit the model's context (``overflow=``)."""

@@ -10,8 +10,13 @@ experiments can resample units for bootstrap intervals:
   padding never count;
 - choice accuracy: an item is right when its gold option has the highest
   log-likelihood given the prompt (summed over the option's tokens, or averaged with
-  ``length_normalize``);
-- answer accuracy: greedy decoding, then a user-supplied checker.
+  ``length_normalize``); options are tokenised in context (:func:`.tokens.in_context`),
+  so a score is the log-likelihood of the option within the joint text;
+- answer accuracy: greedy decoding, then a user-supplied checker on the continuation
+  decoded in context.
+
+Every function takes the library's length policy (``max_length``, ``overflow``; see
+:mod:`.tokens`).
 """
 
 from __future__ import annotations
@@ -23,12 +28,23 @@ from typing import Any
 
 import pandas as pd
 
-from .adapters import adapt
-from .corpus import Corpus, Text
-from .errors import CorpusError
+from .adapters import ModelAdapter, adapt
+from .corpus import Corpus
+from .errors import ContextLengthError, CorpusError
 from .languages import normalize_language
 from .readout import last_logits, sequence_nll
-from .tokens import TokenPolicy, encode, encode_language, of_language, require_tokens
+from .tokens import (
+    Overflow,
+    TokenPolicy,
+    check_overflow,
+    context_limit,
+    encode_answers,
+    encode_language,
+    fit,
+    of_language,
+    report_overflow,
+    require_tokens,
+)
 
 __all__ = [
     "perplexity",
@@ -37,6 +53,7 @@ __all__ = [
     "choice_accuracy",
     "answer_accuracy",
     "generate",
+    "option_logprobs",
 ]
 
 def text_nll(
@@ -46,15 +63,18 @@ def text_nll(
     token_policy: TokenPolicy = "all",
     batch_size: int = 8,
     max_length: int | None = None,
+    overflow: Overflow = "truncate",
 ) -> pd.DataFrame:
     """Per-text negative log-likelihood: one row per text with ``language``, ``text``
     (index), ``tokens`` (predicted tokens counted) and ``nll`` (their summed NLL).
-    Texts of all languages share batches."""
+    Texts of all languages share batches. Texts longer than ``max_length`` (default:
+    the model's context) keep their beginning, are split into pieces each starting
+    with BOS (``overflow="split"``), or are refused (``"error"``)."""
     lm = adapt(model)
     owners, sequences = [], []
     for lang in corpus.languages:
         encoded = encode_language(lm, lang, corpus[lang], policy=token_policy, max_length=max_length,
-                                  overflow="truncate")
+                                  overflow=overflow)
         # Nothing predicts the first position: count targets from position 1.
         predicted = [replace(seq, start=max(seq.start, 1)) for seq in encoded if seq.stop > max(seq.start, 1)]
         require_tokens(lang, sum(seq.n_counted for seq in predicted), "predicted tokens")
@@ -82,10 +102,13 @@ def perplexity(
     per_text: bool = False,
     batch_size: int = 8,
     max_length: int | None = None,
+    overflow: Overflow = "truncate",
 ) -> pd.DataFrame:
     """Perplexity per language (``exp`` of the mean token NLL, pooled over texts), or per
-    text with ``per_text``. Use ``token_policy="response"`` to score only responses."""
-    frame = text_nll(model, corpus, token_policy=token_policy, batch_size=batch_size, max_length=max_length)
+    text with ``per_text``. Use ``token_policy="response"`` to score only responses
+    (tokenised in context). ``max_length`` and ``overflow`` as in :func:`text_nll`."""
+    frame = text_nll(model, corpus, token_policy=token_policy, batch_size=batch_size, max_length=max_length,
+                     overflow=overflow)
     if per_text:
         frame = frame.copy()
         frame["perplexity"] = (frame["nll"] / frame["tokens"]).map(math.exp)
@@ -122,26 +145,53 @@ def _choices(items: Mapping[str, Sequence[Any]]) -> dict[str, list[MultipleChoic
     return out
 
 
+def option_logprobs(
+    model: Any,
+    entries: Sequence[tuple[str, Sequence[str]]],
+    *,
+    batch_size: int = 8,
+    max_length: int | None = None,
+    overflow: Overflow = "truncate",
+) -> list[tuple[list[float], list[int]]]:
+    """The one implementation of answer scoring: for each ``(prompt, options)``, the
+    log-likelihood of every option given the prompt (options tokenised in context:
+    the log-probability of the option's tokens within ``prompt + option``) and its
+    number of tokens. Prompts too long for ``max_length`` lose their oldest tokens."""
+    lm = adapt(model)
+    check_overflow(overflow, split=False)
+    prompts = [prompt for prompt, options in entries for _ in options]
+    answers = [option for _, options in entries for option in options]
+    sequences = encode_answers(lm, prompts, answers, max_length=max_length, overflow=overflow, what="option")
+    sums, counts = sequence_nll(lm, sequences, batch_size)
+    out, at = [], 0
+    for _, options in entries:
+        k = len(options)
+        out.append(([-s for s in sums[at : at + k]], counts[at : at + k]))
+        at += k
+    return out
+
+
 def choice_scores(
-    model: Any, items: Mapping[str, Sequence[Any]], *, length_normalize: bool = False, batch_size: int = 8
+    model: Any,
+    items: Mapping[str, Sequence[Any]],
+    *,
+    length_normalize: bool = False,
+    batch_size: int = 8,
+    max_length: int | None = None,
+    overflow: Overflow = "truncate",
 ) -> pd.DataFrame:
     """Per item: ``language``, ``item``, ``predicted``, ``answer``, ``correct`` and the
-    log-likelihood of every option (``scores``)."""
+    log-likelihood of every option (``scores``; see :func:`option_logprobs`)."""
     lm = adapt(model)
     rows = []
     for lang, entries in _choices(items).items():
         require_tokens(lang, len(entries), "items")
-        texts = [Text(e.prompt, option) for e in entries for option in e.options]
         with of_language(lang):
-            sequences = encode(lm, texts, policy="response")
-        if len(sequences) != len(texts):
-            raise CorpusError(f"{lang}: an option tokenises to nothing; every option needs a token")
-        sums, counts = sequence_nll(lm, sequences, batch_size)
-        at = 0
-        for i, entry in enumerate(entries):
+            scored = option_logprobs(lm, [(e.prompt, e.options) for e in entries], batch_size=batch_size,
+                                     max_length=max_length, overflow=overflow)
+        for i, (entry, (logprobs, counts)) in enumerate(zip(entries, scored)):
             k = len(entry.options)
-            scores = [-s / (n if length_normalize else 1) for s, n in zip(sums[at : at + k], counts[at : at + k])]
-            at += k
+            scores = [s / (n if length_normalize else 1) for s, n in zip(logprobs, counts)]
             best = max(range(k), key=lambda j: scores[j])
             rows.append(
                 {"language": lang, "item": i, "predicted": best, "answer": entry.answer,
@@ -151,11 +201,18 @@ def choice_scores(
 
 
 def choice_accuracy(
-    model: Any, items: Mapping[str, Sequence[Any]], *, length_normalize: bool = False, batch_size: int = 8
+    model: Any,
+    items: Mapping[str, Sequence[Any]],
+    *,
+    length_normalize: bool = False,
+    batch_size: int = 8,
+    max_length: int | None = None,
+    overflow: Overflow = "truncate",
 ) -> pd.DataFrame:
     """Log-likelihood accuracy per language on multiple-choice items (``{language:
     [MultipleChoice or {"prompt", "options", "answer"}]}``)."""
-    frame = choice_scores(model, items, length_normalize=length_normalize, batch_size=batch_size)
+    frame = choice_scores(model, items, length_normalize=length_normalize, batch_size=batch_size,
+                          max_length=max_length, overflow=overflow)
     out = frame.groupby("language", sort=False).agg(items=("item", "size"), accuracy=("correct", "mean"))
     return out.reset_index()
 
@@ -167,13 +224,25 @@ def generate(
     max_new_tokens: int = 32,
     stop: Sequence[str] = ("\n",),
     batch_size: int = 8,
+    max_length: int | None = None,
+    overflow: Overflow = "truncate",
 ) -> list[str]:
     """Greedy continuations of ``prompts`` (deterministic), cut at the first stop
     string or end-of-sequence token. Interventions active around the call apply to
-    every step."""
+    every step.
+
+    A continuation is decoded in context (the text that its tokens add to the
+    prompt's), so a tokenizer that drops the leading space of a decoded text does not
+    drop the continuation's. The model reads at most ``max_length`` tokens (default:
+    its context): with ``overflow="truncate"`` the oldest tokens go first (a
+    :class:`~tl_multilingual.errors.TruncationWarning` says so); with ``"error"``
+    every prompt plus ``max_new_tokens`` must fit."""
     lm = adapt(model)
+    check_overflow(overflow, split=False)
+    limit = context_limit(lm, max_length)
     eos = getattr(lm.tokenizer, "eos_token_id", None)
     outputs: list[str] = []
+    long: dict[int, int] = {}
     for lo in range(0, len(prompts), batch_size):
         try:
             ids = lm.tokenize(list(prompts[lo : lo + batch_size]))
@@ -182,10 +251,22 @@ def generate(
         empty = [lo + row for row, p in enumerate(ids) if not p]
         if empty:
             raise CorpusError(f"prompt {empty[0]} gives no token: every prompt needs at least one")
+        if overflow == "error":
+            for row, p in enumerate(ids):
+                if len(p) + max_new_tokens > limit:
+                    raise ContextLengthError(
+                        f"prompt {lo + row} has {len(p)} tokens: with max_new_tokens={max_new_tokens} it needs "
+                        f"{len(p) + max_new_tokens}, more than max_length={limit} (the model's n_ctx is {lm.n_ctx}); "
+                        "pass overflow='truncate' to let the oldest tokens go"
+                    )
         new: list[list[int]] = [[] for _ in ids]
         done = [False] * len(ids)
         for _ in range(max_new_tokens):
-            batch = lm.pad([p + n for p, n in zip(ids, new)], side="left")
+            seen, lost = fit(lm, [p + n for p, n in zip(ids, new)], max_length=limit, report=False)
+            for row, n in enumerate(lost):
+                if n:
+                    long.setdefault(lo + row, len(ids[row]) + len(new[row]))
+            batch = lm.pad(seen, side="left")
             next_ids = last_logits(lm, batch).argmax(-1).tolist()
             for row, token in enumerate(next_ids):
                 if done[row]:
@@ -194,15 +275,16 @@ def generate(
                     done[row] = True
                     continue
                 new[row].append(token)
-                text = lm.tokenizer.decode(new[row], skip_special_tokens=True)
-                done[row] = any(s in text for s in stop)
+                done[row] = any(s in _continuation(lm, ids[row], new[row]) for s in stop)
             if all(done):
                 break
-        for tokens in new:
-            text = lm.tokenizer.decode(tokens, skip_special_tokens=True)
+        for prompt, tokens in zip(ids, new):
+            text = _continuation(lm, prompt, tokens)
             for s in stop:
                 text = text.split(s)[0] if s in text else text
             outputs.append(text)
+    report_overflow(lm, sorted(long.items()), len(prompts), max_length=max_length, overflow="truncate",
+                    action="truncated to the last", what="prompt")
     return outputs
 
 
@@ -216,6 +298,16 @@ def _shifted(err: CorpusError, offset: int) -> CorpusError:
     return error
 
 
+def _continuation(lm: ModelAdapter, prompt: list[int], new: list[int]) -> str:
+    """The text that ``new`` adds after ``prompt``, decoded in context."""
+    decode = lm.tokenizer.decode
+    if not new:
+        return ""
+    head = decode(prompt, skip_special_tokens=True)
+    full = decode(prompt + new, skip_special_tokens=True)
+    return full[len(head) :] if full.startswith(head) else decode(new, skip_special_tokens=True)
+
+
 def answer_accuracy(
     model: Any,
     items: Mapping[str, Sequence[tuple[str, Any]]],
@@ -225,6 +317,8 @@ def answer_accuracy(
     stop: Sequence[str] = ("\n",),
     batch_size: int = 8,
     per_item: bool = False,
+    max_length: int | None = None,
+    overflow: Overflow = "truncate",
 ) -> pd.DataFrame:
     """Accuracy of greedy answers per language: ``items`` maps languages to
     ``(prompt, gold)`` pairs; ``checker(generated_text, gold)`` says whether an answer
@@ -235,7 +329,7 @@ def answer_accuracy(
         require_tokens(lang, len(entries), "items")
         with of_language(lang):
             answers = generate(model, [p for p, _ in entries], max_new_tokens=max_new_tokens, stop=stop,
-                               batch_size=batch_size)
+                               batch_size=batch_size, max_length=max_length, overflow=overflow)
         for i, ((_, gold), text) in enumerate(zip(entries, answers)):
             rows.append({"language": lang, "item": i, "output": text, "gold": gold, "correct": bool(checker(text, gold))})
     frame = pd.DataFrame(rows, columns=["language", "item", "output", "gold", "correct"])

@@ -34,6 +34,7 @@ from .neurons import LanguageNeurons
 from .persist import atomic_folder, recover
 from .provenance import check_fits
 from .stats import ActivationStats
+from .tokens import Overflow
 
 __all__ = ["ablation_matrix", "AblationResult", "variant_mask"]
 
@@ -57,14 +58,16 @@ def variant_mask(neurons: LanguageNeurons, variant: str, language: str) -> Neuro
 class _Evaluation:
     """Per-unit numerators and denominators of a metric, and how to aggregate them."""
 
-    def __init__(self, data: Corpus | Mapping[str, Sequence[Any]], metric: Metric, batch_size: int):
+    def __init__(self, data: Corpus | Mapping[str, Sequence[Any]], metric: Metric, batch_size: int,
+                 policy: dict[str, Any] | None = None):
         self.data, self.metric, self.batch_size = data, metric, batch_size
+        self.policy = policy or {}  # max_length, overflow
 
     def units(self, lm: ModelAdapter) -> pd.DataFrame:
         if self.metric == "perplexity":
-            frame = text_nll(lm, self.data, batch_size=self.batch_size)
+            frame = text_nll(lm, self.data, batch_size=self.batch_size, **self.policy)
             return frame.rename(columns={"text": "unit", "nll": "num", "tokens": "den"})
-        frame = choice_scores(lm, self.data, batch_size=self.batch_size)
+        frame = choice_scores(lm, self.data, batch_size=self.batch_size, **self.policy)
         return pd.DataFrame(
             {"language": frame["language"], "unit": frame["item"], "num": frame["correct"].astype(float), "den": 1.0}
         )
@@ -165,6 +168,8 @@ def ablation_matrix(
     batch_size: int = 8,
     progress: bool = True,
     allow_mismatch: bool = False,
+    max_length: int | None = None,
+    overflow: Overflow = "truncate",
 ) -> AblationResult:
     """Deactivate each language's neurons and evaluate every language (paper A Fig. 2).
 
@@ -188,6 +193,9 @@ def ablation_matrix(
         batch_size: texts per forward pass.
         progress: show a progress bar.
         allow_mismatch: accept neurons or statistics of another model of the same shape.
+        max_length: longest sequence fed to the model (default: its context size).
+        overflow: ``"truncate"``, ``"split"`` (perplexity only) or ``"error"``; see
+            :mod:`tl_multilingual.tokens`.
 
     Returns:
         :class:`AblationResult` (``to_frame()``, ``matrix(variant)``).
@@ -204,7 +212,7 @@ def ablation_matrix(
         metric = "perplexity" if isinstance(data, Corpus) else "accuracy"
     if metric == "perplexity" and not isinstance(data, Corpus):
         raise TLMultilingualError("perplexity needs a Corpus")
-    evaluation = _Evaluation(data, metric, batch_size)
+    evaluation = _Evaluation(data, metric, batch_size, {"max_length": max_length, "overflow": overflow})
     ablated = list(neurons.languages if languages is None else languages)
     variants = list(classes)
     masks = {(v, lang): variant_mask(neurons, v, lang) for v in variants for lang in ablated}

@@ -28,6 +28,7 @@ from .errors import CorpusError, SaveError
 from .persist import manifest_field, read_result, write_result
 from .prompts import LensPrompt
 from .readout import layer_logprobs
+from .tokens import Overflow, fit
 from .wordtokens import word_tokens
 
 __all__ = ["language_lens", "LensResult", "answer_sets", "measure"]
@@ -187,6 +188,8 @@ def language_lens(
     languages: Sequence[str] | None = None,
     batch_size: int = 8,
     progress: bool = False,
+    max_length: int | None = None,
+    overflow: Overflow = "truncate",
 ) -> LensResult:
     """Read every layer through the model's own output head, on prompts that end right
     before an answer.
@@ -196,6 +199,9 @@ def language_lens(
         prompts: :class:`LensPrompt` objects (see :mod:`tl_multilingual.prompts`).
         languages: languages to track (default: every language with an answer).
         batch_size: prompts per forward pass.
+        max_length: longest prompt fed to the model (default: its context size).
+        overflow: longer prompts lose their oldest tokens (``"truncate"``, with a
+            warning) or are refused (``"error"``); see :mod:`tl_multilingual.tokens`.
     """
     lm = adapt(model)
     prompts = list(prompts)
@@ -204,10 +210,10 @@ def language_lens(
     if languages is None:
         languages = list(dict.fromkeys(lang for p in prompts for lang in p.answers))
     sets = answer_sets(lm, prompts, languages)
+    ids, _ = fit(lm, lm.tokenize([p.text for p in prompts]), max_length=max_length, overflow=overflow)
     parts = []
     for lo in tqdm(range(0, len(prompts), batch_size), disable=not progress, desc="lens"):
-        chunk = prompts[lo : lo + batch_size]
-        batch = lm.pad(lm.tokenize([p.text for p in chunk]), side="left")
+        batch = lm.pad(ids[lo : lo + batch_size], side="left")
         parts.append(measure(layer_logprobs(lm, batch), sets[lo : lo + batch_size]))
     prob, rank, entropy, top = (torch.cat(x) for x in zip(*parts))
     return LensResult(tuple(languages), prob, rank, entropy, top, tuple(prompts))

@@ -28,6 +28,7 @@ from .masks import NeuronMask
 from .prompts import LensPrompt
 from .provenance import check_fits
 from .readout import layer_logprobs
+from .tokens import Overflow, fit
 
 __all__ = ["patch_neurons", "PatchResult"]
 
@@ -130,6 +131,8 @@ def patch_neurons(
     seed: int = 0,
     batch_size: int = 8,
     allow_mismatch: bool = False,
+    max_length: int | None = None,
+    overflow: Overflow = "truncate",
 ) -> PatchResult:
     """Patch ``mask``'s neurons from source-language runs into target-language runs.
 
@@ -147,6 +150,9 @@ def patch_neurons(
 
     Raises:
         MaskError: a mask of another shape, or of another model (unless ``allow_mismatch``).
+        max_length: longest prompt fed to the model (default: its context size).
+        overflow: longer prompts lose their oldest tokens (``"truncate"``, with a
+            warning) or are refused (``"error"``); see :mod:`tl_multilingual.tokens`.
     """
     lm = adapt(model)
     check_fits(lm, mask, what="the mask", error=MaskError, allow_mismatch=allow_mismatch)
@@ -160,10 +166,14 @@ def patch_neurons(
     sets = answer_sets(lm, targets, languages)
     out = torch.full((len(masks), len(targets), lm.n_layers, len(languages)), float("nan"))
     side = "left" if align == "last" else lm.padding_side
+    src_ids, _ = fit(lm, lm.tokenize([p.text for p in sources]), max_length=max_length, overflow=overflow,
+                     what="source prompt")
+    tgt_ids, _ = fit(lm, lm.tokenize([p.text for p in targets]), max_length=max_length, overflow=overflow,
+                     what="target prompt")
     for lo in range(0, len(targets), batch_size):
         hi = min(lo + batch_size, len(targets))
-        src_batch = lm.pad(lm.tokenize([p.text for p in sources[lo:hi]]), side=side)
-        tgt_batch = lm.pad(lm.tokenize([p.text for p in targets[lo:hi]]), side=side)
+        src_batch = lm.pad(src_ids[lo:hi], side=side)
+        tgt_batch = lm.pad(tgt_ids[lo:hi], side=side)
         values, positions = _source(lm, src_batch, tgt_batch, align)
         for c, m in enumerate(masks):
             hooks = [] if m is None else Interventions(lm, [Edit(m, "patch", values, positions)]).hooks()

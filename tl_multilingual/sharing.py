@@ -32,6 +32,7 @@ from .items import ParallelItems
 from .masks import NeuronMask
 from .persist import manifest_field, read_result, write_result
 from .provenance import model_record
+from .tokens import Overflow, fit
 
 __all__ = ["SHARING_CLASSES", "Sharing", "sharing", "item_activations", "classify_codes", "language_codes"]
 
@@ -80,10 +81,13 @@ def _read_positions(
     batch_size: int,
     sink: Callable[[Tensor, int, Tensor], None],
     progress: bool = False,
+    max_length: int | None = None,
+    overflow: Overflow = "truncate",
 ) -> None:
     """Run the texts and hand ``sink(rows, layer, values [batch, d_mlp])`` the neuron
-    values at the last token, or their maximum over the text's tokens (BOS excluded)."""
-    ids = lm.tokenize(list(texts))
+    values at the last token, or their maximum over the text's tokens (BOS excluded).
+    Texts longer than ``max_length`` lose their oldest tokens (or are refused)."""
+    ids, _ = fit(lm, lm.tokenize(list(texts)), max_length=max_length, overflow=overflow, what="text")
     first = 1 if lm.prepend_bos and lm.bos_token_id is not None else 0
     for lo in tqdm(range(0, len(ids), batch_size), disable=not progress, desc="reading", leave=False):
         chunk = ids[lo : lo + batch_size]
@@ -120,17 +124,25 @@ def _position_reader(
 
 
 def item_activations(
-    model: Any, texts: Sequence[str], *, position: Position = "last", batch_size: int = 8
+    model: Any,
+    texts: Sequence[str],
+    *,
+    position: Position = "last",
+    batch_size: int = 8,
+    max_length: int | None = None,
+    overflow: Overflow = "truncate",
 ) -> Float[Tensor, "item layer neuron"]:
     """Neuron values of each text at its last token, or their maximum over its tokens
-    (``position="any"``): the quantity :func:`sharing` thresholds."""
+    (``position="any"``): the quantity :func:`sharing` thresholds. ``max_length`` and
+    ``overflow``: the length policy of :mod:`tl_multilingual.tokens` (longer texts lose
+    their oldest tokens, or are refused)."""
     lm = adapt(model)
     out = torch.zeros(len(texts), lm.n_layers, lm.d_mlp)
 
     def keep(rows: Tensor, layer: int, values: Tensor) -> None:
         out[rows, layer] = values.float().cpu()
 
-    _read_positions(lm, texts, position, batch_size, keep)
+    _read_positions(lm, texts, position, batch_size, keep, max_length=max_length, overflow=overflow)
     return out
 
 
@@ -284,6 +296,8 @@ def sharing(
     threshold: float | Sequence[float] = 0.0,
     batch_size: int = 8,
     progress: bool = True,
+    max_length: int | None = None,
+    overflow: Overflow = "truncate",
 ) -> Sharing | dict[float, Sharing]:
     """Classify every neuron on every parallel item (see the module docstring).
 
@@ -293,6 +307,9 @@ def sharing(
         position: ``"last"`` prompt token, or ``"any"`` token of the item.
         threshold: activation threshold, or several (paper B studies 0 to 0.5): then a
             dict ``{threshold: Sharing}`` from the same forward passes.
+        max_length: longest prompt fed to the model (default: its context size).
+        overflow: longer prompts lose their oldest tokens (``"truncate"``, with a
+            warning) or are refused (``"error"``); see :mod:`tl_multilingual.tokens`.
     """
     lm = adapt(model)
     if position not in ("last", "any"):
@@ -306,7 +323,7 @@ def sharing(
             for t, grid in codes.items():
                 grid[rows, layer] |= (values > t).cpu().to(dtype) << p
 
-        _read_positions(lm, items.texts(lang), position, batch_size, mark)
+        _read_positions(lm, items.texts(lang), position, batch_size, mark, max_length=max_length, overflow=overflow)
     ids = [item.id for item in items]
     record = {k: lm.describe()[k] for k in ("name", "architecture")}
     results = {t: Sharing(items.languages, ids, grid, t, position, record) for t, grid in codes.items()}

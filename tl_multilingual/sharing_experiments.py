@@ -4,7 +4,9 @@ strengthening (or deactivating) a class of neurons per item.
 An item is answered correctly in a language when, with answer options, its gold
 option has the highest log-likelihood given the prompt; without options, when the
 most likely next token is the first token of the gold answer. ``logprob`` is the
-log-likelihood of the gold answer (option) given the prompt.
+log-likelihood of the gold answer (option) given the prompt. Answers and options are
+scored in context by :func:`tl_multilingual.evaluate.option_logprobs`, the
+library's one implementation, under its length policy (``max_length``, ``overflow``).
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .adapters import ModelAdapter, adapt
-from .corpus import Text
 from .errors import TLMultilingualError
+from .evaluate import option_logprobs
 from .interventions import boost
 from .items import ParallelItem, ParallelItems
 from .masks import NeuronMask
@@ -26,43 +28,53 @@ from .provenance import check_fits
 from .readout import last_logits, sequence_nll
 from .sharing import SHARING_CLASSES, Sharing
 from .sharing import sharing as compute_sharing
-from .tokens import encode
+from .tokens import Overflow, check_overflow, encode_answers
 
 __all__ = ["item_correctness", "correct_vs_incorrect", "boost_experiment"]
 
 
-def _score_item(lm: ModelAdapter, item: ParallelItem, languages: Sequence[str]) -> list[tuple[bool, float]]:
+def _score_item(
+    lm: ModelAdapter,
+    item: ParallelItem,
+    languages: Sequence[str],
+    max_length: int | None = None,
+    overflow: Overflow = "truncate",
+) -> list[tuple[bool, float]]:
     """(correct, logprob) of one item in each language."""
     if item.options:
-        texts = [Text(item.texts[lang], option) for lang in languages for option in item.options[lang]]
-        sums, _ = sequence_nll(lm, encode(lm, texts, policy="response"), len(texts))
-        k = len(item.options[languages[0]])
+        scored = option_logprobs(lm, [(item.texts[lang], item.options[lang]) for lang in languages],
+                                 batch_size=sum(len(item.options[lang]) for lang in languages),
+                                 max_length=max_length, overflow=overflow)
         out = []
-        for p in range(len(languages)):
-            scores = [-s for s in sums[p * k : (p + 1) * k]]
-            best = max(range(k), key=scores.__getitem__)
+        for scores, _ in scored:
+            best = max(range(len(scores)), key=scores.__getitem__)
             out.append((best == item.label, scores[item.label]))
         return out
     answers = [item.answer(lang) for lang in languages]
     if any(a is None for a in answers):
         raise TLMultilingualError(f"item {item.id} needs a gold answer or options in every language")
-    sequences = encode(lm, [Text(item.texts[lang], a) for lang, a in zip(languages, answers)], policy="response")
+    check_overflow(overflow, split=False)
+    sequences = encode_answers(lm, [item.texts[lang] for lang in languages], answers, max_length=max_length,
+                               overflow=overflow)
     sums, _ = sequence_nll(lm, sequences, len(sequences))
-    prompts = lm.tokenize([item.texts[lang] for lang in languages])
-    predicted = last_logits(lm, lm.pad(prompts, side="left")).argmax(-1).tolist()
-    out = []
-    for p, (seq, pred) in enumerate(zip(sequences, predicted)):
-        first_answer_token = seq.ids[len(prompts[p])]
-        out.append((pred == first_answer_token, -sums[p]))
-    return out
+    contexts = [list(seq.ids[: seq.start]) for seq in sequences]  # the prompts as read before the answers
+    predicted = last_logits(lm, lm.pad(contexts, side="left")).argmax(-1).tolist()
+    return [(pred == seq.ids[seq.start], -total) for seq, pred, total in zip(sequences, predicted, sums)]
 
 
-def item_correctness(model: Any, items: ParallelItems, *, progress: bool = False) -> pd.DataFrame:
+def item_correctness(
+    model: Any,
+    items: ParallelItems,
+    *,
+    progress: bool = False,
+    max_length: int | None = None,
+    overflow: Overflow = "truncate",
+) -> pd.DataFrame:
     """One row per (item, language): ``correct`` and ``logprob`` of the gold answer."""
     lm = adapt(model)
     rows = []
     for item in tqdm(items, disable=not progress, desc="scoring items"):
-        for lang, (correct, logprob) in zip(items.languages, _score_item(lm, item, items.languages)):
+        for lang, (correct, logprob) in zip(items.languages, _score_item(lm, item, items.languages, max_length, overflow)):
             rows.append({"id": item.id, "language": lang, "correct": bool(correct), "logprob": logprob})
     return pd.DataFrame(rows, columns=["id", "language", "correct", "logprob"])
 
@@ -75,6 +87,8 @@ def correct_vs_incorrect(
     correctness: pd.DataFrame | None = None,
     progress: bool = False,
     allow_mismatch: bool = False,
+    max_length: int | None = None,
+    overflow: Overflow = "truncate",
 ) -> pd.DataFrame:
     """Sharing-class profiles of items answered correctly versus wrongly, per language.
 
@@ -85,8 +99,9 @@ def correct_vs_incorrect(
     lm = adapt(model)
     if sharing is not None:
         check_fits(lm, sharing, what="the sharing classes", allow_mismatch=allow_mismatch)
-    sharing = sharing if sharing is not None else compute_sharing(lm, items, progress=progress)
-    correctness = correctness if correctness is not None else item_correctness(lm, items, progress=progress)
+    policy = {"max_length": max_length, "overflow": overflow}
+    sharing = sharing if sharing is not None else compute_sharing(lm, items, progress=progress, **policy)
+    correctness = correctness if correctness is not None else item_correctness(lm, items, progress=progress, **policy)
     counts = sharing.counts().double() * 100.0 / sharing.d_mlp  # [item, layer, class]
     index = {item_id: i for i, item_id in enumerate(sharing.item_ids)}
     rows = []
@@ -126,6 +141,8 @@ def boost_experiment(
     ci: float = 0.95,
     progress: bool = True,
     allow_mismatch: bool = False,
+    max_length: int | None = None,
+    overflow: Overflow = "truncate",
 ) -> pd.DataFrame:
     """Scale one sharing class of neurons per item and measure every language.
 
@@ -140,14 +157,15 @@ def boost_experiment(
     lm = adapt(model)
     if sharing is not None:
         check_fits(lm, sharing, what="the sharing classes", allow_mismatch=allow_mismatch)
-    sharing = sharing if sharing is not None else compute_sharing(lm, items, progress=False)
+    sharing = sharing if sharing is not None else compute_sharing(lm, items, progress=False, max_length=max_length,
+                                                                  overflow=overflow)
     if sharing.item_ids != [item.id for item in items]:
         raise TLMultilingualError("the sharing classes were computed on other items")
     langs = list(items.languages)
     n_items, n_langs = len(items), len(langs)
     baseline = np.zeros((n_items, n_langs, 2))
     for i, item in enumerate(items):
-        baseline[i] = _score_item(lm, item, langs)
+        baseline[i] = _score_item(lm, item, langs, max_length, overflow)
     draws = np.random.default_rng(seed).integers(0, n_items, size=(n_boot, n_items))
     rows = []
     total = len(classes) * len(factors) * n_items
@@ -162,10 +180,10 @@ def boost_experiment(
                 mask = _class_mask(sharing, i, cls_parts)
                 sizes.append(mask.count())
                 with boost(lm, mask, factor=factor, allow_mismatch=allow_mismatch):
-                    hit[i] = _score_item(lm, item, langs)
+                    hit[i] = _score_item(lm, item, langs, max_length, overflow)
                 for c, random_mask in enumerate(mask.controls(controls, seed=seed + 97 * i)):
                     with boost(lm, random_mask, factor=factor, allow_mismatch=allow_mismatch):
-                        ctrl[c, i] = _score_item(lm, item, langs)
+                        ctrl[c, i] = _score_item(lm, item, langs, max_length, overflow)
                 bar.update()
             for p, lang in enumerate(langs):
                 acc_low, acc_high = _bootstrap(hit[:, p, 0], baseline[:, p, 0], draws, ci)

@@ -1,17 +1,42 @@
-"""From texts to padded batches, and which positions count.
+"""From texts to padded batches: answers tokenised in context, one length policy, and
+which positions count.
 
-A token policy decides which positions of a text are counted in statistics:
+**Answers in context.** A response, an answer option or a gold answer is tokenised
+together with its prompt: the ids of the one string ``prompt + answer``, of which the
+answer's tokens are those after the prompt's own ids (the standard log-likelihood
+recipe, :func:`in_context`). Tokenised alone, an answer can get tokens the model never
+reads after its prompt: a SentencePiece tokenizer that adds a prefix space (Llama 2,
+Mistral v0.1) makes ``" True"`` into ``"▁", "▁True"``, where the model reads
+``"▁True"`` after ``"Answer:"``. A prompt's trailing whitespace that the answer's first
+token absorbs (``"Answer: " + "True"`` reads ``"▁True"``) goes to the answer, and the
+prompt is fed without it. Scores are therefore log-likelihoods of the joint text, and a
+gold token is the one the model has to predict after the prompt as it is fed.
 
-- ``"all"``: every token of the text, response included (BOS only with ``include_bos``);
+**The length policy.** Every call that feeds text to the model takes ``max_length``
+(default: the model's context, ``n_ctx``) and ``overflow``:
+
+- ``"truncate"`` (default): longer token sequences are cut to ``max_length``, with a
+  :class:`~tl_multilingual.errors.TruncationWarning` naming the limit. Calls that read
+  every token (statistics, perplexity) keep the beginning; calls that read the last
+  position, score answers or generate keep the end (the oldest prompt tokens go, BOS
+  stays first, an answer being scored is never cut);
+- ``"split"`` (statistics and perplexity only): pieces of ``max_length`` tokens, each
+  starting with BOS;
+- ``"error"``: a :class:`~tl_multilingual.errors.ContextLengthError` naming the limit.
+
+**Token policies.** A token policy decides which positions of a text are counted in
+statistics:
+
+- ``"all"``: every token of the text, response included (BOS only with
+  ``include_bos``);
 - ``"last"``: the last token of each text;
-- ``"response"``: the tokens of the response, for prompt/response texts. The prompt
-  and the response are tokenised separately and concatenated, exactly as a
-  generated answer follows its prompt, so response-only counts equal
-  (prompt + response) counts minus prompt counts.
+- ``"response"``: the tokens of the response, for prompt/response texts, taken in
+  context as above. Where the prompt's own tokens are a prefix of the joint tokens
+  (unless a token straddles the boundary), response-only counts equal (prompt +
+  response) counts minus prompt counts.
 
-Counted positions are a contiguous span ``[start, stop)`` of each sequence. Texts
-longer than ``max_length`` tokens are truncated or split into several sequences
-(each starting with BOS); the policy applies to each resulting sequence.
+Counted positions are a contiguous span ``[start, stop)`` of each sequence; the policy
+applies to each sequence after truncation or splitting.
 """
 
 from __future__ import annotations
@@ -27,16 +52,18 @@ from torch import Tensor
 
 from .adapters import Batch, ModelAdapter
 from .corpus import Text
-from .errors import CorpusError, warn
+from .errors import ContextLengthError, CorpusError, TruncationWarning, warn
 
 __all__ = [
-    "TokenPolicy", "Overflow", "Encoded", "encode", "encode_language", "of_language", "require_tokens", "batches",
+    "TokenPolicy", "Overflow", "Encoded", "encode", "encode_language", "of_language", "require_tokens",
+    "encode_answers", "in_context", "fit", "context_limit", "check_overflow", "report_overflow", "batches",
     "limit_tokens",
 ]
 
 TokenPolicy = Literal["all", "last", "response"]
 Overflow = Literal["truncate", "split", "error"]
 POLICIES = ("all", "last", "response")
+OVERFLOWS = ("truncate", "split", "error")
 
 
 @dataclass(frozen=True)
@@ -53,8 +80,176 @@ class Encoded:
         return max(self.stop - self.start, 0)
 
 
+# -- answers in context ------------------------------------------------------------------
+
+
+def in_context(adapter: ModelAdapter, prompts: Sequence[str], answers: Sequence[str]) -> list[tuple[list[int], int]]:
+    """Each ``prompt + answer`` tokenised as one text (with BOS as the adapter adds it),
+    and the position ``start`` where the answer's tokens begin (see the module docstring).
+
+    ``ids[:start]`` is the prompt as the model reads it before the answer, and
+    ``ids[start]`` (when ``start < len(ids)``) the answer's first token. ``start`` is the
+    length of the prompt's own ids when they are a prefix of the joint ids (the usual
+    case); else, when the prompt ends in whitespace that the answer's first token
+    absorbs, the length of the ids of the prompt without it (the whitespace goes to
+    the answer, as in the standard recipe); else the longest common prefix."""
+    if len(prompts) != len(answers):
+        raise CorpusError(f"{len(prompts)} prompts but {len(answers)} answers")
+    alone = adapter.tokenize(list(prompts))
+    joint = adapter.tokenize([p + a for p, a in zip(prompts, answers)])
+    starts = [len(p) if ids[: len(p)] == p else None for p, ids in zip(alone, joint)]
+    trailing = [i for i, s in enumerate(starts) if s is None and prompts[i] != prompts[i].rstrip()]
+    for i, ids in zip(trailing, adapter.tokenize([prompts[i].rstrip() for i in trailing])):
+        if joint[i][: len(ids)] == ids:
+            starts[i] = len(ids)
+    out = []
+    for prompt, ids, start in zip(alone, joint, starts):
+        if start is None:
+            start, n = 0, min(len(prompt), len(ids))
+            while start < n and prompt[start] == ids[start]:
+                start += 1
+        out.append((ids, start))
+    return out
+
+
+def encode_answers(
+    adapter: ModelAdapter,
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    *,
+    max_length: int | None = None,
+    overflow: Overflow = "truncate",
+    what: str = "answer",
+) -> list[Encoded]:
+    """Sequences whose counted span is each answer, tokenised in context (for scoring:
+    the summed log-probability of the span is the joint text's log-likelihood of the
+    answer). Too long sequences lose their oldest prompt tokens, never the answer.
+
+    Raises:
+        CorpusError: an answer has no token of its own.
+        ContextLengthError: ``overflow="error"`` and a sequence is too long, or an
+            answer leaves no room for any of its prompt.
+    """
+    pairs = in_context(adapter, prompts, answers)
+    for i, (ids, start) in enumerate(pairs):
+        if start >= len(ids):
+            raise CorpusError(
+                f"{what} {answers[i]!r} adds no token of its own after its prompt {_short(prompts[i])}; "
+                f"every {what} needs a token"
+            )
+    cut, dropped = fit(
+        adapter, [ids for ids, _ in pairs], max_length=max_length, overflow=overflow,
+        keep=[start - 1 for _, start in pairs], what=f"{what} text",
+    )
+    return [Encoded(tuple(ids), start - lost, len(ids), i) for i, (ids, (_, start), lost) in enumerate(zip(cut, pairs, dropped))]
+
+
+def _short(text: str, width: int = 40) -> str:
+    return repr(text if len(text) <= width else "..." + text[-width:])
+
+
+# -- the length policy -------------------------------------------------------------------
+
+
+def context_limit(adapter: ModelAdapter, max_length: int | None = None) -> int:
+    """The longest token sequence fed to the model: ``max_length``, or the model's context."""
+    limit = adapter.n_ctx if max_length is None else int(max_length)
+    if limit <= _bos(adapter):
+        raise CorpusError(f"max_length={max_length} leaves no room for text after the BOS token")
+    return limit
+
+
+def check_overflow(overflow: str, *, split: bool = True) -> None:
+    """Refuse an unknown ``overflow`` (and ``"split"`` where a call cannot split)."""
+    if overflow not in OVERFLOWS:
+        raise CorpusError(f"overflow must be 'truncate', 'split' or 'error', got {overflow!r}")
+    if overflow == "split" and not split:
+        raise CorpusError(
+            "overflow='split' applies only to per-token statistics and perplexity; calls that read "
+            "the last position, score answers or generate take 'truncate' or 'error'"
+        )
+
+
+def fit(
+    adapter: ModelAdapter,
+    sequences: Sequence[Sequence[int]],
+    *,
+    max_length: int | None = None,
+    overflow: Overflow = "truncate",
+    keep: Sequence[int] | None = None,
+    what: str = "prompt",
+    report: bool = True,
+) -> tuple[list[list[int]], list[int]]:
+    """Fit token sequences to the limit by keeping their end (BOS stays first): for
+    calls that read the last position, score answers or generate.
+
+    Returns the sequences and how many tokens each lost (positions shift by as much).
+    ``keep[i]``: the first position of sequence ``i`` that must survive (e.g. the one
+    that predicts an answer's first token). With ``report``, the policy's warning or
+    error is given here; otherwise the caller reports (see :func:`report_overflow`).
+    """
+    check_overflow(overflow, split=False)
+    limit = context_limit(adapter, max_length)
+    first = _bos(adapter)
+    out, dropped, long = [], [], []
+    for i, seq in enumerate(sequences):
+        seq = list(seq)
+        lost = max(len(seq) - limit, 0)
+        if lost:
+            long.append((i, len(seq)))
+            if keep is not None and keep[i] - lost < first:
+                raise ContextLengthError(
+                    f"{what} {i} has {len(seq)} tokens; max_length={limit} ({_source(adapter, max_length)}) "
+                    f"leaves no room for the {len(seq) - keep[i]} tokens that must be kept"
+                )
+            if overflow == "truncate":
+                seq = seq[:first] + seq[first + lost :]
+        out.append(seq)
+        dropped.append(lost if overflow == "truncate" else 0)
+    if report:
+        report_overflow(adapter, long, len(sequences), max_length=max_length, overflow=overflow,
+                        action="truncated to the last", what=what)
+    return out, dropped
+
+
+def report_overflow(
+    adapter: ModelAdapter,
+    long: Sequence[tuple[int, int]],
+    total: int,
+    *,
+    max_length: int | None,
+    overflow: Overflow,
+    action: str,
+    what: str = "text",
+) -> None:
+    """The policy's one voice: a :class:`TruncationWarning`, or with ``overflow="error"``
+    a :class:`ContextLengthError`, for the ``(index, n_tokens)`` sequences in ``long``."""
+    if not long:
+        return
+    limit = context_limit(adapter, max_length)
+    source = _source(adapter, max_length)
+    if overflow == "error":
+        index, n = long[0]
+        raise ContextLengthError(
+            f"{what} {index} has {n} tokens, more than max_length={limit} ({source}); pass "
+            "overflow='truncate' to cut it (or a larger max_length if the model allows)"
+        )
+    plural = what if total == 1 else f"{what}s"
+    warn(f"{len(long)} of {total} {plural} longer than max_length={limit} tokens ({source}) "
+         f"{'was' if len(long) == 1 else 'were'} {action} {limit} tokens", TruncationWarning)
+
+
+def _source(adapter: ModelAdapter, max_length: int | None) -> str:
+    return f"the model's context n_ctx={adapter.n_ctx}" if max_length is None else f"the model's n_ctx is {adapter.n_ctx}"
+
+
+def _bos(adapter: ModelAdapter) -> int:
+    return 1 if adapter.prepend_bos and adapter.bos_token_id is not None else 0
+
+
 def _pieces(ids: list[int], first: int, max_length: int, overflow: Overflow) -> list[tuple[list[int], int]]:
-    """Cut ``ids`` (whose text starts at position ``first``, after BOS) to ``max_length``.
+    """Cut ``ids`` (whose text starts at position ``first``, after BOS) to ``max_length``,
+    keeping the beginning.
 
     Returns pieces, each with the original position of its first text token.
     """
@@ -64,9 +259,10 @@ def _pieces(ids: list[int], first: int, max_length: int, overflow: Overflow) -> 
         return [(ids[:max_length], first)]
     head, body = ids[:first], ids[first:]
     step = max_length - first
-    if step <= 0:
-        raise CorpusError(f"max_length={max_length} leaves no room for text after the BOS token")
     return [(head + body[i : i + step], first + i) for i in range(0, len(body), step)]
+
+
+# -- statistics and perplexity -----------------------------------------------------------
 
 
 def encode(
@@ -78,32 +274,32 @@ def encode(
     max_length: int | None = None,
     overflow: Overflow = "truncate",
 ) -> list[Encoded]:
-    """Tokenise texts into sequences with their counted span (see the module docstring)."""
+    """Tokenise texts into sequences with their counted span (see the module docstring).
+    Too long texts keep their beginning, or are split."""
     if policy not in POLICIES:
         raise CorpusError(f"unknown token policy {policy!r}; use one of {POLICIES}")
-    if overflow not in ("truncate", "split", "error"):
-        raise CorpusError(f"overflow must be 'truncate', 'split' or 'error', got {overflow!r}")
+    check_overflow(overflow)
     if policy == "response" and any(t.response is None for t in texts):
         raise CorpusError(
             "the 'response' token policy needs prompt/response texts; some texts have no response"
         )
-    max_length = max_length or adapter.n_ctx
-    first = 1 if adapter.prepend_bos and adapter.bos_token_id is not None else 0
+    limit = context_limit(adapter, max_length)
+    first = _bos(adapter)
     lo = 0 if include_bos else first  # first counted position
-    prompts = adapter.tokenize([t.text for t in texts])
-    with_responses = [i for i, t in enumerate(texts) if t.response is not None]
-    answers = adapter.tokenize([texts[i].response for i in with_responses], bos=False)
-    responses = dict(zip(with_responses, answers))
+    tokens: list[tuple[list[int], int]] = [([], 0)] * len(texts)
+    plain = [i for i, t in enumerate(texts) if t.response is None]
+    for i, ids in zip(plain, adapter.tokenize([texts[i].text for i in plain])):
+        tokens[i] = (ids, len(ids))
+    paired = [i for i, t in enumerate(texts) if t.response is not None]
+    joint = in_context(adapter, [texts[i].text for i in paired], [texts[i].response for i in paired])
+    for i, pair in zip(paired, joint):
+        tokens[i] = pair
     out: list[Encoded] = []
-    too_long = 0
-    for i, prompt in enumerate(prompts):
-        ids = prompt + responses.get(i, [])
-        answer_from = len(prompt)  # original position of the first response token
-        if len(ids) > max_length:
-            too_long += 1
-            if overflow == "error":
-                raise CorpusError(f"text {i} has {len(ids)} tokens, more than max_length={max_length}")
-        for piece, offset in _pieces(ids, first, max_length, overflow):
+    long = [(i, len(ids)) for i, (ids, _) in enumerate(tokens) if len(ids) > limit]
+    action = "truncated to the first" if overflow == "truncate" else "split into pieces of"
+    report_overflow(adapter, long, len(texts), max_length=max_length, overflow=overflow, action=action)
+    for i, (ids, answer_from) in enumerate(tokens):  # answer_from: original position of the response
+        for piece, offset in _pieces(ids, first, limit, overflow):
             if policy == "all":
                 start = lo
             elif policy == "last":
@@ -112,12 +308,6 @@ def encode(
                 start = max(answer_from - offset + first, first)
             if start < len(piece):
                 out.append(Encoded(tuple(piece), start, len(piece), i))
-    if too_long and overflow != "error":
-        action = "truncated to" if overflow == "truncate" else "split into pieces of"
-        warn(
-            f"{too_long} of {len(texts)} texts are longer than {max_length} tokens and were {action} "
-            f"{max_length} tokens"
-        )
     return out
 
 
