@@ -82,3 +82,59 @@ def test_accuracy_metric_on_multiple_choice_items():
                                  controls=1, n_boot=20, progress=False)
     assert result.metric == "accuracy"
     assert set(result.to_frame()["baseline"]) <= {0.0, 1 / 3, 2 / 3, 1.0}
+
+
+class _RecordingBar:
+    """Stands in for tqdm: records whether each bar was closed."""
+
+    bars: list = []
+
+    def __init__(self, *args, **kwargs):
+        self.closed = False
+        _RecordingBar.bars.append(self)
+
+    def update(self, n=1):
+        pass
+
+    def close(self):
+        self.closed = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _fails(*args, **kwargs):
+    raise RuntimeError("the intervention failed")
+
+
+def test_both_controlled_experiments_close_their_progress_bar_on_error(rigged, monkeypatch):
+    from tl_multilingual import experiments, sharing_experiments
+
+    lm, neurons, held_out, toy = rigged
+    monkeypatch.setattr(experiments, "tqdm", _RecordingBar)
+    monkeypatch.setattr(experiments, "ablate", _fails)
+    _RecordingBar.bars.clear()
+    with pytest.raises(RuntimeError):
+        tlm.ablation_matrix(lm, neurons, held_out, controls=1, progress=True)
+    assert len(_RecordingBar.bars) == 1 and _RecordingBar.bars[0].closed
+
+    records = [{"id": str(i), "text": {"en": toy.texts["en"][i], "ru": toy.texts["ru"][i]},
+                "answer": {"en": toy.answer, "ru": toy.answer}} for i in range(30, 33)]
+    items = tlm.ParallelItems.from_records(records)
+    monkeypatch.setattr(sharing_experiments, "boost", _fails)
+    _RecordingBar.bars.clear()
+    with pytest.raises(RuntimeError):
+        tlm.boost_experiment(lm, items, factors=[2.0], controls=1, progress=True)
+    assert len(_RecordingBar.bars) == 1 and _RecordingBar.bars[0].closed
+
+
+def test_controls_are_matched_to_variants_by_their_classes(rigged):
+    lm, neurons, held_out, _ = rigged
+    result = tlm.ablation_matrix(lm, neurons, held_out, classes=["specific+related"],
+                                 controls={"related + specific": 2}, n_boot=20, progress=False)
+    assert result.controls["seed"].max() == 1  # two controls: the mapping's key names the same classes
+    with pytest.raises(tlm.MaskError, match="unknown class"):
+        tlm.ablation_matrix(lm, neurons, held_out, classes=["specific+shared"], progress=False)

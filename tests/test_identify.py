@@ -3,7 +3,9 @@ implementation written from the formula."""
 
 from __future__ import annotations
 
+import importlib
 import math
+import warnings
 
 import pytest
 import torch
@@ -215,3 +217,88 @@ def test_lape_output_round_trips_through_the_reference_format():
     assert torch.equal(back.membership, neurons.membership)
     for lang in stats.languages:
         assert back.language(lang) == neurons.language(lang)
+
+
+def two_language_stats(pairs, width=20, tokens=10_000, quiet=100):
+    """One layer of ``width`` neurons, quiet but for ``{neuron: (count en, count fr)}``."""
+    counts = torch.full((1, width, 2), quiet)
+    for neuron, pair in pairs.items():
+        counts[0, neuron] = torch.tensor(pair)
+    return tlm.ActivationStats.from_counts(["en", "fr"], [tokens, tokens], counts)
+
+
+def test_lambda_search_ending_at_its_upper_bound_warns_and_a_wider_range_is_offered():
+    stats = two_language_stats({0: (3000, 100), 1: (100, 3000), 2: (9000, 9000), 3: (5000, 100)})
+    with pytest.warns(UserWarning, match=r"upper bound 0\.2 of lam_range=\(0, 0\.2\).*lam_range=\(0, 0\.4\)"):
+        neurons = tlm.identify(stats, top_rate=0.1)
+    assert neurons.lam == 0.2
+    assert neurons.params["lam_search"]["at_bound"] == "upper"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        wider = tlm.identify(stats, top_rate=0.1, lam_range=(0.0, 50.0))
+    assert 0.2 < wider.lam < 50.0
+    assert wider.params["lam_search"]["at_bound"] is None
+    assert wider.histogram[2] == 0  # still no selected neuron in both languages
+    with pytest.warns(UserWarning, match=r"upper bound 0\.2 .*high=0\.4"):
+        importlib.import_module("tl_multilingual.identify").sweep_lambda(stats.probabilities(), top_rate=0.1)
+
+
+def test_lambda_search_ending_at_its_lower_bound_warns():
+    # Neuron 3 has the lowest entropy at lambda 0; any positive lambda the search tries
+    # prefers neuron 7, active in both languages.
+    stats = two_language_stats({3: (5000, 4900), 7: (9900, 9900)})
+    with pytest.warns(UserWarning, match=r"lower bound 0 of lam_range"):
+        neurons = tlm.identify(stats, top_rate=0.05)
+    assert neurons.lam == 0.0
+    assert neurons.params["lam_search"]["at_bound"] == "lower"
+
+
+def test_a_lambda_inside_the_range_and_a_fixed_lambda_do_not_warn(njunlp):
+    stats, _ = njunlp
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        neurons = tlm.identify(stats, method="ternary")
+        tlm.identify(stats, method="ternary", lam=0.2)
+    assert neurons.params["lam_search"]["at_bound"] is None
+
+
+def test_lape_warns_when_its_bar_leaves_selected_neurons_without_a_language():
+    toy = tlm.models.planted()
+    stats = tlm.collect_stats(tlm.adapt(toy.model), tlm.Corpus.from_dict(toy.texts), progress=False)
+    with pytest.warns(UserWarning, match=r"16 of the 16 neurons LAPE selected .* in no language"):
+        neurons = tlm.identify(stats, method="lape", top_rate=16 / 48)
+    assert neurons.dropped == 16
+    assert neurons.summary()["dropped"].tolist() == [16, 16]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assigned = tlm.identify(stats, method="lape", top_rate=16 / 48, bar_ratio=0.7)
+    assert assigned.dropped == 0
+
+
+def test_methods_dispatch_from_one_table_and_an_unknown_one_is_refused():
+    assert set(importlib.import_module("tl_multilingual.identify").METHODS) == {"ternary", "lape"}
+    stats = two_language_stats({0: (9000, 100), 1: (100, 9000)})
+    with pytest.raises(tlm.IdentificationError, match="unknown method 'reference'"):
+        tlm.identify(stats, method="reference")
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(method="ternary"), dict(method="ternary", prefilter=True, filter_rate=0.9),
+     dict(method="lape", top_rate=0.2, bar_ratio=0.9), dict(method="ternary", lam=0.05, bar_ratio=0.8)],
+)
+def test_the_recipe_repeats_the_identification(kwargs):
+    gen = torch.Generator().manual_seed(11)
+    stats = stats_from_probs((torch.rand(3, 40, 3, generator=gen) ** 3 * 100).long(), [100] * 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        neurons = tlm.identify(stats, **kwargs)
+    recipe = neurons.recipe
+    assert set(recipe) == {"method", "top_rate", "lam", "bar_ratio", "prefilter", "filter_rate", "lam_range", "tol"}
+    assert recipe["lam"] == neurons.lam and (recipe["lam"] is None) == (kwargs["method"] == "lape")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        again = tlm.identify(stats, **recipe)
+    assert not [w for w in caught if "lambda search" in str(w.message)]  # the lambda is fixed: no search
+    assert torch.equal(again.membership, neurons.membership) and again.lam == neurons.lam
+    assert torch.equal(again.classes(), neurons.classes())

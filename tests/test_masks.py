@@ -64,3 +64,16 @@ def test_save_and_load(tmp_path):
     a.save(tmp_path / "m")
     back = tlm.NeuronMask.load(tmp_path / "m")
     assert back == a and back.name == "example"
+
+
+def test_one_parser_reads_class_variants():
+    from tl_multilingual.masks import parse_variant
+
+    assert parse_variant("specific+related") == ("specific", "related")
+    assert parse_variant(" specific + related + specific ") == ("specific", "related")
+    assert parse_variant("all_shared", ("all_shared", "specific")) == ("all_shared",)
+    for bad in ("", "specific++related", "+specific"):
+        with pytest.raises(tlm.MaskError, match="empty"):
+            parse_variant(bad)
+    with pytest.raises(tlm.MaskError, match="unknown class 'shared'"):
+        parse_variant("specific+shared", ("specific", "related"))

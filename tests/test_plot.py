@@ -93,3 +93,20 @@ def test_language_neurons_keep_a_scale_of_their_own(results):
     assert right.get_ylim()[1] >= general
     assert left.get_ylabel() == "language neurons" and right.get_ylabel() == "general neurons"
     plot.save(fig, "/dev/null", formats=())
+
+
+def test_lens_curves_draw_the_summary_they_are_given_without_resampling(results, monkeypatch):
+    from tl_multilingual import plot
+
+    _, lens, stages, _, _ = results
+    summary = lens.summary(n_boot=20)
+
+    def resample(*args, **kwargs):
+        raise AssertionError("a figure resampled")
+
+    monkeypatch.setattr(tlm.LensResult, "summary", resample)
+    fig = plot.lens_curves(summary, stages=stages)
+    bands = fig.axes[0].collections
+    assert len(bands) >= len(lens.languages)
+    with pytest.warns(DeprecationWarning, match="summary"), pytest.raises(AssertionError, match="resampled"):
+        plot.lens_curves(lens)

@@ -17,7 +17,7 @@ default (the paper's counts depend on it; ``lam="each"`` sweeps each model), and
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -28,23 +28,27 @@ from torch import Tensor
 from .errors import TLMultilingualError
 from .identify import identify
 from .languages import normalize_language
-from .neurons import LanguageNeurons
+from .neurons import CLASS_CODES, DROPPED, OTHER, LanguageNeurons
+from .resample import percentile_interval
 from .stats import ActivationStats
 
 __all__ = ["compare", "compare_series", "Comparison", "Series", "CLASS_ORDER", "neuron_class"]
 
-CLASS_ORDER = ("specific", "related", "general", "other")
+CLASS_ORDER = CLASS_CODES[: OTHER + 1]
+"""The classes of a comparison: :data:`~tl_multilingual.neurons.CLASS_CODES` with the
+dropped neurons (selected, in no language) counted as ``other``."""
 
 
 def neuron_class(neurons: LanguageNeurons) -> Tensor:
-    """Class index of every neuron (in ``CLASS_ORDER``; general wins over selection)."""
-    n = neurons.n_active_languages
-    k_langs = len(neurons.languages)
-    out = torch.full(n.shape, 3, dtype=torch.long)
-    out[(n > 1) & (n < k_langs)] = 1
-    out[n == 1] = 0
-    out[neurons.general().tensor] = 2
-    return out
+    """Class index of every neuron, in ``CLASS_ORDER``: :meth:`LanguageNeurons.classes`
+    with dropped neurons as ``other``; long ``[n_layers, d_mlp]``.
+
+    Raises:
+        IdentificationError: for neurons whose general neurons are unknown.
+    """
+    neurons.general()  # a comparison needs every class: refuse masks without general neurons
+    codes = neurons.classes().long()
+    return codes.masked_fill(codes == DROPPED, OTHER)
 
 
 def _check_neurons(a: LanguageNeurons, b: LanguageNeurons) -> None:
@@ -77,7 +81,14 @@ class Comparison:
     trained_languages: tuple[str, ...] = ()
     labels: tuple[str, str] = ("before", "after")
     stats: tuple[ActivationStats, ActivationStats] | None = None
-    identify_kwargs: tuple[dict[str, Any], dict[str, Any]] | None = field(default=None, repr=False)
+
+    @property
+    def identify_kwargs(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """The two models' identification recipes (:attr:`LanguageNeurons.recipe`), when
+        the comparison was built from statistics."""
+        if self.stats is None:
+            return None
+        return self.before.recipe, self.after.recipe
 
     @property
     def languages(self) -> tuple[str, ...]:
@@ -211,27 +222,23 @@ class Comparison:
             redrawn = [identify(s.redraw(generator), **kw) for s, kw in zip(self.stats, self.identify_kwargs)]
             for key, (b, a) in self._quantities(*redrawn).items():
                 draws[key].append(a - b)
-        alpha = (1 - ci) / 2
         rows = []
         for key, (b, a) in point.items():
             values = np.array(draws[key])
             change = a - b
             opposite = float(np.mean(np.sign(values) != np.sign(change))) if change else float("nan")
+            low, high = percentile_interval(values, ci)
             rows.append({"quantity": key, "before": b, "after": a, "change": change,
-                         "ci_low": float(np.quantile(values, alpha)), "ci_high": float(np.quantile(values, 1 - alpha)),
-                         "opposite_sign_share": opposite})
+                         "ci_low": low, "ci_high": high, "opposite_sign_share": opposite})
         return pd.DataFrame(rows)
 
 
 def _identify_pair(
     base: ActivationStats, aligned: ActivationStats, lam: float | Literal["base", "each"], kwargs: dict[str, Any]
-) -> tuple[LanguageNeurons, LanguageNeurons, dict[str, Any], dict[str, Any]]:
-    before_kw = dict(kwargs, lam=lam if isinstance(lam, (int, float)) else "auto")
-    before = identify(base, **before_kw)
-    after_kw = dict(kwargs, lam="auto" if lam == "each" else (before.lam if lam == "base" else lam))
-    after = identify(aligned, **after_kw)
-    fixed = [dict(kwargs, lam=before.lam), dict(kwargs, lam=after.lam)]
-    return before, after, fixed[0], fixed[1]
+) -> tuple[LanguageNeurons, LanguageNeurons]:
+    before = identify(base, **kwargs, lam=lam if isinstance(lam, (int, float)) else "auto")
+    after = identify(aligned, **kwargs, lam="auto" if lam == "each" else (before.lam if lam == "base" else lam))
+    return before, after
 
 
 def compare(
@@ -265,10 +272,9 @@ def compare(
         kwargs = {"method": method, "top_rate": top_rate, "bar_ratio": bar_ratio}
         if method == "lape":
             before, after = identify(base, **kwargs), identify(aligned, **kwargs)
-            fixed = (kwargs, kwargs)
         else:
-            before, after, *fixed = _identify_pair(base, aligned, lam, kwargs)
-        comparison = Comparison(before, after, trained, labels, (base, aligned), tuple(fixed))
+            before, after = _identify_pair(base, aligned, lam, kwargs)
+        comparison = Comparison(before, after, trained, labels, (base, aligned))
     elif isinstance(base, LanguageNeurons) and isinstance(aligned, LanguageNeurons):
         comparison = Comparison(base, aligned, trained, labels)
     else:

@@ -15,22 +15,23 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from . import resample
 from .adapters import ModelAdapter, adapt
 from .corpus import Corpus
 from .errors import IdentificationError, SaveError, StatsError, TLMultilingualError
 from .evaluate import choice_scores, text_nll
 from .interventions import Layers, ablate
-from .masks import NeuronMask
-from .neurons import LanguageNeurons
+from .masks import NeuronMask, parse_variant
+from .neurons import MASK_NAMES, LanguageNeurons
 from .persist import atomic_folder, recover
 from .provenance import check_fits
 from .stats import ActivationStats
@@ -44,15 +45,123 @@ Metric = Literal["perplexity", "accuracy"]
 
 
 def variant_mask(neurons: LanguageNeurons, variant: str, language: str) -> NeuronMask:
-    """The union of the classes named in ``variant`` (``"specific+related"``) for ``language``."""
-    parts = [p.strip() for p in variant.split("+") if p.strip()]
-    if not parts:
-        raise TLMultilingualError(f"empty variant {variant!r}")
+    """The union of the classes named in ``variant`` (``"specific+related"``) for ``language``.
+
+    Raises:
+        MaskError: for a variant that names no class or an unknown one
+            (:func:`tl_multilingual.masks.parse_variant`).
+    """
     mask = NeuronMask.empty(neurons.n_layers, neurons.d_mlp)
-    for part in parts:
+    for part in parse_variant(variant, MASK_NAMES):
         mask = mask | neurons.mask(part, None if part == "general" else language)
     mask.name = f"{language}: {variant}"
     return mask
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+@dataclass
+class _Runs(Generic[V]):
+    """One condition's measurements, per block of units: the hit (its own mask), each
+    random control, and the mask sizes."""
+
+    hit: list[V]
+    controls: list[list[V]]  # [control][block]
+    sizes: list[int]
+
+
+def _controlled_runs(
+    conditions: Mapping[K, Callable[[int], NeuronMask]],
+    measure: Callable[[K | None, int, NeuronMask | None], V],
+    *,
+    n_blocks: int,
+    n_controls: Mapping[K, int],
+    seed: int,
+    desc: str,
+    progress: bool,
+) -> tuple[list[V], dict[K, _Runs[V]]]:
+    """The loop every controlled intervention experiment shares (deactivation here,
+    boosting in :mod:`tl_multilingual.sharing_experiments`).
+
+    Units (texts, items) come in ``n_blocks`` blocks that each get their own mask: one
+    block for a whole evaluation set, or one block per item when every item has its own
+    class mask. First the unmodified model is measured on every block (the baseline);
+    then, for every condition, the block's mask (the hit) and ``n_controls[condition]``
+    random masks with as many neurons per layer, drawn outside it with seed
+    ``seed + 97 * block`` (:meth:`NeuronMask.controls`). An empty mask changes nothing:
+    its run is the baseline, not measured again. The progress bar closes however the
+    loop ends.
+
+    Args:
+        conditions: per condition key, the mask of each block.
+        measure: ``measure(key, block, mask)`` measures one block under one mask (key
+            and mask None for the baseline) and returns its per-unit values.
+        n_blocks: number of blocks.
+        n_controls: random controls per condition.
+        seed: seed of the controls.
+        desc: the progress bar's label.
+        progress: show the progress bar.
+
+    Returns:
+        ``(baseline, runs)``: the baseline per block, and per condition its
+        :class:`_Runs`. Intervals come from :func:`_paired_interval`.
+    """
+    total = n_blocks * (1 + sum(1 + n_controls[key] for key in conditions))
+    baseline: list[V] = []
+    with tqdm(total=total, disable=not progress, desc=desc, unit="run") as bar:
+
+        def run(key: K | None, block: int, mask: NeuronMask | None) -> V:
+            value = baseline[block] if mask is not None and mask.count() == 0 else measure(key, block, mask)
+            bar.update()
+            return value
+
+        for block in range(n_blocks):
+            baseline.append(run(None, block, None))
+        runs: dict[K, _Runs[V]] = {}
+        for key, mask_of in conditions.items():
+            result: _Runs[V] = _Runs([], [[] for _ in range(n_controls[key])], [])
+            for block in range(n_blocks):
+                mask = mask_of(block)
+                result.sizes.append(mask.count())
+                result.hit.append(run(key, block, mask))
+                for c, random_mask in enumerate(mask.controls(n_controls[key], seed=seed + 97 * block)):
+                    result.controls[c].append(run(key, block, random_mask))
+            runs[key] = result
+    return baseline, runs
+
+
+def _paired_interval(
+    hit: np.ndarray,
+    baseline: np.ndarray,
+    unit_draws: np.ndarray,
+    ci: float,
+    statistic: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+) -> tuple[float, float, float]:
+    """The change from ``baseline`` to ``hit`` over the same units, with its paired
+    percentile bootstrap interval (:mod:`tl_multilingual.resample`).
+
+    Args:
+        hit, baseline: per-unit values (units along the last axis for a
+            ``statistic``, along the first otherwise).
+        unit_draws: bootstrap draws of unit indices ``[n_boot, n_units]``
+            (:func:`tl_multilingual.resample.draws`), shared by both conditions.
+        ci: the interval's coverage.
+        statistic: ``statistic(values, index)`` -> the statistic over the units
+            ``index`` (``[..., n]`` -> ``[...]``), for statistics other than the mean
+            (a perplexity is a ratio of sums); None: the mean change, with
+            :func:`~tl_multilingual.resample.mean_interval` (its NaN policy).
+
+    Returns:
+        ``(change, ci_low, ci_high)``.
+    """
+    if statistic is None:
+        change, low, high = resample.mean_interval(hit, baseline=baseline, ci=ci, unit_draws=unit_draws)
+        return float(change), float(low), float(high)
+    every = np.arange(unit_draws.shape[1])
+    change = float(statistic(hit, every) - statistic(baseline, every))
+    low, high = resample.percentile_interval(statistic(hit, unit_draws) - statistic(baseline, unit_draws), ci)
+    return change, float(low), float(high)
 
 
 class _Evaluation:
@@ -144,12 +253,6 @@ class AblationResult:
         return table.loc[order, list(dict.fromkeys(rows["evaluated"]))]
 
 
-def _interval(values: np.ndarray, ci: float) -> tuple[float, float]:
-    alpha = (1.0 - ci) / 2.0
-    low, high = np.quantile(values, [alpha, 1.0 - alpha])
-    return float(low), float(high)
-
-
 def ablation_matrix(
     model: Any,
     neurons: LanguageNeurons,
@@ -186,7 +289,8 @@ def ablation_matrix(
         value: what deactivated neurons are set to: 0, a constant, or ``"mean"`` (needs
             ``stats``).
         controls: random same-size-per-layer neuron sets per (variant, language), or a
-            number per variant (``{"specific+related": 3}``; unnamed variants get none).
+            number per variant (``{"specific+related": 3}``, matched by the classes it
+            names, in any order; unnamed variants get none).
         seed: seed of the controls and of the bootstrap.
         n_boot: paired bootstrap replicates over texts/items for the change's interval.
         ci: the interval's coverage.
@@ -218,45 +322,45 @@ def ablation_matrix(
     masks = {(v, lang): variant_mask(neurons, v, lang) for v in variants for lang in ablated}
     if layers is not None:
         masks = {key: m.restrict(lm.layer_range(layers)) for key, m in masks.items()}
-    n_controls = {v: (controls.get(v, 0) if isinstance(controls, Mapping) else controls) for v in variants}
-    total = 1 + sum(1 + n_controls[v] for v, _ in masks)
-    bar = tqdm(total=total, disable=not progress, desc="ablation matrix", unit="run")
+    if isinstance(controls, Mapping):
+        per_variant = {frozenset(parse_variant(v, MASK_NAMES)): n for v, n in controls.items()}
+        n_controls = {v: per_variant.get(frozenset(parse_variant(v, MASK_NAMES)), 0) for v in variants}
+    else:
+        n_controls = {v: controls for v in variants}
 
-    def run(mask: NeuronMask | None) -> pd.DataFrame:
+    def measure(key: tuple[str, str] | None, block: int, mask: NeuronMask | None) -> pd.DataFrame:
         if mask is None:
-            units = evaluation.units(lm)
-        elif mask.count() == 0:
-            units = baseline  # nothing to deactivate
-        else:
-            with ablate(lm, mask, value=value, stats=stats, allow_mismatch=allow_mismatch):
-                units = evaluation.units(lm)
-        bar.update()
-        return units
+            return evaluation.units(lm)
+        with ablate(lm, mask, value=value, stats=stats, allow_mismatch=allow_mismatch):
+            return evaluation.units(lm)
 
-    try:
-        baseline = run(None)
-        evaluated = list(dict.fromkeys(baseline["language"]))
-        rng = np.random.default_rng(seed)
-        draws = {
-            lang: rng.integers(0, n, size=(n_boot, n))
-            for lang, n in baseline.groupby("language", sort=False).size().items()
-        }
-        rows, control_rows = [], []
-        for (variant, lang), mask in masks.items():
-            hit = run(mask)
-            ctrl_runs = [run(random_mask) for random_mask in mask.controls(n_controls[variant], seed=seed)]
-            for target in evaluated:
-                rows.append(
-                    _row(evaluation, baseline, hit, ctrl_runs, target, draws[target], ci)
-                    | {"variant": variant, "ablated": lang, "evaluated": target, "n_neurons": mask.count()}
+    (baseline,), runs = _controlled_runs(
+        {key: (lambda block, mask=mask: mask) for key, mask in masks.items()},
+        measure,
+        n_blocks=1,
+        n_controls={key: n_controls[key[0]] for key in masks},
+        seed=seed,
+        desc="ablation matrix",
+        progress=progress,
+    )
+    evaluated = list(dict.fromkeys(baseline["language"]))
+    rng = np.random.default_rng(seed)
+    unit_draws = {
+        lang: resample.draws(n, n_boot, rng) for lang, n in baseline.groupby("language", sort=False).size().items()
+    }
+    rows, control_rows = [], []
+    for (variant, lang), run in runs.items():
+        (hit,), ctrl_runs = run.hit, [c[0] for c in run.controls]
+        for target in evaluated:
+            rows.append(
+                _row(evaluation, baseline, hit, ctrl_runs, target, unit_draws[target], ci)
+                | {"variant": variant, "ablated": lang, "evaluated": target, "n_neurons": run.sizes[0]}
+            )
+            for c, ctrl in enumerate(ctrl_runs):
+                control_rows.append(
+                    {"variant": variant, "ablated": lang, "evaluated": target, "seed": c,
+                     "value": _value(evaluation, ctrl, target)}
                 )
-                for c, ctrl in enumerate(ctrl_runs):
-                    control_rows.append(
-                        {"variant": variant, "ablated": lang, "evaluated": target, "seed": c,
-                         "value": _value(evaluation, ctrl, target)}
-                    )
-    finally:
-        bar.close()
     columns = ["variant", "ablated", "evaluated", "n_neurons", "baseline", "value", "change",
                "relative_change", "ci_low", "ci_high", "control_value", "control_change",
                "control_change_sd", "effect_over_control"]
@@ -279,27 +383,27 @@ def _row(
     hit: pd.DataFrame,
     ctrl_runs: list[pd.DataFrame],
     language: str,
-    draws: np.ndarray,
+    unit_draws: np.ndarray,
     ci: float,
 ) -> dict[str, Any]:
-    b_num, b_den = _select(baseline, language)
-    h_num, h_den = _select(hit, language)
-    base = float(evaluation.aggregate(b_num.sum(), b_den.sum()))
-    value = float(evaluation.aggregate(h_num.sum(), h_den.sum()))
-    boot_base = evaluation.aggregate(b_num[draws].sum(1), b_den[draws].sum(1))
-    boot_hit = evaluation.aggregate(h_num[draws].sum(1), h_den[draws].sum(1))
-    low, high = _interval(boot_hit - boot_base, ci)
+    def statistic(values: np.ndarray, index: np.ndarray) -> np.ndarray:  # [2, n]: numerators, denominators
+        return evaluation.aggregate(values[0][index].sum(-1), values[1][index].sum(-1))
+
+    base_units, hit_units = np.stack(_select(baseline, language)), np.stack(_select(hit, language))
+    every = np.arange(base_units.shape[1])
+    base, value = float(statistic(base_units, every)), float(statistic(hit_units, every))
+    change, low, high = _paired_interval(hit_units, base_units, unit_draws, ci, statistic)
     ctrl_changes = np.array([_value(evaluation, c, language) - base for c in ctrl_runs])
     ctrl_change = float(ctrl_changes.mean()) if len(ctrl_changes) else float("nan")
     return {
         "baseline": base,
         "value": value,
-        "change": value - base,
-        "relative_change": (value - base) / base if base else float("nan"),
+        "change": change,
+        "relative_change": change / base if base else float("nan"),
         "ci_low": low,
         "ci_high": high,
         "control_value": base + ctrl_change,
         "control_change": ctrl_change,
         "control_change_sd": float(ctrl_changes.std(ddof=1)) if len(ctrl_changes) > 1 else float("nan"),
-        "effect_over_control": value - base - ctrl_change,
+        "effect_over_control": change - ctrl_change,
     }

@@ -15,15 +15,16 @@ are deterministic and reproduce the reference implementations' released masks.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from .errors import IdentificationError
+from .errors import IdentificationError, warn
 from .neurons import LanguageNeurons
 from .stats import ActivationStats
 
@@ -37,6 +38,7 @@ __all__ = [
     "ternary",
     "sweep_lambda",
     "norm_max",
+    "METHODS",
 ]
 
 
@@ -155,26 +157,50 @@ class _TernaryScorer:
         """Selected neurons above the bar in every language."""
         return int((self.n_above[self.select(lam).selected] == self.n_languages).sum())
 
-    def sweep(self, low: float, high: float, tol: float, max_steps: int) -> float:
+    def sweep(self, low: float, high: float, tol: float, max_steps: int) -> tuple[float, str | None]:
         """The largest lambda in ``[low, high]`` (bisection to ``tol``) at which no
-        selected neuron is above the bar in all languages."""
+        selected neuron is above the bar in all languages, and which bound of the range
+        it ended at (``"upper"``, ``"lower"`` or None)."""
         if self.all_languages(high) == 0:
-            return high
+            return high, "upper"
         best = low if self.all_languages(low) == 0 else None
+        lo, hi = low, high
         steps = 0
-        while high - low > tol and steps < max_steps:
+        while hi - lo > tol and steps < max_steps:
             steps += 1
-            mid = (low + high) / 2.0
+            mid = (lo + hi) / 2.0
             if self.all_languages(mid) == 0:
-                best, low = mid, mid
+                best, lo = mid, mid
             else:
-                high = mid
+                hi = mid
         if best is None:
             raise IdentificationError(
                 f"no lambda in [{low}, {high}] keeps every selected neuron out of some language; "
                 "pass lam= explicitly"
             )
-        return best
+        return best, ("lower" if best == low else None)
+
+
+def _warn_bound(
+    lam: float, bound: str | None, low: float, high: float, n_languages: int, *, argument: bool = True
+) -> None:
+    """Say so when the lambda search ended at a bound of its range (``argument``: the
+    range was given as identify's ``lam_range``, else as ``low`` and ``high``)."""
+    if bound == "upper":
+        wider = high + max(high - low, 0.1)
+        offer = f"lam_range=({low:g}, {wider:g})" if argument else f"high={wider:g}"
+        warn(
+            f"the lambda search ended at the upper bound {high:g} of lam_range=({low:g}, {high:g}): even there "
+            f"no selected neuron is above the bar in all {n_languages} languages, so the largest such lambda "
+            f"may lie above the range; pass {offer} to search further, or lam= to fix it",
+        )
+    elif bound == "lower":
+        warn(
+            f"the lambda search ended at the lower bound {low:g} of lam_range=({low:g}, {high:g}): every larger "
+            f"lambda tried selects neurons above the bar in all {n_languages} languages, so lambda = {lam:g} "
+            "(at 0 the selection ranks by entropy alone); check top_rate and bar_ratio, or widen lam_range "
+            "downwards if a lower lambda is meaningful for your scores",
+        )
 
 
 def sweep_lambda(
@@ -189,9 +215,71 @@ def sweep_lambda(
     max_steps: int = 64,
 ) -> float:
     """Paper A's automatic lambda: binary search on ``[low, high]`` for the largest
-    lambda at which no selected neuron is above the bar in all K languages."""
-    return _TernaryScorer(probs, top_rate, bar_ratio, filter_rate).sweep(low, high, tol, max_steps)
+    lambda at which no selected neuron is above the bar in all K languages.
 
+    Warns (:class:`TLMultilingualWarning`) when the search ends at ``low`` or
+    ``high``: the answer may then lie outside the range."""
+    lam, bound = _TernaryScorer(probs, top_rate, bar_ratio, filter_rate).sweep(low, high, tol, max_steps)
+    _warn_bound(lam, bound, low, high, probs.shape[-1], argument=False)
+    return lam
+
+
+@dataclass(frozen=True)
+class _Identified:
+    """What one method returns: its selection, its lambda and what to record."""
+
+    selection: Selection
+    lam: float | None
+    params: dict[str, Any]
+
+
+def _run_ternary(
+    probs: Tensor, *, top_rate: float, bar_ratio: float, filter_rate: float | None, lam: Any,
+    lam_range: tuple[float, float], tol: float,
+) -> _Identified:
+    scorer = _TernaryScorer(probs, top_rate, bar_ratio, filter_rate)
+    params: dict[str, Any] = {}
+    if lam == "auto":
+        low, high = (float(x) for x in lam_range)
+        if not low < high:
+            raise IdentificationError(f"lam_range must be (low, high) with low < high, got {tuple(lam_range)}")
+        chosen, bound = scorer.sweep(low, high, tol, max_steps=64)
+        _warn_bound(chosen, bound, low, high, probs.shape[-1])
+        params["lam_search"] = {"range": [low, high], "tol": tol, "at_bound": bound}
+    elif isinstance(lam, (int, float)) and not isinstance(lam, bool):
+        chosen = float(lam)
+    else:
+        raise IdentificationError(f"lam must be a number or 'auto', got {lam!r}")
+    return _Identified(scorer.select(chosen), chosen, params)
+
+
+def _run_lape(
+    probs: Tensor, *, top_rate: float, bar_ratio: float, filter_rate: float | None, lam: Any,
+    lam_range: tuple[float, float], tol: float,
+) -> _Identified:
+    selection = lape(probs, top_rate=top_rate, bar_ratio=bar_ratio, filter_rate=filter_rate)
+    n_above = selection.above.flatten(0, 1).sum(-1)[selection.selected]
+    none = int((n_above == 0).sum())
+    if none:
+        warn(
+            f"{none} of the {selection.selected.numel()} neurons LAPE selected are above the activation bar "
+            f"(bar_ratio={bar_ratio:g}, bar={selection.bar:.4g}) in no language and belong to none; "
+            "lower bar_ratio, or pre-filter with filter_rate <= bar_ratio",
+        )
+    return _Identified(selection, None, {})
+
+
+@dataclass(frozen=True)
+class _Method:
+    run: Callable[..., _Identified]
+    prefilter: bool  # LAPE's pre-filter on by default (as in the reference implementations)
+
+
+METHODS: dict[str, _Method] = {
+    "ternary": _Method(_run_ternary, prefilter=False),
+    "lape": _Method(_run_lape, prefilter=True),
+}
+"""The identification methods :func:`identify` dispatches to, by name."""
 
 Method = Literal["ternary", "lape"]
 
@@ -201,7 +289,7 @@ def identify(
     method: Method = "ternary",
     *,
     top_rate: float = 0.01,
-    lam: float | Literal["auto"] = "auto",
+    lam: float | Literal["auto"] | None = "auto",
     bar_ratio: float = 0.95,
     prefilter: bool | None = None,
     filter_rate: float = 0.95,
@@ -212,23 +300,46 @@ def identify(
 
     Args:
         stats: activation statistics of at least two languages.
-        method: ``"ternary"`` (paper A) or ``"lape"`` (Tang et al.).
+        method: ``"ternary"`` (paper A) or ``"lape"`` (Tang et al.); the names of
+            :data:`METHODS`.
         top_rate: fraction of all neurons selected (both methods select
             ``round(top_rate * n_layers * d_mlp)``).
         lam: paper A's lambda, or ``"auto"`` for its binary search on ``lam_range``
-            with tolerance ``tol``. Ignored by LAPE.
+            with tolerance ``tol``. Ignored by LAPE (None there).
         bar_ratio: the activation bar is the ``bar_ratio`` quantile of all probabilities;
             a neuron belongs to the languages whose probability exceeds it.
         prefilter: LAPE's pre-filter: neurons with no probability above the
             ``filter_rate`` quantile are never selected. Default (None): on for LAPE, off
             for ternary, as in the reference implementations.
         filter_rate: quantile of the pre-filter.
+        lam_range: ``(low, high)``, the values of lambda the automatic search tries.
+            Lambda weighs the largest language probability against the entropy in the
+            ternary score (0: entropy alone; larger values favour neurons strongly
+            active in some language); the search returns the largest lambda in the
+            range at which no selected neuron is above the bar in every language.
+            Paper A searches ``(0, 0.2)``. When the search ends at a bound, the answer
+            may lie outside: a warning says so and names a wider range to pass.
+        tol: the search's tolerance on lambda.
 
     Returns:
-        :class:`LanguageNeurons` with the masks, the lambda and the diagnostics.
+        :class:`LanguageNeurons` with the masks, the lambda, the diagnostics and the
+        resolved :attr:`~LanguageNeurons.recipe` (``identify(other_stats,
+        **neurons.recipe)`` repeats the identification with the same lambda).
+
+    Raises:
+        IdentificationError: for an unknown method, parameters out of range,
+            statistics of fewer than two languages or a language without tokens, or a
+            lambda search that finds no admissible lambda.
+
+    Warns:
+        TLMultilingualWarning: when the lambda search ends at a bound of ``lam_range``; when LAPE
+            selects neurons that are above the bar in no language (they are dropped:
+            ``LanguageNeurons.dropped``).
     """
     if not isinstance(stats, ActivationStats):
         raise IdentificationError(f"identify needs ActivationStats, got {type(stats).__name__}")
+    if method not in METHODS:
+        raise IdentificationError(f"unknown method {method!r}: use one of {tuple(METHODS)}")
     if len(stats.languages) < 2:
         raise IdentificationError("identification compares languages: give statistics of at least two")
     if not 0.0 < top_rate <= 1.0:
@@ -239,33 +350,24 @@ def identify(
         probs = stats.probabilities()
     except Exception as err:  # StatsError: a language without tokens
         raise IdentificationError(str(err)) from err
-    params = {"top_rate": top_rate, "bar_ratio": bar_ratio}
-    use_filter = (method == "lape") if prefilter is None else prefilter
+    spec = METHODS[method]
+    use_filter = spec.prefilter if prefilter is None else bool(prefilter)
     rate = filter_rate if use_filter else None
-    if method == "lape":
-        selection = lape(probs, top_rate=top_rate, bar_ratio=bar_ratio, filter_rate=rate)
-        chosen_lam = None
-    elif method == "ternary":
-        scorer = _TernaryScorer(probs, top_rate, bar_ratio, rate)
-        if lam == "auto":
-            low, high = lam_range
-            chosen_lam = scorer.sweep(low, high, tol, max_steps=64)
-            params.update(lam_search={"range": [low, high], "tol": tol})
-        elif isinstance(lam, (int, float)) and not isinstance(lam, bool):
-            chosen_lam = float(lam)
-        else:
-            raise IdentificationError(f"lam must be a number or 'auto', got {lam!r}")
-        selection = scorer.select(chosen_lam)
-    else:
-        raise IdentificationError(f"unknown method {method!r}: use 'ternary' or 'lape'")
-    params["filter_rate"] = rate
+    found = spec.run(probs, top_rate=top_rate, bar_ratio=bar_ratio, filter_rate=rate, lam=lam,
+                     lam_range=lam_range, tol=tol)
+    params = {"top_rate": top_rate, "bar_ratio": bar_ratio, **found.params, "filter_rate": rate}
+    recipe = {
+        "method": method, "top_rate": top_rate, "lam": found.lam, "bar_ratio": bar_ratio,
+        "prefilter": use_filter, "filter_rate": filter_rate, "lam_range": tuple(lam_range), "tol": tol,
+    }
     return LanguageNeurons.from_selection(
         stats.languages,
-        selection.selected,
-        selection.above,
+        found.selection.selected,
+        found.selection.above,
         method=method,
-        lam=chosen_lam,
-        bar=selection.bar,
+        lam=found.lam,
+        bar=found.selection.bar,
         params=params,
         source={"model": stats.model, "corpus": stats.corpus, "token_policy": stats.token_policy},
+        recipe=recipe,
     )

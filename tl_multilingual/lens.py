@@ -23,6 +23,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from . import resample
 from .adapters import ModelAdapter, adapt
 from .errors import CorpusError, SaveError
 from .persist import manifest_field, read_result, write_result
@@ -88,18 +89,18 @@ class LensResult:
     def summary(self, *, ci: float = 0.95, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
         """Mean and bootstrap interval over prompts, per layer: ``layer``, ``quantity``
         (``probability`` per language, or ``entropy``), ``language``, ``mean``,
-        ``ci_low``, ``ci_high``."""
-        rng = np.random.default_rng(seed)
-        n = self.probability.shape[0]
-        draws = rng.integers(0, n, size=(n_boot, n))
-        alpha = (1 - ci) / 2
+        ``ci_low``, ``ci_high``.
+
+        Intervals are percentile bootstraps over prompts (:mod:`tl_multilingual.resample`,
+        whose NaN policy applies: a prompt without an answer token in a language is left
+        out of that language's mean); every quantity shares the same draws.
+        """
+        unit_draws = resample.draws(self.probability.shape[0], n_boot, seed)
         rows = []
         series = [("probability", lang, self.probability[:, :, k].numpy()) for k, lang in enumerate(self.languages)]
         series.append(("entropy", None, self.entropy.numpy()))
         for quantity, lang, values in series:
-            boot = np.nanmean(values[draws], axis=1)  # [n_boot, n_layers]
-            low, high = np.nanquantile(boot, [alpha, 1 - alpha], axis=0)
-            mean = np.nanmean(values, axis=0)
+            mean, low, high = resample.mean_interval(values, ci=ci, unit_draws=unit_draws)
             for layer in range(values.shape[1]):
                 rows.append((layer, quantity, lang, mean[layer], low[layer], high[layer]))
         return pd.DataFrame(rows, columns=["layer", "quantity", "language", "mean", "ci_low", "ci_high"])

@@ -15,9 +15,38 @@ from .errors import MaskError, SaveError
 from .persist import manifest_field, read_result, write_result
 from .provenance import model_record
 
-__all__ = ["NeuronMask"]
+__all__ = ["NeuronMask", "parse_variant"]
 
 KIND = "tl_multilingual.NeuronMask"
+
+
+def parse_variant(variant: str, allowed: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The class names of a variant: ``"specific+related"`` -> ``("specific", "related")``.
+
+    A variant names the union of several classes of neurons (paper A's
+    ``"specific+related+general"``, paper B's ``"all_shared+partial_shared"``).
+
+    Args:
+        variant: class names joined with ``+``; spaces around a name are ignored.
+        allowed: the class names that may appear (None: any).
+
+    Returns:
+        The names in order of first appearance, each once.
+
+    Raises:
+        MaskError: for an empty variant, an empty name (``"a++b"``) or a name not in
+            ``allowed``.
+    """
+    if not isinstance(variant, str):
+        raise MaskError(f"a variant is a string of class names joined with '+', got {variant!r}")
+    parts = [p.strip() for p in variant.split("+")]
+    if not variant.strip() or any(not p for p in parts):
+        raise MaskError(f"empty class name in variant {variant!r}")
+    if allowed is not None:
+        unknown = [p for p in parts if p not in allowed]
+        if unknown:
+            raise MaskError(f"unknown class {unknown[0]!r} in variant {variant!r}; use {tuple(allowed)}")
+    return tuple(dict.fromkeys(parts))
 
 
 class NeuronMask:

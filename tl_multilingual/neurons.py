@@ -9,7 +9,11 @@ such languages and ``K`` the number of languages:
 - **general**: ``N == K`` over the whole population, selected or not.
 
 Selected neurons with ``N == 0`` belong to no language; the reference code drops
-them silently, here :attr:`LanguageNeurons.dropped` reports how many.
+them silently, here :attr:`LanguageNeurons.dropped`, :meth:`LanguageNeurons.summary`
+and :meth:`LanguageNeurons.to_frame` report them.
+
+:meth:`LanguageNeurons.classes` is the one definition of these classes: one code per
+neuron (:data:`CLASS_CODES`), on which every mask, count and table is built.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 import torch
-from jaxtyping import Bool, Int
+from jaxtyping import Bool, Int, Int8
 from torch import Tensor
 
 from .errors import IdentificationError, SaveError
@@ -29,10 +33,24 @@ from .masks import NeuronMask
 from .persist import manifest_field, read_result, read_torch_file, write_result
 from .provenance import model_record
 
-__all__ = ["LanguageNeurons", "CLASSES"]
+__all__ = ["LanguageNeurons", "CLASSES", "CLASS_CODES", "MASK_NAMES", "SPECIFIC", "RELATED", "GENERAL", "OTHER", "DROPPED"]
 
 KIND = "tl_multilingual.LanguageNeurons"
 CLASSES = ("specific", "related", "general")
+
+SPECIFIC, RELATED, GENERAL, OTHER, DROPPED = 0, 1, 2, 3, 4
+MASK_NAMES = ("specific", "related", "general", "language", "selected")
+"""The class names :meth:`LanguageNeurons.mask` (and so a variant such as
+``"specific+related"``) accepts."""
+CLASS_CODES = ("specific", "related", "general", "other", "dropped")
+"""Names of the codes of :meth:`LanguageNeurons.classes`, in code order:
+
+- ``0`` specific: selected and above the bar in exactly one language;
+- ``1`` related: selected and above the bar in more than one language but not all;
+- ``2`` general: above the bar in every language (selected or not);
+- ``3`` other: none of the above and not selected;
+- ``4`` dropped: selected but above the bar in no language (the reference drops them).
+"""
 
 
 class LanguageNeurons:
@@ -44,6 +62,10 @@ class LanguageNeurons:
         lam: paper A's lambda (None for LAPE).
         bar: the activation bar ``tau``.
         params: the identification parameters.
+        recipe: every argument of :func:`tl_multilingual.identify` that produced these
+            neurons, resolved (the lambda the sweep found, the pre-filter decided), so
+            ``identify(stats, **neurons.recipe)`` re-identifies alike on other
+            statistics; empty for imported masks.
         membership: boolean ``[n_layers, d_mlp, K]``: selected and active in language k.
     """
 
@@ -59,6 +81,7 @@ class LanguageNeurons:
         bar: float | None = None,
         params: Mapping[str, Any] | None = None,
         source: Mapping[str, Any] | None = None,
+        recipe: Mapping[str, Any] | None = None,
     ) -> None:
         self.languages: tuple[str, ...] = tuple(languages)
         if membership.ndim != 3 or membership.shape[2] != len(self.languages):
@@ -77,6 +100,7 @@ class LanguageNeurons:
         self.bar = bar
         self.params = dict(params or {})
         self.source = dict(source or {})
+        self._recipe = dict(recipe or {})
 
     @classmethod
     def from_selection(
@@ -123,6 +147,31 @@ class LanguageNeurons:
         model = self.source.get("model")
         return model_record(model if isinstance(model, dict) else None, self.n_layers, self.d_mlp)
 
+    def classes(self) -> Int8[Tensor, "layer neuron"]:
+        """The class of every neuron: the one definition every mask, count and table
+        (and :func:`tl_multilingual.compare`) builds on.
+
+        Returns:
+            int8 ``[n_layers, d_mlp]`` of codes (:data:`CLASS_CODES`): ``0`` specific,
+            ``1`` related, ``2`` general, ``3`` other, ``4`` dropped (selected, in no
+            language). A neuron's languages are ``membership[layer, neuron]``. When the
+            general neurons are unknown (masks imported with
+            :meth:`from_reference_format`) no neuron has code ``2``, and a selected
+            neuron in every language has code ``3``.
+        """
+        n = self.n_active_languages
+        codes = torch.full(n.shape, OTHER, dtype=torch.int8)
+        codes[self._selected & (n == 0)] = DROPPED
+        codes[(n > 1) & (n < len(self.languages))] = RELATED
+        codes[n == 1] = SPECIFIC
+        if self._general is not None:
+            codes[self._general] = GENERAL
+        return codes
+
+    def _of_class(self, code: int) -> Bool[Tensor, "layer neuron lang"]:
+        """``membership`` restricted to the neurons of one class: per language."""
+        return self.membership & (self.classes() == code)[..., None]
+
     def _mask(self, grid: Tensor, name: str) -> NeuronMask:
         model = self.source.get("model")
         return NeuronMask(grid, name=name, model=model if isinstance(model, dict) else None)
@@ -136,22 +185,20 @@ class LanguageNeurons:
         k = self._index(language)
         return self._mask(self.membership[..., k], f"{self.languages[k]} neurons")
 
+    def _class_mask(self, code: int, language: str | None) -> NeuronMask:
+        name = CLASS_CODES[code]
+        if language is None:
+            return self._mask(self.classes() == code, name)
+        k = self._index(language)
+        return self._mask(self._of_class(code)[..., k], f"{self.languages[k]}-{name}")
+
     def specific(self, language: str | None = None) -> NeuronMask:
         """Language-specific neurons of ``language`` (of any language when None)."""
-        n = self.n_active_languages
-        if language is None:
-            return self._mask(n == 1, "specific")
-        k = self._index(language)
-        return self._mask(self.membership[..., k] & (n == 1), f"{self.languages[k]}-specific")
+        return self._class_mask(SPECIFIC, language)
 
     def related(self, language: str | None = None) -> NeuronMask:
         """Language-related neurons of ``language`` (of any language when None)."""
-        n = self.n_active_languages
-        shared = (n > 1) & (n < len(self.languages))
-        if language is None:
-            return self._mask(shared, "related")
-        k = self._index(language)
-        return self._mask(self.membership[..., k] & shared, f"{self.languages[k]}-related")
+        return self._class_mask(RELATED, language)
 
     def general(self) -> NeuronMask:
         """General neurons: active above the bar in every language."""
@@ -160,7 +207,7 @@ class LanguageNeurons:
                 "general neurons are defined over all neurons and need activation statistics; "
                 "these neurons were imported from selected indices only"
             )
-        return self._mask(self._general, "general")
+        return self._class_mask(GENERAL, None)
 
     def mask(self, cls: str, language: str | None = None) -> NeuronMask:
         """The mask of a class by name: ``"specific"``, ``"related"``, ``"general"``,
@@ -175,7 +222,27 @@ class LanguageNeurons:
             return self.language(language)
         if cls in ("specific", "related"):
             return getattr(self, cls)(language)
-        raise IdentificationError(f"unknown neuron class {cls!r}; use one of {CLASSES}")
+        raise IdentificationError(f"unknown neuron class {cls!r}; use one of {MASK_NAMES}")
+
+    # -- recipe ---------------------------------------------------------------------
+
+    @property
+    def recipe(self) -> dict[str, Any]:
+        """The resolved arguments of :func:`tl_multilingual.identify` that produced these
+        neurons: ``identify(stats, **neurons.recipe)`` identifies alike on other
+        statistics (a bootstrap replicate, another checkpoint), with the same lambda.
+
+        Raises:
+            IdentificationError: for masks imported from the reference format, which
+                carry no recipe.
+        """
+        if not self._recipe:
+            raise IdentificationError(
+                f"these neurons ({self.method}) were not identified here and carry no recipe to repeat; "
+                "steps that re-identify (stage-map refits on statistics, comparison intervals) need neurons "
+                "from identify"
+            )
+        return dict(self._recipe)
 
     # -- diagnostics ----------------------------------------------------------------
 
@@ -188,66 +255,64 @@ class LanguageNeurons:
     @property
     def dropped(self) -> int:
         """Selected neurons above the bar in no language (the reference drops them)."""
-        return self.histogram[0]
+        return int((self.classes() == DROPPED).sum())
 
     def layer_counts(self) -> pd.DataFrame:
-        """Tidy counts per layer: ``layer``, ``class``, ``language`` (None for general), ``count``."""
-        n = self.n_active_languages
-        k_langs = len(self.languages)
-        per_lang = {
-            "specific": self.membership & (n == 1)[..., None],
-            "related": self.membership & ((n > 1) & (n < k_langs))[..., None],
-        }
+        """Tidy counts per layer: ``layer``, ``class``, ``language`` (None for general and
+        dropped neurons), ``count``. ``dropped`` counts the selected neurons of the layer
+        that belong to no language."""
+        codes = self.classes()
         rows = []
-        for cls, grid in per_lang.items():
-            counts = grid.sum(1)  # [layer, lang]
+        for code in (SPECIFIC, RELATED):
+            counts = (self.membership & (codes == code)[..., None]).sum(1)  # [layer, lang]
             for layer in range(self.n_layers):
                 for k, lang in enumerate(self.languages):
-                    rows.append((layer, cls, lang, int(counts[layer, k])))
-        if self._general is not None:
-            for layer, count in enumerate(self._general.sum(1).tolist()):
-                rows.append((layer, "general", None, count))
+                    rows.append((layer, CLASS_CODES[code], lang, int(counts[layer, k])))
+        shared = (GENERAL, DROPPED) if self._general is not None else (DROPPED,)
+        for code in shared:
+            for layer, count in enumerate((codes == code).sum(1).tolist()):
+                rows.append((layer, CLASS_CODES[code], None, count))
         return pd.DataFrame(rows, columns=["layer", "class", "language", "count"])
 
     def summary(self) -> pd.DataFrame:
-        """Neurons per language and class (``specific``, ``related``, ``total``)."""
-        n = self.n_active_languages
-        k_langs = len(self.languages)
-        specific = (self.membership & (n == 1)[..., None]).sum((0, 1))
-        related = (self.membership & ((n > 1) & (n < k_langs))[..., None]).sum((0, 1))
-        total = self.membership.sum((0, 1))
+        """Neurons per language: ``specific``, ``related``, ``total`` (all the language's
+        selected neurons) and ``dropped``, the selected neurons that belong to no
+        language at all (the same number on every row: the share of the selection the
+        bar leaves unused)."""
         return pd.DataFrame(
             {
                 "language": list(self.languages),
-                "specific": specific.tolist(),
-                "related": related.tolist(),
-                "total": total.tolist(),
+                "specific": self._of_class(SPECIFIC).sum((0, 1)).tolist(),
+                "related": self._of_class(RELATED).sum((0, 1)).tolist(),
+                "total": self.membership.sum((0, 1)).tolist(),
+                "dropped": self.dropped,
             }
         )
 
     def to_frame(self) -> pd.DataFrame:
         """Tidy DataFrame, one row per (neuron, class, language): ``layer``, ``neuron``,
-        ``class``, ``language`` (None for general neurons)."""
-        n = self.n_active_languages
-        k_langs = len(self.languages)
+        ``class`` (``specific``, ``related``, ``general`` or ``dropped``), ``language``
+        (None for general and dropped neurons)."""
+        codes = self.classes()
         frames = []
-        for cls, keep in (("specific", n == 1), ("related", (n > 1) & (n < k_langs))):
-            idx = (self.membership & keep[..., None]).nonzero()
+        for code in (SPECIFIC, RELATED):
+            idx = (self.membership & (codes == code)[..., None]).nonzero()
             frames.append(
                 pd.DataFrame(
                     {
                         "layer": idx[:, 0].numpy(),
                         "neuron": idx[:, 1].numpy(),
-                        "class": cls,
+                        "class": CLASS_CODES[code],
                         "language": [self.languages[k] for k in idx[:, 2].tolist()],
                     }
                 )
             )
-        if self._general is not None:
-            idx = self._general.nonzero()
+        for code in (GENERAL, DROPPED):
+            idx = (codes == code).nonzero()
             frames.append(
                 pd.DataFrame(
-                    {"layer": idx[:, 0].numpy(), "neuron": idx[:, 1].numpy(), "class": "general", "language": None}
+                    {"layer": idx[:, 0].numpy(), "neuron": idx[:, 1].numpy(), "class": CLASS_CODES[code],
+                     "language": None}
                 )
             )
         frame = pd.concat(frames, ignore_index=True)
@@ -255,11 +320,12 @@ class LanguageNeurons:
 
     def __repr__(self) -> str:
         lam = f", lam={self.lam:g}" if self.lam is not None else ""
-        general = self._general.sum() if self._general is not None else "?"
+        counts = torch.bincount(self.classes().flatten().long(), minlength=len(CLASS_CODES)).tolist()
+        general = counts[GENERAL] if self._general is not None else "?"
         return (
             f"LanguageNeurons({self.method}{lam}, {len(self.languages)} languages, "
-            f"selected={int(self._selected.sum())}, specific={int((self.n_active_languages == 1).sum())}, "
-            f"general={int(general) if general != '?' else general})"
+            f"selected={int(self._selected.sum())}, specific={counts[SPECIFIC]}, "
+            f"general={general}, dropped={counts[DROPPED]})"
         )
 
     # -- reference format -----------------------------------------------------------
@@ -324,6 +390,7 @@ class LanguageNeurons:
             "lam": self.lam,
             "bar": self.bar,
             "params": self.params,
+            "recipe": self._recipe,
             "source": self.source,
             "shape": [self.n_layers, self.d_mlp],
             "histogram": self.histogram,
@@ -369,6 +436,33 @@ class LanguageNeurons:
                 bar=manifest_field(manifest, "bar", number, where=where, default=None),
                 params=manifest_field(manifest, "params", (dict, type(None)), where=where, default=None),
                 source=manifest_field(manifest, "source", (dict, type(None)), where=where, default=None),
+                recipe=_recipe(manifest, manifest_field(manifest, "recipe", (dict, type(None)), where=where,
+                                                        default=None)),
             )
         except IdentificationError as err:
             raise SaveError(f"{path}: the saved neurons are inconsistent: {err}") from err
+
+
+def _recipe(manifest: Mapping[str, Any], saved: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The saved recipe; for files saved before recipes were kept, rebuilt from the
+    method, the lambda and the parameters they did save."""
+    if saved is not None:
+        recipe = dict(saved)
+        if "lam_range" in recipe:  # JSON has no tuples
+            recipe["lam_range"] = tuple(recipe["lam_range"])
+        return recipe
+    method, params = manifest.get("method"), manifest.get("params") or {}
+    if method not in ("ternary", "lape"):
+        return {}
+    rate = params.get("filter_rate")
+    search = params.get("lam_search") or {}
+    return {
+        "method": method,
+        "top_rate": params.get("top_rate", 0.01),
+        "lam": manifest.get("lam"),
+        "bar_ratio": params.get("bar_ratio", 0.95),
+        "prefilter": rate is not None,
+        "filter_rate": rate if rate is not None else 0.95,
+        "lam_range": tuple(search.get("range", (0.0, 0.2))),
+        "tol": search.get("tol", 1e-3),
+    }

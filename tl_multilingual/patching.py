@@ -11,6 +11,7 @@ per layer (the control).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -20,6 +21,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from . import resample
 from .adapters import ModelAdapter, adapt
 from .errors import MaskError, TLMultilingualError
 from .interventions import Edit, Interventions, Layers, record
@@ -66,22 +68,20 @@ class PatchResult:
     def summary(self, *, ci: float = 0.95, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
         """Per condition (``clean``, ``patched``, ``control`` pooled over seeds), layer
         and language: mean probability, and the mean change from ``clean`` with a paired
-        bootstrap interval over prompts."""
-        rng = np.random.default_rng(seed)
+        percentile bootstrap interval over prompts (:mod:`tl_multilingual.resample`;
+        every condition shares the same draws)."""
         probs = self.probability.numpy()
-        n = probs.shape[1]
-        draws = rng.integers(0, n, size=(n_boot, n))
-        alpha = (1 - ci) / 2
+        unit_draws = resample.draws(probs.shape[1], n_boot, seed)
         groups = {"clean": [0], "patched": [1], "control": list(range(2, len(self.conditions)))}
         rows = []
         for name, idx in groups.items():
             if not idx:
                 continue
             values = probs[idx].mean(0)  # [prompt, layer, lang]
-            change = values - probs[0]
-            boot = np.nanmean(change[draws], axis=1)  # [n_boot, layer, lang]
-            low, high = np.nanquantile(boot, [alpha, 1 - alpha], axis=0)
-            mean, delta = np.nanmean(values, 0), np.nanmean(change, 0)
+            delta, low, high = resample.mean_interval(values, baseline=probs[0], ci=ci, unit_draws=unit_draws)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # resample's NaN policy: NaN prompts left out
+                mean = np.nanmean(values, 0)
             for layer in range(values.shape[1]):
                 for k, lang in enumerate(self.languages):
                     rows.append((name, layer, lang, mean[layer, k], delta[layer, k], low[layer, k], high[layer, k]))

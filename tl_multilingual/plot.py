@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .errors import TLMultilingualError
+from .errors import TLMultilingualError, warn
 from .persist import atomic_file
 
 __all__ = [
@@ -189,10 +189,27 @@ def ablation_heatmap(result: Any, variant: str | None = None, *, value: str = "r
     return fig
 
 
-def lens_curves(lens: Any, *, stages: Any = None, ax: Any = None, n_boot: int = 1000) -> Any:
-    """Mean answer probability per layer and language, with bootstrap bands."""
+def lens_curves(summary: Any, *, stages: Any = None, ax: Any = None, n_boot: int | None = None) -> Any:
+    """Mean answer probability per layer and language, with the interval bands of the
+    summary it is given.
+
+    Args:
+        summary: :meth:`LensResult.summary` (``layer``, ``quantity``, ``language``,
+            ``mean``, ``ci_low``, ``ci_high``). Figures draw summaries and never resample;
+            passing the :class:`LensResult` itself still works for now, with a
+            ``DeprecationWarning``: it is summarised with ``n_boot`` replicates.
+        stages: a :class:`StageMap` to shade.
+        ax: axes to draw on (default: a new one-column figure).
+        n_boot: only with a :class:`LensResult`: bootstrap replicates (default 1000).
+
+    Returns:
+        The matplotlib figure.
+    """
+    if not isinstance(summary, pd.DataFrame):
+        warn("lens_curves draws a summary: pass lens.summary() rather than the LensResult", DeprecationWarning)
+        summary = summary.summary(n_boot=1000 if n_boot is None else n_boot)
     fig, ax = _axes(ax)
-    summary = lens.summary(n_boot=n_boot)
+    n_layers = int(summary["layer"].max()) + 1
     probs = summary[summary["quantity"] == "probability"]
     for k, (lang, part) in enumerate(probs.groupby("language", sort=False)):
         colour = OKABE_ITO[k % len(OKABE_ITO)]
@@ -200,7 +217,7 @@ def lens_curves(lens: Any, *, stages: Any = None, ax: Any = None, n_boot: int = 
         ax.fill_between(part["layer"], part["ci_low"], part["ci_high"], color=colour, alpha=0.25, lw=0)
     ax.set_xlabel("layer")
     ax.set_ylabel("probability of the answer")
-    ax.set_xlim(-0.5, lens.n_layers - 0.5)
+    ax.set_xlim(-0.5, n_layers - 0.5)
     ax.set_ylim(0, max(1e-3, probs["ci_high"].max() * 1.15))
     _shade_stages(ax, stages)
     ax.legend(frameon=False)

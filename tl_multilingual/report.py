@@ -92,6 +92,7 @@ def _neuron_facts(neurons: LanguageNeurons) -> dict[str, Any]:
         "related": neurons.related().count(),
         "general": neurons.general().count(),
         "dropped": neurons.dropped,
+        "lambda_at_bound": (neurons.params.get("lam_search") or {}).get("at_bound"),
         "specific_per_language": summary["specific"].to_dict(),
         "languages_without_specific": [lang for lang, n in summary["specific"].items() if n == 0],
         "language_neurons_by_quarter": {"first": first, "middle": middle, "last": last},
@@ -168,8 +169,8 @@ def _tables(results: dict[str, Any], folder: Path) -> dict[str, pd.DataFrame]:
         tables["stage_agreement"] = results["stages"].agreement
     if results.get("stage_effects") is not None:
         tables["stage_effects"] = results["stage_effects"].frame
-    if results.get("lens") is not None:
-        tables["lens"] = results["lens"].summary(n_boot=500)
+    if results.get("lens_summary") is not None:
+        tables["lens"] = results["lens_summary"]
     if results.get("sharing") is not None:
         tables["sharing_profile"] = results["sharing"].layer_profile()
         tables["sharing_stability"] = results["sharing"].stability()
@@ -199,8 +200,8 @@ def _figures(results: dict[str, Any], folder: Path) -> dict[str, str]:
         keep(f"deactivation_{variant.replace('+', '_')}", plot.ablation_heatmap(deactivation, variant),
              f"Change in perplexity of each evaluated language when the '{variant}' neurons of one "
              "language are deactivated (paper A Fig. 2); colour: log of the perplexity ratio.")
-    if results.get("lens") is not None:
-        keep("lens", plot.lens_curves(results["lens"], stages=stages, n_boot=500),
+    if results.get("lens_summary") is not None:
+        keep("lens", plot.lens_curves(results["lens_summary"], stages=stages),
              "Logit lens: probability of the answer in the target language and in English per layer "
              "(mean and 95% bootstrap band over prompts).")
     if results.get("stage_effects") is not None:
@@ -293,7 +294,11 @@ def _finding_lines(facts: dict[str, Any]) -> list[str]:
         lines += [
             f"Ternary identification (lambda = {facts['lambda']:g}) selected {facts['selected']} neurons: "
             f"{facts['specific']} language-specific and {facts['related']} language-related; "
-            f"{facts['general']} neurons are general (active above the bar in every language).",
+            f"{facts['general']} neurons are general (active above the bar in every language)."
+            + (f" {facts['dropped']} of the selected neurons ({100 * facts['dropped'] / facts['selected']:.0f}%) "
+               "are above the bar in no language and were dropped." if facts.get("dropped") else "")
+            + (f" The lambda search ended at the {facts['lambda_at_bound']} bound of its range: the lambda may "
+               "lie outside it (see lam_range)." if facts.get("lambda_at_bound") else ""),
             "Every language has specific neurons." if not facts["languages_without_specific"] else
             f"Languages without specific neurons: {', '.join(facts['languages_without_specific'])}.",
             f"Language neurons per layer: {q['first']:.1f} in the first quarter of the layers, {q['middle']:.1f} "
@@ -334,6 +339,8 @@ def write_report(folder: str | Path) -> Path:
     the results of the steps finished so far (a study rewrites it after each step)."""
     folder = Path(folder)
     results = _load(folder)
+    lens = results.get("lens")  # summarised once, for the table and the figure
+    results["lens_summary"] = lens.summary(n_boot=500) if lens is not None else None
     tables = _tables(results, folder)
     figures = _figures(results, folder)
     facts = findings(results)

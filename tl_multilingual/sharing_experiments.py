@@ -12,18 +12,21 @@ library's one implementation, under its length policy (``max_length``, ``overflo
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from . import resample
 from .adapters import ModelAdapter, adapt
 from .errors import TLMultilingualError
 from .evaluate import option_logprobs
+from .experiments import _controlled_runs, _paired_interval
 from .interventions import boost
 from .items import ParallelItem, ParallelItems
-from .masks import NeuronMask
+from .masks import NeuronMask, parse_variant
 from .provenance import check_fits
 from .readout import last_logits, sequence_nll
 from .sharing import SHARING_CLASSES, Sharing
@@ -114,18 +117,11 @@ def correct_vs_incorrect(
     return pd.DataFrame(rows, columns=["language", "correct", "layer", "class", "percent", "n_items"])
 
 
-def _class_mask(sharing: Sharing, item: int, classes: Sequence[str]) -> NeuronMask:
+def _class_mask(sharing: Sharing, item: int, *, classes: Sequence[str]) -> NeuronMask:
     mask = NeuronMask.empty(sharing.n_layers, sharing.d_mlp)
     for cls in classes:
         mask = mask | sharing.mask(item, cls)
     return mask
-
-
-def _bootstrap(values: np.ndarray, base: np.ndarray, draws: np.ndarray, ci: float) -> tuple[float, float]:
-    change = values - base
-    boot = change[draws].mean(1)
-    alpha = (1 - ci) / 2
-    return float(np.quantile(boot, alpha)), float(np.quantile(boot, 1 - alpha))
 
 
 def boost_experiment(
@@ -162,43 +158,39 @@ def boost_experiment(
     if sharing.item_ids != [item.id for item in items]:
         raise TLMultilingualError("the sharing classes were computed on other items")
     langs = list(items.languages)
-    n_items, n_langs = len(items), len(langs)
-    baseline = np.zeros((n_items, n_langs, 2))
-    for i, item in enumerate(items):
-        baseline[i] = _score_item(lm, item, langs, max_length, overflow)
-    draws = np.random.default_rng(seed).integers(0, n_items, size=(n_boot, n_items))
+    item_list = list(items)
+    parts = {cls: parse_variant(cls, SHARING_CLASSES) for cls in classes}
+    conditions = {
+        (cls, factor): partial(_class_mask, sharing, classes=parts[cls]) for cls in classes for factor in factors
+    }
+
+    def measure(key: tuple[str, float] | None, i: int, mask: NeuronMask | None) -> np.ndarray:
+        if mask is None:
+            return np.array(_score_item(lm, item_list[i], langs, max_length, overflow), dtype=float)
+        with boost(lm, mask, factor=key[1], allow_mismatch=allow_mismatch):
+            return np.array(_score_item(lm, item_list[i], langs, max_length, overflow), dtype=float)
+
+    baseline_runs, runs = _controlled_runs(
+        conditions, measure, n_blocks=len(item_list), n_controls=dict.fromkeys(conditions, controls), seed=seed,
+        desc="boost experiment", progress=progress,
+    )
+    baseline = np.stack(baseline_runs)  # [item, language, (correct, logprob)]
+    unit_draws = resample.draws(len(item_list), n_boot, seed)
     rows = []
-    total = len(classes) * len(factors) * n_items
-    bar = tqdm(total=total, disable=not progress, desc="boost experiment")
-    for cls in classes:
-        cls_parts = [c.strip() for c in cls.split("+")]
-        for factor in factors:
-            hit = np.zeros((n_items, n_langs, 2))
-            ctrl = np.zeros((max(controls, 1), n_items, n_langs, 2))
-            sizes = []
-            for i, item in enumerate(items):
-                mask = _class_mask(sharing, i, cls_parts)
-                sizes.append(mask.count())
-                with boost(lm, mask, factor=factor, allow_mismatch=allow_mismatch):
-                    hit[i] = _score_item(lm, item, langs, max_length, overflow)
-                for c, random_mask in enumerate(mask.controls(controls, seed=seed + 97 * i)):
-                    with boost(lm, random_mask, factor=factor, allow_mismatch=allow_mismatch):
-                        ctrl[c, i] = _score_item(lm, item, langs, max_length, overflow)
-                bar.update()
-            for p, lang in enumerate(langs):
-                acc_low, acc_high = _bootstrap(hit[:, p, 0], baseline[:, p, 0], draws, ci)
-                lp_low, lp_high = _bootstrap(hit[:, p, 1], baseline[:, p, 1], draws, ci)
-                rows.append({
-                    "class": cls, "factor": factor, "language": lang, "mean_neurons": float(np.mean(sizes)),
-                    "baseline_accuracy": baseline[:, p, 0].mean(), "accuracy": hit[:, p, 0].mean(),
-                    "accuracy_change": (hit[:, p, 0] - baseline[:, p, 0]).mean(),
-                    "accuracy_ci_low": acc_low, "accuracy_ci_high": acc_high,
-                    "baseline_logprob": baseline[:, p, 1].mean(), "logprob": hit[:, p, 1].mean(),
-                    "logprob_change": (hit[:, p, 1] - baseline[:, p, 1]).mean(),
-                    "logprob_ci_low": lp_low, "logprob_ci_high": lp_high,
-                    "control_accuracy": ctrl[:controls, :, p, 0].mean() if controls else float("nan"),
-                    "control_logprob_change": (ctrl[:controls, :, p, 1] - baseline[None, :, p, 1]).mean()
-                    if controls else float("nan"),
-                })
-    bar.close()
+    for (cls, factor), run in runs.items():
+        hit = np.stack(run.hit)
+        ctrl = np.stack([np.stack(c) for c in run.controls]) if controls else None  # [control, item, lang, 2]
+        for p, lang in enumerate(langs):
+            acc_change, acc_low, acc_high = _paired_interval(hit[:, p, 0], baseline[:, p, 0], unit_draws, ci)
+            lp_change, lp_low, lp_high = _paired_interval(hit[:, p, 1], baseline[:, p, 1], unit_draws, ci)
+            rows.append({
+                "class": cls, "factor": factor, "language": lang, "mean_neurons": float(np.mean(run.sizes)),
+                "baseline_accuracy": baseline[:, p, 0].mean(), "accuracy": hit[:, p, 0].mean(),
+                "accuracy_change": acc_change, "accuracy_ci_low": acc_low, "accuracy_ci_high": acc_high,
+                "baseline_logprob": baseline[:, p, 1].mean(), "logprob": hit[:, p, 1].mean(),
+                "logprob_change": lp_change, "logprob_ci_low": lp_low, "logprob_ci_high": lp_high,
+                "control_accuracy": ctrl[:, :, p, 0].mean() if ctrl is not None else float("nan"),
+                "control_logprob_change": (ctrl[:, :, p, 1] - baseline[None, :, p, 1]).mean()
+                if ctrl is not None else float("nan"),
+            })
     return pd.DataFrame(rows)

@@ -935,22 +935,7 @@ def _reidentify(stats: ActivationStats, neurons: LanguageNeurons) -> LanguageNeu
     """The neurons re-identified on other statistics with the same recipe."""
     from .identify import identify
 
-    recipe = getattr(neurons, "recipe", None)
-    if recipe:
-        return identify(stats, **recipe)
-    if neurons.method not in ("ternary", "lape"):
-        raise TLMultilingualError(
-            f"cannot re-identify {neurons.method!r} neurons for the stability refits: pass stats=None"
-        )
-    params = neurons.params
-    kwargs: dict[str, Any] = {"top_rate": params.get("top_rate", 0.01), "bar_ratio": params.get("bar_ratio", 0.95)}
-    if neurons.method == "ternary":
-        kwargs["lam"] = neurons.lam
-    rate = params.get("filter_rate")
-    kwargs["prefilter"] = rate is not None
-    if rate is not None:
-        kwargs["filter_rate"] = rate
-    return identify(stats, method=neurons.method, **kwargs)
+    return identify(stats, **neurons.recipe)
 
 
 def _legacy_arguments(neurons: Any, lens: Any) -> tuple[Any, Any]:
