@@ -101,7 +101,7 @@ class FakeHub:
         self.tables, self.calls = tables, []
 
     def __call__(self, path, name=None, **kwargs):
-        datasets = pytest.importorskip("datasets")
+        datasets = require("datasets")
         self.calls.append((path, name, kwargs))
         if (path, name) not in self.tables:
             raise ValueError(f"BuilderConfig '{name}' not found")
@@ -109,7 +109,7 @@ class FakeHub:
 
 
 def test_hub_loaders_call_load_dataset_as_documented(monkeypatch):
-    datasets = pytest.importorskip("datasets")
+    datasets = require("datasets")
     flores_rows = lambda code, text: {"iso_639_3": [code[:3]], "iso_15924": [code[4:]], "text": [text]}  # noqa: E731
     hub = FakeHub({
         ("openlanguagedata/flores_plus", "prs_Arab"): flores_rows("prs_Arab", "Dari"),

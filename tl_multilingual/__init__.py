@@ -12,8 +12,11 @@ statistics they rest on in one streaming pass, and save everything with a manife
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.util
 import sys
 import types
+import warnings
 from typing import Any
 
 from .errors import (
@@ -38,11 +41,11 @@ _EXPORTS = {
     "adapters": ("ModelAdapter", "adapt"),
     "attribution": ("Attribution", "attribute", "class_attribution"),
     "collect": ("collect_stats",),
-    "compare": ("Comparison", "Series", "compare", "compare_series"),
+    "comparison": ("Comparison", "Series", "compare", "compare_series"),
     "corpus": ("Corpus", "Text"),
     "evaluate": ("MultipleChoice", "answer_accuracy", "choice_accuracy", "generate", "perplexity"),
     "experiments": ("AblationResult", "ablation_matrix"),
-    "identify": ("identify",),
+    "identification": ("identify",),
     "interventions": ("Edit", "Interventions", "ablate", "ablation_hooks", "boost", "intervene", "patch", "record",
                       "steer"),
     "items": ("ParallelItem", "ParallelItems"),
@@ -78,16 +81,40 @@ def __dir__() -> list[str]:
 
 
 class _Package(types.ModuleType):
-    """Keeps a function named like its module (``sharing``, ``identify``, ``compare``)
-    from being replaced by the module when the import system binds submodules."""
+    """Keeps a top-level function (``sharing``, ``identify``, ``compare``) from being
+    replaced by a module of the same name when the import system binds submodules."""
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in _HOME and isinstance(value, types.ModuleType) and value.__name__ == f"{__name__}.{name}":
+        if name in _HOME and isinstance(value, types.ModuleType):
             return
         super().__setattr__(name, value)
 
 
 sys.modules[__name__].__class__ = _Package
+
+# Modules renamed so that ``import tl_multilingual.<module> as m`` never binds a function;
+# the old paths still import, with a DeprecationWarning, until the next release.
+_RENAMED = {"identify": "identification", "compare": "comparison", "sharing": "sharing_classes"}
+
+
+class _RenamedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        package, _, old = fullname.rpartition(".")
+        if package == __name__ and old in _RENAMED:
+            return importlib.util.spec_from_loader(fullname, self)
+        return None
+
+    def create_module(self, spec: Any) -> types.ModuleType:
+        old = spec.name.rpartition(".")[2]
+        new = f"{__name__}.{_RENAMED[old]}"
+        warnings.warn(f"the module {spec.name} is renamed {new}", DeprecationWarning, stacklevel=2)
+        return importlib.import_module(new)
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        """The module is the renamed one, already executed."""
+
+
+sys.meta_path.append(_RenamedModules())
 
 
 __version__ = "0.1.0"

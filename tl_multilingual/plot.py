@@ -242,7 +242,7 @@ def sharing_profile(sharing: Any, *, ax: Any = None) -> Any:
 
 def class_changes(comparison: Any, *, stages: Any = None, ax: Any = None) -> Any:
     """Change per layer and class between two models (paper A Fig. 4), from a
-    :class:`~tl_multilingual.compare.Comparison` or a frame with ``layer``, ``class`` and
+    :class:`~tl_multilingual.comparison.Comparison` or a frame with ``layer``, ``class`` and
     ``change`` columns."""
     frame = comparison if isinstance(comparison, pd.DataFrame) else comparison.class_changes()
     fig, ax = _axes(ax)

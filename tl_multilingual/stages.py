@@ -933,7 +933,7 @@ def _warnings(maps: dict[str, SignalMap], agreement: pd.DataFrame | None, alpha:
 
 def _reidentify(stats: ActivationStats, neurons: LanguageNeurons) -> LanguageNeurons:
     """The neurons re-identified on other statistics with the same recipe."""
-    from .identify import identify
+    from .identification import identify
 
     return identify(stats, **neurons.recipe)
 

@@ -26,7 +26,7 @@ from .collect import collect_stats
 from .corpus import Corpus
 from .errors import CorpusError, TLMultilingualError, warn
 from .experiments import AblationResult, ablation_matrix
-from .identify import identify
+from .identification import identify
 from .items import ParallelItem, ParallelItems
 from .lens import LensResult, language_lens
 from .neurons import LanguageNeurons

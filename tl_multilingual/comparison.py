@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from .errors import TLMultilingualError
-from .identify import identify
+from .identification import identify
 from .languages import normalize_language
 from .neurons import CLASS_CODES, DROPPED, OTHER, LanguageNeurons
 from .resample import percentile_interval
