@@ -37,6 +37,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from . import distributed
 from .adapters import ModelAdapter, adapt
 from .errors import TLMultilingualError
 from .items import ParallelItems
@@ -150,21 +151,25 @@ def attribute(
         raise TLMultilingualError(f"unknown attribution method {method!r}")
     check_overflow(overflow, split=False)
     w_out = [output_weights(lm, layer) for layer in range(lm.n_layers)]
-    scores = torch.zeros(len(items), len(items.languages), lm.n_layers, lm.d_mlp)
-    for p, lang in enumerate(tqdm(items.languages, disable=not progress, desc=f"attribution ({method})")):
+    mine = distributed.shard(len(items))  # each rank scores its share of the items
+    scores = torch.zeros(len(mine), len(items.languages), lm.n_layers, lm.d_mlp)
+    show = distributed.show_progress(progress)
+    for p, lang in enumerate(tqdm(items.languages, disable=not show, desc=f"attribution ({method})")):
         if method == "contribution":
             ids, gold = lm.tokenize(items.texts(lang)), None
         else:
             ids, gold = _gold_tokens(lm, items, lang)
         ids, _ = fit(lm, ids, max_length=max_length, overflow=overflow)
-        for lo in range(0, len(ids), batch_size):
-            chunk = ids[lo : lo + batch_size]
+        for lo in range(0, len(mine), batch_size):
+            picked = mine[lo : lo + batch_size]
+            chunk = [ids[i] for i in picked]
             rows = slice(lo, lo + len(chunk))
-            g = gold[rows] if gold is not None else None
+            g = gold[torch.as_tensor(picked, device=gold.device)] if gold is not None else None
             if method == "grad_x_act":
                 scores[rows, p] = _grad_x_act(lm, chunk, g, metric or logprob_metric)
             else:
                 scores[rows, p] = _direct(lm, lm.pad(chunk), g, w_out, method, through_norm)
+    scores = distributed.gather_rows(scores, mine, len(items))
     return Attribution(method, items.languages, [item.id for item in items], scores)
 
 
@@ -188,23 +193,25 @@ def _direct(lm: ModelAdapter, batch: Any, gold: Tensor | None, w_out: list[Tenso
     if need_scale:
         hooks.append((lm.final_scale_hook, keep_scale))
     lm.forward(batch, fwd_hooks=hooks, logits=need_scale)
-    out = torch.zeros(len(last), lm.n_layers, lm.d_mlp)
+    out = []  # per layer, on that layer's device; one transfer at the end
     if method == "effective":
-        directions = unembedding(lm)[:, gold].T.float()  # [batch, d_model]
+        unembed = unembedding(lm)
+        directions = unembed[:, gold.to(unembed.device)].T.float()  # [batch, d_model]
     for layer in range(lm.n_layers):
         m = acts[layer]  # [batch, d_mlp]
-        rows_w = w_out[layer].float()  # [d_mlp, d_model]
+        rows_w = w_out[layer].float().to(m.device)  # [d_mlp, d_model]
         if method == "contribution":
-            out[:, layer] = (m.abs() * rows_w.norm(dim=-1)).cpu()
+            out.append(m.abs() * rows_w.norm(dim=-1))
             continue
         if through_norm and centred_writes(lm):
             rows_w = rows_w - rows_w.mean(-1, keepdim=True)
-        per_token = directions @ rows_w.T  # [batch, d_mlp]: W_out[j] . u_t
+        per_token = directions.to(m.device) @ rows_w.T  # [batch, d_mlp]: W_out[j] . u_t
         value = m * per_token
         if need_scale:
-            value = value / scale["s"].reshape(-1, 1)
-        out[:, layer] = value.cpu()
-    return out
+            value = value / scale["s"].reshape(-1, 1).to(m.device)
+        out.append(value)
+    device = out[-1].device
+    return torch.stack([o.to(device) for o in out], dim=1).cpu()
 
 
 def _grad_x_act(lm: ModelAdapter, ids: list[list[int]], gold: Tensor, metric: Metric) -> Tensor:
@@ -233,8 +240,9 @@ def _grad_x_act_batch(lm: ModelAdapter, batch: Any, gold: Tensor, metric: Metric
         logits = lm.call(batch)
         value = metric(logits[rows, last], gold).sum()
         grads = torch.autograd.grad(value, [probes[layer] for layer in range(lm.n_layers)])
-    out = torch.stack([(g * acts[layer])[rows, last].float() for layer, g in enumerate(grads)], dim=1)
-    return out.cpu()
+    device = grads[-1].device
+    out = [(g * acts[layer])[rows.to(g.device), last.to(g.device)].float().to(device) for layer, g in enumerate(grads)]
+    return torch.stack(out, dim=1).cpu()
 
 
 def class_attribution(sharing: Sharing, attribution: Attribution, *, top_k: int = 800) -> pd.DataFrame:

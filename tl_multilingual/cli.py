@@ -5,11 +5,18 @@
 ``tl-multilingual run --model NAME --corpus FILE --languages en,zh,fr --out study/``
 runs it on any supported model and your data. Bad input ends with one line on stderr
 and exit status 2, before anything is written.
+
+``torchrun --nproc-per-node N --no-python tl-multilingual run ...`` runs the same study
+on N processes (one node or many): every rank reads its share of the texts, only rank
+0 writes files and prints progress, and a failure on any rank ends every rank with an
+error line (rerun the same command to resume). ``tl-multilingual merge SHARD...
+--out DIR`` sums statistics collected by independent jobs.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -52,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     study.add_argument("--eval-texts", type=int, default=None, help="held-out texts per language for deactivation")
     study.add_argument("--controls", type=int, default=None, help="random control sets per deactivation")
     common.add_argument("--quiet", action="store_true", help="no progress output")
+    common.add_argument("--dist-timeout", type=float, default=None,
+                        help="under torchrun: seconds a rank waits for the others before failing (default 1800)")
     commands.add_parser("demo", parents=[common], help="the full study of Gemma-3-270m on the bundled corpus")
     run = commands.add_parser("run", parents=[common], help="the full study of any model on your data")
     run.add_argument("--model", required=True,
@@ -59,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--corpus", default=None,
                      help="JSON/JSONL records (language, text) or a folder of <language>.txt files; default: bundled")
     run.add_argument("--words", default=None, help="JSONL word list for the logit lens (default: bundled)")
+    merge = commands.add_parser("merge", help="sum activation statistics collected by independent jobs")
+    merge.add_argument("shards", nargs="+", type=Path, help="folders saved by ActivationStats.save")
+    merge.add_argument("--out", required=True, type=Path, help="folder for the merged statistics")
     return parser
 
 
@@ -194,16 +206,36 @@ def _settings(args: argparse.Namespace, base: Any) -> Any:
     return replace(base, **updates)
 
 
+def merge(args: argparse.Namespace) -> Path:
+    """Load, check and sum statistics shards; save the sum to ``args.out``."""
+    import warnings
+
+    from .stats import ActivationStats
+
+    shards = [ActivationStats.load(path) for path in args.shards]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        merged = ActivationStats.merge(shards)
+    for warning in caught:
+        print(f"tl-multilingual: warning: {warning.message}", file=sys.stderr)
+    merged.save(args.out)
+    tokens = ", ".join(f"{lang}: {n}" for lang, n in merged.token_counts.items())
+    print(f"merged {len(shards)} shards ({tokens} tokens) into {args.out}", file=sys.stderr)
+    return args.out
+
+
 def run(args: argparse.Namespace, argv: list[str]) -> Path:
     import warnings
 
+    from . import distributed
     from .study import DEMO_SETTINGS, Study, StudySettings, check_output_folder, check_study
 
     def say(message: str) -> None:
-        if not args.quiet:
+        if not args.quiet and distributed.is_main():
             print(message, file=sys.stderr, flush=True)
 
-    check_output_folder(args.out, command=args.command)
+    args.device = distributed.init_from_env(args.device, timeout_s=args.dist_timeout)
+    distributed.on_main(lambda: check_output_folder(args.out, command=args.command))
     with warnings.catch_warnings(record=True) as caught:  # code mappings are said once, below
         warnings.simplefilter("always")
         languages = _languages(args.languages)
@@ -220,23 +252,51 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
     words = _words(word_spec, list(corpus.languages))
     model, record = load_model(spec, device=args.device, dtype=args.dtype, log=say)
     study = Study(args.out, model, corpus, settings, words=words, model_record={"spec": spec, **record},
-                  command=["tl-multilingual", *argv], quiet=args.quiet)
+                  command=["tl-multilingual", *argv], quiet=args.quiet or not distributed.is_main())
     study.run()
     return args.out / "report.html"
 
 
+class _Stopped(BaseException):
+    """SIGTERM, as torchrun sends to the other ranks when one fails."""
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise _Stopped
+
+
 def main(argv: list[str] | None = None) -> int:
+    from . import distributed
+
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
+    try:  # unwind on SIGTERM (no half-written files); only the main thread may set it
+        previous = signal.signal(signal.SIGTERM, _stop)
+    except ValueError:
+        previous = None
     try:
+        if args.command == "merge":
+            merge(args)
+            return 0
         report = run(args, argv)
+        speaks = not args.quiet and distributed.is_main()
     except TLMultilingualError as err:
-        print(f"tl-multilingual: error: {err}", file=sys.stderr)
+        where = f" (rank {distributed.rank()})" if distributed.world_size() > 1 else ""
+        print(f"tl-multilingual: error{where}: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("tl-multilingual: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
-    if not args.quiet:
+    except _Stopped:
+        where = f"rank {distributed.rank()} " if distributed.world_size() > 1 else ""
+        print(f"tl-multilingual: {where}stopped by a signal (another rank may have failed); rerun the same "
+              "command to resume", file=sys.stderr)
+        return 143
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        distributed.shutdown()
+    if speaks:
         print(f"done: open {report}", file=sys.stderr)
     return 0
 

@@ -2,9 +2,11 @@
 
 One forward pass per batch; a hook on every layer's read hook reduces the neuron
 activations of the counted positions into running int64/float64 totals on the
-model's device (each batch's partial sums are taken in float32, then added to the
-float64 totals). Whole activations are never cached, padding is never counted, and
-the pass stops after the last MLP, so the unembedding is never computed.
+device of that layer (each batch's partial sums are taken in float32, then added to
+the float64 totals). Whole activations are never cached, padding is never counted,
+and the pass stops after the last MLP, so the unembedding is never computed. Under
+``torch.distributed`` each rank reads its share of the texts and the totals are
+summed over ranks (see :mod:`tl_multilingual.distributed`).
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from . import distributed
 from .adapters import ModelAdapter, adapt
 from .corpus import Corpus
 from .errors import CorpusError
 from .stats import ActivationStats
-from .tokens import Overflow, TokenPolicy, batches, encode_language, limit_tokens
+from .tokens import Encoded, Overflow, TokenPolicy, batches, encode_language, limit_tokens
 
 __all__ = ["collect_stats"]
 
@@ -27,46 +30,87 @@ _FLOAT32_CHUNK = 1 << 24  # elements converted to float32 at once
 
 
 class _Totals:
-    """Running per-(layer, neuron, language) totals, and the hooks that feed them."""
+    """Running per-(layer, neuron, language) totals, and the hooks that feed them.
+
+    Each layer's totals live on the device of the activations its hook sees (a model
+    split across devices keeps every layer's totals beside the layer), as do the
+    indices of the counted positions; nothing waits for the device inside the loop.
+    """
 
     def __init__(self, adapter: ModelAdapter, n_languages: int, threshold: float) -> None:
-        shape = (adapter.n_layers, adapter.d_mlp, n_languages)
-        device = adapter.device
         self.adapter = adapter
         self.threshold = threshold
-        self.active = torch.zeros(shape, dtype=torch.long, device=device)
-        self.sums = torch.zeros(shape, dtype=torch.float64, device=device)
-        self.sum_squares = torch.zeros(shape, dtype=torch.float64, device=device)
+        self.n_languages = n_languages
+        self.layers: dict[int, tuple[Tensor, Tensor, Tensor]] = {}  # active, sums, sum_squares
         self.tokens = torch.zeros(n_languages, dtype=torch.long)
         self.language = 0
-        self.rows: Tensor | None = None  # flat indices of counted positions, None = all
+        self.rows: Tensor | None = None  # flat indices of counted positions (CPU), None = all
+        self._placed: dict[torch.device, Tensor] = {}
         self.chunk_rows = max(1, _FLOAT32_CHUNK // adapter.d_mlp)
 
     def hooks(self) -> list[tuple[str, Any]]:
         return [(self.adapter.read_hook(layer), self._reducer(layer)) for layer in range(self.adapter.n_layers)]
 
+    def _totals(self, layer: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        if layer not in self.layers:
+            shape = (self.adapter.d_mlp, self.n_languages)
+            self.layers[layer] = (
+                torch.zeros(shape, dtype=torch.long, device=device),
+                torch.zeros(shape, dtype=torch.float64, device=device),
+                torch.zeros(shape, dtype=torch.float64, device=device),
+            )
+        return self.layers[layer]
+
+    def _rows_on(self, device: torch.device) -> Tensor:
+        if device not in self._placed:
+            self._placed[device] = self.rows.to(device, non_blocking=True)
+        return self._placed[device]
+
     def _reducer(self, layer: int) -> Any:
         def reduce(tensor: Tensor, hook: Any) -> None:
             flat = tensor.reshape(-1, tensor.shape[-1])
             if self.rows is not None:
-                flat = flat.index_select(0, self.rows)
+                flat = flat.index_select(0, self._rows_on(flat.device))
             acts = self.adapter.neuron_values(layer, flat)
+            active, sums, squares = self._totals(layer, acts.device)
             k = self.language
-            self.active[layer, :, k] += (acts > self.threshold).sum(0, dtype=torch.int32)
+            active[:, k] += (acts > self.threshold).sum(0, dtype=torch.int32)
             for part in acts.split(self.chunk_rows):  # bounds the float32 copy of half precision
                 part = part.float()
-                self.sums[layer, :, k] += part.sum(0)
-                self.sum_squares[layer, :, k] += (part * part).sum(0)
+                sums[:, k] += part.sum(0)
+                squares[:, k] += (part * part).sum(0)
 
         return reduce
 
-    def run(self, batch: Any, counted: Tensor) -> None:
-        n = int(counted.sum())
+    def run(self, sequences: list[Encoded], batch: Any) -> None:
+        rows, n = _counted_rows(sequences, batch)
         if n == 0:
             return
-        self.rows = None if n == counted.numel() else counted.reshape(-1).nonzero().squeeze(1)
+        self.rows, self._placed = rows, {}
         self.adapter.forward(batch, fwd_hooks=self.hooks(), logits=False)
         self.tokens[self.language] += n
+
+    def result(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Active counts, sums and sums of squares ``[n_layers, d_mlp, n_languages]`` on
+        the CPU, summed over ranks."""
+        parts = [self._totals(layer, torch.device("cpu")) for layer in range(self.adapter.n_layers)]
+        stacked = [torch.stack([p[i].cpu() for p in parts]) for i in range(3)]
+        return tuple(distributed.all_reduce_sum(t) for t in stacked)  # type: ignore[return-value]
+
+
+def _counted_rows(sequences: list[Encoded], batch: Any) -> tuple[Tensor | None, int]:
+    """Flat indices of the counted positions of a padded batch (None: every position)
+    and their number, from the sequences alone: no device round trip."""
+    width = batch.input_ids.shape[1]
+    spans = []
+    for row, seq in enumerate(sequences):
+        shift = width - len(seq.ids) if batch.padding_side == "left" else 0
+        lo = row * width + seq.start + shift
+        spans.append((lo, lo + seq.n_counted))
+    n = sum(hi - lo for lo, hi in spans)
+    if n == width * len(sequences):
+        return None, n
+    return torch.cat([torch.arange(lo, hi) for lo, hi in spans]), n
 
 
 def collect_stats(
@@ -131,21 +175,26 @@ def collect_stats(
         )
         for lang in corpus.languages
     }
+    # Every rank takes its share of each language's sequences (after the token budget,
+    # which applies to the whole corpus); the totals are summed over ranks at the end.
+    plan = {lang: [seqs[i] for i in distributed.shard(len(seqs), [len(s.ids) for s in seqs])]
+            for lang, seqs in plan.items()}
     totals = _Totals(adapter, len(corpus.languages), threshold)
     n_batches = sum(-(-len(seqs) // batch_size) for seqs in plan.values())
-    with tqdm(total=n_batches, disable=not progress, desc="collecting", unit="batch") as bar:
+    with tqdm(total=n_batches, disable=not distributed.show_progress(progress), desc="collecting", unit="batch") as bar:
         for k, (lang, sequences) in enumerate(plan.items()):
             totals.language = k
             bar.set_postfix_str(lang)
-            for _, batch, counted in batches(adapter, sequences, batch_size):
-                totals.run(batch, counted)
+            for indices, batch, _ in batches(adapter, sequences, batch_size):
+                totals.run([sequences[i] for i in indices], batch)
                 bar.update()
+    active, sums, sum_squares = totals.result()
     return ActivationStats(
         corpus.languages,
-        totals.tokens,
-        totals.active.cpu(),
-        sums=totals.sums.cpu(),
-        sum_squares=totals.sum_squares.cpu(),
+        distributed.all_reduce_sum(totals.tokens),
+        active,
+        sums=sums,
+        sum_squares=sum_squares,
         threshold=threshold,
         token_policy=token_policy,
         include_bos=include_bos,

@@ -27,7 +27,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import pandas as pd
+import torch
 
+from . import distributed
 from .adapters import ModelAdapter, adapt
 from .corpus import Corpus
 from .errors import ContextLengthError, CorpusError
@@ -64,12 +66,16 @@ def text_nll(
     batch_size: int = 8,
     max_length: int | None = None,
     overflow: Overflow = "truncate",
+    compute_dtype: torch.dtype | None = None,
 ) -> pd.DataFrame:
     """Per-text negative log-likelihood: one row per text with ``language``, ``text``
     (index), ``tokens`` (predicted tokens counted) and ``nll`` (their summed NLL).
     Texts of all languages share batches. Texts longer than ``max_length`` (default:
     the model's context) keep their beginning, are split into pieces each starting
-    with BOS (``overflow="split"``), or are refused (``"error"``)."""
+    with BOS (``overflow="split"``), or are refused (``"error"``). ``compute_dtype``
+    (``torch.bfloat16`` or ``torch.float16``) runs the model body under autocast in
+    that dtype, keeping the output head and the loss in float32 (see docs/scaling.md
+    for its effect)."""
     lm = adapt(model)
     owners, sequences = [], []
     for lang in corpus.languages:
@@ -80,7 +86,7 @@ def text_nll(
         require_tokens(lang, sum(seq.n_counted for seq in predicted), "predicted tokens")
         owners += [(lang, seq.text_index) for seq in predicted]
         sequences += predicted
-    sums, counts = sequence_nll(lm, sequences, batch_size)
+    sums, counts = sequence_nll(lm, sequences, batch_size, compute_dtype=compute_dtype)
     totals: dict[tuple[str, int], list[float]] = {}
     for owner, total, n in zip(owners, sums, counts):
         acc = totals.setdefault(owner, [0.0, 0])
@@ -103,12 +109,14 @@ def perplexity(
     batch_size: int = 8,
     max_length: int | None = None,
     overflow: Overflow = "truncate",
+    compute_dtype: torch.dtype | None = None,
 ) -> pd.DataFrame:
     """Perplexity per language (``exp`` of the mean token NLL, pooled over texts), or per
     text with ``per_text``. Use ``token_policy="response"`` to score only responses
-    (tokenised in context). ``max_length`` and ``overflow`` as in :func:`text_nll`."""
+    (tokenised in context). ``max_length``, ``overflow`` and ``compute_dtype`` as in
+    :func:`text_nll`."""
     frame = text_nll(model, corpus, token_policy=token_policy, batch_size=batch_size, max_length=max_length,
-                     overflow=overflow)
+                     overflow=overflow, compute_dtype=compute_dtype)
     if per_text:
         frame = frame.copy()
         frame["perplexity"] = (frame["nll"] / frame["tokens"]).map(math.exp)
@@ -241,9 +249,11 @@ def generate(
     check_overflow(overflow, split=False)
     limit = context_limit(lm, max_length)
     eos = getattr(lm.tokenizer, "eos_token_id", None)
+    mine = distributed.shard(len(prompts))  # each rank continues its share of the prompts
+    every: list[list[int]] = []
     outputs: list[str] = []
     long: dict[int, int] = {}
-    for lo in range(0, len(prompts), batch_size):
+    for lo in range(0, len(prompts), batch_size):  # every rank checks every prompt: errors agree
         try:
             ids = lm.tokenize(list(prompts[lo : lo + batch_size]))
         except CorpusError as err:
@@ -259,13 +269,16 @@ def generate(
                         f"{len(p) + max_new_tokens}, more than max_length={limit} (the model's n_ctx is {lm.n_ctx}); "
                         "pass overflow='truncate' to let the oldest tokens go"
                     )
+        every += ids
+    for lo in range(0, len(mine), batch_size):
+        ids = [every[i] for i in mine[lo : lo + batch_size]]
         new: list[list[int]] = [[] for _ in ids]
         done = [False] * len(ids)
         for _ in range(max_new_tokens):
             seen, lost = fit(lm, [p + n for p, n in zip(ids, new)], max_length=limit, report=False)
             for row, n in enumerate(lost):
                 if n:
-                    long.setdefault(lo + row, len(ids[row]) + len(new[row]))
+                    long.setdefault(mine[lo + row], len(ids[row]) + len(new[row]))
             batch = lm.pad(seen, side="left")
             next_ids = last_logits(lm, batch).argmax(-1).tolist()
             for row, token in enumerate(next_ids):
@@ -283,6 +296,9 @@ def generate(
             for s in stop:
                 text = text.split(s)[0] if s in text else text
             outputs.append(text)
+    outputs = distributed.gather_in_order(outputs, mine, len(prompts))
+    for part in distributed.gather_in_order([long], [distributed.rank()], distributed.world_size()):
+        long.update(part)
     report_overflow(lm, sorted(long.items()), len(prompts), max_length=max_length, overflow="truncate",
                     action="truncated to the last", what="prompt")
     return outputs

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from . import resample
+from . import distributed, resample
 from .adapters import ModelAdapter, adapt
 from .corpus import Corpus
 from .errors import IdentificationError, SaveError, StatsError, TLMultilingualError
@@ -109,7 +109,7 @@ def _controlled_runs(
     """
     total = n_blocks * (1 + sum(1 + n_controls[key] for key in conditions))
     baseline: list[V] = []
-    with tqdm(total=total, disable=not progress, desc=desc, unit="run") as bar:
+    with tqdm(total=total, disable=not distributed.show_progress(progress), desc=desc, unit="run") as bar:
 
         def run(key: K | None, block: int, mask: NeuronMask | None) -> V:
             value = baseline[block] if mask is not None and mask.count() == 0 else measure(key, block, mask)

@@ -154,13 +154,21 @@ def _apply(plans: list[_LayerEdit], ups: dict[str, Tensor]) -> Callable[..., Ten
 
 @dataclass
 class _LayerEdit:
-    """An edit restricted to one layer, with its values on the model's device."""
+    """An edit restricted to one layer. Its indices and values are moved, once, to the
+    device of the activations the hook sees (a model split across devices)."""
 
     op: Op
     index: Tensor  # neuron indices in this layer
     value: Tensor  # scalar, or one value per edited neuron (with leading axes for patch)
     positions: Positions
     gated: bool
+    _placed: dict = field(default_factory=dict, repr=False)
+
+    def on(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """The indices and values on ``device`` (cached)."""
+        if device not in self._placed:
+            self._placed[device] = (self.index.to(device), self.value.to(device))
+        return self._placed[device]
 
     @property
     def needs_up(self) -> bool:
@@ -179,24 +187,25 @@ class _LayerEdit:
                     f"got {tuple(value.shape)}"
                 )
             value = value[..., layer, :].index_select(-1, index.to(value.device))
-        value = torch.as_tensor(value).to(device=lm.device, dtype=lm.dtype)
-        return cls(edit.op, index.to(lm.device), value, edit.positions, lm.gated)
+        value = torch.as_tensor(value).to(dtype=lm.dtype)
+        return cls(edit.op, index, value, edit.positions, lm.gated)
 
     def apply(self, out: Tensor, up: Tensor | None) -> None:
-        current = out[..., self.index]
+        index, value = self.on(out.device)
+        current = out[..., index]
         if self.op == "scale":
-            new = current * self.value
+            new = current * value
         elif self.op == "patch":
-            new = _broadcast_source(self.value, current)
+            new = _broadcast_source(value, current)
         else:
             if self.gated and up is None:
                 raise TLMultilingualError("the up projection of a gated MLP was not captured")
-            scale = up[..., self.index] if self.gated else 1.0
-            new = self.value * scale if self.op == "set" else current + self.value * scale
+            scale = up[..., index] if self.gated else 1.0
+            new = value * scale if self.op == "set" else current + value * scale
         if self.positions is not None:
             rows = _position_mask(self.positions, out.shape[:-1], out.device)
             new = torch.where(rows[..., None], new, current)
-        out[..., self.index] = new.to(out.dtype)
+        out[..., index] = new.to(out.dtype)
 
 
 def _broadcast_source(source: Tensor, like: Tensor) -> Tensor:

@@ -23,7 +23,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from . import resample
+from . import distributed, resample
 from .adapters import ModelAdapter, adapt
 from .errors import CorpusError, SaveError
 from .persist import manifest_field, read_result, write_result
@@ -169,17 +169,17 @@ def measure(logp: Tensor, sets: list[list[Tensor | None]]) -> tuple[Tensor, Tens
     entropy = -(probs * logp).sum(-1)
     top = probs.argmax(-1)
     n_langs = len(sets[0]) if sets else 0
-    p_out = torch.full((*probs.shape[:2], n_langs), float("nan"))
-    r_out = torch.full((*probs.shape[:2], n_langs), float("nan"))
-    for i, row in enumerate(sets):
+    p_out = torch.full((*probs.shape[:2], n_langs), float("nan"), device=probs.device)
+    r_out = torch.full((*probs.shape[:2], n_langs), float("nan"), device=probs.device)
+    for i, row in enumerate(sets):  # filled on the device: one transfer per batch, below
         for k, ids in enumerate(row):
             if ids is None:
                 continue
-            chosen = probs[i][:, ids]  # [layer, n_ids]
-            p_out[i, :, k] = chosen.sum(-1).cpu()
+            chosen = probs[i][:, ids.to(probs.device)]  # [layer, n_ids]
+            p_out[i, :, k] = chosen.sum(-1)
             best = chosen.max(-1).values
-            r_out[i, :, k] = ((probs[i] > best[:, None]).sum(-1) + 1).float().cpu()
-    return p_out, r_out, entropy.cpu(), top.cpu()
+            r_out[i, :, k] = ((probs[i] > best[:, None]).sum(-1) + 1).float()
+    return p_out.cpu(), r_out.cpu(), entropy.cpu(), top.cpu()
 
 
 def language_lens(
@@ -212,9 +212,12 @@ def language_lens(
         languages = list(dict.fromkeys(lang for p in prompts for lang in p.answers))
     sets = answer_sets(lm, prompts, languages)
     ids, _ = fit(lm, lm.tokenize([p.text for p in prompts]), max_length=max_length, overflow=overflow)
-    parts = []
-    for lo in tqdm(range(0, len(prompts), batch_size), disable=not progress, desc="lens"):
-        batch = lm.pad(ids[lo : lo + batch_size], side="left")
-        parts.append(measure(layer_logprobs(lm, batch), sets[lo : lo + batch_size]))
-    prob, rank, entropy, top = (torch.cat(x) for x in zip(*parts))
+    mine = distributed.shard(len(prompts))  # each rank reads its share; rows gathered below
+    parts = [(torch.zeros(0, lm.n_layers, len(languages)),) * 2
+             + (torch.zeros(0, lm.n_layers), torch.zeros(0, lm.n_layers, dtype=torch.long))]
+    for lo in tqdm(range(0, len(mine), batch_size), disable=not distributed.show_progress(progress), desc="lens"):
+        chunk = mine[lo : lo + batch_size]
+        batch = lm.pad([ids[i] for i in chunk], side="left")
+        parts.append(measure(layer_logprobs(lm, batch), [sets[i] for i in chunk]))
+    prob, rank, entropy, top = (distributed.gather_rows(torch.cat(x), mine, len(prompts)) for x in zip(*parts))
     return LensResult(tuple(languages), prob, rank, entropy, top, tuple(prompts))

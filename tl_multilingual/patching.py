@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from . import resample
+from . import distributed, resample
 from .adapters import ModelAdapter, adapt
 from .errors import MaskError, TLMultilingualError
 from .interventions import Edit, Interventions, Layers, record
@@ -170,14 +170,16 @@ def patch_neurons(
                      what="source prompt")
     tgt_ids, _ = fit(lm, lm.tokenize([p.text for p in targets]), max_length=max_length, overflow=overflow,
                      what="target prompt")
-    for lo in range(0, len(targets), batch_size):
-        hi = min(lo + batch_size, len(targets))
-        src_batch = lm.pad(src_ids[lo:hi], side=side)
-        tgt_batch = lm.pad(tgt_ids[lo:hi], side=side)
+    mine = distributed.shard(len(targets))  # each rank patches its share of the prompts
+    for lo in range(0, len(mine), batch_size):
+        chunk = mine[lo : lo + batch_size]
+        src_batch = lm.pad([src_ids[i] for i in chunk], side=side)
+        tgt_batch = lm.pad([tgt_ids[i] for i in chunk], side=side)
         values, positions = _source(lm, src_batch, tgt_batch, align)
         for c, m in enumerate(masks):
             hooks = [] if m is None else Interventions(lm, [Edit(m, "patch", values, positions)]).hooks()
             logp = layer_logprobs(lm, tgt_batch, fwd_hooks=hooks)
-            out[c, lo:hi] = measure(logp, sets[lo:hi])[0]
+            out[c, chunk] = measure(logp, [sets[i] for i in chunk])[0]
+    out = distributed.gather_rows(out.transpose(0, 1)[mine], mine, len(targets)).transpose(0, 1).contiguous()
     names = ("clean", "patched", *(f"control_{c}" for c in range(controls)))
     return PatchResult(names, tuple(languages), out, mask.count())

@@ -29,6 +29,7 @@ positions), in chunks, so a full ``[batch, pos, vocab]`` tensor is never built.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -247,48 +248,92 @@ def _head_nll(apply: Head, resid: Tensor, gold: Tensor) -> Tensor:
     return torch.cat(parts) if parts else resid.new_zeros(0, dtype=torch.float32)
 
 
-def sequence_nll(lm: ModelAdapter, sequences: Sequence[Encoded], batch_size: int) -> tuple[list[float], list[int]]:
+def sequence_nll(
+    lm: ModelAdapter, sequences: Sequence[Encoded], batch_size: int, *, compute_dtype: torch.dtype | None = None
+) -> tuple[list[float], list[int]]:
     """Summed negative log-likelihood (nats) and count of the counted positions of each
     sequence.
 
     Position ``p`` of a sequence is scored by the model's prediction at ``p - 1``, so a
     sequence's first position is never scored, and padding never is. Only the
     positions that predict a counted token go through :func:`head`, a chunk at a
-    time: the full ``[batch, pos, vocab]`` logits are never built.
+    time: the full ``[batch, pos, vocab]`` logits are never built. Which positions
+    those are is worked out on the host from the sequences, and the per-sequence sums
+    stay on the device until one transfer at the end: nothing waits for the device
+    per batch. Under ``torch.distributed`` each rank scores its share of the sequences
+    and the values are gathered in input order (:mod:`.distributed`).
 
     Args:
         lm: the model's adapter.
         sequences: encoded sequences with their counted span (see :mod:`.tokens`).
         batch_size: sequences per forward pass.
+        compute_dtype: run the model body under autocast in this dtype
+            (``torch.bfloat16``, ``torch.float16``); the head and the loss stay in the
+            model's dtype and float32.
 
     Returns:
         ``(sums, counts)``: per sequence, in input order, the summed NLL in nats
         (float64 accumulation) and the number of scored tokens.
     """
+    from . import distributed
     from .tokens import batches
 
     apply = head(lm)
-    sums = [0.0] * len(sequences)
-    counts = [0] * len(sequences)
+    mine = distributed.shard(len(sequences), [len(s.ids) for s in sequences])
+    local = [sequences[i] for i in mine]
+    sums = torch.zeros(len(local), dtype=torch.float64)
+    counts = torch.zeros(len(local), dtype=torch.long)
+    parts: list[tuple[list[int], Tensor]] = []
     resid: dict[str, Tensor] = {}
 
     def keep(tensor: Tensor, hook: Any) -> None:
         resid["final"] = tensor
 
-    for indices, batch, counted in batches(lm, sequences, batch_size):
-        lm.forward(batch, fwd_hooks=[(lm.final_hook, keep)], logits=False, stop_at=lm.final_hook)
-        final = resid["final"]
-        targets = counted[:, 1:].to(final.device)  # the token at p is predicted from position p - 1
-        gold = batch.input_ids[:, 1:].to(final.device)[targets]
-        nll = _head_nll(apply, final[:, :-1][targets], gold)
-        row_of = torch.arange(len(indices), device=final.device)[:, None].expand_as(targets)[targets]
-        per_row = torch.zeros(len(indices), dtype=torch.float64, device=final.device)
-        per_row.index_add_(0, row_of, nll.double())
-        per_count = targets.sum(-1)
-        for row, (total, n) in enumerate(zip(per_row.tolist(), per_count.tolist())):
-            sums[indices[row]] = total
-            counts[indices[row]] = int(n)
-    return sums, counts
+    for indices, batch, _ in batches(lm, local, batch_size):
+        with _autocast(lm, compute_dtype):
+            lm.forward(batch, fwd_hooks=[(lm.final_hook, keep)], logits=False, stop_at=lm.final_hook)
+        final = resid.pop("final")
+        if compute_dtype is not None:
+            final = final.to(lm.dtype)
+        where, owner = _predicting_positions([local[i] for i in indices], batch)
+        ids = batch.input_ids.reshape(-1)
+        gold = ids.index_select(0, (where + 1).to(ids.device, non_blocking=True)).to(final.device)
+        picked = final.reshape(-1, final.shape[-1]).index_select(0, where.to(final.device, non_blocking=True))
+        nll = _head_nll(apply, picked, gold)
+        per_row = torch.zeros(len(indices), dtype=torch.float64, device=nll.device)
+        per_row.index_add_(0, owner.to(nll.device, non_blocking=True), nll.double())
+        parts.append((indices, per_row))
+        counts[indices] = torch.bincount(owner, minlength=len(indices))
+    if parts:  # one device-to-host transfer
+        index = torch.as_tensor([i for indices, _ in parts for i in indices])
+        sums[index] = torch.cat([values.to(parts[0][1].device) for _, values in parts]).cpu()
+    sums = distributed.gather_rows(sums, mine, len(sequences))
+    counts = distributed.gather_rows(counts, mine, len(sequences))
+    return sums.tolist(), counts.tolist()
+
+
+def _predicting_positions(sequences: Sequence[Encoded], batch: Batch) -> tuple[Tensor, Tensor]:
+    """Flat indices (into ``[batch * pos]``) of the positions that predict a counted
+    token (the token at ``p`` is predicted from ``p - 1``, padded position 0 predicts
+    nothing), and the row of each: from the sequences alone, on the host."""
+    width = batch.input_ids.shape[1]
+    where, owner = [], []
+    for row, seq in enumerate(sequences):
+        shift = width - len(seq.ids) if batch.padding_side == "left" else 0
+        lo = max(seq.start + shift, 1)
+        hi = seq.start + shift + seq.n_counted
+        if hi > lo:
+            where.append(torch.arange(row * width + lo - 1, row * width + hi - 1))
+            owner.append(torch.full((hi - lo,), row, dtype=torch.long))
+    if not where:
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    return torch.cat(where), torch.cat(owner)
+
+
+def _autocast(lm: ModelAdapter, dtype: torch.dtype | None) -> Any:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=lm.device.type, dtype=dtype)
 
 
 def output_weights(lm: ModelAdapter, layer: int) -> Float[Tensor, "d_mlp d_model"]:

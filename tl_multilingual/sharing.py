@@ -26,6 +26,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from . import distributed
 from .adapters import ModelAdapter, adapt
 from .errors import SaveError, TLMultilingualError
 from .items import ParallelItems
@@ -79,37 +80,49 @@ def _read_positions(
     texts: Sequence[str],
     position: Position,
     batch_size: int,
-    sink: Callable[[Tensor, int, Tensor], None],
+    sink: Callable[[Tensor, Tensor], None],
     progress: bool = False,
     max_length: int | None = None,
     overflow: Overflow = "truncate",
-) -> None:
-    """Run the texts and hand ``sink(rows, layer, values [batch, d_mlp])`` the neuron
-    values at the last token, or their maximum over the text's tokens (BOS excluded).
-    Texts longer than ``max_length`` lose their oldest tokens (or are refused)."""
+) -> list[int]:
+    """Run the texts and hand ``sink(rows, values [batch, n_layers, d_mlp])`` the neuron
+    values at the last token, or their maximum over the text's tokens (BOS excluded),
+    once per batch (the layers' values are stacked on the device of the last layer).
+    Texts longer than ``max_length`` lose their oldest tokens (or are refused).
+
+    Under ``torch.distributed`` each rank reads its share of the texts; returns the
+    indices this rank read (the callers combine the ranks' rows).
+    """
     ids, _ = fit(lm, lm.tokenize(list(texts)), max_length=max_length, overflow=overflow, what="text")
+    mine = distributed.shard(len(ids), [len(row) for row in ids])
     first = 1 if lm.prepend_bos and lm.bos_token_id is not None else 0
-    for lo in tqdm(range(0, len(ids), batch_size), disable=not progress, desc="reading", leave=False):
-        chunk = ids[lo : lo + batch_size]
+    show = distributed.show_progress(progress)
+    for lo in tqdm(range(0, len(mine), batch_size), disable=not show, desc="reading", leave=False):
+        picked_rows = mine[lo : lo + batch_size]
+        chunk = [ids[i] for i in picked_rows]
         batch = lm.pad(chunk)
         real = batch.attention_mask.bool()
-        rows = torch.arange(lo, lo + len(chunk))
+        rows = torch.as_tensor(picked_rows)
         width = real.shape[1]
         last = batch.last
         counted = real.clone()
         if first:
-            start = width - real.sum(1) if batch.padding_side == "left" else torch.zeros_like(last)
-            counted[torch.arange(len(chunk)), start] = real.sum(1) == 1  # keep BOS only if alone
+            lengths = torch.as_tensor([len(row) for row in chunk], device=real.device)
+            start = width - lengths if batch.padding_side == "left" else torch.zeros_like(last)
+            counted[torch.arange(len(chunk)), start] = lengths == 1  # keep BOS only if alone
+        values: dict[int, Tensor] = {}
         hooks = [
-            (lm.read_hook(layer), _position_reader(lm, layer, position, last, counted, rows, sink))
+            (lm.read_hook(layer), _position_reader(lm, layer, position, last, counted, values))
             for layer in range(lm.n_layers)
         ]
         lm.forward(batch, fwd_hooks=hooks, logits=False)
+        device = values[lm.n_layers - 1].device
+        sink(rows, torch.stack([values[layer].to(device) for layer in range(lm.n_layers)], dim=1))
+    return mine
 
 
 def _position_reader(
-    lm: ModelAdapter, layer: int, position: Position, last: Tensor, counted: Tensor, rows: Tensor,
-    sink: Callable[[Tensor, int, Tensor], None],
+    lm: ModelAdapter, layer: int, position: Position, last: Tensor, counted: Tensor, store: dict[int, Tensor]
 ) -> Callable[..., None]:
     def read(tensor: Tensor, hook: Any) -> None:
         values = lm.neuron_values(layer, tensor)
@@ -118,7 +131,7 @@ def _position_reader(
         else:
             fill = torch.finfo(values.dtype).min
             picked = values.masked_fill(~counted[..., None].to(values.device), fill).amax(1)
-        sink(rows, layer, picked)
+        store[layer] = picked
 
     return read
 
@@ -139,11 +152,11 @@ def item_activations(
     lm = adapt(model)
     out = torch.zeros(len(texts), lm.n_layers, lm.d_mlp)
 
-    def keep(rows: Tensor, layer: int, values: Tensor) -> None:
-        out[rows, layer] = values.float().cpu()
+    def keep(rows: Tensor, values: Tensor) -> None:
+        out[rows] = values.float().cpu()
 
     _read_positions(lm, texts, position, batch_size, keep, max_length=max_length, overflow=overflow)
-    return out
+    return distributed.all_reduce_sum(out)  # each rank filled its own rows
 
 
 @dataclass
@@ -317,13 +330,15 @@ def sharing(
     thresholds = [float(threshold)] if isinstance(threshold, (int, float)) else [float(t) for t in threshold]
     dtype = _code_dtype(len(items.languages))
     codes = {t: torch.zeros(len(items), lm.n_layers, lm.d_mlp, dtype=dtype) for t in thresholds}
-    for p, lang in enumerate(tqdm(items.languages, disable=not progress, desc="sharing")):
+    for p, lang in enumerate(tqdm(items.languages, disable=not distributed.show_progress(progress), desc="sharing")):
 
-        def mark(rows: Tensor, layer: int, values: Tensor, p: int = p) -> None:
-            for t, grid in codes.items():
-                grid[rows, layer] |= (values > t).cpu().to(dtype) << p
+        def mark(rows: Tensor, values: Tensor, p: int = p) -> None:
+            above = torch.stack([values > t for t in thresholds]).cpu()  # one transfer per batch
+            for grid, bits in zip(codes.values(), above):
+                grid[rows] |= bits.to(dtype) << p
 
         _read_positions(lm, items.texts(lang), position, batch_size, mark, max_length=max_length, overflow=overflow)
+    codes = {t: distributed.all_reduce_sum(grid) for t, grid in codes.items()}  # disjoint rows per rank
     ids = [item.id for item in items]
     record = {k: lm.describe()[k] for k in ("name", "architecture")}
     results = {t: Sharing(items.languages, ids, grid, t, position, record) for t, grid in codes.items()}

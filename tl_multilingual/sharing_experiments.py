@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from . import resample
+from . import distributed, resample
 from .adapters import ModelAdapter, adapt
 from .errors import TLMultilingualError
 from .evaluate import option_logprobs
@@ -76,7 +76,7 @@ def item_correctness(
     """One row per (item, language): ``correct`` and ``logprob`` of the gold answer."""
     lm = adapt(model)
     rows = []
-    for item in tqdm(items, disable=not progress, desc="scoring items"):
+    for item in tqdm(items, disable=not distributed.show_progress(progress), desc="scoring items"):
         for lang, (correct, logprob) in zip(items.languages, _score_item(lm, item, items.languages, max_length, overflow)):
             rows.append({"id": item.id, "language": lang, "correct": bool(correct), "logprob": logprob})
     return pd.DataFrame(rows, columns=["id", "language", "correct", "logprob"])

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from . import resample
+from . import distributed, resample
 from .adapters import adapt
 from .corpus import Corpus
 from .errors import TLMultilingualError
@@ -235,7 +235,7 @@ def stage_effects(
     prompts = list(lens_prompts or [])
     evaluated = list(eval_texts.languages)
     runs_per_cell = 1 + controls
-    bar = tqdm(total=1 + len(stages) * len(langs) * runs_per_cell, disable=not progress,
+    bar = tqdm(total=1 + len(stages) * len(langs) * runs_per_cell, disable=not distributed.show_progress(progress),
                desc="stage effects", unit="run")
 
     def measure(mask: NeuronMask | None) -> tuple[pd.DataFrame, LensResult | None]:

@@ -16,6 +16,7 @@ probability of DESIGN "Vocabulary".
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -314,6 +315,55 @@ class ActivationStats:
             allow_counts_above_tokens=self.allow_counts_above_tokens or other.allow_counts_above_tokens,
         )
 
+    @classmethod
+    def merge(cls, shards: Sequence[ActivationStats]) -> ActivationStats:
+        """Sum statistics collected by independent jobs (a job array, several machines)
+        on disjoint parts of a corpus: equal to one collection over their union.
+
+        Args:
+            shards: statistics of the same model, languages, threshold, token policy
+                and BOS setting.
+
+        Returns:
+            The summed :class:`ActivationStats`; its ``corpus`` record lists the shards'.
+
+        Raises:
+            StatsError: when no shards are given or two of them are not compatible
+                (:meth:`check_compatible`).
+
+        Warns when two shards were collected from the same corpus fingerprint: their
+        texts would be counted twice.
+        """
+        shards = list(shards)
+        if not shards:
+            raise StatsError("merge needs at least one ActivationStats")
+        for shard in shards[1:]:
+            shards[0].check_compatible(shard)
+        seen: dict[str, int] = {}
+        for i, shard in enumerate(shards):
+            for fingerprint in _fingerprints(shard.corpus):
+                if fingerprint in seen:
+                    warnings.warn(
+                        f"shards {seen[fingerprint]} and {i} were collected from the same corpus "
+                        f"(fingerprint {fingerprint[:12]}): its texts are counted twice",
+                        stacklevel=2,
+                    )
+                seen.setdefault(fingerprint, i)
+        first = shards[0]
+        return cls(
+            first.languages,
+            sum((s.tokens for s in shards[1:]), first.tokens.clone()),
+            sum((s.active_counts for s in shards[1:]), first.active_counts.clone()),
+            sums=_total([s.sums for s in shards]),
+            sum_squares=_total([s.sum_squares for s in shards]),
+            threshold=first.threshold,
+            token_policy=first.token_policy,
+            include_bos=first.include_bos,
+            model=next((s.model for s in shards if s.model), {}),
+            corpus={"merged": [s.corpus for s in shards]} if len(shards) > 1 else first.corpus,
+            notes=first.notes,
+        )
+
     # -- presentation ---------------------------------------------------------------
 
     def to_frame(self, *, per_neuron: bool = False) -> pd.DataFrame:
@@ -430,6 +480,19 @@ class ActivationStats:
 
 def _pick(values: Tensor | None, idx: list[int]) -> Tensor | None:
     return None if values is None else values[..., idx].clone()
+
+
+def _total(values: list[Tensor | None]) -> Tensor | None:
+    if any(v is None for v in values):
+        return None
+    return sum((v.to(values[0].device) for v in values[1:]), values[0].clone())
+
+
+def _fingerprints(corpus: Mapping[str, Any]) -> list[str]:
+    """Corpus fingerprints recorded in a statistics' corpus record (merged ones too)."""
+    if "merged" in corpus:
+        return [f for part in corpus["merged"] for f in _fingerprints(part or {})]
+    return [corpus["fingerprint"]] if corpus.get("fingerprint") else []
 
 
 def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:

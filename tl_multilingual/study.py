@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -21,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from . import distributed
 from .adapters import ModelAdapter, adapt
 from .collect import collect_stats
 from .corpus import Corpus
@@ -121,6 +123,8 @@ class Study:
         return manifest or {}
 
     def _write_manifest(self) -> None:
+        if not distributed.is_main():  # under torch.distributed only rank 0 writes
+            return
         facts = self.lm.describe()
         self.manifest.update(
             {
@@ -141,6 +145,8 @@ class Study:
         write_text(self.manifest_path, json.dumps(self.manifest, indent=2, default=str))
 
     def _say(self, message: str) -> None:
+        if not distributed.is_main():
+            return
         if self.log is not None:
             self.log(message)
         elif not self.quiet:
@@ -155,17 +161,23 @@ class Study:
         self.keys[name] = key
         steps = self.manifest.setdefault("steps", {})
         number = STEPS.index(name) + 1
-        if steps.get(name, {}).get("key") == key and path.exists():
+        # Rank 0 decides, loads and writes; every rank computes its share (see distributed).
+        if distributed.broadcast(steps.get(name, {}).get("key") == key and path.exists()):
             self._say(f"[{number}/{len(STEPS)}] {name}: up to date, reusing {path.relative_to(self.out)}")
-            return load(path)
+            return distributed.on_main(lambda: load(path))
         self._say(f"[{number}/{len(STEPS)}] {name} ...")
         start = time.perf_counter()
         result = compute()
-        save(result, path)
-        seconds = time.perf_counter() - start
-        steps[name] = {"key": key, "seconds": round(seconds, 2), "params": params,
-                       "output": str(path.relative_to(self.out))}
-        self._write_manifest()
+
+        def record() -> float:
+            save(result, path)
+            seconds = time.perf_counter() - start
+            steps[name] = {"key": key, "seconds": round(seconds, 2), "params": params,
+                           "output": str(path.relative_to(self.out))}
+            self._write_manifest()
+            return seconds
+
+        seconds = distributed.on_main(record)
         self._say(f"[{number}/{len(STEPS)}] {name} done in {seconds:.1f} s")
         self._partial_report()
         return result
@@ -186,9 +198,7 @@ class Study:
     def run(self) -> dict[str, Any]:
         """Run (or resume) every step; returns the manifest."""
         s, progress = self.settings, not self.quiet
-        check_output_folder(self.out)
-        self.out.mkdir(parents=True, exist_ok=True)
-        self._write_manifest()
+        distributed.on_main(self._prepare_folder)
         stats = self._step(
             "statistics", {"max_tokens_per_language": s.max_tokens_per_language, "held_out": s.held_out,
                            "seed": s.seed}, (),
@@ -248,6 +258,22 @@ class Study:
             )
         else:
             self._say("sharing: skipped (the corpus is not parallel)")
+        distributed.on_main(self._report)
+        return self.manifest
+
+    def _prepare_folder(self) -> None:
+        """Create the folder, and remove what a save stopped midway left behind (the
+        hidden staging copies of atomic writes)."""
+        check_output_folder(self.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        for leftover in sorted(self.out.rglob(".*.tmp-*"), reverse=True):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+        self._write_manifest()
+
+    def _report(self) -> None:
         from .report import write_report
 
         start = time.perf_counter()
@@ -257,7 +283,6 @@ class Study:
                                                            "output": "report.html"}
         self._write_manifest()
         self._say(f"report: {self.out / 'report.html'}")
-        return self.manifest
 
     def _deactivation(self, neurons: LanguageNeurons, evaluation: Corpus, progress: bool) -> AblationResult:
         s = self.settings
