@@ -1,0 +1,322 @@
+"""Data parallelism over torch.distributed (gloo, on 127.0.0.1 only): every step equals
+one process; the study under torchrun, a killed rank, a two-node loopback run; merging
+statistics shards; totals and interventions on the device each hook sees."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import tiny
+import torch
+
+import tl_multilingual as tlm
+from tl_multilingual import cli, distributed
+from tl_multilingual.errors import StatsError
+
+REPO = Path(__file__).resolve().parent.parent
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def loopback_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""), GLOO_SOCKET_IFNAME="lo",
+               MASTER_ADDR="127.0.0.1", OMP_NUM_THREADS="1", TQDM_DISABLE="1", TLM_DIST_TIMEOUT="60")
+    return env
+
+
+# -- without a process group nothing changes -------------------------------------------
+
+
+def test_without_a_process_group_the_helpers_are_the_identity():
+    assert not distributed.active() and distributed.world_size() == 1 and distributed.is_main()
+    assert distributed.shard(5, [3, 1, 4, 1, 5]) == [0, 1, 2, 3, 4]
+    t = torch.arange(4)
+    assert distributed.all_reduce_sum(t) is t
+    assert distributed.gather_in_order(["a", "b"], [0, 1], 2) == ["a", "b"]
+    assert distributed.on_main(lambda: 7) == 7
+    assert distributed.broadcast({"x": 1}) == {"x": 1}
+
+
+# -- every step on two processes equals one process ------------------------------------
+
+
+def test_every_step_on_two_gloo_processes_equals_one_process(tmp_path):
+    import dist_worker
+    import torch.multiprocessing as mp
+
+    results = tmp_path / "ok"
+    context = mp.start_processes(dist_worker.run, args=(2, free_port(), str(results)), nprocs=2, join=False,
+                                 start_method="spawn")
+    deadline = time.monotonic() + 240
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("the distributed workers did not finish in time")
+    assert results.read_text() == "ok"
+
+
+# -- merging shards at rest -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shards():
+    lm = tlm.adapt(tiny.bridge("llama"))
+    corpus = tlm.Corpus.from_dict(tiny.SAMPLE_TEXT)
+    first = tlm.Corpus.from_dict({lang: texts[:1] for lang, texts in tiny.SAMPLE_TEXT.items()})
+    rest = tlm.Corpus.from_dict({lang: texts[1:] for lang, texts in tiny.SAMPLE_TEXT.items()})
+    collect = lambda c, **kw: tlm.collect_stats(lm, c, batch_size=2, progress=False, **kw)  # noqa: E731
+    return lm, collect(corpus), collect(first), collect(rest), collect
+
+
+def _equal(a: tlm.ActivationStats, b: tlm.ActivationStats) -> None:
+    assert a.languages == b.languages
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.active_counts, b.active_counts)
+    assert torch.allclose(a.sums, b.sums, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(a.sum_squares, b.sum_squares, rtol=1e-5, atol=1e-5)
+
+
+def test_merged_shards_equal_one_collection_over_their_union(shards):
+    _, whole, first, rest, _ = shards
+    merged = tlm.ActivationStats.merge([first, rest])
+    _equal(merged, whole)
+    assert len(merged.corpus["merged"]) == 2
+    assert tlm.ActivationStats.merge([whole]).corpus == whole.corpus
+
+
+def test_merge_refuses_mismatched_shards_and_warns_on_double_counting(shards):
+    lm, _, first, rest, collect = shards
+    other = tlm.Corpus.from_dict({lang: texts[1:] for lang, texts in tiny.SAMPLE_TEXT.items()})
+    with pytest.raises(StatsError, match="threshold"):
+        tlm.ActivationStats.merge([first, collect(other, threshold=0.5)])
+    with pytest.raises(StatsError, match="token_policy"):
+        tlm.ActivationStats.merge([first, collect(other, token_policy="last")])
+    foreign = tlm.collect_stats(tlm.adapt(tiny.bridge("gpt2")), other, progress=False)
+    with pytest.raises(StatsError):
+        tlm.ActivationStats.merge([first, foreign])
+    with pytest.raises(StatsError, match="at least one"):
+        tlm.ActivationStats.merge([])
+    with pytest.warns(UserWarning, match="counted twice"):
+        tlm.ActivationStats.merge([first, rest, first])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tlm.ActivationStats.merge([first, rest])
+
+
+def test_merge_command(shards, tmp_path, capsys):
+    _, whole, first, rest, _ = shards
+    first.save(tmp_path / "a")
+    rest.save(tmp_path / "b")
+    assert cli.main(["merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "all")]) == 0
+    _equal(tlm.ActivationStats.load(tmp_path / "all"), whole)
+    assert cli.main(["merge", str(tmp_path / "a"), str(tmp_path / "a"), "--out", str(tmp_path / "twice")]) == 0
+    assert "counted twice" in capsys.readouterr().err
+    strict = tlm.collect_stats(tlm.adapt(tiny.bridge("llama")), tlm.Corpus.from_dict(tiny.SAMPLE_TEXT),
+                               threshold=0.5, progress=False)
+    strict.save(tmp_path / "c")
+    assert cli.main(["merge", str(tmp_path / "a"), str(tmp_path / "c"), "--out", str(tmp_path / "bad")]) == 2
+    assert "threshold differs" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+# -- models split across devices --------------------------------------------------------
+
+
+def test_totals_live_on_the_device_each_layer_sees():
+    """A fake layer-to-device map (layer 1 on the meta device): each layer's totals and
+    the indices of its counted positions follow the tensor its hook sees, and a
+    cross-device addition would raise."""
+    from tl_multilingual.collect import _Totals
+
+    lm = tlm.adapt(tiny.bridge("llama"))
+    totals = _Totals(lm, n_languages=2, threshold=0.0)
+    totals.rows = torch.tensor([0, 2])
+    placement = {0: torch.device("cpu"), 1: torch.device("meta")}
+    for layer, device in placement.items():
+        totals._reducer(layer)(torch.randn(1, 3, lm.d_mlp, device=device), None)
+    for layer, device in placement.items():
+        assert all(t.device == device for t in totals.layers[layer])
+    assert set(totals._placed) == set(placement.values())
+    assert totals.layers[0][0][:, 0].sum() > 0  # counted on the CPU layer
+
+
+def test_intervention_indices_follow_the_hooked_tensor():
+    from tl_multilingual.interventions import Edit, _LayerEdit
+
+    lm = tlm.adapt(tiny.bridge("llama"))
+    mask = tlm.NeuronMask.from_indices(lm.n_layers, lm.d_mlp, {1: [0, 3]})
+    plan = _LayerEdit.build(lm, Edit(mask, "scale", 2.0), 1)
+    out = torch.ones(1, 2, lm.d_mlp, device="meta")
+    plan.apply(out, None)  # indices and values placed on the meta device, no cross-device error
+    index, value = plan.on(torch.device("meta"))
+    assert index.device.type == "meta" and value.device.type == "meta"
+    cpu = torch.ones(1, 2, lm.d_mlp)
+    plan.apply(cpu, None)
+    assert cpu[0, 0, [0, 3]].tolist() == [2.0, 2.0] and cpu[0, 0, 1] == 1.0
+
+
+class HostSyncs(torch.overrides.TorchFunctionMode):
+    """Counts the calls that make the host wait for the device (``.item()``,
+    ``.tolist()``, ``.cpu()``, ``nonzero``, ``int(tensor)``...) made by the library's
+    own code (not by the model's)."""
+
+    NAMES = {"item", "tolist", "cpu", "nonzero", "__int__", "__float__", "__bool__", "__index__"}
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in self.NAMES and "tl_multilingual" in sys._getframe(1).f_code.co_filename:
+            self.calls.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def count_syncs(fn, *args) -> list[str]:
+    with HostSyncs() as watch:
+        fn(*args)
+    return watch.calls
+
+
+def test_the_hot_loops_do_not_wait_for_the_device_per_batch():
+    """The same calls make as many host syncs with one batch as with one text per
+    batch: none of them happens per batch (sharing: one transfer per batch, not per
+    layer)."""
+    lm = tlm.adapt(tiny.bridge("llama"))
+    corpus = tlm.Corpus.from_dict(tiny.SAMPLE_TEXT)
+    n_texts = len(corpus)
+    for fn in (lambda b: tlm.collect_stats(lm, corpus, batch_size=b, progress=False),
+               lambda b: tlm.perplexity(lm, corpus, per_text=True, batch_size=b)):
+        assert sorted(count_syncs(fn, 1)) == sorted(count_syncs(fn, n_texts))
+    items = tlm.ParallelItems.from_records([
+        {"id": str(i), "text": {"en": en, "fr": fr}}
+        for i, (en, fr) in enumerate(zip(tiny.SAMPLE_TEXT["en"], tiny.SAMPLE_TEXT["fr"]))
+    ])
+    calls = count_syncs(lambda: tlm.sharing(lm, items, batch_size=1, progress=False))
+    assert calls.count("cpu") == len(items) * len(items.languages)  # per batch, not per layer
+    assert "item" not in calls and "nonzero" not in calls
+
+
+def test_compute_dtype_runs_the_body_in_bfloat16_and_keeps_the_loss_in_float32():
+    lm = tlm.adapt(tiny.bridge("llama"))
+    corpus = tlm.Corpus.from_dict(tiny.SAMPLE_TEXT)
+    exact = tlm.perplexity(lm, corpus)
+    half = tlm.perplexity(lm, corpus, compute_dtype=torch.bfloat16)
+    relative = (half["nll"] - exact["nll"]).abs() / exact["nll"]
+    assert (relative > 0).any()  # the body really ran in bfloat16
+    assert (relative < 0.02).all()
+
+
+# -- the study under torchrun -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-model")
+    model, tokenizer = tlm.models.tiny_hf("llama", n_layers=4)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+FAST = ["--languages", "en,fr", "--eval-texts", "2", "--controls", "1", "--batch-size", "8"]
+FAULT = REPO / "tests" / "dist_fault.py"
+
+
+def torchrun(args: list[str], *, nproc: int = 2, extra: list[str] | None = None, timeout: float = 240):
+    launcher = [str(TORCHRUN), f"--nproc-per-node={nproc}", "--max-restarts=0", *(extra or [])]
+    if extra is None:
+        launcher += ["--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}", "--local-addr=127.0.0.1"]
+    return subprocess.Popen([*launcher, str(FAULT), *args], env=loopback_env(), cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(process: subprocess.Popen, timeout: float = 240) -> tuple[int, str]:
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+        pytest.fail(f"torchrun did not finish in time:\n{output}")
+    return process.returncode, output
+
+
+def tables(out: Path) -> dict:
+    """What a study computed, read back from its folder."""
+    stats = tlm.ActivationStats.load(out / "statistics")
+    return {
+        "tokens": stats.tokens, "active": stats.active_counts, "sums": stats.sums,
+        "neurons": tlm.LanguageNeurons.load(out / "neurons" / "ternary").membership,
+        "lens": tlm.LensResult.load(out / "lens").probability,
+        "stages": json.loads((out / "stages.json").read_text())["boundaries"],
+        "cells": pd.read_csv(out / "deactivation" / "cells.csv"),
+        "sharing": tlm.Sharing.load(out / "sharing").codes,
+    }
+
+
+def same_tables(a: dict, b: dict) -> None:
+    assert torch.equal(a["tokens"], b["tokens"]) and torch.equal(a["active"], b["active"])
+    assert torch.allclose(a["sums"], b["sums"], rtol=1e-5, atol=1e-5)
+    assert torch.equal(a["neurons"], b["neurons"]) and a["stages"] == b["stages"]
+    assert torch.allclose(a["lens"], b["lens"], rtol=1e-5, atol=1e-7, equal_nan=True)
+    pd.testing.assert_frame_equal(a["cells"], b["cells"], check_exact=False, rtol=1e-5, atol=1e-7)
+    assert torch.equal(a["sharing"], b["sharing"])
+
+
+@pytest.fixture(scope="module")
+def single_study(model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("single") / "study"
+    assert cli.main(["run", "--model", str(model_dir), "--out", str(out), "--quiet", *FAST]) == 0
+    return tables(out)
+
+
+def leftovers(out: Path) -> list[Path]:
+    return [p for p in out.rglob("*") if ".tmp-" in p.name or ".old-" in p.name]
+
+
+def test_a_killed_rank_ends_the_run_cleanly_and_a_rerun_on_two_ranks_resumes(model_dir, single_study, tmp_path):
+    out = tmp_path / "study"
+    args = ["run", "--model", str(model_dir), "--out", str(out), *FAST]
+    code, output = finish(torchrun(["--kill-rank=1", "--kill-at=deactivation", *args]))
+    assert code != 0, output
+    assert "tl-multilingual" in output and ("rank 0" in output), output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {"statistics", "neurons", "lens", "stages"} <= set(manifest["steps"]), output
+    assert "deactivation" not in manifest["steps"] and not (out / "deactivation").exists()
+    assert not leftovers(out)
+
+    code, output = finish(torchrun(args))
+    assert code == 0, output
+    for step in ("statistics", "neurons", "lens", "stages"):
+        assert f"{step}: up to date" in output, output
+    assert output.count("[1/7] statistics") == 1  # only rank 0 prints
+    same_tables(tables(out), single_study)
+    assert not leftovers(out)
+
+
+def test_two_torchrun_nodes_on_loopback_equal_one_process(model_dir, single_study, tmp_path):
+    out = tmp_path / "study"
+    port = free_port()
+    rendezvous = ["--nnodes=2", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=tlm-test",
+                  "--local-addr=127.0.0.1"]
+    args = ["run", "--model", str(model_dir), "--out", str(out), "--quiet", *FAST]
+    nodes = [torchrun(args, nproc=1, extra=rendezvous) for _ in range(2)]
+    for node in nodes:
+        code, output = finish(node)
+        assert code == 0, output
+    same_tables(tables(out), single_study)
