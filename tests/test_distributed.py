@@ -202,6 +202,7 @@ def test_the_hot_loops_do_not_wait_for_the_device_per_batch():
     n_texts = len(corpus)
     for fn in (lambda b: tlm.collect_stats(lm, corpus, batch_size=b, progress=False),
                lambda b: tlm.perplexity(lm, corpus, per_text=True, batch_size=b)):
+        fn(n_texts)  # the one-time check of the output head syncs, on the first call only
         assert sorted(count_syncs(fn, 1)) == sorted(count_syncs(fn, n_texts))
     items = tlm.ParallelItems.from_records([
         {"id": str(i), "text": {"en": en, "fr": fr}}
@@ -234,7 +235,8 @@ def model_dir(tmp_path_factory):
     return folder
 
 
-FAST = ["--languages", "en,fr", "--eval-texts", "2", "--controls", "1", "--batch-size", "8"]
+FAST = ["--languages", "en,fr,de", "--eval-texts", "2", "--controls", "1", "--batch-size", "8",
+        "--max-tokens-per-language", "300"]
 FAULT = REPO / "tests" / "dist_fault.py"
 
 
@@ -289,34 +291,34 @@ def leftovers(out: Path) -> list[Path]:
     return [p for p in out.rglob("*") if ".tmp-" in p.name or ".old-" in p.name]
 
 
-def test_a_killed_rank_ends_the_run_cleanly_and_a_rerun_on_two_ranks_resumes(model_dir, single_study, tmp_path):
+def test_a_killed_rank_ends_the_run_cleanly_and_a_rerun_on_two_loopback_nodes_resumes(
+    model_dir, single_study, tmp_path
+):
+    """Two ranks on one node; rank 1 is killed in the deactivation step: the run ends
+    with an error on rank 0, and every finished step is saved whole. The same command
+    on two torchrun nodes (c10d rendezvous on 127.0.0.1) resumes, and the study equals
+    one process's."""
     out = tmp_path / "study"
     args = ["run", "--model", str(model_dir), "--out", str(out), *FAST]
     code, output = finish(torchrun(["--kill-rank=1", "--kill-at=deactivation", *args]))
     assert code != 0, output
-    assert "tl-multilingual" in output and ("rank 0" in output), output
+    assert "failed on rank 0: another process has probably stopped" in output or "rank 0 stopped" in output, output
     manifest = json.loads((out / "manifest.json").read_text())
     assert {"statistics", "neurons", "lens", "stages"} <= set(manifest["steps"]), output
     assert "deactivation" not in manifest["steps"] and not (out / "deactivation").exists()
     assert not leftovers(out)
 
-    code, output = finish(torchrun(args))
-    assert code == 0, output
-    for step in ("statistics", "neurons", "lens", "stages"):
-        assert f"{step}: up to date" in output, output
-    assert output.count("[1/7] statistics") == 1  # only rank 0 prints
-    same_tables(tables(out), single_study)
-    assert not leftovers(out)
-
-
-def test_two_torchrun_nodes_on_loopback_equal_one_process(model_dir, single_study, tmp_path):
-    out = tmp_path / "study"
-    port = free_port()
-    rendezvous = ["--nnodes=2", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=tlm-test",
-                  "--local-addr=127.0.0.1"]
-    args = ["run", "--model", str(model_dir), "--out", str(out), "--quiet", *FAST]
+    rendezvous = ["--nnodes=2", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}",
+                  "--rdzv-id=tlm-test", "--local-addr=127.0.0.1"]
     nodes = [torchrun(args, nproc=1, extra=rendezvous) for _ in range(2)]
+    outputs = []
     for node in nodes:
         code, output = finish(node)
         assert code == 0, output
+        outputs.append(output)
+    both = "".join(outputs)
+    for step in ("statistics", "neurons", "lens", "stages"):
+        assert both.count(f"{step}: up to date") == 1, both  # resumed, and only rank 0 prints
+    assert both.count("[5/7] deactivation done") == 1, both
     same_tables(tables(out), single_study)
+    assert not leftovers(out)

@@ -282,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         speaks = not args.quiet and distributed.is_main()
     except TLMultilingualError as err:
         where = f" (rank {distributed.rank()})" if distributed.world_size() > 1 else ""
+        where = "" if isinstance(err, distributed.DistributedError) else where  # it names its rank
         print(f"tl-multilingual: error{where}: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

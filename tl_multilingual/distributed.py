@@ -139,7 +139,7 @@ def _wrap(what: str, fn: Callable[[], T]) -> T:
         raise
     except (RuntimeError, ValueError, OSError) as err:
         raise DistributedError(
-            f"rank {rank()}: {what} failed; another process has probably stopped or timed out ({err})"
+            f"{what} failed on rank {rank()}: another process has probably stopped or timed out ({err})"
         ) from err
 
 

@@ -16,7 +16,6 @@ probability of DESIGN "Vocabulary".
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .errors import SaveError, StatsError
+from .errors import SaveError, StatsError, warn
 from .languages import normalize_language
 from .persist import manifest_field, read_result, read_torch_file, write_result
 from .provenance import check_compatible, model_record
@@ -343,10 +342,9 @@ class ActivationStats:
         for i, shard in enumerate(shards):
             for fingerprint in _fingerprints(shard.corpus):
                 if fingerprint in seen:
-                    warnings.warn(
+                    warn(
                         f"shards {seen[fingerprint]} and {i} were collected from the same corpus "
-                        f"(fingerprint {fingerprint[:12]}): its texts are counted twice",
-                        stacklevel=2,
+                        f"(fingerprint {fingerprint[:12]}): its texts are counted twice"
                     )
                 seen.setdefault(fingerprint, i)
         first = shards[0]
