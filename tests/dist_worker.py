@@ -79,7 +79,7 @@ def _check_split(name: str, per_rank: list[int], single: int) -> None:
     assert all(abs(n - share) <= 0.25 * single for n in per_rank), f"{name}: unbalanced {per_rank}"
 
 
-def _close_frames(a: pd.DataFrame, b: pd.DataFrame) -> None:
+def close_frames(a: pd.DataFrame, b: pd.DataFrame) -> None:
     """Equal frames, numbers to float32 rounding relative to each column's scale
     (differences of perplexities inherit the rounding of the perplexities)."""
     assert list(a.columns) == list(b.columns) and len(a) == len(b)
@@ -140,7 +140,7 @@ def _checks(rank: int) -> None:
     ppl = lambda: tlm.perplexity(lm, corpus, per_text=True, batch_size=2)  # noqa: E731
     (frame, fed), (frame_one, fed_one) = _fed(ppl), _single(ppl)
     _check_split("perplexity", fed, fed_one)
-    _close_frames(frame, frame_one)
+    close_frames(frame, frame_one)
     assert frame["tokens"].tolist() == frame_one["tokens"].tolist()
     _same_everywhere(frame)
 
@@ -150,8 +150,8 @@ def _checks(rank: int) -> None:
                                          controls=2, n_boot=200, batch_size=2, progress=False)
     (result, fed), (result_one, fed_one) = _fed(matrix), _single(matrix)
     _check_split("ablation_matrix", fed, fed_one)
-    _close_frames(result.frame, result_one.frame)
-    _close_frames(result.controls, result_one.controls)
+    close_frames(result.frame, result_one.frame)
+    close_frames(result.controls, result_one.controls)
     _same_everywhere(result.frame)
 
     # Choice accuracy and greedy answers.
@@ -159,7 +159,7 @@ def _checks(rank: int) -> None:
     choice = lambda: tlm.choice_accuracy(lm, items, batch_size=2)  # noqa: E731
     (acc, fed), (acc_one, fed_one) = _fed(choice), _single(choice)
     _check_split("choice_accuracy", fed, fed_one)
-    _close_frames(acc, acc_one)
+    close_frames(acc, acc_one)
     qa = {"en": [(r["text"]["en"], "mat") for r in RECORDS]}
     answers = lambda: tlm.answer_accuracy(lm, qa, lambda out, gold: gold in out, max_new_tokens=3, per_item=True)  # noqa: E731
     pd.testing.assert_frame_equal(answers(), _single(answers)[0])
@@ -184,7 +184,7 @@ def _checks(rank: int) -> None:
                                          n_boot=100, progress=False)
     (table, fed), (table_one, fed_one) = _fed(boost), _single(boost)
     _check_split("boost_experiment", fed, fed_one)
-    _close_frames(table, table_one)
+    close_frames(table, table_one)
 
     # The logit lens and cross-language patching.
     prompts = tlm.prompts.translation(WORDS, src="fr", tgt="en", shots=1)
@@ -195,7 +195,7 @@ def _checks(rank: int) -> None:
     assert torch.equal(read.rank, read_one.rank) or torch.allclose(read.rank, read_one.rank, equal_nan=True)
     assert torch.equal(read.top_token, read_one.top_token)
     summary = read.summary(n_boot=100)
-    _close_frames(summary, read_one.summary(n_boot=100))
+    close_frames(summary, read_one.summary(n_boot=100))
     source = tlm.prompts.translation(WORDS, src="de", tgt="en", shots=1)
     mask = neurons.specific("en") | neurons.specific("fr")
     patch = lambda: tlm.patch_neurons(lm, source=source, target=prompts, mask=mask, controls=2, batch_size=2)  # noqa: E731

@@ -347,20 +347,12 @@ class ActivationStats:
                         f"(fingerprint {fingerprint[:12]}): its texts are counted twice"
                     )
                 seen.setdefault(fingerprint, i)
-        first = shards[0]
-        return cls(
-            first.languages,
-            sum((s.tokens for s in shards[1:]), first.tokens.clone()),
-            sum((s.active_counts for s in shards[1:]), first.active_counts.clone()),
-            sums=_total([s.sums for s in shards]),
-            sum_squares=_total([s.sum_squares for s in shards]),
-            threshold=first.threshold,
-            token_policy=first.token_policy,
-            include_bos=first.include_bos,
-            model=next((s.model for s in shards if s.model), {}),
-            corpus={"merged": [s.corpus for s in shards]} if len(shards) > 1 else first.corpus,
-            notes=first.notes,
-        )
+        total = shards[0].select(shards[0].languages)  # a copy, also of a single shard
+        for shard in shards[1:]:
+            total = total + shard  # the rules of addition (compatibility, counts) apply
+        if len(shards) > 1:
+            total.corpus = {"merged": [s.corpus for s in shards]}
+        return total
 
     # -- presentation ---------------------------------------------------------------
 
@@ -478,12 +470,6 @@ class ActivationStats:
 
 def _pick(values: Tensor | None, idx: list[int]) -> Tensor | None:
     return None if values is None else values[..., idx].clone()
-
-
-def _total(values: list[Tensor | None]) -> Tensor | None:
-    if any(v is None for v in values):
-        return None
-    return sum((v.to(values[0].device) for v in values[1:]), values[0].clone())
 
 
 def _fingerprints(corpus: Mapping[str, Any]) -> list[str]:
