@@ -274,12 +274,6 @@ def tables(out: Path) -> dict:
     }
 
 
-def close_frames(a: pd.DataFrame, b: pd.DataFrame) -> None:
-    from dist_worker import close_frames
-
-    close_frames(a, b)
-
-
 def same_tables(a: dict, b: dict) -> None:
     assert torch.equal(a["tokens"], b["tokens"]) and torch.equal(a["active"], b["active"])
     assert torch.allclose(a["sums"], b["sums"], rtol=1e-5, atol=1e-5)
