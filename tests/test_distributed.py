@@ -132,7 +132,7 @@ def test_merge_command(shards, tmp_path, capsys):
                                threshold=0.5, progress=False)
     strict.save(tmp_path / "c")
     assert cli.main(["merge", str(tmp_path / "a"), str(tmp_path / "c"), "--out", str(tmp_path / "bad")]) == 2
-    assert "threshold differs" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert "differ in threshold" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
 # -- models split across devices --------------------------------------------------------
@@ -160,7 +160,7 @@ def test_intervention_indices_follow_the_hooked_tensor():
     from tl_multilingual.interventions import Edit, _LayerEdit
 
     lm = tlm.adapt(tiny.bridge("llama"))
-    mask = tlm.NeuronMask.from_indices(lm.n_layers, lm.d_mlp, {1: [0, 3]})
+    mask = tlm.NeuronMask.from_pairs([(1, 0), (1, 3)], lm.n_layers, lm.d_mlp)
     plan = _LayerEdit.build(lm, Edit(mask, "scale", 2.0), 1)
     out = torch.ones(1, 2, lm.d_mlp, device="meta")
     plan.apply(out, None)  # indices and values placed on the meta device, no cross-device error
