@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 import tl_multilingual as tlm
-from tl_multilingual import distributed
+from tl_multilingual import distributed, readout
 from tl_multilingual.adapters import ModelAdapter
 
 TEXTS = {
@@ -118,7 +118,7 @@ def _single(fn):
 def _checks(rank: int) -> None:
     _count_rows()
     lm = tlm.adapt(tlm.models.tiny("llama", n_layers=4))
-    tlm.readout.head(lm)  # its one-time check runs a probe pass: not part of any count below
+    readout.head(lm)  # its one-time check runs a probe pass: not part of any count below
     corpus = tlm.Corpus.from_dict(TEXTS)
     assert distributed.active() and distributed.world_size() == 2
 

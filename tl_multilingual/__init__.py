@@ -22,6 +22,7 @@ from typing import Any
 from .errors import (
     ContextLengthError,
     CorpusError,
+    DistributedError,
     GradientError,
     IdentificationError,
     LanguageError,
@@ -189,4 +190,5 @@ __all__ = [
     "ContextLengthError",
     "GradientError",
     "TruncationWarning",
+    "DistributedError",
 ]

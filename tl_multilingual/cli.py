@@ -265,8 +265,18 @@ def _stop(signum: int, frame: Any) -> None:
     raise _Stopped
 
 
-def main(argv: list[str] | None = None) -> int:
+def _rank() -> tuple[int, int]:
+    """This process's rank and the world size; (0, 1) without importing torch when no
+    process group can exist."""
+    if "torch.distributed" not in sys.modules:
+        return 0, 1
     from . import distributed
+
+    return distributed.rank(), distributed.world_size() if distributed.active() else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .errors import DistributedError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
@@ -279,24 +289,26 @@ def main(argv: list[str] | None = None) -> int:
             merge(args)
             return 0
         report = run(args, argv)
-        speaks = not args.quiet and distributed.is_main()
+        speaks = not args.quiet and _rank()[0] == 0
     except TLMultilingualError as err:
-        where = f" (rank {distributed.rank()})" if distributed.world_size() > 1 else ""
-        where = "" if isinstance(err, distributed.DistributedError) else where  # it names its rank
+        rank, world = _rank()
+        where = f" (rank {rank})" if world > 1 and not isinstance(err, DistributedError) else ""  # it names its rank
         print(f"tl-multilingual: error{where}: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("tl-multilingual: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     except _Stopped:
-        where = f"rank {distributed.rank()} " if distributed.world_size() > 1 else ""
+        rank, world = _rank()
+        where = f"rank {rank} " if world > 1 else ""
         print(f"tl-multilingual: {where}stopped by a signal (another rank may have failed); rerun the same "
               "command to resume", file=sys.stderr)
         return 143
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-        distributed.shutdown()
+        if "tl_multilingual.distributed" in sys.modules:
+            sys.modules["tl_multilingual.distributed"].shutdown()
     if speaks:
         print(f"done: open {report}", file=sys.stderr)
     return 0

@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor
 
-from .errors import TLMultilingualError
+from .errors import DistributedError, TLMultilingualError
 
 __all__ = [
     "DistributedError",
@@ -56,10 +56,6 @@ __all__ = [
 T = TypeVar("T")
 _STATE = threading.local()
 DEFAULT_TIMEOUT_S = 1800.0
-
-
-class DistributedError(TLMultilingualError):
-    """A collective operation failed: another process stopped, or timed out."""
 
 
 def _group_ready() -> bool:

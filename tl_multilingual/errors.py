@@ -86,3 +86,8 @@ class GradientError(TLMultilingualError, RuntimeError):
 
 class TruncationWarning(TLMultilingualWarning):
     """Texts were truncated or split to fit the model's context (``overflow=``)."""
+
+
+class DistributedError(TLMultilingualError, RuntimeError):
+    """A collective operation across processes failed: another process stopped, or
+    nothing arrived within the process group's timeout (see :mod:`.distributed`)."""
