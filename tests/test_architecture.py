@@ -101,7 +101,7 @@ def test_renamed_modules_still_import_with_a_warning():
 
     import pytest
 
-    for old, new in (("identify", "identification"), ("compare", "comparison")):
+    for old, new in (("identify", "identification"), ("compare", "comparison"), ("sharing", "sharing_classes")):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             importlib.import_module(f"tl_multilingual.{new}")

@@ -46,3 +46,11 @@ def test_the_documentation_builds_without_warnings(tmp_path):
     done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
                           cwd=root, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+    # The API reference reads as a person sees it: cross-references are links, never
+    # literal Sphinx roles, and internal helpers are not listed.
+    roles = re.compile(r":(?:class|func|meth|mod|data|attr|exc|obj):(?:`|<code>)")
+    literal = {str(page.relative_to(tmp_path / "site")): len(roles.findall(page.read_text(encoding="utf-8")))
+               for page in (tmp_path / "site").rglob("*.html")}
+    assert not {page: n for page, n in literal.items() if n}, literal
+    neurons_page = (tmp_path / "site" / "reference" / "neurons" / "index.html").read_text(encoding="utf-8")
+    assert "limit_tokens" not in neurons_page and 'id="tl_multilingual.tokens.batches"' not in neurons_page

@@ -42,7 +42,7 @@ from .adapters import ModelAdapter, adapt
 from .errors import TLMultilingualError
 from .items import ParallelItems
 from .readout import centred_writes, output_weights, unembedding
-from .sharing import SHARING_CLASSES, Sharing
+from .sharing_classes import SHARING_CLASSES, Sharing
 from .tokens import Overflow, check_overflow, fit, in_context
 
 __all__ = ["attribute", "Attribution", "class_attribution", "answer_token"]

@@ -172,7 +172,7 @@ def planted(n_layers: int = 1, layer: int = 0) -> Planted:
     weights: it passes the residual stream on unchanged), so with ``n_layers >= 4``
     the language neurons sit in one stage of a hand-made
     :meth:`~tl_multilingual.StageMap.from_boundaries` map: a ground truth for
-    :func:`~tl_multilingual.stage_effects.stage_effects`.
+    :func:`~tl_multilingual.stage_deactivation.stage_effects`.
 
     Neurons 0-7 fire only on English-only tokens and raise the logits of English
     tokens; neurons 8-15 do the same for Russian; neurons 16-23 fire on the tokens of

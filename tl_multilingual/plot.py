@@ -226,7 +226,7 @@ def lens_curves(summary: Any, *, stages: Any = None, ax: Any = None, n_boot: int
 
 def sharing_profile(sharing: Any, *, ax: Any = None) -> Any:
     """Percentage of neurons in each sharing class per layer (paper B), stacked."""
-    from .sharing import SHARING_CLASSES
+    from .sharing_classes import SHARING_CLASSES
 
     fig, ax = _axes(ax)
     profile = sharing.layer_profile().pivot(index="layer", columns="class", values="percent")[list(SHARING_CLASSES)]
@@ -293,7 +293,7 @@ def language_changes(comparison: Any, *, ax: Any = None) -> Any:
 
 
 def stage_effects(result: Any, value: str = "over_control", *, ax: Any = None) -> Any:
-    """Stages (rows) x languages (columns) of a :class:`~tl_multilingual.stage_effects.StageEffects`:
+    """Stages (rows) x languages (columns) of a :class:`~tl_multilingual.stage_deactivation.StageEffects`:
     by default the relative change of the language's own perplexity beyond random
     neurons when its neurons are deactivated inside that stage only; ``*`` marks the
     cells where the stage carries the language-specific effect."""

@@ -21,8 +21,8 @@ from .lens import LensResult
 from .neurons import LanguageNeurons
 from .persist import write_text
 from .resample import MIN_UNITS
-from .sharing import Sharing
-from .stage_effects import StageEffects
+from .sharing_classes import Sharing
+from .stage_deactivation import StageEffects
 from .stages import STAGES, StageMap
 from .stats import ActivationStats
 

@@ -29,8 +29,8 @@ from .items import ParallelItem, ParallelItems
 from .masks import NeuronMask, parse_variant
 from .provenance import check_fits
 from .readout import last_logits, sequence_nll
-from .sharing import SHARING_CLASSES, Sharing
-from .sharing import sharing as compute_sharing
+from .sharing_classes import SHARING_CLASSES, Sharing
+from .sharing_classes import sharing as compute_sharing
 from .tokens import Overflow, check_overflow, encode_answers
 
 __all__ = ["item_correctness", "correct_vs_incorrect", "boost_experiment"]

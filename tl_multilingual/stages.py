@@ -37,7 +37,7 @@ stable.
 Experiments take a stage map explicitly: restrict them with
 ``layers=stage_map.layers("shared_reasoning")`` (or a mask with
 ``stage_map.mask("shared_reasoning")``). :func:`stage_effects` (module
-:mod:`tl_multilingual.stage_effects`) gives the causal evidence per stage.
+:mod:`tl_multilingual.stage_deactivation`) gives the causal evidence per stage.
 """
 
 from __future__ import annotations

@@ -34,8 +34,8 @@ from .lens import LensResult, language_lens
 from .neurons import LanguageNeurons
 from .persist import is_temporary, library_versions, write_text
 from .prompts import translation
-from .sharing import Sharing, sharing
-from .stage_effects import StageEffects, stage_effects
+from .sharing_classes import Sharing, sharing
+from .stage_deactivation import StageEffects, stage_effects
 from .stages import StageMap, map_stages
 from .stats import ActivationStats
 
