@@ -1,6 +1,6 @@
-"""One view over the models the library supports: :func:`adapt`.
+"""One view over the models the library supports: [`adapt()`][tl_multilingual.adapters.adapt].
 
-A :class:`ModelAdapter` wraps a TransformerLens ``TransformerBridge`` (TL 3.8+ and
+A [`ModelAdapter`][tl_multilingual.adapters.ModelAdapter] wraps a TransformerLens ``TransformerBridge`` (TL 3.8+ and
 4.x) or a legacy ``HookedTransformer`` (TL 3.x) and answers what every other
 module needs to know: layer count, the true MLP width, which hook reads neuron
 activations and which hook interventions write, how texts become padded batches,
@@ -100,7 +100,7 @@ def _package_version(name: str) -> str:
 
 @dataclass
 class ModelAdapter:
-    """What the library knows about one model. Build it with :func:`adapt`.
+    """What the library knows about one model. Build it with [`adapt()`][tl_multilingual.adapters.adapt].
 
     Attributes:
         model: the wrapped TransformerLens model.
@@ -133,7 +133,7 @@ class ModelAdapter:
     # -- hooks ----------------------------------------------------------------------
 
     def read_hook(self, layer: int) -> str:
-        """Hook whose output gives the neuron activations of ``layer`` (see :meth:`neurons`)."""
+        """Hook whose output gives the neuron activations of ``layer`` (see [`neurons()`][tl_multilingual.adapters.ModelAdapter.neurons])."""
         return f"blocks.{layer}.mlp.{'hook_pre' if self.gated else 'hook_post'}"
 
     def write_hook(self, layer: int) -> str:
@@ -188,13 +188,13 @@ class ModelAdapter:
         return f"blocks.{layer}.mlp.hook_pre_linear"
 
     def neuron_values(self, layer: int, read: Tensor) -> Tensor:
-        """Neuron activation values from the output of :meth:`read_hook` (``act_fn`` for
+        """Neuron activation values from the output of [`read_hook()`][tl_multilingual.adapters.ModelAdapter.read_hook] (``act_fn`` for
         gated MLPs), same shape as ``read``: ``[..., d_mlp]``."""
         return self._act_fns[layer](read) if self.gated else read
 
     def neurons(self, layer: int, read: Tensor) -> Tensor:
-        """Deprecated alias of :meth:`neuron_values` (``neurons`` elsewhere names a
-        :class:`~tl_multilingual.LanguageNeurons`)."""
+        """Deprecated alias of [`neuron_values()`][tl_multilingual.adapters.ModelAdapter.neuron_values] (``neurons`` elsewhere names a
+        [`LanguageNeurons`][tl_multilingual.neurons.LanguageNeurons])."""
         warn("ModelAdapter.neurons is renamed neuron_values", DeprecationWarning)
         return self.neuron_values(layer, read)
 
@@ -240,7 +240,7 @@ class ModelAdapter:
 
     def tokenize(self, texts: Sequence[str], *, bos: bool | None = None) -> list[list[int]]:
         """Token ids of each text, with the BOS token first when ``bos`` (default:
-        :attr:`prepend_bos`). No other special tokens are added.
+        `prepend_bos`). No other special tokens are added.
 
         Raises:
             CorpusError: a text the tokenizer cannot take (a lone surrogate, a non-string);
@@ -258,7 +258,7 @@ class ModelAdapter:
         return [list(row) for row in ids]
 
     def pad(self, sequences: Sequence[Sequence[int]], *, side: PaddingSide | None = None) -> Batch:
-        """Pad token id sequences into a :class:`Batch` on the model's device."""
+        """Pad token id sequences into a `Batch` on the model's device."""
         side = side or self.padding_side
         width = max(len(s) for s in sequences)
         ids = torch.full((len(sequences), width), self.pad_token_id, dtype=torch.long)
@@ -290,7 +290,7 @@ class ModelAdapter:
         """Run the model on a batch with hooks attached.
 
         With ``logits=False`` the pass stops right after the hook ``stop_at`` (default:
-        the last layer's :meth:`write_hook`, so the last ``W_out``, the final norm and the
+        the last layer's [`write_hook()`][tl_multilingual.adapters.ModelAdapter.write_hook], so the last ``W_out``, the final norm and the
         unembedding are never computed), and ``None`` is returned.
         """
         hooks = list(fwd_hooks)
@@ -334,7 +334,7 @@ class ModelAdapter:
 
     def call(self, batch: Batch) -> Tensor:
         """The model's logits on a batch, with whatever hooks are attached (no
-        ``no_grad``: gradients flow; see :meth:`gradients` to take them under
+        ``no_grad``: gradients flow; see [`gradients()`][tl_multilingual.adapters.ModelAdapter.gradients] to take them under
         ``inference_mode``)."""
         kwargs: dict[str, Any] = {"attention_mask": batch.attention_mask}
         if self.kind == "bridge":
@@ -486,7 +486,7 @@ def adapt(
 
     Args:
         model: a ``TransformerBridge`` (TL 3.8+ / 4.x) or a ``HookedTransformer``
-            (TL 3.x). An existing :class:`ModelAdapter` is returned unchanged.
+            (TL 3.x). An existing [`ModelAdapter`][tl_multilingual.adapters.ModelAdapter] is returned unchanged.
         padding_side: side on which batches are padded. Right padding is exact for
             causal models; left padding is used for generation.
         prepend_bos: start every text with the BOS token (default: the model's

@@ -20,7 +20,7 @@ change only through the centring.
 
 The gold token is the answer's first token *in context*: ``prompt + answer`` is
 tokenised as one text and the answer's tokens are those after the prompt's (see
-:mod:`.tokens`); give the answer a leading space where one separates it from the
+[`tokens`][tl_multilingual.tokens]); give the answer a leading space where one separates it from the
 prompt. Gradients (``"grad_x_act"``) are taken outside ``torch.inference_mode``, so
 the method also runs inside it.
 """
@@ -53,7 +53,7 @@ Metric = Callable[[Tensor, Tensor], Tensor]
 
 def answer_token(lm: ModelAdapter, prompt: str, answer: str) -> int:
     """The first token of ``answer`` after ``prompt``, tokenised in context (see
-    :func:`tl_multilingual.tokens.in_context`)."""
+    `tl_multilingual.tokens.in_context()`)."""
     return _gold(lm, [prompt], [answer])[1][0]
 
 
@@ -133,7 +133,7 @@ def attribute(
     """Score every neuron of every item in every language (see the module docstring).
 
     Args:
-        model: a model or :class:`ModelAdapter`.
+        model: a model or [`ModelAdapter`][tl_multilingual.adapters.ModelAdapter].
         items: parallel items with gold answers (``effective`` and ``grad_x_act``).
         method: ``"effective"``, ``"contribution"`` or ``"grad_x_act"``.
         through_norm: effective scores through the final norm's scale.
@@ -141,7 +141,7 @@ def attribute(
             [batch]`` on the last position (default: log-probability of the gold token).
         max_length: longest prompt fed to the model (default: its context size).
         overflow: longer prompts lose their oldest tokens (``"truncate"``, with a
-            warning) or are refused (``"error"``); see :mod:`tl_multilingual.tokens`.
+            warning) or are refused (``"error"``); see [`tl_multilingual.tokens`][tl_multilingual.tokens].
 
     Raises:
         GradientError: ``grad_x_act`` on a model whose weights are inference tensors.

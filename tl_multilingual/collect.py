@@ -1,4 +1,4 @@
-"""Streaming collection of activation statistics: :func:`collect_stats`.
+"""Streaming collection of activation statistics: [`collect_stats()`][tl_multilingual.collect.collect_stats].
 
 One forward pass per batch; a hook on every layer's read hook reduces the neuron
 activations of the counted positions into running int64/float64 totals on the
@@ -6,7 +6,7 @@ device of that layer (each batch's partial sums are taken in float32, then added
 the float64 totals). Whole activations are never cached, padding is never counted,
 and the pass stops after the last MLP, so the unembedding is never computed. Under
 ``torch.distributed`` each rank reads its share of the texts and the totals are
-summed over ranks (see :mod:`tl_multilingual.distributed`).
+summed over ranks (see [`tl_multilingual.distributed`][tl_multilingual.distributed]).
 """
 
 from __future__ import annotations
@@ -129,11 +129,11 @@ def collect_stats(
     """Collect per-language activation statistics of every MLP neuron.
 
     Args:
-        model: a :class:`ModelAdapter` or a TransformerLens model (adapted on the fly).
+        model: a [`ModelAdapter`][tl_multilingual.adapters.ModelAdapter] or a TransformerLens model (adapted on the fly).
         corpus: texts per language; languages are processed in corpus order.
         batch_size: sequences per forward pass.
         token_policy: ``"all"`` tokens, the ``"last"`` token of each text, or the
-            ``"response"`` of prompt/response texts (see :mod:`tl_multilingual.tokens`).
+            ``"response"`` of prompt/response texts (see [`tl_multilingual.tokens`][tl_multilingual.tokens]).
         threshold: a neuron is active on a token when its activation exceeds this.
         include_bos: count the BOS position too (the reference code does).
         max_tokens_per_language: stop each language after this many counted tokens.
@@ -142,7 +142,7 @@ def collect_stats(
         progress: show a progress bar.
 
     Returns:
-        :class:`ActivationStats` with counts, sums and sums of squares per layer,
+        [`ActivationStats`][tl_multilingual.stats.ActivationStats] with counts, sums and sums of squares per layer,
         neuron and language.
 
     Raises:

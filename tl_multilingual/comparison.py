@@ -1,6 +1,6 @@
 """How language neurons change between two checkpoints of one model (paper A, Sec. 5).
 
-:func:`compare` takes the statistics (or the identified neurons) of a base and an
+[`compare()`][tl_multilingual.comparison.compare] takes the statistics (or the identified neurons) of a base and an
 aligned model and reports what moved: class counts per layer (paper A Fig. 4),
 neurons shared by ``N`` languages (Fig. 5), specific and related neurons of the
 trained versus the other languages (Table 2), the overlap of the identified neurons
@@ -11,7 +11,7 @@ class per model: ``general`` (above the bar in every language), else ``specific`
 
 With statistics, the aligned model is identified with the base model's lambda by
 default (the paper's counts depend on it; ``lam="each"`` sweeps each model), and
-:meth:`Comparison.headlines` puts a bootstrap interval on every headline change.
+[`Comparison.headlines()`][tl_multilingual.comparison.Comparison.headlines] puts a bootstrap interval on every headline change.
 """
 
 from __future__ import annotations
@@ -35,12 +35,12 @@ from .stats import ActivationStats
 __all__ = ["compare", "compare_series", "Comparison", "Series", "CLASS_ORDER", "neuron_class"]
 
 CLASS_ORDER = CLASS_CODES[: OTHER + 1]
-"""The classes of a comparison: :data:`~tl_multilingual.neurons.CLASS_CODES` with the
+"""The classes of a comparison: `CLASS_CODES` with the
 dropped neurons (selected, in no language) counted as ``other``."""
 
 
 def neuron_class(neurons: LanguageNeurons) -> Tensor:
-    """Class index of every neuron, in ``CLASS_ORDER``: :meth:`LanguageNeurons.classes`
+    """Class index of every neuron, in ``CLASS_ORDER``: [`LanguageNeurons.classes()`][tl_multilingual.neurons.LanguageNeurons.classes]
     with dropped neurons as ``other``; long ``[n_layers, d_mlp]``.
 
     Raises:
@@ -84,7 +84,7 @@ class Comparison:
 
     @property
     def identify_kwargs(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
-        """The two models' identification recipes (:attr:`LanguageNeurons.recipe`), when
+        """The two models' identification recipes ([`LanguageNeurons.recipe`][tl_multilingual.neurons.LanguageNeurons.recipe]), when
         the comparison was built from statistics."""
         if self.stats is None:
             return None
@@ -96,7 +96,7 @@ class Comparison:
 
     def class_changes(self, stages: Any = None) -> pd.DataFrame:
         """Per layer and class: neurons ``before``, ``after`` and the ``change`` (paper A
-        Fig. 4); with a :class:`StageMap`, also each layer's ``stage``."""
+        Fig. 4); with a `StageMap`, also each layer's ``stage``."""
         before, after = neuron_class(self.before), neuron_class(self.after)
         rows = []
         for layer in range(self.before.n_layers):
@@ -135,7 +135,7 @@ class Comparison:
         return pd.DataFrame(rows)
 
     def per_group(self) -> pd.DataFrame:
-        """:meth:`per_language` averaged over the trained and the other languages."""
+        """[`per_language()`][tl_multilingual.comparison.Comparison.per_language] averaged over the trained and the other languages."""
         frame = self.per_language()
         frame["group"] = np.where(frame["trained"], "trained", "other")
         return frame.groupby(["group", "class"], as_index=False)[["before", "after", "change"]].mean()
@@ -255,7 +255,7 @@ def compare(
     """Compare the language neurons of two checkpoints of one architecture.
 
     Args:
-        base: :class:`ActivationStats` of the base model, or its :class:`LanguageNeurons`.
+        base: [`ActivationStats`][tl_multilingual.stats.ActivationStats] of the base model, or its [`LanguageNeurons`][tl_multilingual.neurons.LanguageNeurons].
         aligned: the same for the aligned model (same languages, token policy, threshold
             and shape; neurons identified alike).
         trained_languages: the languages the alignment trained on.

@@ -1,8 +1,8 @@
 """Texts per language: what the model reads to collect statistics.
 
-A :class:`Corpus` maps canonical language tags (see :mod:`.languages`) to texts. A
+A [`Corpus`][tl_multilingual.corpus.Corpus] maps canonical language tags (see [`languages`][tl_multilingual.languages]) to texts. A
 text is either plain, or a prompt with a ``response`` (paper A counts only the
-response tokens; see :mod:`.tokens`). Parallel corpora (the same items in every
+response tokens; see [`tokens`][tl_multilingual.tokens]). Parallel corpora (the same items in every
 language) are ordinary corpora whose languages have equally many texts.
 """
 
@@ -60,12 +60,12 @@ def _as_text(item: Any) -> Text:
 class Corpus:
     """Texts per language, in a fixed language order.
 
-    Build one with :meth:`from_dict`, :meth:`from_frame`, :meth:`from_json`,
-    :meth:`from_text_files` or :meth:`from_hf`. Language codes are normalised
-    (``eng_Latn`` -> ``en``, see :func:`tl_multilingual.normalize_language`; the codes
-    as given stay in :attr:`codes`); unknown codes are an error unless
+    Build one with [`from_dict()`][tl_multilingual.corpus.Corpus.from_dict], [`from_frame()`][tl_multilingual.corpus.Corpus.from_frame], [`from_json()`][tl_multilingual.corpus.Corpus.from_json],
+    [`from_text_files()`][tl_multilingual.corpus.Corpus.from_text_files] or [`from_hf()`][tl_multilingual.corpus.Corpus.from_hf]. Language codes are normalised
+    (``eng_Latn`` -> ``en``, see [`tl_multilingual.normalize_language()`][tl_multilingual.languages.normalize_language]; the codes
+    as given stay in [`codes`][tl_multilingual.corpus.Corpus.codes]); unknown codes are an error unless
     ``allow_unknown``. ``fold`` and ``keep_variants`` are passed to
-    :func:`~tl_multilingual.normalize_language` (:meth:`folded` folds afterwards).
+    [`normalize_language()`][tl_multilingual.languages.normalize_language] ([`folded()`][tl_multilingual.corpus.Corpus.folded] folds afterwards).
 
     Raises:
         CorpusError: no languages, a language given twice, or texts that are not texts.
@@ -170,7 +170,7 @@ class Corpus:
     @classmethod
     def from_json(cls, path: str | Path, *, allow_unknown: bool = False, **fields: str) -> Corpus:
         """From a JSON file ``{language: [texts]}`` or a JSON Lines file of records
-        (``.jsonl``; field names as in :meth:`from_records`)."""
+        (``.jsonl``; field names as in [`from_records()`][tl_multilingual.corpus.Corpus.from_records])."""
         path = Path(path)
         if not path.is_file():
             raise CorpusError(f"no such file: {path}")
@@ -223,7 +223,7 @@ class Corpus:
         response: str | None = None,
         allow_unknown: bool = False,
     ) -> Corpus:
-        """From a Hugging Face ``datasets.Dataset`` (long or wide, as :meth:`from_frame`)."""
+        """From a Hugging Face ``datasets.Dataset`` (long or wide, as [`from_frame()`][tl_multilingual.corpus.Corpus.from_frame])."""
         to_pandas = getattr(dataset, "to_pandas", None)
         if to_pandas is None:
             raise CorpusError(f"expected a datasets.Dataset, got {type(dataset).__name__}")

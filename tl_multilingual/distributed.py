@@ -3,20 +3,20 @@
 When a process group is initialised (``torchrun`` and
 ``torch.distributed.init_process_group``, gloo on CPU, NCCL on GPU), every
 corpus-level step splits its units (texts, items, prompts) across ranks with
-:func:`shard`, reduces its totals exactly with :func:`all_reduce_sum` (int64 counts,
+[`shard()`][tl_multilingual.distributed.shard], reduces its totals exactly with [`all_reduce_sum()`][tl_multilingual.distributed.all_reduce_sum] (int64 counts,
 float64 sums) and gathers per-unit values back in their original order with
-:func:`gather_rows` or :func:`gather_in_order`, so that every rank returns the same
+[`gather_rows()`][tl_multilingual.distributed.gather_rows] or [`gather_in_order()`][tl_multilingual.distributed.gather_in_order], so that every rank returns the same
 result as one process would: counts bit for bit, sums up to summation order, and
 bootstrap intervals identical for the same seed (they resample the gathered
 per-unit values).
 
 Without an initialised process group (or with one process, or inside
-:func:`local`) every helper is the identity: :func:`shard` returns every index and
+[`local()`][tl_multilingual.distributed.local]) every helper is the identity: [`shard()`][tl_multilingual.distributed.shard] returns every index and
 nothing is communicated.
 
 Failures: a collective that fails (a peer process died, or nothing arrived within
-the process group's timeout) raises :class:`DistributedError` on the ranks that are
-still alive, and :func:`on_main` runs work on rank 0 only (writing files, loading
+the process group's timeout) raises [`DistributedError`][tl_multilingual.errors.DistributedError] on the ranks that are
+still alive, and [`on_main()`][tl_multilingual.distributed.on_main] runs work on rank 0 only (writing files, loading
 results) and hands its result, or its error, to every rank.
 """
 
@@ -81,7 +81,7 @@ def rank() -> int:
 
 
 def world_size() -> int:
-    """Processes in the group (1 without a process group or inside :func:`local`)."""
+    """Processes in the group (1 without a process group or inside [`local()`][tl_multilingual.distributed.local])."""
     return _dist().get_world_size() if active() else 1
 
 
@@ -159,7 +159,7 @@ def all_reduce_sum(tensor: Tensor) -> Tensor:
 
 
 def gather_rows(local_rows: Tensor, indices: Sequence[int], n: int) -> Tensor:
-    """The full ``[n, ...]`` tensor from every rank's rows ``indices`` (from :func:`shard`).
+    """The full ``[n, ...]`` tensor from every rank's rows ``indices`` (from [`shard()`][tl_multilingual.distributed.shard]).
 
     Exact for every dtype: each rank places its rows into zeros and the zeros are
     summed away. The result is on ``local_rows``'s device.
@@ -204,7 +204,7 @@ def on_main(fn: Callable[[], T]) -> T:
     """Run ``fn`` on rank 0 only and return its result on every rank.
 
     When ``fn`` raises on rank 0, every rank raises: rank 0 its own exception, the
-    others a :class:`TLMultilingualError` with its message. Use it for writing files
+    others a [`TLMultilingualError`][tl_multilingual.errors.TLMultilingualError] with its message. Use it for writing files
     (only rank 0 writes) and for loading what rank 0 wrote.
     """
     if not active():

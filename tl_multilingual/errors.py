@@ -1,13 +1,13 @@
 """How the library speaks to its user: its exception family, its warnings, its logger.
 
-Every error the library raises on purpose derives from :class:`TLMultilingualError`,
+Every error the library raises on purpose derives from [`TLMultilingualError`][tl_multilingual.errors.TLMultilingualError],
 so ``except tlm.TLMultilingualError`` catches them all. Errors about bad input also
-derive from :class:`ValueError`.
+derive from `ValueError`.
 
 Every caution (data that contradict a method's assumption, a search that ended at its
-bound, truncated texts) is a :class:`TLMultilingualWarning` raised through
-:func:`warn`, which points the warning at the caller's own line, outside the library.
-Progress and information go to the ``tl_multilingual`` :data:`logger` (silent unless
+bound, truncated texts) is a [`TLMultilingualWarning`][tl_multilingual.errors.TLMultilingualWarning] raised through
+[`warn()`][tl_multilingual.errors.warn], which points the warning at the caller's own line, outside the library.
+Progress and information go to the ``tl_multilingual`` [`logger`][tl_multilingual.errors.logger] (silent unless
 the application configures logging, e.g. ``logging.basicConfig(level="INFO")``).
 """
 
@@ -34,7 +34,7 @@ def warn(message: str, category: type[Warning] = TLMultilingualWarning) -> None:
 
     Args:
         message: one or more plain sentences saying what is wrong and what to do.
-        category: the warning class (default :class:`TLMultilingualWarning`).
+        category: the warning class (default [`TLMultilingualWarning`][tl_multilingual.errors.TLMultilingualWarning]).
     """
     level, frame = 2, sys._getframe(1)
     while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(_PACKAGE):
@@ -90,4 +90,4 @@ class TruncationWarning(TLMultilingualWarning):
 
 class DistributedError(TLMultilingualError, RuntimeError):
     """A collective operation across processes failed: another process stopped, or
-    nothing arrived within the process group's timeout (see :mod:`.distributed`)."""
+    nothing arrived within the process group's timeout (see [`distributed`][tl_multilingual.distributed])."""

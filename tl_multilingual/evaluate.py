@@ -10,13 +10,13 @@ experiments can resample units for bootstrap intervals:
   padding never count;
 - choice accuracy: an item is right when its gold option has the highest
   log-likelihood given the prompt (summed over the option's tokens, or averaged with
-  ``length_normalize``); options are tokenised in context (:func:`.tokens.in_context`),
+  ``length_normalize``); options are tokenised in context (`in_context()`),
   so a score is the log-likelihood of the option within the joint text;
 - answer accuracy: greedy decoding, then a user-supplied checker on the continuation
   decoded in context.
 
 Every function takes the library's length policy (``max_length``, ``overflow``; see
-:mod:`.tokens`).
+[`tokens`][tl_multilingual.tokens]).
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def perplexity(
     """Perplexity per language (``exp`` of the mean token NLL, pooled over texts), or per
     text with ``per_text``. Use ``token_policy="response"`` to score only responses
     (tokenised in context). ``max_length``, ``overflow`` and ``compute_dtype`` as in
-    :func:`text_nll`."""
+    [`text_nll()`][tl_multilingual.evaluate.text_nll]."""
     frame = text_nll(model, corpus, token_policy=token_policy, batch_size=batch_size, max_length=max_length,
                      overflow=overflow, compute_dtype=compute_dtype)
     if per_text:
@@ -189,7 +189,7 @@ def choice_scores(
     overflow: Overflow = "truncate",
 ) -> pd.DataFrame:
     """Per item: ``language``, ``item``, ``predicted``, ``answer``, ``correct`` and the
-    log-likelihood of every option (``scores``; see :func:`option_logprobs`)."""
+    log-likelihood of every option (``scores``; see [`option_logprobs()`][tl_multilingual.evaluate.option_logprobs])."""
     lm = adapt(model)
     rows = []
     for lang, entries in _choices(items).items():
@@ -243,7 +243,7 @@ def generate(
     prompt's), so a tokenizer that drops the leading space of a decoded text does not
     drop the continuation's. The model reads at most ``max_length`` tokens (default:
     its context): with ``overflow="truncate"`` the oldest tokens go first (a
-    :class:`~tl_multilingual.errors.TruncationWarning` says so); with ``"error"``
+    [`TruncationWarning`][tl_multilingual.errors.TruncationWarning] says so); with ``"error"``
     every prompt plus ``max_new_tokens`` must fit."""
     lm = adapt(model)
     check_overflow(overflow, split=False)

@@ -1,6 +1,6 @@
 """Deactivation experiments of paper A (Fig. 2) and LAPE, one call each.
 
-:func:`ablation_matrix` deactivates, for every language, a class of its neurons and
+[`ablation_matrix()`][tl_multilingual.experiments.ablation_matrix] deactivates, for every language, a class of its neurons and
 measures every evaluated language, against the unmodified model and against random
 neuron sets of the same size per layer (the control). Effects come with paired
 bootstrap intervals over texts (or items).
@@ -49,7 +49,7 @@ def variant_mask(neurons: LanguageNeurons, variant: str, language: str) -> Neuro
 
     Raises:
         MaskError: for a variant that names no class or an unknown one
-            (:func:`tl_multilingual.masks.parse_variant`).
+            ([`tl_multilingual.masks.parse_variant()`][tl_multilingual.masks.parse_variant]).
     """
     mask = NeuronMask.empty(neurons.n_layers, neurons.d_mlp)
     for part in parse_variant(variant, MASK_NAMES):
@@ -82,14 +82,14 @@ def _controlled_runs(
     progress: bool,
 ) -> tuple[list[V], dict[K, _Runs[V]]]:
     """The loop every controlled intervention experiment shares (deactivation here,
-    boosting in :mod:`tl_multilingual.sharing_experiments`).
+    boosting in [`tl_multilingual.sharing_experiments`][tl_multilingual.sharing_experiments]).
 
     Units (texts, items) come in ``n_blocks`` blocks that each get their own mask: one
     block for a whole evaluation set, or one block per item when every item has its own
     class mask. First the unmodified model is measured on every block (the baseline);
     then, for every condition, the block's mask (the hit) and ``n_controls[condition]``
     random masks with as many neurons per layer, drawn outside it with seed
-    ``seed + 97 * block`` (:meth:`NeuronMask.controls`). An empty mask changes nothing:
+    ``seed + 97 * block`` ([`NeuronMask.controls()`][tl_multilingual.masks.NeuronMask.controls]). An empty mask changes nothing:
     its run is the baseline, not measured again. The progress bar closes however the
     loop ends.
 
@@ -105,7 +105,7 @@ def _controlled_runs(
 
     Returns:
         ``(baseline, runs)``: the baseline per block, and per condition its
-        :class:`_Runs`. Intervals come from :func:`_paired_interval`.
+        `_Runs`. Intervals come from `_paired_interval()`.
     """
     total = n_blocks * (1 + sum(1 + n_controls[key] for key in conditions))
     baseline: list[V] = []
@@ -139,18 +139,18 @@ def _paired_interval(
     statistic: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> tuple[float, float, float]:
     """The change from ``baseline`` to ``hit`` over the same units, with its paired
-    percentile bootstrap interval (:mod:`tl_multilingual.resample`).
+    percentile bootstrap interval ([`tl_multilingual.resample`][tl_multilingual.resample]).
 
     Args:
         hit, baseline: per-unit values (units along the last axis for a
             ``statistic``, along the first otherwise).
         unit_draws: bootstrap draws of unit indices ``[n_boot, n_units]``
-            (:func:`tl_multilingual.resample.draws`), shared by both conditions.
+            ([`tl_multilingual.resample.draws()`][tl_multilingual.resample.draws]), shared by both conditions.
         ci: the interval's coverage.
         statistic: ``statistic(values, index)`` -> the statistic over the units
             ``index`` (``[..., n]`` -> ``[...]``), for statistics other than the mean
             (a perplexity is a ratio of sums); None: the mean change, with
-            :func:`~tl_multilingual.resample.mean_interval` (its NaN policy).
+            [`mean_interval()`][tl_multilingual.resample.mean_interval] (its NaN policy).
 
     Returns:
         ``(change, ci_low, ci_high)``.
@@ -188,7 +188,7 @@ class _Evaluation:
 
 @dataclass
 class AblationResult:
-    """Outcome of :func:`ablation_matrix`.
+    """Outcome of [`ablation_matrix()`][tl_multilingual.experiments.ablation_matrix].
 
     Attributes:
         frame: one row per (variant, ablated language, evaluated language): the
@@ -219,7 +219,7 @@ class AblationResult:
 
     @classmethod
     def load(cls, path: str | Path) -> AblationResult:
-        """Load a result saved with :meth:`save`.
+        """Load a result saved with [`save()`][tl_multilingual.experiments.AblationResult.save].
 
         Raises:
             SaveError: the folder is missing, damaged, or not an ablation result.
@@ -277,15 +277,15 @@ def ablation_matrix(
     """Deactivate each language's neurons and evaluate every language (paper A Fig. 2).
 
     Args:
-        model: a model or :class:`ModelAdapter`.
+        model: a model or [`ModelAdapter`][tl_multilingual.adapters.ModelAdapter].
         neurons: identified neurons (ternary or LAPE).
-        data: a :class:`Corpus` (metric: perplexity) or multiple-choice items per
-            language (metric: accuracy; see :func:`tl_multilingual.choice_accuracy`).
+        data: a [`Corpus`][tl_multilingual.corpus.Corpus] (metric: perplexity) or multiple-choice items per
+            language (metric: accuracy; see [`tl_multilingual.choice_accuracy()`][tl_multilingual.evaluate.choice_accuracy]).
         classes: variants to deactivate, e.g. ``["specific", "specific+related",
             "specific+related+general"]`` for paper A, ``["language"]`` for LAPE.
         languages: languages whose neurons are deactivated (default: all of ``neurons``).
         layers: restrict every mask (and its controls) to these layers, e.g. a stage's
-            ``stage_map.layers("understanding")`` (see :func:`tl_multilingual.map_stages`).
+            ``stage_map.layers("understanding")`` (see [`tl_multilingual.map_stages()`][tl_multilingual.stages.map_stages]).
         value: what deactivated neurons are set to: 0, a constant, or ``"mean"`` (needs
             ``stats``).
         controls: random same-size-per-layer neuron sets per (variant, language), or a
@@ -299,10 +299,10 @@ def ablation_matrix(
         allow_mismatch: accept neurons or statistics of another model of the same shape.
         max_length: longest sequence fed to the model (default: its context size).
         overflow: ``"truncate"``, ``"split"`` (perplexity only) or ``"error"``; see
-            :mod:`tl_multilingual.tokens`.
+            [`tl_multilingual.tokens`][tl_multilingual.tokens].
 
     Returns:
-        :class:`AblationResult` (``to_frame()``, ``matrix(variant)``).
+        [`AblationResult`][tl_multilingual.experiments.AblationResult] (``to_frame()``, ``matrix(variant)``).
 
     Raises:
         IdentificationError, StatsError: neurons or statistics of another shape, or of

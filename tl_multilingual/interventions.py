@@ -1,6 +1,6 @@
 """Causal interventions on neuron masks, at the adapter's write hook.
 
-Every intervention edits the neurons of a :class:`NeuronMask` at
+Every intervention edits the neurons of a [`NeuronMask`][tl_multilingual.masks.NeuronMask] at
 ``blocks.{l}.mlp.hook_post``, the vector that multiplies ``W_out``:
 
 ========== ============================== ==========================================
@@ -16,17 +16,17 @@ patch      ``c = c_source``                ``c = c_source`` (the source's ``act_
 ``v`` is the neuron value (``act_fn(gate)`` for gated MLPs, as in the statistics),
 ``c`` what multiplies ``W_out`` and ``up = x W_in`` (read at ``hook_pre_linear`` in
 the same pass). Values given to ``set`` and ``add`` (constants, a language's mean
-activation from :class:`ActivationStats`) are neuron values ``v``; ``patch`` copies
+activation from [`ActivationStats`][tl_multilingual.stats.ActivationStats]) are neuron values ``v``; ``patch`` copies
 ``c``, so a patched neuron's contribution to the residual stream is the source's.
 
-The verbs :func:`ablate`, :func:`boost`, :func:`steer`, :func:`patch` and
-:func:`intervene` return :class:`Interventions`: use them as context managers (hooks
+The verbs [`ablate()`][tl_multilingual.interventions.ablate], [`boost()`][tl_multilingual.interventions.boost], [`steer()`][tl_multilingual.interventions.steer], [`patch()`][tl_multilingual.interventions.patch] and
+[`intervene()`][tl_multilingual.interventions.intervene] return [`Interventions`][tl_multilingual.interventions.Interventions]: use them as context managers (hooks
 are removed on exit, also when the body raises), add them with ``+`` to compose, or
 take ``.hooks()`` for TransformerLens's ``run_with_hooks`` / ``model.hooks()``.
 
 Masks and statistics must come from the model they are applied to: a different
 shape is always refused, a different model name or architecture unless the verb is
-given ``allow_mismatch=True`` (see :mod:`tl_multilingual.provenance`).
+given ``allow_mismatch=True`` (see `tl_multilingual.provenance`).
 """
 
 from __future__ import annotations
@@ -308,7 +308,7 @@ def ablate(
 
 
 def ablation_hooks(model: Any, mask: NeuronMask, **kwargs: Any) -> list[tuple[str, Callable[..., Any]]]:
-    """The hooks of :func:`ablate`, for ``model.run_with_hooks(..., fwd_hooks=...)``."""
+    """The hooks of [`ablate()`][tl_multilingual.interventions.ablate], for ``model.run_with_hooks(..., fwd_hooks=...)``."""
     return ablate(model, mask, **kwargs).hooks()
 
 
@@ -317,7 +317,7 @@ def boost(
     allow_mismatch: bool = False,
 ) -> Interventions:
     """Scale the neurons of ``mask`` by ``factor`` (paper B's strengthening).
-    ``allow_mismatch`` as in :func:`ablate`."""
+    ``allow_mismatch`` as in [`ablate()`][tl_multilingual.interventions.ablate]."""
     lm = adapt(model)
     return intervene(lm, [Edit(_restricted(lm, mask, layers), "scale", float(factor), positions)],
                      allow_mismatch=allow_mismatch)
@@ -340,7 +340,7 @@ def steer(
 
     ``mode="set"`` sets them to ``to``'s mean activation; ``mode="add"`` adds
     ``strength * (mean[to] - mean[source])``, the steering vector between the languages.
-    ``allow_mismatch`` as in :func:`ablate`.
+    ``allow_mismatch`` as in [`ablate()`][tl_multilingual.interventions.ablate].
 
     Raises:
         StatsError, MaskError: statistics or a mask of another shape, or of another
@@ -364,11 +364,11 @@ def patch(
     model: Any, mask: NeuronMask, source: Tensor, *, layers: Layers = None, positions: Positions = None,
     allow_mismatch: bool = False,
 ) -> Interventions:
-    """Copy the neurons of ``mask`` from a source run's write-hook values (see :func:`record`).
+    """Copy the neurons of ``mask`` from a source run's write-hook values (see [`record()`][tl_multilingual.interventions.record]).
 
     ``source`` is ``[n_layers, d_mlp]`` (one vector broadcast to every position),
     ``[pos, n_layers, d_mlp]`` or ``[batch, pos, n_layers, d_mlp]`` (per position).
-    ``allow_mismatch`` as in :func:`ablate`.
+    ``allow_mismatch`` as in [`ablate()`][tl_multilingual.interventions.ablate].
     """
     lm = adapt(model)
     return intervene(lm, [Edit(_restricted(lm, mask, layers), "patch", source, positions)],
@@ -377,7 +377,7 @@ def patch(
 
 def record(model: Any, batch: Any, *, layers: Layers = None) -> Float[Tensor, "batch pos layer neuron"]:
     """Write-hook values of every neuron on a batch (padded as the adapter pads), for
-    :func:`patch`. Layers outside ``layers`` are left at zero."""
+    [`patch()`][tl_multilingual.interventions.patch]. Layers outside ``layers`` are left at zero."""
     lm = adapt(model)
     wanted = lm.layer_range(layers)
     shape = (*batch.input_ids.shape, lm.n_layers, lm.d_mlp)

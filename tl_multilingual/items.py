@@ -72,8 +72,8 @@ def _by_language(value: Any, languages: Sequence[str] | None = None) -> dict[str
 class ParallelItems:
     """Items aligned across languages (see the module docstring).
 
-    Build with :meth:`from_records`, :meth:`from_frame`, :meth:`from_jsonl` or
-    :meth:`from_hf`.
+    Build with [`from_records()`][tl_multilingual.items.ParallelItems.from_records], [`from_frame()`][tl_multilingual.items.ParallelItems.from_frame], [`from_jsonl()`][tl_multilingual.items.ParallelItems.from_jsonl] or
+    [`from_hf()`][tl_multilingual.items.ParallelItems.from_hf].
     """
 
     def __init__(
@@ -186,7 +186,7 @@ class ParallelItems:
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, **kwargs: Any) -> ParallelItems:
-        """From a DataFrame of records (either layout of :meth:`from_records`)."""
+        """From a DataFrame of records (either layout of [`from_records()`][tl_multilingual.items.ParallelItems.from_records])."""
         return cls.from_records(frame.to_dict("records"), **kwargs)
 
     @classmethod

@@ -17,15 +17,15 @@ codes"):
   (``zho_Hans`` -> ``zh``, ``zho_Hant`` -> ``zh-Hant``, ``arb_Latn`` -> ``arb-Latn``).
 - An ISO 3166 region is kept (``zh-TW``, ``pt-BR``).
 - Variants, extensions and private-use parts (``deu_1996``, ``en-x-mine``) are dropped
-  with a :class:`~tl_multilingual.TLMultilingualWarning` saying what was read as what, unless ``keep_variants``.
+  with a [`TLMultilingualWarning`][tl_multilingual.errors.TLMultilingualWarning] saying what was read as what, unless ``keep_variants``.
 - Folding is explicit: ``fold="macrolanguage"`` reads an individual language as its
   macrolanguage (``arb`` -> ``ar``, ``cmn`` -> ``zh``, ``nb`` -> ``no``, ``prs`` ->
   ``fa``), ``fold="region"`` replaces a region by the script it implies or drops it
   (``zh-TW`` -> ``zh-Hant``, ``pt-BR`` -> ``pt``), ``fold=True`` does both.
 
 Unknown codes (not registered, reserved for local use, ``und``, ``mul``...) raise
-:class:`~tl_multilingual.errors.LanguageError`. Data: :mod:`langcodes` and
-:mod:`language_data` (IANA subtag registry, CLDR likely subtags).
+[`LanguageError`][tl_multilingual.errors.LanguageError]. Data: `langcodes` and
+`language_data` (IANA subtag registry, CLDR likely subtags).
 """
 
 from __future__ import annotations

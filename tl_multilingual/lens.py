@@ -1,11 +1,11 @@
-"""The multilingual logit lens (Wendler et al., ACL 2024): :func:`language_lens`.
+"""The multilingual logit lens (Wendler et al., ACL 2024): [`language_lens()`][tl_multilingual.lens.language_lens].
 
 For prompts ending right before an answer, the residual stream after every layer, at
 the last position, goes through the model's own final norm and unembedding (and its
 logit soft-capping, for Gemma 2); the last layer therefore gives exactly the model's
 next-token distribution. Per layer and prompt it reports, for every tracked language,
 the probability of the answer word (summed over the tokens that can start it, see
-:mod:`.wordtokens`) and the rank of its best token, and the entropy of the whole
+[`wordtokens`][tl_multilingual.wordtokens]) and the rank of its best token, and the entropy of the whole
 distribution.
 """
 
@@ -91,7 +91,7 @@ class LensResult:
         (``probability`` per language, or ``entropy``), ``language``, ``mean``,
         ``ci_low``, ``ci_high``.
 
-        Intervals are percentile bootstraps over prompts (:mod:`tl_multilingual.resample`,
+        Intervals are percentile bootstraps over prompts ([`tl_multilingual.resample`][tl_multilingual.resample],
         whose NaN policy applies: a prompt without an answer token in a language is left
         out of that language's mean); every quantity shares the same draws.
         """
@@ -115,7 +115,7 @@ class LensResult:
 
     @classmethod
     def load(cls, path: str | Path) -> LensResult:
-        """Load a result saved with :meth:`save`, checking every manifest field.
+        """Load a result saved with [`save()`][tl_multilingual.lens.LensResult.save], checking every manifest field.
 
         Raises:
             SaveError: the folder is missing, damaged or edited, or its manifest is
@@ -196,13 +196,13 @@ def language_lens(
     before an answer.
 
     Args:
-        model: a model or :class:`ModelAdapter`.
-        prompts: :class:`LensPrompt` objects (see :mod:`tl_multilingual.prompts`).
+        model: a model or [`ModelAdapter`][tl_multilingual.adapters.ModelAdapter].
+        prompts: [`LensPrompt`][tl_multilingual.prompts.LensPrompt] objects (see [`tl_multilingual.prompts`][tl_multilingual.prompts]).
         languages: languages to track (default: every language with an answer).
         batch_size: prompts per forward pass.
         max_length: longest prompt fed to the model (default: its context size).
         overflow: longer prompts lose their oldest tokens (``"truncate"``, with a
-            warning) or are refused (``"error"``); see :mod:`tl_multilingual.tokens`.
+            warning) or are refused (``"error"``); see [`tl_multilingual.tokens`][tl_multilingual.tokens].
     """
     lm = adapt(model)
     prompts = list(prompts)

@@ -56,8 +56,8 @@ class NeuronMask:
     ``^`` and ``~``; ``==`` compares contents. Masks of different shapes never mix.
 
     ``model`` records the model the mask was identified on (name, architecture), when
-    known: masks taken from :class:`LanguageNeurons` or :class:`Sharing` carry it, and
-    interventions refuse a mask of another model (see :mod:`tl_multilingual.provenance`).
+    known: masks taken from `LanguageNeurons` or `Sharing` carry it, and
+    interventions refuse a mask of another model (see `tl_multilingual.provenance`).
     """
 
     __slots__ = ("tensor", "name", "model")
@@ -249,7 +249,7 @@ class NeuronMask:
 
     @classmethod
     def load(cls, path: str | Path) -> NeuronMask:
-        """Load a mask saved with :meth:`save`.
+        """Load a mask saved with [`save()`][tl_multilingual.masks.NeuronMask.save].
 
         Raises:
             SaveError: the folder is missing, damaged or edited, or its manifest

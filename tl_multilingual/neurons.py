@@ -1,4 +1,4 @@
-"""Identified language neurons: :class:`LanguageNeurons`.
+"""Identified language neurons: [`LanguageNeurons`][tl_multilingual.neurons.LanguageNeurons].
 
 Paper A's ternary classes, from the selected neurons and the languages each is
 active in (probability above the activation bar ``tau``), with ``N`` the number of
@@ -9,11 +9,11 @@ such languages and ``K`` the number of languages:
 - **general**: ``N == K`` over the whole population, selected or not.
 
 Selected neurons with ``N == 0`` belong to no language; the reference code drops
-them silently, here :attr:`LanguageNeurons.dropped`, :meth:`LanguageNeurons.summary`
-and :meth:`LanguageNeurons.to_frame` report them.
+them silently, here [`LanguageNeurons.dropped`][tl_multilingual.neurons.LanguageNeurons.dropped], [`LanguageNeurons.summary()`][tl_multilingual.neurons.LanguageNeurons.summary]
+and [`LanguageNeurons.to_frame()`][tl_multilingual.neurons.LanguageNeurons.to_frame] report them.
 
-:meth:`LanguageNeurons.classes` is the one definition of these classes: one code per
-neuron (:data:`CLASS_CODES`), on which every mask, count and table is built.
+[`LanguageNeurons.classes()`][tl_multilingual.neurons.LanguageNeurons.classes] is the one definition of these classes: one code per
+neuron (`CLASS_CODES`), on which every mask, count and table is built.
 """
 
 from __future__ import annotations
@@ -40,10 +40,10 @@ CLASSES = ("specific", "related", "general")
 
 SPECIFIC, RELATED, GENERAL, OTHER, DROPPED = 0, 1, 2, 3, 4
 MASK_NAMES = ("specific", "related", "general", "language", "selected")
-"""The class names :meth:`LanguageNeurons.mask` (and so a variant such as
+"""The class names [`LanguageNeurons.mask()`][tl_multilingual.neurons.LanguageNeurons.mask] (and so a variant such as
 ``"specific+related"``) accepts."""
 CLASS_CODES = ("specific", "related", "general", "other", "dropped")
-"""Names of the codes of :meth:`LanguageNeurons.classes`, in code order:
+"""Names of the codes of [`LanguageNeurons.classes()`][tl_multilingual.neurons.LanguageNeurons.classes], in code order:
 
 - ``0`` specific: selected and above the bar in exactly one language;
 - ``1`` related: selected and above the bar in more than one language but not all;
@@ -62,7 +62,7 @@ class LanguageNeurons:
         lam: paper A's lambda (None for LAPE).
         bar: the activation bar ``tau``.
         params: the identification parameters.
-        recipe: every argument of :func:`tl_multilingual.identify` that produced these
+        recipe: every argument of [`tl_multilingual.identify()`][tl_multilingual.identification] that produced these
             neurons, resolved (the lambda the sweep found, the pre-filter decided), so
             ``identify(stats, **neurons.recipe)`` re-identifies alike on other
             statistics; empty for imported masks.
@@ -149,14 +149,14 @@ class LanguageNeurons:
 
     def classes(self) -> Int8[Tensor, "layer neuron"]:
         """The class of every neuron: the one definition every mask, count and table
-        (and :func:`tl_multilingual.compare`) builds on.
+        (and [`tl_multilingual.compare()`][tl_multilingual.comparison]) builds on.
 
         Returns:
-            int8 ``[n_layers, d_mlp]`` of codes (:data:`CLASS_CODES`): ``0`` specific,
+            int8 ``[n_layers, d_mlp]`` of codes (`CLASS_CODES`): ``0`` specific,
             ``1`` related, ``2`` general, ``3`` other, ``4`` dropped (selected, in no
             language). A neuron's languages are ``membership[layer, neuron]``. When the
             general neurons are unknown (masks imported with
-            :meth:`from_reference_format`) no neuron has code ``2``, and a selected
+            [`from_reference_format()`][tl_multilingual.neurons.LanguageNeurons.from_reference_format]) no neuron has code ``2``, and a selected
             neuron in every language has code ``3``.
         """
         n = self.n_active_languages
@@ -228,7 +228,7 @@ class LanguageNeurons:
 
     @property
     def recipe(self) -> dict[str, Any]:
-        """The resolved arguments of :func:`tl_multilingual.identify` that produced these
+        """The resolved arguments of [`tl_multilingual.identify()`][tl_multilingual.identification] that produced these
         neurons: ``identify(stats, **neurons.recipe)`` identifies alike on other
         statistics (a bootstrap replicate, another checkpoint), with the same lambda.
 
@@ -331,7 +331,7 @@ class LanguageNeurons:
     # -- reference format -----------------------------------------------------------
 
     def to_reference_format(self) -> list[list[Tensor]]:
-        """``list[language][layer] -> LongTensor`` of neuron indices, in :attr:`languages`
+        """``list[language][layer] -> LongTensor`` of neuron indices, in `languages`
         order: the format of the reference implementations' mask files."""
         return [
             [row.nonzero().squeeze(1) for row in self.membership[..., k]] for k in range(len(self.languages))
@@ -399,7 +399,7 @@ class LanguageNeurons:
 
     @classmethod
     def load(cls, path: str | Path) -> LanguageNeurons:
-        """Load neurons saved with :meth:`save`, checking every manifest field.
+        """Load neurons saved with [`save()`][tl_multilingual.neurons.LanguageNeurons.save], checking every manifest field.
 
         Raises:
             SaveError: the folder is missing, damaged or edited, or its manifest is

@@ -1,4 +1,4 @@
-"""Cross-language neuron patching read through the logit lens: :func:`patch_neurons`.
+"""Cross-language neuron patching read through the logit lens: [`patch_neurons()`][tl_multilingual.patching.patch_neurons].
 
 For parallel prompts (the same content in a source and a target language), the
 masked neurons' write-hook values of the source run replace those of the target run,
@@ -68,7 +68,7 @@ class PatchResult:
     def summary(self, *, ci: float = 0.95, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
         """Per condition (``clean``, ``patched``, ``control`` pooled over seeds), layer
         and language: mean probability, and the mean change from ``clean`` with a paired
-        percentile bootstrap interval over prompts (:mod:`tl_multilingual.resample`;
+        percentile bootstrap interval over prompts ([`tl_multilingual.resample`][tl_multilingual.resample];
         every condition shares the same draws)."""
         probs = self.probability.numpy()
         unit_draws = resample.draws(probs.shape[1], n_boot, seed)
@@ -88,7 +88,7 @@ class PatchResult:
         return pd.DataFrame(rows, columns=["condition", "layer", "language", "probability", "change", "ci_low", "ci_high"])
 
     def output(self) -> pd.DataFrame:
-        """The last layer (the model's own output) of :meth:`summary`."""
+        """The last layer (the model's own output) of [`summary()`][tl_multilingual.patching.PatchResult.summary]."""
         frame = self.summary()
         return frame[frame["layer"] == frame["layer"].max()].reset_index(drop=True)
 
@@ -137,10 +137,10 @@ def patch_neurons(
     """Patch ``mask``'s neurons from source-language runs into target-language runs.
 
     Args:
-        model: a model or :class:`ModelAdapter`.
+        model: a model or [`ModelAdapter`][tl_multilingual.adapters.ModelAdapter].
         source: prompts in the source language.
         target: the same prompts in the target language (parallel to ``source``); the
-            answers read come from them (:class:`LensPrompt`).
+            answers read come from them ([`LensPrompt`][tl_multilingual.prompts.LensPrompt]).
         mask: the neurons patched (restrict it with ``layers``, a range such as
             ``stage_map.layers("shared_reasoning")``).
         readout: languages whose answer probability is read (default: all of target's).
@@ -152,7 +152,7 @@ def patch_neurons(
         MaskError: a mask of another shape, or of another model (unless ``allow_mismatch``).
         max_length: longest prompt fed to the model (default: its context size).
         overflow: longer prompts lose their oldest tokens (``"truncate"``, with a
-            warning) or are refused (``"error"``); see :mod:`tl_multilingual.tokens`.
+            warning) or are refused (``"error"``); see [`tl_multilingual.tokens`][tl_multilingual.tokens].
     """
     lm = adapt(model)
     check_fits(lm, mask, what="the mask", error=MaskError, allow_mismatch=allow_mismatch)

@@ -5,14 +5,14 @@ The manifest records what produced the result (kind, format version, library and
 TransformerLens versions, model, parameters), the SHA-256 of the tensor file and a
 checksum of the manifest itself, so neither the tensors nor what gives them their
 meaning (languages and their order, model, shape, settings) can be edited or damaged
-unnoticed: :func:`read_result` checks both.
+unnoticed: [`read_result()`][tl_multilingual.persist.read_result] checks both.
 
 Every write is atomic. A file is written beside its target and renamed into place
-(:func:`atomic_file`); a folder is built beside its target and swapped in
-(:func:`atomic_folder`). Temporary siblings are named ``.<target>.tmp-<pid>-<id>``
+([`atomic_file()`][tl_multilingual.persist.atomic_file]); a folder is built beside its target and swapped in
+([`atomic_folder()`][tl_multilingual.persist.atomic_folder]). Temporary siblings are named ``.<target>.tmp-<pid>-<id>``
 (and ``.<target>.old-<pid>-<id>`` for the previous version during the swap). A
 process killed mid-save leaves them behind; the next save or load of the same target
-(:func:`recover`) puts the newest complete version in place if the kill hid it
+([`recover()`][tl_multilingual.persist.recover]) puts the newest complete version in place if the kill hid it
 between the two renames, and removes what dead processes left.
 """
 
@@ -363,9 +363,9 @@ def _verify(folder: Path) -> dict[str, Any]:
 
 
 def read_result(path: str | Path, *, kind: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read a folder written by :func:`write_result`, checking its kind and checksums.
+    """Read a folder written by [`write_result()`][tl_multilingual.persist.write_result], checking its kind and checksums.
 
-    An interrupted save of the folder is recovered first (see :func:`recover`).
+    An interrupted save of the folder is recovered first (see [`recover()`][tl_multilingual.persist.recover]).
 
     Raises:
         SaveError: the folder is missing, foreign, of another kind, corrupt or edited.

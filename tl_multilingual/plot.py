@@ -3,7 +3,7 @@
 Every function draws on a given ``ax`` (or a new figure sized for one paper column,
 3.4 inches wide) and returns the figure. Colours come from the Okabe-Ito palette and
 heatmaps from ColorBrewer's diverging RdBu, both readable with colour-vision
-deficiencies. :func:`save` writes PNG and PDF.
+deficiencies. [`save()`][tl_multilingual.plot.save] writes PNG and PDF.
 """
 
 from __future__ import annotations
@@ -194,13 +194,13 @@ def lens_curves(summary: Any, *, stages: Any = None, ax: Any = None, n_boot: int
     summary it is given.
 
     Args:
-        summary: :meth:`LensResult.summary` (``layer``, ``quantity``, ``language``,
+        summary: [`LensResult.summary()`][tl_multilingual.lens.LensResult.summary] (``layer``, ``quantity``, ``language``,
             ``mean``, ``ci_low``, ``ci_high``). Figures draw summaries and never resample;
-            passing the :class:`LensResult` itself still works for now, with a
+            passing the `LensResult` itself still works for now, with a
             ``DeprecationWarning``: it is summarised with ``n_boot`` replicates.
-        stages: a :class:`StageMap` to shade.
+        stages: a `StageMap` to shade.
         ax: axes to draw on (default: a new one-column figure).
-        n_boot: only with a :class:`LensResult`: bootstrap replicates (default 1000).
+        n_boot: only with a `LensResult`: bootstrap replicates (default 1000).
 
     Returns:
         The matplotlib figure.
@@ -242,7 +242,7 @@ def sharing_profile(sharing: Any, *, ax: Any = None) -> Any:
 
 def class_changes(comparison: Any, *, stages: Any = None, ax: Any = None) -> Any:
     """Change per layer and class between two models (paper A Fig. 4), from a
-    :class:`~tl_multilingual.comparison.Comparison` or a frame with ``layer``, ``class`` and
+    [`Comparison`][tl_multilingual.comparison.Comparison] or a frame with ``layer``, ``class`` and
     ``change`` columns."""
     frame = comparison if isinstance(comparison, pd.DataFrame) else comparison.class_changes()
     fig, ax = _axes(ax)
@@ -293,7 +293,7 @@ def language_changes(comparison: Any, *, ax: Any = None) -> Any:
 
 
 def stage_effects(result: Any, value: str = "over_control", *, ax: Any = None) -> Any:
-    """Stages (rows) x languages (columns) of a :class:`~tl_multilingual.stage_deactivation.StageEffects`:
+    """Stages (rows) x languages (columns) of a [`StageEffects`][tl_multilingual.stage_deactivation.StageEffects]:
     by default the relative change of the language's own perplexity beyond random
     neurons when its neurons are deactivated inside that stage only; ``*`` marks the
     cells where the stage carries the language-specific effect."""

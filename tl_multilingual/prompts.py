@@ -4,14 +4,14 @@ Every prompt ends right before the word the model should produce, and names the
 words to track in each language (the target-language answer, and English, the
 latent language the paper looks for):
 
-- :func:`translation`: few-shot word translation, ``Français: "fleur" - 中文: "花"``;
-- :func:`repetition`: the same format with source = target;
-- :func:`cloze`: few-shot fill-in-the-blank, ``A "___" ... Answer: "ball".``
+- [`translation()`][tl_multilingual.prompts.translation]: few-shot word translation, ``Français: "fleur" - 中文: "花"``;
+- [`repetition()`][tl_multilingual.prompts.repetition]: the same format with source = target;
+- [`cloze()`][tl_multilingual.prompts.cloze]: few-shot fill-in-the-blank, ``A "___" ... Answer: "ball".``
 
 Words are records mapping language tags to one word each, e.g. the bundled list from
-:func:`tl_multilingual.data.words` or ``[{"en": "cat", "fr": "chat", ...}, ...]``.
+[`tl_multilingual.data.words()`][tl_multilingual.data.words] or ``[{"en": "cat", "fr": "chat", ...}, ...]``.
 Cloze prompts use each record's ``cloze_<language>`` sentence (with ``___``).
-Build your own :class:`LensPrompt` objects for any other task.
+Build your own [`LensPrompt`][tl_multilingual.prompts.LensPrompt] objects for any other task.
 """
 
 from __future__ import annotations

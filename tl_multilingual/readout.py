@@ -1,25 +1,25 @@
 """The model's output head and the reads of its residual stream, in one place.
 
 Everything that turns a residual-stream vector into logits, or reads a weight
-matrix of the model, lives here (hook names live on :class:`~.adapters.ModelAdapter`).
+matrix of the model, lives here (hook names live on [`ModelAdapter`][tl_multilingual.adapters.ModelAdapter]).
 The rest of the library asks this module for:
 
-- :func:`head`: residual stream -> logits through the model's own final norm,
+- [`head()`][tl_multilingual.readout.head]: residual stream -> logits through the model's own final norm,
   unembedding and final-logit transform (Gemma-2/3 soft-capping, Cohere's
   ``logit_scale``, Granite's ``logits_scaling``, Falcon-H1's ``lm_head_multiplier``);
-- :func:`last_logits`: the logits at each row's last real position;
-- :func:`layer_logprobs`: the logit lens (Wendler et al., 2024): every layer's
-  residual stream at the last position read through :func:`head`;
-- :func:`sequence_nll`: summed negative log-likelihood of the counted positions of
+- [`last_logits()`][tl_multilingual.readout.last_logits]: the logits at each row's last real position;
+- [`layer_logprobs()`][tl_multilingual.readout.layer_logprobs]: the logit lens (Wendler et al., 2024): every layer's
+  residual stream at the last position read through [`head()`][tl_multilingual.readout.head];
+- [`sequence_nll()`][tl_multilingual.readout.sequence_nll]: summed negative log-likelihood of the counted positions of
   tokenised sequences, for perplexity and log-likelihood scoring;
-- :func:`output_weights`, :func:`unembedding`, :func:`centred_writes`: the weights
+- [`output_weights()`][tl_multilingual.readout.output_weights], [`unembedding()`][tl_multilingual.readout.unembedding], [`centred_writes()`][tl_multilingual.readout.centred_writes]: the weights
   that direct logit attribution (Wang et al., 2024) multiplies.
 
-**The readout invariant.** Read at the last layer, :func:`head` gives exactly the
+**The readout invariant.** Read at the last layer, [`head()`][tl_multilingual.readout.head] gives exactly the
 model's own final logits. This is checked, not assumed: the first time a model's head
-is built, a two-token forward pass compares :func:`head` on the final residual stream
+is built, a two-token forward pass compares [`head()`][tl_multilingual.readout.head] on the final residual stream
 with the model's own logits, and a model whose head the library cannot reproduce is
-refused with :class:`~.errors.UnsupportedModelError` before any number is returned.
+refused with [`UnsupportedModelError`][tl_multilingual.errors.UnsupportedModelError] before any number is returned.
 Statistics collection never needs the head, so such a model can still be studied
 there.
 
@@ -239,7 +239,7 @@ def layer_logprobs(lm: ModelAdapter, batch: Batch, fwd_hooks: Sequence = ()) -> 
 
 
 def _head_nll(apply: Head, resid: Tensor, gold: Tensor) -> Tensor:
-    """``-log softmax(head(resid))[gold]`` row by row, in chunks of :data:`HEAD_ROWS`."""
+    """``-log softmax(head(resid))[gold]`` row by row, in chunks of [`HEAD_ROWS`][tl_multilingual.readout.HEAD_ROWS]."""
     parts = []
     for rows, target in zip(resid.split(HEAD_ROWS), gold.split(HEAD_ROWS)):
         with torch.no_grad():
@@ -256,16 +256,16 @@ def sequence_nll(
 
     Position ``p`` of a sequence is scored by the model's prediction at ``p - 1``, so a
     sequence's first position is never scored, and padding never is. Only the
-    positions that predict a counted token go through :func:`head`, a chunk at a
+    positions that predict a counted token go through [`head()`][tl_multilingual.readout.head], a chunk at a
     time: the full ``[batch, pos, vocab]`` logits are never built. Which positions
     those are is worked out on the host from the sequences, and the per-sequence sums
     stay on the device until one transfer at the end: nothing waits for the device
     per batch. Under ``torch.distributed`` each rank scores its share of the sequences
-    and the values are gathered in input order (:mod:`.distributed`).
+    and the values are gathered in input order ([`distributed`][tl_multilingual.distributed]).
 
     Args:
         lm: the model's adapter.
-        sequences: encoded sequences with their counted span (see :mod:`.tokens`).
+        sequences: encoded sequences with their counted span (see [`tokens`][tl_multilingual.tokens]).
         batch_size: sequences per forward pass.
         compute_dtype: run the model body under autocast in this dtype
             (``torch.bfloat16``, ``torch.float16``); the head and the loss stay in the

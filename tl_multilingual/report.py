@@ -1,6 +1,6 @@
 """The study report: tables (CSV), figures (PNG and PDF) and ``report.html``.
 
-:func:`write_report` reads what a :class:`tl_multilingual.study.Study` saved in its
+[`write_report()`][tl_multilingual.report.write_report] reads what a [`tl_multilingual.study.Study`][tl_multilingual.study.Study] saved in its
 folder and writes ``tables/``, ``figures/`` and ``report.html`` beside it, with the
 findings stated in numbers.
 """

@@ -14,9 +14,9 @@ of the mean it would enter, in the point estimate and in every replicate alike.
 A replicate drawn only from NaN units is NaN and is ignored by the percentiles; an
 interval with no finite replicate is NaN.
 
-Intervals from few units are wide and themselves uncertain: :data:`MIN_UNITS` is
+Intervals from few units are wide and themselves uncertain: [`MIN_UNITS`][tl_multilingual.resample.MIN_UNITS] is
 the number of units below which reports caution the reader (see
-:func:`few_units`).
+[`few_units()`][tl_multilingual.resample.few_units]).
 
 Percentile intervals are used rather than BCa: the quantities here are means of
 bounded per-unit values with at most a few hundred units, where the two agree to
@@ -102,7 +102,7 @@ def mean_interval(
         n_boot: bootstrap replicates.
         ci: coverage of the interval.
         seed: seed or generator for the draws (ignored when ``unit_draws`` is given).
-        unit_draws: precomputed draws ``[n_boot, n_units]`` from :func:`draws`, to pair
+        unit_draws: precomputed draws ``[n_boot, n_units]`` from [`draws()`][tl_multilingual.resample.draws], to pair
             several quantities over the same replicates.
 
     Returns:
@@ -132,5 +132,5 @@ def mean_interval(
 
 def few_units(n_units: int) -> bool:
     """Whether an interval from ``n_units`` units deserves a caution (fewer than
-    :data:`MIN_UNITS`)."""
+    [`MIN_UNITS`][tl_multilingual.resample.MIN_UNITS])."""
     return n_units < MIN_UNITS

@@ -8,7 +8,7 @@ in, the neuron is
 - **all-shared** when ``S == P``; **non-activated** when ``S == 0``;
 - **specific** (to that language) when ``S == 1``; **partial-shared** otherwise.
 
-:func:`sharing` stores, per item, layer and neuron, one bit per language (a bitmask
+[`sharing()`][tl_multilingual.sharing_classes.sharing] stores, per item, layer and neuron, one bit per language (a bitmask
 of ``ceil(P / 8)`` bytes, one byte for up to 8 languages), never activations.
 """
 
@@ -146,8 +146,8 @@ def item_activations(
     overflow: Overflow = "truncate",
 ) -> Float[Tensor, "item layer neuron"]:
     """Neuron values of each text at its last token, or their maximum over its tokens
-    (``position="any"``): the quantity :func:`sharing` thresholds. ``max_length`` and
-    ``overflow``: the length policy of :mod:`tl_multilingual.tokens` (longer texts lose
+    (``position="any"``): the quantity [`sharing()`][tl_multilingual.sharing_classes.sharing] thresholds. ``max_length`` and
+    ``overflow``: the length policy of [`tl_multilingual.tokens`][tl_multilingual.tokens] (longer texts lose
     their oldest tokens, or are refused)."""
     lm = adapt(model)
     out = torch.zeros(len(texts), lm.n_layers, lm.d_mlp)
@@ -265,7 +265,7 @@ class Sharing:
 
     @classmethod
     def load(cls, path: str | Path) -> Sharing:
-        """Load classes saved with :meth:`save`, checking every manifest field.
+        """Load classes saved with [`save()`][tl_multilingual.sharing_classes.Sharing.save], checking every manifest field.
 
         Raises:
             SaveError: the folder is missing, damaged or edited, or its manifest is
@@ -315,14 +315,14 @@ def sharing(
     """Classify every neuron on every parallel item (see the module docstring).
 
     Args:
-        model: a model or :class:`ModelAdapter`.
-        items: :class:`ParallelItems`; their prompts are read in every language.
+        model: a model or [`ModelAdapter`][tl_multilingual.adapters.ModelAdapter].
+        items: [`ParallelItems`][tl_multilingual.items.ParallelItems]; their prompts are read in every language.
         position: ``"last"`` prompt token, or ``"any"`` token of the item.
         threshold: activation threshold, or several (paper B studies 0 to 0.5): then a
             dict ``{threshold: Sharing}`` from the same forward passes.
         max_length: longest prompt fed to the model (default: its context size).
         overflow: longer prompts lose their oldest tokens (``"truncate"``, with a
-            warning) or are refused (``"error"``); see :mod:`tl_multilingual.tokens`.
+            warning) or are refused (``"error"``); see [`tl_multilingual.tokens`][tl_multilingual.tokens].
     """
     lm = adapt(model)
     if position not in ("last", "any"):

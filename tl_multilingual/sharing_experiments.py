@@ -5,7 +5,7 @@ An item is answered correctly in a language when, with answer options, its gold
 option has the highest log-likelihood given the prompt; without options, when the
 most likely next token is the first token of the gold answer. ``logprob`` is the
 log-likelihood of the gold answer (option) given the prompt. Answers and options are
-scored in context by :func:`tl_multilingual.evaluate.option_logprobs`, the
+scored in context by [`tl_multilingual.evaluate.option_logprobs()`][tl_multilingual.evaluate.option_logprobs], the
 library's one implementation, under its length policy (``max_length``, ``overflow``).
 """
 

@@ -1,7 +1,7 @@
-"""Causal evidence per stage: :func:`stage_effects`.
+"""Causal evidence per stage: [`stage_effects()`][tl_multilingual.stage_deactivation.stage_effects].
 
-For every stage of a :class:`StageMap` and every language, the language's neurons
-(a class variant, as in :func:`tl_multilingual.ablation_matrix`) are deactivated
+For every stage of a [`StageMap`][tl_multilingual.stages.StageMap] and every language, the language's neurons
+(a class variant, as in [`tl_multilingual.ablation_matrix()`][tl_multilingual.experiments.ablation_matrix]) are deactivated
 *inside that stage's layers only*, and the model is read two ways:
 
 - perplexity of held-out texts: the relative change of the language's own
@@ -11,8 +11,8 @@ For every stage of a :class:`StageMap` and every language, the language's neuron
   at the output).
 
 Random neuron sets with the same number of neurons per layer (drawn outside the
-mask, :meth:`NeuronMask.controls`) are deactivated the same way. Intervals are paired
-percentile bootstraps over texts or prompts (:mod:`tl_multilingual.resample`): the
+mask, [`NeuronMask.controls()`][tl_multilingual.masks.NeuronMask.controls]) are deactivated the same way. Intervals are paired
+percentile bootstraps over texts or prompts ([`tl_multilingual.resample`][tl_multilingual.resample]): the
 same draw of units for the deactivated, control and unmodified runs.
 
 A stage *carries* a language's effect when the own-language change exceeds both the
@@ -55,7 +55,7 @@ _KIND = "tl_multilingual.StageEffects"
 
 @dataclass
 class StageEffects:
-    """Outcome of :func:`stage_effects`.
+    """Outcome of [`stage_effects()`][tl_multilingual.stage_deactivation.stage_effects].
 
     Attributes:
         frame: one row per (stage, language): ``layers`` (first-last), ``n_neurons``
@@ -85,7 +85,7 @@ class StageEffects:
         return self.frame.copy()
 
     def matrix(self, value: str = "over_control") -> pd.DataFrame:
-        """Stages (rows, in order) by languages (columns) of one column of :attr:`frame`."""
+        """Stages (rows, in order) by languages (columns) of one column of `frame`."""
         if value not in self.frame.columns:
             raise TLMultilingualError(f"no column {value!r}; have {list(self.frame.columns)}")
         table = self.frame.pivot(index="stage", columns="language", values=value)
@@ -98,7 +98,7 @@ class StageEffects:
         return [s for s in STAGES if s in set(carried["stage"])]
 
     def few_units(self) -> bool:
-        """Whether some interval rests on fewer than :data:`resample.MIN_UNITS` texts."""
+        """Whether some interval rests on fewer than [`resample.MIN_UNITS`][tl_multilingual.resample.MIN_UNITS] texts."""
         return bool(self.frame["n_texts"].min() < resample.MIN_UNITS)
 
     def finding(self) -> str:
@@ -145,7 +145,7 @@ class StageEffects:
 
     @classmethod
     def load(cls, path: str | Path) -> StageEffects:
-        """Load a result saved with :meth:`save`.
+        """Load a result saved with [`save()`][tl_multilingual.stage_deactivation.StageEffects.save].
 
         Raises:
             TLMultilingualError: if the folder holds no saved stage effects.
@@ -195,12 +195,12 @@ def stage_effects(
     """Which stages carry the language-specific effect of a language's neurons.
 
     Args:
-        model: a model or :class:`ModelAdapter`.
+        model: a model or `ModelAdapter`.
         neurons: identified neurons.
-        stage_map: the stages (from :func:`tl_multilingual.map_stages`, or
-            :meth:`StageMap.from_boundaries`).
+        stage_map: the stages (from [`tl_multilingual.map_stages()`][tl_multilingual.stages.map_stages], or
+            [`StageMap.from_boundaries()`][tl_multilingual.stages.StageMap.from_boundaries]).
         eval_texts: held-out texts per language (perplexity).
-        lens_prompts: prompts ending before an answer (:mod:`tl_multilingual.prompts`);
+        lens_prompts: prompts ending before an answer ([`tl_multilingual.prompts`][tl_multilingual.prompts]);
             a prompt's first answer language is its target. None: no lens readout.
         variant: the neuron classes deactivated, e.g. ``"specific"`` or
             ``"specific+related"``.
@@ -215,7 +215,7 @@ def stage_effects(
         progress: show a progress bar.
 
     Returns:
-        :class:`StageEffects` (``to_frame()``, ``matrix()``, ``finding()``).
+        [`StageEffects`][tl_multilingual.stage_deactivation.StageEffects] (``to_frame()``, ``matrix()``, ``finding()``).
 
     Raises:
         TLMultilingualError: when the stage map does not fit the model or a stage or

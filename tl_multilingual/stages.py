@@ -5,12 +5,12 @@ the first layers), ``shared_reasoning`` (general neurons dominate, language neur
 nearly absent), ``output_transformation`` (language neurons peak again) and
 ``vocabulary_output`` (the last layer(s), general neurons at their maximum).
 
-:func:`map_stages` segments the layers into four contiguous stages from either or
+[`map_stages()`][tl_multilingual.stages.map_stages] segments the layers into four contiguous stages from either or
 both of two signals, each feature standardised across layers:
 
-- neuron classes (:class:`LanguageNeurons`): per layer ``log(1 + language neurons)``
+- neuron classes ([`LanguageNeurons`][tl_multilingual.neurons.LanguageNeurons]): per layer ``log(1 + language neurons)``
   (specific or related) and the fraction of general neurons;
-- the logit lens (:class:`LensResult`, Wendler et al., 2024): per layer the mean
+- the logit lens (`LensResult`, Wendler et al., 2024): per layer the mean
   probability of the target-language answer, of the English answer, and the entropy.
 
 Each signal is fitted alone and both together. The fit: the boundaries
@@ -22,13 +22,13 @@ vocabulary output has the most probable target answer (lens signal). With
 ``signatures=True`` (the default) the map is the best fit that meets them, found
 exactly; either way, every signature is checked on the best unconstrained fit, and
 a signature the data break is named, with where it breaks, in
-:attr:`StageMap.warnings`.
+`StageMap.warnings`.
 
-Fit quality, per map (:class:`FitQuality`): the share of the features' variation
+Fit quality, per map ([`FitQuality`][tl_multilingual.stages.FitQuality]): the share of the features' variation
 across layers the four stages explain, a p-value against the best four-stage fit
 to layer-shuffled features, and whether four stages beat three (Wendler et al.'s
 three phases) and two. Stability: refits on bootstrap replicates (lens prompts
-resampled, activation counts redrawn with :meth:`ActivationStats.redraw` and the
+resampled, activation counts redrawn with [`ActivationStats.redraw()`][tl_multilingual.stats.ActivationStats.redraw] and the
 neurons re-identified with the same recipe); ``stability[b]`` is the share of refits
 putting boundary ``b`` at the same layer. Stability says how reproducible a boundary
 is, not whether the data support it: a boundary a constraint forces is perfectly
@@ -36,8 +36,8 @@ stable.
 
 Experiments take a stage map explicitly: restrict them with
 ``layers=stage_map.layers("shared_reasoning")`` (or a mask with
-``stage_map.mask("shared_reasoning")``). :func:`stage_effects` (module
-:mod:`tl_multilingual.stage_deactivation`) gives the causal evidence per stage.
+``stage_map.mask("shared_reasoning")``). `stage_effects()` (module
+[`tl_multilingual.stage_deactivation`][tl_multilingual.stage_deactivation]) gives the causal evidence per stage.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ _LABELS = {"neurons": "Neuron-class map", "lens": "Logit-lens map", "neurons+len
 
 class StageWarning(TLMultilingualWarning):
     """A caution about a stage map: a failed signature, a fit no better than chance,
-    signals that disagree (also kept in :attr:`StageMap.warnings`)."""
+    signals that disagree (also kept in `StageMap.warnings`)."""
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ class SignatureCheck:
     """One of paper A's signatures, checked on a map.
 
     Attributes:
-        name: the signature's key (see :data:`SIGNATURES`).
+        name: the signature's key (see [`SIGNATURES`][tl_multilingual.stages.SIGNATURES]).
         text: the signature in words.
         holds: whether it holds in the best unconstrained fit (the data's own).
         met: whether the map's boundaries meet it.
@@ -263,17 +263,17 @@ class StageMap:
             ``boundary_share`` (share of refits in which some stage starts there).
         stability: per boundary, the share of bootstrap refits that put it at exactly
             the same layer (empty without refits): how reproducible the boundary is,
-            not whether the data support it (see :attr:`quality`).
+            not whether the data support it (see [`quality`][tl_multilingual.stages.StageMap.quality]).
         intervals: per boundary, the 5th-95th percentile of its layer over refits.
         constrained: whether the boundaries meet paper A's signatures.
         signals: which signals were used (``"neurons"``, ``"lens"``).
-        d_mlp: neurons per layer (for :meth:`mask`).
-        by_signal: each signal's own map (:class:`SignalMap`), and ``"neurons+lens"``
+        d_mlp: neurons per layer (for [`mask()`][tl_multilingual.stages.StageMap.mask]).
+        by_signal: each signal's own map ([`SignalMap`][tl_multilingual.stages.SignalMap]), and ``"neurons+lens"``
             for the combined one when both were given.
         agreement: per boundary, where the neuron and lens maps put it and how far
             apart (None unless both signals were given).
         warnings: every caution, as plain sentences (empty when all is well); each was
-            also raised as a :class:`StageWarning` when the map was made.
+            also raised as a [`StageWarning`][tl_multilingual.stages.StageWarning] when the map was made.
     """
 
     n_layers: int
@@ -305,18 +305,18 @@ class StageMap:
 
     @property
     def fit(self) -> SignalMap | None:
-        """The map behind :attr:`boundaries` (the combined one when both signals were given)."""
+        """The map behind `boundaries` (the combined one when both signals were given)."""
         return self.by_signal.get("+".join(self.signals)) if self.signals else None
 
     @property
     def quality(self) -> FitQuality | None:
-        """Fit quality of :attr:`fit` (None for a map given by hand)."""
+        """Fit quality of [`fit`][tl_multilingual.stages.StageMap.fit] (None for a map given by hand)."""
         fit = self.fit
         return fit.quality if fit is not None else None
 
     @property
     def confidence(self) -> dict[str, float]:
-        """Deprecated name of :attr:`stability`."""
+        """Deprecated name of [`stability`][tl_multilingual.sharing_classes.Sharing.stability]."""
         warn("StageMap.confidence is now StageMap.stability (it measures stability under resampling, not "
              "support in the data)", DeprecationWarning)
         return self.stability
@@ -406,7 +406,7 @@ class StageMap:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StageMap:
-        """From :meth:`to_dict`'s plain data, checking every field.
+        """From [`to_dict()`][tl_multilingual.stages.StageMap.to_dict]'s plain data, checking every field.
 
         Raises:
             TLMultilingualError: a field is missing or invalid.
@@ -428,7 +428,7 @@ class StageMap:
 
     @classmethod
     def load(cls, path: str | Path) -> StageMap:
-        """Load a map saved with :meth:`save` (its warnings are kept, not raised again).
+        """Load a map saved with [`save()`][tl_multilingual.stages.StageMap.save] (its warnings are kept, not raised again).
 
         Raises:
             TLMultilingualError: if ``path`` holds no saved stage map.
@@ -647,7 +647,7 @@ def _constrained(cost: np.ndarray, sums: np.ndarray, constraints: Sequence[tuple
 
 def _exhaustive(features: np.ndarray, constraints: Sequence[tuple[int, str]] = ()) -> tuple[tuple[int, int, int], bool]:
     """Reference: every ``(b1, b2, b3)`` tried, ``O(L^3)``. Kept for the tests and the
-    benchmark; :func:`segment` returns the same boundaries."""
+    benchmark; [`segment()`][tl_multilingual.stages.segment] returns the same boundaries."""
     x = np.asarray(features, dtype=float)
     n = len(x)
     sums = np.vstack([np.zeros(x.shape[1]), np.cumsum(x, 0)])
@@ -970,14 +970,14 @@ def map_stages(
     """Map the layers onto the four stages (see the module docstring).
 
     Each signal given is fitted alone and, when both are given, together; the
-    combined fit gives :attr:`StageMap.boundaries`. Every caution (a signature the
+    combined fit gives `StageMap.boundaries`. Every caution (a signature the
     data break, a fit no better than chance, four stages no better than three, maps
     that disagree by more than ``tolerance`` layers) is a sentence in
-    :attr:`StageMap.warnings` and is raised as a :class:`StageWarning`.
+    `StageMap.warnings` and is raised as a [`StageWarning`][tl_multilingual.stages.StageWarning].
 
     Args:
         neurons: identified neurons (the class-profile signal).
-        lens: a :class:`LensResult` (the logit-lens signal).
+        lens: a `LensResult` (the logit-lens signal).
         stats: the statistics ``neurons`` came from, for the stability refits of the
             neuron signal (redrawn counts, neurons re-identified with the same recipe).
         target: the lens language to follow (default: each prompt's target).
@@ -991,7 +991,7 @@ def map_stages(
         seed: seed of the refits and null draws.
 
     Returns:
-        :class:`StageMap`.
+        [`StageMap`][tl_multilingual.stages.StageMap].
 
     Raises:
         TLMultilingualError: without any signal, with fewer than four layers, or with

@@ -1,4 +1,4 @@
-"""Per-language activation statistics of every MLP neuron: :class:`ActivationStats`.
+"""Per-language activation statistics of every MLP neuron: [`ActivationStats`][tl_multilingual.stats.ActivationStats].
 
 For layer ``l``, neuron ``j`` and language ``k`` the statistics are sufficient for
 everything the identification methods need:
@@ -42,15 +42,15 @@ _SETTINGS = ("languages", "shape", "token_policy", "threshold", "include_bos")
 class ActivationStats:
     """Activation statistics per layer, neuron and language.
 
-    Build with :func:`tl_multilingual.collect_stats`, :meth:`from_counts`,
-    :meth:`from_reference_files` or :meth:`load`. Statistics of the same model,
+    Build with [`tl_multilingual.collect_stats()`][tl_multilingual.collect.collect_stats], [`from_counts()`][tl_multilingual.stats.ActivationStats.from_counts],
+    [`from_reference_files()`][tl_multilingual.stats.ActivationStats.from_reference_files] or [`load()`][tl_multilingual.stats.ActivationStats.load]. Statistics of the same model,
     languages and token policy add up with ``a + b``.
 
     Statistics that cannot be true are refused wherever they are built or loaded (see
-    :func:`validate_stats`): counts that are negative or exceed the token count,
+    `validate_stats()`): counts that are negative or exceed the token count,
     non-finite sums, shapes that disagree. ``allow_counts_above_tokens=True`` accepts
     active counts above the token count, a known quirk of the reference
-    implementations' response-only files (:meth:`from_reference_files` sets it).
+    implementations' response-only files ([`from_reference_files()`][tl_multilingual.stats.ActivationStats.from_reference_files] sets it).
 
     Raises:
         StatsError: the statistics are impossible or malformed.
@@ -138,7 +138,7 @@ class ActivationStats:
         ``active = clamp(full - prefix, min=0)`` over ``tokens = full - prefix``.
         A few clamped entries and probabilities slightly above 1 are a known quirk of
         those files (tokenisation boundaries); ``clip_to_tokens`` caps counts at the
-        token count instead. Both are recorded in :attr:`notes`.
+        token count instead. Both are recorded in `notes`.
         """
         langs = list(full)
         if not langs:
@@ -212,7 +212,7 @@ class ActivationStats:
         return dict(zip(self.languages, self.tokens.tolist()))
 
     def language_index(self, language: str) -> int:
-        """Position of ``language`` in :attr:`languages` (codes are normalised)."""
+        """Position of ``language`` in `languages` (codes are normalised)."""
         lang = language if language in self.languages else normalize_language(language, allow_unknown=True)
         if lang not in self.languages:
             raise StatsError(f"no statistics for language {language!r}; have {self.languages}")
@@ -286,10 +286,10 @@ class ActivationStats:
     # -- merging --------------------------------------------------------------------
 
     def check_compatible(self, other: ActivationStats, *, same_model: bool = True) -> None:
-        """Raise :class:`StatsError` unless ``other`` has the same languages (in the same
+        """Raise [`StatsError`][tl_multilingual.errors.StatsError] unless ``other`` has the same languages (in the same
         order), shape and counting settings, and comes from the same model (with
         ``same_model=False``: the same architecture and shape, e.g. a base model and its
-        fine-tuned version). The one rule is :func:`tl_multilingual.provenance.check_compatible`."""
+        fine-tuned version). The one rule is `tl_multilingual.provenance.check_compatible()`."""
         if not isinstance(other, ActivationStats):
             raise StatsError(f"cannot combine ActivationStats with {type(other).__name__}")
         fields = (*_SETTINGS, "architecture", *(("name",) if same_model else ()))
@@ -324,11 +324,11 @@ class ActivationStats:
                 and BOS setting.
 
         Returns:
-            The summed :class:`ActivationStats`; its ``corpus`` record lists the shards'.
+            The summed [`ActivationStats`][tl_multilingual.stats.ActivationStats]; its ``corpus`` record lists the shards'.
 
         Raises:
             StatsError: when no shards are given or two of them are not compatible
-                (:meth:`check_compatible`).
+                ([`check_compatible()`][tl_multilingual.stats.ActivationStats.check_compatible]).
 
         Warns when two shards were collected from the same corpus fingerprint: their
         texts would be counted twice.
@@ -417,13 +417,13 @@ class ActivationStats:
 
     @classmethod
     def load(cls, path: str | Path) -> ActivationStats:
-        """Load statistics saved with :meth:`save`, checking the checksums, every
+        """Load statistics saved with [`save()`][tl_multilingual.stats.ActivationStats.save], checking the checksums, every
         manifest field and their agreement with the tensors.
 
         Raises:
             SaveError: the folder is missing, damaged or edited, or a manifest field is
                 invalid or disagrees with the tensors.
-            StatsError: the statistics themselves are impossible (see :func:`validate_stats`).
+            StatsError: the statistics themselves are impossible (see `validate_stats()`).
         """
         tensors, manifest = read_result(path, kind=KIND)
         where = Path(path) / "manifest.json"
@@ -491,8 +491,8 @@ def _per_language(bad: Tensor, languages: Sequence[str]) -> str:
 
 def validate_stats(stats: ActivationStats) -> None:
     """Check that statistics can be true: the one rule, run wherever
-    :class:`ActivationStats` are built (constructor, :meth:`~ActivationStats.from_counts`,
-    reference imports, ``a + b``, :meth:`~ActivationStats.select`) or loaded.
+    [`ActivationStats`][tl_multilingual.stats.ActivationStats] are built (constructor, [`from_counts()`][tl_multilingual.stats.ActivationStats.from_counts],
+    reference imports, ``a + b``, [`select()`][tl_multilingual.stats.ActivationStats.select]) or loaded.
 
     Checked: distinct language codes; ``token_counts`` one integer per language and
     ``active_counts`` integers ``[n_layers, d_mlp, n_languages]``, both non-negative,

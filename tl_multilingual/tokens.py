@@ -4,7 +4,7 @@ which positions count.
 **Answers in context.** A response, an answer option or a gold answer is tokenised
 together with its prompt: the ids of the one string ``prompt + answer``, of which the
 answer's tokens are those after the prompt's own ids (the standard log-likelihood
-recipe, :func:`in_context`). Tokenised alone, an answer can get tokens the model never
+recipe, `in_context()`). Tokenised alone, an answer can get tokens the model never
 reads after its prompt: a SentencePiece tokenizer that adds a prefix space (Llama 2,
 Mistral v0.1) makes ``" True"`` into ``"▁", "▁True"``, where the model reads
 ``"▁True"`` after ``"Answer:"``. A prompt's trailing whitespace that the answer's first
@@ -16,13 +16,13 @@ gold token is the one the model has to predict after the prompt as it is fed.
 (default: the model's context, ``n_ctx``) and ``overflow``:
 
 - ``"truncate"`` (default): longer token sequences are cut to ``max_length``, with a
-  :class:`~tl_multilingual.errors.TruncationWarning` naming the limit. Calls that read
+  [`TruncationWarning`][tl_multilingual.errors.TruncationWarning] naming the limit. Calls that read
   every token (statistics, perplexity) keep the beginning; calls that read the last
   position, score answers or generate keep the end (the oldest prompt tokens go, BOS
   stays first, an answer being scored is never cut);
 - ``"split"`` (statistics and perplexity only): pieces of ``max_length`` tokens, each
   starting with BOS;
-- ``"error"``: a :class:`~tl_multilingual.errors.ContextLengthError` naming the limit.
+- ``"error"``: a [`ContextLengthError`][tl_multilingual.errors.ContextLengthError] naming the limit.
 
 **Token policies.** A token policy decides which positions of a text are counted in
 statistics:
@@ -186,7 +186,7 @@ def fit(
     Returns the sequences and how many tokens each lost (positions shift by as much).
     ``keep[i]``: the first position of sequence ``i`` that must survive (e.g. the one
     that predicts an answer's first token). With ``report``, the policy's warning or
-    error is given here; otherwise the caller reports (see :func:`report_overflow`).
+    error is given here; otherwise the caller reports (see `report_overflow()`).
     """
     check_overflow(overflow, split=False)
     limit = context_limit(adapter, max_length)
@@ -222,8 +222,8 @@ def report_overflow(
     action: str,
     what: str = "text",
 ) -> None:
-    """The policy's one voice: a :class:`TruncationWarning`, or with ``overflow="error"``
-    a :class:`ContextLengthError`, for the ``(index, n_tokens)`` sequences in ``long``."""
+    """The policy's one voice: a [`TruncationWarning`][tl_multilingual.errors.TruncationWarning], or with ``overflow="error"``
+    a [`ContextLengthError`][tl_multilingual.errors.ContextLengthError], for the ``(index, n_tokens)`` sequences in ``long``."""
     if not long:
         return
     limit = context_limit(adapter, max_length)
@@ -314,7 +314,7 @@ def encode(
 @contextmanager
 def of_language(language: str) -> Iterator[None]:
     """Name ``language`` in the error of a text that cannot be tokenised inside the block
-    (:meth:`ModelAdapter.tokenize` names the text's index)."""
+    ([`ModelAdapter.tokenize()`][tl_multilingual.adapters.ModelAdapter.tokenize] names the text's index)."""
     try:
         yield
     except CorpusError as err:
@@ -335,7 +335,7 @@ def require_tokens(language: str, count: int, what: str = "countable tokens") ->
 
 
 def encode_language(adapter: ModelAdapter, language: str, texts: Sequence[Text], **options) -> list[Encoded]:
-    """:func:`encode` the texts of one language: tokenizer failures name the language and
+    """`encode()` the texts of one language: tokenizer failures name the language and
     the text, and a language with no counted token is refused.
 
     Raises:

@@ -2,14 +2,14 @@
 
 Bundled (written for this project, MIT-licensed like the code):
 
-- :func:`parallel`: 170 sentences in 10 languages (en, de, fr, es, ru, zh, ja, ar, hi,
-  th), half everyday, half reasoning-style; as a :class:`Corpus` or, with
-  :func:`parallel_items`, as :class:`ParallelItems`;
-- :func:`words`: 117 concrete nouns in the same languages, with English cloze
+- [`parallel()`][tl_multilingual.data.parallel]: 170 sentences in 10 languages (en, de, fr, es, ru, zh, ja, ar, hi,
+  th), half everyday, half reasoning-style; as a [`Corpus`][tl_multilingual.corpus.Corpus] or, with
+  [`parallel_items()`][tl_multilingual.data.parallel_items], as [`ParallelItems`][tl_multilingual.items.ParallelItems];
+- [`words()`][tl_multilingual.data.words]: 117 concrete nouns in the same languages, with English cloze
   sentences, for the logit-lens prompts.
 
 Standard sets, from local files or Hugging Face datasets, with language codes mapped:
-:func:`flores` (FLORES+ / FLORES-200), :func:`mgsm`, :func:`xnli`.
+[`flores()`][tl_multilingual.data.flores] (FLORES+ / FLORES-200), [`mgsm()`][tl_multilingual.data.mgsm], [`xnli()`][tl_multilingual.data.xnli].
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def parallel(languages: Sequence[str] | None = None, *, register: Register | Non
 
 
 def parallel_items(languages: Sequence[str] | None = None, *, register: Register | None = None) -> ParallelItems:
-    """The bundled parallel sentences as :class:`ParallelItems` (for sharing classes)."""
+    """The bundled parallel sentences as [`ParallelItems`][tl_multilingual.items.ParallelItems] (for sharing classes)."""
     langs = _languages(languages)
     items = [ParallelItem(r["id"], {lang: r[lang] for lang in langs}) for r in parallel_records(register)]
     return ParallelItems(items, languages=langs)
@@ -125,7 +125,7 @@ def flores(
     ``prs_Arab.devtest``, never Iranian Persian's. A macrolanguage reads the individual
     language FLORES uses for it when the folder has no file of its own (``zh`` reads
     ``zho_Hans`` or ``cmn_Hans``, ``ar`` reads ``arb_Arab``). Corpus keys are the
-    requested languages, normalised (see :func:`tl_multilingual.normalize_language`).
+    requested languages, normalised (see [`tl_multilingual.normalize_language()`][tl_multilingual.languages.normalize_language]).
 
     Args:
         source: a folder of ``<code>.<split>`` text files (FLORES-200 layout, e.g.
