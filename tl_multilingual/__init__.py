@@ -1,6 +1,6 @@
 """tl_multilingual: language neurons of TransformerLens models.
 
-Find the language neurons of a model (LAPE; paper A's ternary classes), collect the
+Find the language neurons of a model (LAPE; Zhang et al.'s (AAAI-26) ternary classes), collect the
 statistics they rest on in one streaming pass, and save everything with a manifest.
 
 >>> import tl_multilingual as tlm

@@ -6,7 +6,7 @@ module needs to know: layer count, the true MLP width, which hook reads neuron
 activations and which hook interventions write, how texts become padded batches,
 and how to run a forward pass that stops before the unembedding.
 
-Neurons (DESIGN "Vocabulary"): for a gated MLP the neuron is ``act_fn(x W_gate)_j``,
+Neurons: for a gated MLP the neuron is ``act_fn(x W_gate)_j``,
 read at ``blocks.{l}.mlp.hook_pre`` and passed through the model's own activation
 function; for a plain MLP it is ``act_fn(x W_in + b)_j``, read directly at
 ``blocks.{l}.mlp.hook_post``. Interventions write at ``blocks.{l}.mlp.hook_post``,

@@ -1,10 +1,10 @@
-"""Neuron attribution (paper B): which neurons drive the answer, and their classes.
+"""Neuron attribution (Wang et al., 2024): which neurons drive the answer, and their classes.
 
 With ``m`` a neuron's write-hook value at the last prompt position (``hook_post``:
 ``act_fn(gate) * up`` for gated MLPs), ``W_out[l][j]`` its output row and ``u_t`` the
 unembedding column of the gold answer's first token:
 
-- ``"contribution"``: ``|m| * ||W_out[l][j]||`` (paper B's contribution score);
+- ``"contribution"``: ``|m| * ||W_out[l][j]||`` (Wang et al.'s (2024) contribution score);
 - ``"effective"``: ``m * (W_out[l][j] . u_t)``, the neuron's direct logit attribution.
   With ``through_norm=True`` the final norm's linear part is applied as
   TransformerLens's direct logit attribution does: the row is centred for LayerNorm

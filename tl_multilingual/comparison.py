@@ -1,7 +1,7 @@
-"""How language neurons change between two checkpoints of one model (paper A, Sec. 5).
+"""How language neurons change between two checkpoints of one model (Zhang et al. (AAAI-26), Sec. 5).
 
 [`compare()`][tl_multilingual.comparison.compare] takes the statistics (or the identified neurons) of a base and an
-aligned model and reports what moved: class counts per layer (paper A Fig. 4),
+aligned model and reports what moved: class counts per layer (Zhang et al. (AAAI-26) Fig. 4),
 neurons shared by ``N`` languages (Fig. 5), specific and related neurons of the
 trained versus the other languages (Table 2), the overlap of the identified neurons
 (Table 4) and the transitions of every neuron between classes. Each neuron has one
@@ -95,7 +95,7 @@ class Comparison:
         return self.before.languages
 
     def class_changes(self, stages: Any = None) -> pd.DataFrame:
-        """Per layer and class: neurons ``before``, ``after`` and the ``change`` (paper A
+        """Per layer and class: neurons ``before``, ``after`` and the ``change`` (Zhang et al. (AAAI-26)
         Fig. 4); with a `StageMap`, also each layer's ``stage``."""
         before, after = neuron_class(self.before), neuron_class(self.after)
         rows = []
@@ -110,7 +110,7 @@ class Comparison:
 
     def shared_by_n(self) -> pd.DataFrame:
         """Neurons shared by ``n`` languages (1 = specific, K = general), before and after
-        (paper A Fig. 5)."""
+        (Zhang et al. (AAAI-26) Fig. 5)."""
         k_langs = len(self.languages)
         rows = []
         for n in range(1, k_langs + 1):
@@ -124,7 +124,7 @@ class Comparison:
 
     def per_language(self) -> pd.DataFrame:
         """Specific and related neurons of each language before and after, marking the
-        trained languages (paper A Table 2)."""
+        trained languages (Zhang et al. (AAAI-26) Table 2)."""
         b, a = self.before.summary().set_index("language"), self.after.summary().set_index("language")
         rows = []
         for lang in self.languages:
@@ -151,7 +151,7 @@ class Comparison:
 
     def overlap(self) -> pd.DataFrame:
         """How many identified neurons are the same before and after, per class and
-        language (``None``: all languages; paper A Table 4): ``shared`` (in both),
+        language (``None``: all languages; Zhang et al. (AAAI-26) Table 4): ``shared`` (in both),
         ``kept`` (shared / before) and ``jaccard`` (shared / in either)."""
         before, after = self._masks(self.before), self._masks(self.after)
         rows = []

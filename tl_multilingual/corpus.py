@@ -1,7 +1,7 @@
 """Texts per language: what the model reads to collect statistics.
 
 A [`Corpus`][tl_multilingual.corpus.Corpus] maps canonical language tags (see [`languages`][tl_multilingual.languages]) to texts. A
-text is either plain, or a prompt with a ``response`` (paper A counts only the
+text is either plain, or a prompt with a ``response`` (Zhang et al. (AAAI-26) counts only the
 response tokens; see [`tokens`][tl_multilingual.tokens]). Parallel corpora (the same items in every
 language) are ordinary corpora whose languages have equally many texts.
 """

@@ -1,11 +1,11 @@
-"""Deactivation experiments of paper A (Fig. 2) and LAPE, one call each.
+"""Deactivation experiments of Zhang et al. (AAAI-26) (Fig. 2) and LAPE, one call each.
 
 [`ablation_matrix()`][tl_multilingual.experiments.ablation_matrix] deactivates, for every language, a class of its neurons and
 measures every evaluated language, against the unmodified model and against random
 neuron sets of the same size per layer (the control). Effects come with paired
 bootstrap intervals over texts (or items).
 
-Variants name neuron classes joined with ``+``: paper A's ``"specific"``,
+Variants name neuron classes joined with ``+``: Zhang et al.'s (AAAI-26) ``"specific"``,
 ``"specific+related"`` and ``"specific+related+general"``; LAPE's ``"language"``
 (all of a language's selected neurons); any of ``specific``, ``related``,
 ``general``, ``language``.
@@ -274,7 +274,7 @@ def ablation_matrix(
     max_length: int | None = None,
     overflow: Overflow = "truncate",
 ) -> AblationResult:
-    """Deactivate each language's neurons and evaluate every language (paper A Fig. 2).
+    """Deactivate each language's neurons and evaluate every language (Zhang et al. (AAAI-26) Fig. 2).
 
     Args:
         model: a model or [`ModelAdapter`][tl_multilingual.adapters.ModelAdapter].
@@ -282,7 +282,7 @@ def ablation_matrix(
         data: a [`Corpus`][tl_multilingual.corpus.Corpus] (metric: perplexity) or multiple-choice items per
             language (metric: accuracy; see [`tl_multilingual.choice_accuracy()`][tl_multilingual.evaluate.choice_accuracy]).
         classes: variants to deactivate, e.g. ``["specific", "specific+related",
-            "specific+related+general"]`` for paper A, ``["language"]`` for LAPE.
+            "specific+related+general"]`` for Zhang et al. (AAAI-26), ``["language"]`` for LAPE.
         languages: languages whose neurons are deactivated (default: all of ``neurons``).
         layers: restrict every mask (and its controls) to these layers, e.g. a stage's
             ``stage_map.layers("understanding")`` (see [`tl_multilingual.map_stages()`][tl_multilingual.stages.map_stages]).

@@ -4,7 +4,7 @@ Pure, vectorised tensor functions on ``P = [n_layers, d_mlp, K]`` activation
 probabilities, and [`identify()`][tl_multilingual.identification.identify], which runs them on [`ActivationStats`][tl_multilingual.stats.ActivationStats].
 
 - **LAPE** (Tang et al., ACL 2024): language activation probability entropy.
-- **Ternary** (Zhang et al., AAAI-26, paper A): entropy minus ``lambda`` times the
+- **Ternary** (Zhang et al., AAAI-26, Zhang et al. (AAAI-26)): entropy minus ``lambda`` times the
   largest probability, with ``lambda`` found by a binary search; classes
   language-specific, language-related and general.
 
@@ -83,13 +83,13 @@ def lape_entropy(probs: Float[Tensor, "layer neuron lang"]) -> Float[Tensor, "la
 
 
 def ternary_entropy(probs: Float[Tensor, "layer neuron lang"]) -> Float[Tensor, "layer neuron"]:
-    """Paper A: the entropy of ``P'`` over ``log K`` (an all-zero neuron is uniform: 1)."""
+    """Zhang et al. (AAAI-26): the entropy of ``P'`` over ``log K`` (an all-zero neuron is uniform: 1)."""
     k_langs = probs.shape[-1]
     return _entropy(probs, if_zero=math.log(k_langs)) / math.log(k_langs)
 
 
 def norm_max(n_languages: int) -> float:
-    """Paper A's normaliser of the max-probability term: ``(sum_{i=1..K} 1/i) / K``."""
+    """Zhang et al.'s (AAAI-26) normaliser of the max-probability term: ``(sum_{i=1..K} 1/i) / K``."""
     return sum(1.0 / i for i in range(1, n_languages + 1)) / n_languages
 
 
@@ -133,7 +133,7 @@ def ternary(
     bar_ratio: float = 0.95,
     filter_rate: float | None = None,
 ) -> Selection:
-    """Paper A for one ``lam``: the lowest ``ent - lam * max_k P / norm_max``."""
+    """Zhang et al. (AAAI-26) for one ``lam``: the lowest ``ent - lam * max_k P / norm_max``."""
     return _TernaryScorer(probs, top_rate, bar_ratio, filter_rate).select(lam)
 
 
@@ -214,7 +214,7 @@ def sweep_lambda(
     tol: float = 1e-3,
     max_steps: int = 64,
 ) -> float:
-    """Paper A's automatic lambda: binary search on ``[low, high]`` for the largest
+    """Zhang et al.'s (AAAI-26) automatic lambda: binary search on ``[low, high]`` for the largest
     lambda at which no selected neuron is above the bar in all K languages.
 
     Warns (`TLMultilingualWarning`) when the search ends at ``low`` or
@@ -300,11 +300,11 @@ def identify(
 
     Args:
         stats: activation statistics of at least two languages.
-        method: ``"ternary"`` (paper A) or ``"lape"`` (Tang et al.); the names of
+        method: ``"ternary"`` (Zhang et al., AAAI-26) or ``"lape"`` (Tang et al.); the names of
             [`METHODS`][tl_multilingual.identification.METHODS].
         top_rate: fraction of all neurons selected (both methods select
             ``round(top_rate * n_layers * d_mlp)``).
-        lam: paper A's lambda, or ``"auto"`` for its binary search on ``lam_range``
+        lam: Zhang et al.'s (AAAI-26) lambda, or ``"auto"`` for its binary search on ``lam_range``
             with tolerance ``tol``. Ignored by LAPE (None there).
         bar_ratio: the activation bar is the ``bar_ratio`` quantile of all probabilities;
             a neuron belongs to the languages whose probability exceeds it.
@@ -317,7 +317,7 @@ def identify(
             ternary score (0: entropy alone; larger values favour neurons strongly
             active in some language); the search returns the largest lambda in the
             range at which no selected neuron is above the bar in every language.
-            Paper A searches ``(0, 0.2)``. When the search ends at a bound, the answer
+            Zhang et al. (AAAI-26) searches ``(0, 0.2)``. When the search ends at a bound, the answer
             may lie outside: a warning says so and names a wider range to pass.
         tol: the search's tolerance on lambda.
 

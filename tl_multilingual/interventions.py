@@ -316,7 +316,7 @@ def boost(
     model: Any, mask: NeuronMask, factor: float = 2.0, *, layers: Layers = None, positions: Positions = None,
     allow_mismatch: bool = False,
 ) -> Interventions:
-    """Scale the neurons of ``mask`` by ``factor`` (paper B's strengthening).
+    """Scale the neurons of ``mask`` by ``factor`` (Wang et al.'s (2024) strengthening).
     ``allow_mismatch`` as in [`ablate()`][tl_multilingual.interventions.ablate]."""
     lm = adapt(model)
     return intervene(lm, [Edit(_restricted(lm, mask, layers), "scale", float(factor), positions)],

@@ -1,7 +1,7 @@
 """Parallel items: one item (a question, a premise/hypothesis pair...) rendered in
 several languages, with optional gold answers and answer options per language.
 
-Paper B (Wang et al., "Sharing Matters") classifies neurons per parallel item, so
+Wang et al. (2024) (Wang et al., "Sharing Matters") classifies neurons per parallel item, so
 every item must exist in every language: a missing or empty translation is an error
 that names the items and languages, unless ``missing="drop"`` is asked for (then the
 dropped items are named in a warning).

@@ -23,8 +23,8 @@ KIND = "tl_multilingual.NeuronMask"
 def parse_variant(variant: str, allowed: Sequence[str] | None = None) -> tuple[str, ...]:
     """The class names of a variant: ``"specific+related"`` -> ``("specific", "related")``.
 
-    A variant names the union of several classes of neurons (paper A's
-    ``"specific+related+general"``, paper B's ``"all_shared+partial_shared"``).
+    A variant names the union of several classes of neurons (Zhang et al.'s (AAAI-26)
+    ``"specific+related+general"``, Wang et al.'s (2024) ``"all_shared+partial_shared"``).
 
     Args:
         variant: class names joined with ``+``; spaces around a name are ignored.

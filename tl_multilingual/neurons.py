@@ -1,6 +1,6 @@
 """Identified language neurons: [`LanguageNeurons`][tl_multilingual.neurons.LanguageNeurons].
 
-Paper A's ternary classes, from the selected neurons and the languages each is
+Zhang et al.'s (AAAI-26) ternary classes, from the selected neurons and the languages each is
 active in (probability above the activation bar ``tau``), with ``N`` the number of
 such languages and ``K`` the number of languages:
 
@@ -59,7 +59,7 @@ class LanguageNeurons:
     Attributes:
         languages: language tags, in the order of the statistics.
         method: ``"ternary"``, ``"lape"`` or ``"reference"`` (imported masks).
-        lam: paper A's lambda (None for LAPE).
+        lam: Zhang et al.'s (AAAI-26) lambda (None for LAPE).
         bar: the activation bar ``tau``.
         params: the identification parameters.
         recipe: every argument of [`tl_multilingual.identify()`][tl_multilingual.identification] that produced these

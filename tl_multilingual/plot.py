@@ -158,7 +158,7 @@ def _compact(relative: float) -> str:
 
 
 def ablation_heatmap(result: Any, variant: str | None = None, *, value: str = "relative_change", ax: Any = None) -> Any:
-    """Ablated (rows) x evaluated (columns) languages, paper A Fig. 2 style.
+    """Ablated (rows) x evaluated (columns) languages, Zhang et al. (AAAI-26) Fig. 2 style.
 
     For relative changes the colour is ``log(after / before)`` (for perplexity, the
     change in mean token NLL), so a doubling and a halving look alike; cells are
@@ -225,7 +225,7 @@ def lens_curves(summary: Any, *, stages: Any = None, ax: Any = None, n_boot: int
 
 
 def sharing_profile(sharing: Any, *, ax: Any = None) -> Any:
-    """Percentage of neurons in each sharing class per layer (paper B), stacked."""
+    """Percentage of neurons in each sharing class per layer (Wang et al., 2024), stacked."""
     from .sharing_classes import SHARING_CLASSES
 
     fig, ax = _axes(ax)
@@ -241,7 +241,7 @@ def sharing_profile(sharing: Any, *, ax: Any = None) -> Any:
 
 
 def class_changes(comparison: Any, *, stages: Any = None, ax: Any = None) -> Any:
-    """Change per layer and class between two models (paper A Fig. 4), from a
+    """Change per layer and class between two models (Zhang et al. (AAAI-26) Fig. 4), from a
     [`Comparison`][tl_multilingual.comparison.Comparison] or a frame with ``layer``, ``class`` and
     ``change`` columns."""
     frame = comparison if isinstance(comparison, pd.DataFrame) else comparison.class_changes()
@@ -261,7 +261,7 @@ def class_changes(comparison: Any, *, stages: Any = None, ax: Any = None) -> Any
 
 
 def shared_by_n(comparison: Any, *, ax: Any = None) -> Any:
-    """Neurons shared by N languages before and after (paper A Fig. 5)."""
+    """Neurons shared by N languages before and after (Zhang et al. (AAAI-26) Fig. 5)."""
     frame = comparison.shared_by_n()
     fig, ax = _axes(ax)
     x = frame["n_languages"].to_numpy()
@@ -277,7 +277,7 @@ def shared_by_n(comparison: Any, *, ax: Any = None) -> Any:
 
 def language_changes(comparison: Any, *, ax: Any = None) -> Any:
     """Change in specific and related neurons per language; trained languages marked
-    with an asterisk (paper A Table 2)."""
+    with an asterisk (Zhang et al. (AAAI-26) Table 2)."""
     frame = comparison.per_language().pivot(index="language", columns="class", values="change")
     frame = frame.loc[list(comparison.languages)]
     trained = set(comparison.trained_languages)

@@ -190,7 +190,7 @@ def _figures(results: dict[str, Any], folder: Path) -> dict[str, str]:
     if results.get("ternary") is not None:
         keep("neuron_classes", plot.neuron_classes(results["ternary"], stages=stages),
              "Language-specific and language-related neurons per layer (bars, left scale) and general neurons "
-             "(line, right scale) (paper A's ternary classes)"
+             "(line, right scale) (Zhang et al.'s (AAAI-26) ternary classes)"
              + ("; the four stages of the combined map shaded and numbered 1-4 (understanding, shared reasoning, "
                 "output transformation, vocabulary output)." if stages is not None else "."))
         keep("neurons_per_language", plot.language_counts(results["ternary"]),
@@ -199,7 +199,7 @@ def _figures(results: dict[str, Any], folder: Path) -> dict[str, str]:
     for variant in dict.fromkeys(deactivation.frame["variant"]) if deactivation is not None else ():
         keep(f"deactivation_{variant.replace('+', '_')}", plot.ablation_heatmap(deactivation, variant),
              f"Change in perplexity of each evaluated language when the '{variant}' neurons of one "
-             "language are deactivated (paper A Fig. 2); colour: log of the perplexity ratio.")
+             "language are deactivated (Zhang et al. (AAAI-26) Fig. 2); colour: log of the perplexity ratio.")
     if results.get("lens_summary") is not None:
         keep("lens", plot.lens_curves(results["lens_summary"], stages=stages),
              "Logit lens: probability of the answer in the target language and in English per layer "
@@ -212,7 +212,7 @@ def _figures(results: dict[str, Any], folder: Path) -> dict[str, str]:
              "languages (paired bootstrap intervals above zero).")
     if results.get("sharing") is not None:
         keep("sharing_profile", plot.sharing_profile(results["sharing"]),
-             "Neurons per sharing class and layer on held-out parallel sentences (paper B).")
+             "Neurons per sharing class and layer on held-out parallel sentences (Wang et al., 2024).")
     return figures
 
 

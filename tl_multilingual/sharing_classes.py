@@ -1,4 +1,4 @@
-"""Neuron sharing across languages per parallel item (paper B, Wang et al.).
+"""Neuron sharing across languages per parallel item (Wang et al. (2024), Wang et al.).
 
 For one item rendered in ``P`` languages, neuron ``(l, j)`` is active in language
 ``p`` when its value exceeds the threshold at the chosen position (the last prompt
@@ -246,7 +246,7 @@ class Sharing:
 
     def stability(self) -> pd.DataFrame:
         """Per layer and class: percentage of neurons that have that class on every item
-        (paper B's "same class on every example"), and ``any`` for all classes together."""
+        (Wang et al.'s (2024) "same class on every example"), and ``any`` for all classes together."""
         classes = self.classes()
         same = (classes == classes[:1]).all(0)  # [layer, neuron]
         rows = []
@@ -318,7 +318,7 @@ def sharing(
         model: a model or [`ModelAdapter`][tl_multilingual.adapters.ModelAdapter].
         items: [`ParallelItems`][tl_multilingual.items.ParallelItems]; their prompts are read in every language.
         position: ``"last"`` prompt token, or ``"any"`` token of the item.
-        threshold: activation threshold, or several (paper B studies 0 to 0.5): then a
+        threshold: activation threshold, or several (Wang et al. (2024) studies 0 to 0.5): then a
             dict ``{threshold: Sharing}`` from the same forward passes.
         max_length: longest prompt fed to the model (default: its context size).
         overflow: longer prompts lose their oldest tokens (``"truncate"``, with a

@@ -1,4 +1,4 @@
-"""Paper B's experiments on sharing classes: correct versus incorrect items, and
+"""Wang et al.'s (2024) experiments on sharing classes: correct versus incorrect items, and
 strengthening (or deactivating) a class of neurons per item.
 
 An item is answered correctly in a language when, with answer options, its gold

@@ -15,7 +15,7 @@ both of two signals, each feature standardised across layers:
 
 Each signal is fitted alone and both together. The fit: the boundaries
 ``0 < b1 < b2 < b3 < n_layers`` minimise the squared error of a piecewise-constant
-fit of the feature vectors, exactly, by dynamic programming. Paper A's stage
+fit of the feature vectors, exactly, by dynamic programming. Zhang et al.'s (AAAI-26) stage
 signatures are *checks*: shared reasoning has the fewest language neurons of the
 first three stages and vocabulary output the most general neurons (neuron signal);
 vocabulary output has the most probable target answer (lens signal). With
@@ -106,7 +106,7 @@ SIGNATURES = (
     _Signature("target_most_probable_in_vocabulary_output", "lens", "f_target", "max_last",
                "the target answer is most probable in vocabulary output"),
 )
-"""Paper A's stage signatures, checked on every map (and imposed with ``signatures=True``)."""
+"""Zhang et al.'s (AAAI-26) stage signatures, checked on every map (and imposed with ``signatures=True``)."""
 
 
 # -- results ------------------------------------------------------------------------
@@ -114,7 +114,7 @@ SIGNATURES = (
 
 @dataclass(frozen=True)
 class SignatureCheck:
-    """One of paper A's signatures, checked on a map.
+    """One of Zhang et al.'s (AAAI-26) signatures, checked on a map.
 
     Attributes:
         name: the signature's key (see [`SIGNATURES`][tl_multilingual.stages.SIGNATURES]).
@@ -200,7 +200,7 @@ class SignalMap:
         signal: which features were fitted.
         n_layers: number of layers.
         boundaries: first layer of the 2nd, 3rd and 4th stage of this map.
-        unconstrained: the same for the best fit without paper A's signatures.
+        unconstrained: the same for the best fit without Zhang et al.'s (AAAI-26) signatures.
         constrained: whether ``boundaries`` meet every signature of the signal.
         checks: every signature of the signal, checked.
         quality: fit quality against a null (None when not computed).
@@ -265,7 +265,7 @@ class StageMap:
             the same layer (empty without refits): how reproducible the boundary is,
             not whether the data support it (see [`quality`][tl_multilingual.stages.StageMap.quality]).
         intervals: per boundary, the 5th-95th percentile of its layer over refits.
-        constrained: whether the boundaries meet paper A's signatures.
+        constrained: whether the boundaries meet Zhang et al.'s (AAAI-26) signatures.
         signals: which signals were used (``"neurons"``, ``"lens"``).
         d_mlp: neurons per layer (for [`mask()`][tl_multilingual.stages.StageMap.mask]).
         by_signal: each signal's own map ([`SignalMap`][tl_multilingual.stages.SignalMap]), and ``"neurons+lens"``
@@ -346,7 +346,7 @@ class StageMap:
         return NeuronMask.full(self.n_layers, width).restrict(self.layers(stage))
 
     def unconstrained(self) -> StageMap:
-        """The best fit without paper A's signatures, as a map of its own (same
+        """The best fit without Zhang et al.'s (AAAI-26) signatures, as a map of its own (same
         evidence and warnings)."""
         fit = self.fit
         if fit is None or fit.unconstrained == self.boundaries:
@@ -882,16 +882,16 @@ def _warnings(maps: dict[str, SignalMap], agreement: pd.DataFrame | None, alpha:
         n = fit.n_layers
         failed = [c for c in fit.checks if not c.holds]
         if "+" in name and failed:  # each signal's own map has already said where
-            out.append(f"{label}: paper A's signatures that do not hold in the data: "
+            out.append(f"{label}: Zhang et al.'s (AAAI-26) signatures that do not hold in the data: "
                        + "; ".join(f'"{c.text}"' for c in failed) + ".")
         for check in failed if "+" not in name else ():
-            out.append(f"{label}: paper A's signature \"{check.text}\" does not hold in the data: {check.detail}.")
+            out.append(f"{label}: Zhang et al.'s (AAAI-26) signature \"{check.text}\" does not hold in the data: {check.detail}.")
         if failed:
             if fit.boundaries != fit.unconstrained:
-                out.append(f"{label}: imposing paper A's signatures gives {_span_text(fit.boundaries, n)}; the best "
+                out.append(f"{label}: imposing Zhang et al.'s (AAAI-26) signatures gives {_span_text(fit.boundaries, n)}; the best "
                            f"fit without them is {_span_text(fit.unconstrained, n)} (StageMap.unconstrained()).")
             elif not fit.constrained:
-                out.append(f"{label}: no four-stage segmentation meets paper A's signatures; the map is the best "
+                out.append(f"{label}: no four-stage segmentation meets Zhang et al.'s (AAAI-26) signatures; the map is the best "
                            f"fit without them.")
         if fit.boundaries != fit.unconstrained:
             for stage in STAGES:
@@ -981,7 +981,7 @@ def map_stages(
         stats: the statistics ``neurons`` came from, for the stability refits of the
             neuron signal (redrawn counts, neurons re-identified with the same recipe).
         target: the lens language to follow (default: each prompt's target).
-        signatures: impose paper A's signatures on the fit (they are checked and
+        signatures: impose Zhang et al.'s (AAAI-26) signatures on the fit (they are checked and
             reported either way).
         n_boot: bootstrap refits for stability (0: none).
         n_null: null draws for each p-value of the fit quality (0: none).

@@ -10,7 +10,7 @@ everything the identification methods need:
   over the counted tokens, float64.
 
 ``p[l, j, k] = active_counts[l, j, k] / token_counts[k]`` is the activation
-probability of DESIGN "Vocabulary".
+probability (see the concepts page, "Vocabulary").
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ class ActivationStats:
         """From the reference implementations' saved ``over_zero`` files.
 
         Each file is a ``torch.save`` of ``{"total_tokens" (or "n"): int, "over_zero":
-        LongTensor[n_layers, d_mlp]}``. With ``prefix`` (paper A's prompt-only runs),
+        LongTensor[n_layers, d_mlp]}``. With ``prefix`` (Zhang et al.'s (AAAI-26) prompt-only runs),
         the statistics are response-only, computed as the reference code does:
         ``active = clamp(full - prefix, min=0)`` over ``tokens = full - prefix``.
         A few clamped entries and probabilities slightly above 1 are a known quirk of
