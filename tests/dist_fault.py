@@ -17,7 +17,7 @@ def main() -> int:
     if kill_rank is not None and os.environ.get("RANK") == kill_rank:
         from tl_multilingual import study
 
-        steps = {"deactivation": "ablation_matrix", "sharing": "sharing", "lens": "language_lens"}
+        steps = {"deactivation": "deactivation_matrix", "sharing": "sharing", "lens": "language_lens"}
         name = steps[kill_at]
 
         def die(*_, **__):

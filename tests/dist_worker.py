@@ -146,10 +146,10 @@ def _checks(rank: int) -> None:
 
     # Deactivation matrix: values and bootstrap intervals (same seed) as one process.
     neurons = tlm.identify(one, method="ternary", top_rate=0.2)
-    matrix = lambda: tlm.ablation_matrix(lm, neurons, corpus, classes=["specific", "specific+related"],  # noqa: E731
+    matrix = lambda: tlm.deactivation_matrix(lm, neurons, corpus, classes=["specific", "specific+related"],  # noqa: E731
                                          controls=2, n_boot=200, batch_size=2, progress=False)
     (result, fed), (result_one, fed_one) = _fed(matrix), _single(matrix)
-    _check_split("ablation_matrix", fed, fed_one)
+    _check_split("deactivation_matrix", fed, fed_one)
     close_frames(result.frame, result_one.frame)
     close_frames(result.controls, result_one.controls)
     _same_everywhere(result.frame)
@@ -180,7 +180,7 @@ def _checks(rank: int) -> None:
         assert torch.allclose(got.scores, one_attr.scores, rtol=1e-5, atol=1e-6), method
 
     # Boosting a sharing class per item, with random controls.
-    boost = lambda: tlm.boost_experiment(lm, parallel, sharing=codes_one[0.0], factors=[0.0, 2.0], controls=2,  # noqa: E731
+    boost = lambda: tlm.sharing_experiments.boost_experiment(lm, parallel, sharing=codes_one[0.0], factors=[0.0, 2.0], controls=2,  # noqa: E731
                                          n_boot=100, progress=False)
     (table, fed), (table_one, fed_one) = _fed(boost), _single(boost)
     _check_split("boost_experiment", fed, fed_one)

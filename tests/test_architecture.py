@@ -109,3 +109,28 @@ def test_renamed_modules_still_import_with_a_warning():
             module = importlib.import_module(f"tl_multilingual.{old}")
         assert module is importlib.import_module(f"tl_multilingual.{new}")
         assert callable(getattr(tl_multilingual, old)) and not isinstance(getattr(tl_multilingual, old), types.ModuleType)
+
+
+def test_renamed_and_moved_names_still_work_with_a_warning():
+    import pytest
+
+    from tl_multilingual import experiments
+
+    pairs = {
+        "ablation_matrix": experiments.deactivation_matrix,
+        "AblationResult": experiments.DeactivationResult,
+        "boost_experiment": tl_multilingual.sharing_experiments.boost_experiment,
+        "class_attribution": tl_multilingual.attribution.class_attribution,
+    }
+    for old, new in pairs.items():
+        with pytest.warns(DeprecationWarning, match=old):
+            assert getattr(tl_multilingual, old) is new
+        assert old not in tl_multilingual.__all__
+    with pytest.warns(DeprecationWarning, match="deactivation_matrix"):
+        assert experiments.ablation_matrix is experiments.deactivation_matrix
+
+
+def test_the_top_level_names_its_own_modules():
+    assert len(tl_multilingual.__all__) == len(set(tl_multilingual.__all__))
+    for name in tl_multilingual.__all__:
+        assert getattr(tl_multilingual, name) is not None

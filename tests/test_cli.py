@@ -75,7 +75,7 @@ def test_run_writes_the_whole_study_and_resumes(model_dir, tmp_path, monkeypatch
     def refuse(*args, **kwargs):
         raise AssertionError("recomputed a step that was up to date")
 
-    for name in ("collect_stats", "identify", "language_lens", "map_stages", "ablation_matrix", "stage_effects",
+    for name in ("collect_stats", "identify", "language_lens", "map_stages", "deactivation_matrix", "stage_effects",
                  "sharing"):
         monkeypatch.setattr(f"tl_multilingual.study.{name}", refuse)
     messages = []
@@ -203,7 +203,7 @@ def test_the_report_is_rewritten_after_each_step(model_dir, tmp_path, monkeypatc
     def fail(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("tl_multilingual.study.ablation_matrix", fail)
+    monkeypatch.setattr("tl_multilingual.study.deactivation_matrix", fail)
     corpus = small_corpus(tmp_path)
     assert cli.main(["run", "--model", str(model_dir), "--out", str(out), "--corpus", str(corpus), *FAST]) == 130
     html = (out / "report.html").read_text()

@@ -28,7 +28,7 @@ def test_the_planted_neurons_are_identified(rigged):
 
 def test_ablating_a_languages_neurons_hurts_that_language_most(rigged):
     lm, neurons, held_out, _ = rigged
-    result = tlm.ablation_matrix(lm, neurons, held_out, classes=["specific"], controls=3, progress=False)
+    result = tlm.deactivation_matrix(lm, neurons, held_out, classes=["specific"], controls=3, progress=False)
     rows = result.to_frame().set_index(["ablated", "evaluated"])
     for own, other in (("en", "ru"), ("ru", "en")):
         hit = rows.loc[(own, own)]
@@ -48,7 +48,7 @@ def test_matrix_shape_variants_layers_and_controls():
     stats = tlm.collect_stats(lm, corpus, progress=False)
     neurons = tlm.identify(stats, method="ternary", top_rate=0.1)
     variants = ["specific", "specific+related", "specific+related+general"]
-    result = tlm.ablation_matrix(lm, neurons, corpus, classes=variants, controls=2, n_boot=50, progress=False)
+    result = tlm.deactivation_matrix(lm, neurons, corpus, classes=variants, controls=2, n_boot=50, progress=False)
     frame = result.to_frame()
     k = len(corpus.languages)
     assert len(frame) == len(variants) * k * k
@@ -60,7 +60,7 @@ def test_matrix_shape_variants_layers_and_controls():
             neurons.specific(lang) | neurons.related(lang) | neurons.general()
         ).count()
     assert (frame["ci_low"] <= frame["change"] + 1e-9).all() and (frame["change"] <= frame["ci_high"] + 1e-9).all()
-    restricted = tlm.ablation_matrix(
+    restricted = tlm.deactivation_matrix(
         lm, neurons, corpus, classes=["specific+related"], layers=[0], controls=1, n_boot=20, progress=False
     ).to_frame()
     for lang in corpus.languages:
@@ -78,7 +78,7 @@ def test_accuracy_metric_on_multiple_choice_items():
         "en": [{"prompt": "The cat sleeps on the", "options": [" mat", " market"], "answer": 0}] * 3,
         "fr": [{"prompt": "Le chat dort sur le", "options": [" tapis", " marché"], "answer": 0}] * 3,
     }
-    result = tlm.ablation_matrix(lm, neurons, items, classes=["language"], languages=["en", "fr"],
+    result = tlm.deactivation_matrix(lm, neurons, items, classes=["language"], languages=["en", "fr"],
                                  controls=1, n_boot=20, progress=False)
     assert result.metric == "accuracy"
     assert set(result.to_frame()["baseline"]) <= {0.0, 1 / 3, 2 / 3, 1.0}
@@ -118,7 +118,7 @@ def test_both_controlled_experiments_close_their_progress_bar_on_error(rigged, m
     monkeypatch.setattr(experiments, "ablate", _fails)
     _RecordingBar.bars.clear()
     with pytest.raises(RuntimeError):
-        tlm.ablation_matrix(lm, neurons, held_out, controls=1, progress=True)
+        tlm.deactivation_matrix(lm, neurons, held_out, controls=1, progress=True)
     assert len(_RecordingBar.bars) == 1 and _RecordingBar.bars[0].closed
 
     records = [{"id": str(i), "text": {"en": toy.texts["en"][i], "ru": toy.texts["ru"][i]},
@@ -127,14 +127,14 @@ def test_both_controlled_experiments_close_their_progress_bar_on_error(rigged, m
     monkeypatch.setattr(sharing_experiments, "boost", _fails)
     _RecordingBar.bars.clear()
     with pytest.raises(RuntimeError):
-        tlm.boost_experiment(lm, items, factors=[2.0], controls=1, progress=True)
+        tlm.sharing_experiments.boost_experiment(lm, items, factors=[2.0], controls=1, progress=True)
     assert len(_RecordingBar.bars) == 1 and _RecordingBar.bars[0].closed
 
 
 def test_controls_are_matched_to_variants_by_their_classes(rigged):
     lm, neurons, held_out, _ = rigged
-    result = tlm.ablation_matrix(lm, neurons, held_out, classes=["specific+related"],
+    result = tlm.deactivation_matrix(lm, neurons, held_out, classes=["specific+related"],
                                  controls={"related + specific": 2}, n_boot=20, progress=False)
     assert result.controls["seed"].max() == 1  # two controls: the mapping's key names the same classes
     with pytest.raises(tlm.MaskError, match="unknown class"):
-        tlm.ablation_matrix(lm, neurons, held_out, classes=["specific+shared"], progress=False)
+        tlm.deactivation_matrix(lm, neurons, held_out, classes=["specific+shared"], progress=False)

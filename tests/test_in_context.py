@@ -124,7 +124,7 @@ def test_paper_b_gold_token_and_item_scores_are_in_context(legacy):
         torch.testing.assert_close(attr.scores[0, 0, layer], expected, rtol=1e-4, atol=1e-5)
     # item_correctness: the answer's log-likelihood in the joint text, and "correct"
     # when the model's next token after the prompt is "▁True".
-    table = tlm.item_correctness(lm, items).set_index("language")
+    table = tlm.sharing_experiments.item_correctness(lm, items).set_index("language")
     for lang, prompt, answer in (("en", PROMPT, " True"), ("fr", PROMPT_FR, " False")):
         assert table.loc[lang, "logprob"] == pytest.approx(joint_logprob(model, lm, prompt, answer)[0], rel=1e-5)
         with torch.no_grad():
@@ -138,7 +138,7 @@ def test_item_options_are_scored_by_the_one_implementation(legacy):
         {"id": "a", "text": {"en": PROMPT, "fr": PROMPT_FR},
          "options": {"en": [" True", " False"], "fr": [" False", " True"]}, "label": 1},
     ])
-    table = tlm.item_correctness(lm, items).set_index("language")
+    table = tlm.sharing_experiments.item_correctness(lm, items).set_index("language")
     scores = tlm.evaluate.choice_scores(
         lm, {"en": [tlm.MultipleChoice(PROMPT, (" True", " False"), 1)], "fr": [tlm.MultipleChoice(PROMPT_FR, (" False", " True"), 1)]}
     ).set_index("language")

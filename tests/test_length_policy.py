@@ -130,12 +130,12 @@ def test_choice_scores_keep_the_options_and_the_end_of_the_prompt(gpt2):
 def test_paper_b_experiments_take_the_policy(gpt2):
     _, lm = gpt2
     with pytest.warns(TruncationWarning, match=LIMIT):
-        table = tlm.item_correctness(lm, items())
+        table = tlm.sharing_experiments.item_correctness(lm, items())
     assert table["logprob"].notna().all()
     with pytest.warns(TruncationWarning, match=LIMIT):
         shared = tlm.sharing(lm, items(), progress=False)
     assert shared.codes.shape[0] == 1
-    for call in (tlm.item_correctness, tlm.sharing, tlm.correct_vs_incorrect, tlm.boost_experiment):
+    for call in (tlm.sharing_experiments.item_correctness, tlm.sharing, tlm.sharing_experiments.correct_vs_incorrect, tlm.sharing_experiments.boost_experiment):
         with pytest.raises(ContextLengthError, match=LIMIT):
             call(lm, items(), overflow="error")
 

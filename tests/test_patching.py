@@ -42,23 +42,23 @@ def test_patching_every_neuron_reproduces_the_sources_mlp_output(arch):
         assert not torch.allclose(mlp_out_at_last(lm, tgt, layer), patched)
 
 
-def test_patch_neurons_reports_clean_patched_and_controls():
+def test_patch_neurons_reports_baseline_patched_and_controls():
     lm = tlm.adapt(tiny.bridge("llama"))
     source = tlm.prompts.translation(WORDS, src="fr", tgt="en", shots=1)
     target = tlm.prompts.translation(WORDS, src="fr", tgt="de", shots=1)
     mask = tlm.NeuronMask.random([0, 12], lm.d_mlp, seed=3)
     result = tlm.patch_neurons(lm, source=source, target=target, mask=mask, controls=2, batch_size=3)
-    assert result.conditions == ("clean", "patched", "control_0", "control_1")
+    assert result.conditions == ("baseline", "patched", "control_0", "control_1")
     assert result.languages == ("de", "en") and result.n_neurons == 12
     assert result.probability.shape == (4, len(WORDS), lm.n_layers, 2)
     # Layer 0 comes before any patched neuron (all in layer 1): nothing changes there.
     assert torch.equal(result.probability[1, :, 0], result.probability[0, :, 0])
     assert not torch.equal(result.probability[1, :, 1], result.probability[0, :, 1])
-    clean = tlm.language_lens(lm, target).probability
-    torch.testing.assert_close(result.probability[0], clean)
+    baseline = tlm.language_lens(lm, target).probability
+    torch.testing.assert_close(result.probability[0], baseline)
     summary = result.summary(n_boot=100)
-    assert set(summary["condition"]) == {"clean", "patched", "control"}
-    assert (summary.query("condition == 'clean'")["change"] == 0).all()
+    assert set(summary["condition"]) == {"baseline", "patched", "control"}
+    assert (summary.query("condition == 'baseline'")["change"] == 0).all()
     assert set(result.output()["layer"]) == {lm.n_layers - 1}
     frame = result.to_frame()
     assert len(frame) == 4 * len(WORDS) * lm.n_layers * 2

@@ -26,7 +26,7 @@ def results():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a random model's stages come with cautions
         stages = tlm.map_stages(neurons, lens, n_boot=0)
-    matrix = tlm.ablation_matrix(lm, neurons, corpus, controls=0, n_boot=10, progress=False)
+    matrix = tlm.deactivation_matrix(lm, neurons, corpus, controls=0, n_boot=10, progress=False)
     items = tlm.ParallelItems.from_records([{"id": str(i), "text": {"en": e, "fr": f}}
                                             for i, (e, f) in enumerate(zip(tiny.SAMPLE_TEXT["en"], tiny.SAMPLE_TEXT["fr"]))])
     sharing = tlm.sharing(lm, items, progress=False)

@@ -63,7 +63,7 @@ def test_language_neurons_concentrate_in_the_first_and_last_layers(demo_study):
 
 
 def test_deactivating_a_languages_neurons_hurts_that_language_most(demo_study):
-    result = tlm.AblationResult.load(demo_study / "deactivation")
+    result = tlm.DeactivationResult.load(demo_study / "deactivation")
     cells = result.frame[result.frame["variant"] == "specific+related"]
     own_above_others, own_above_control = 0, 0
     for lang, rows in cells.groupby("ablated"):

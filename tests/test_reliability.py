@@ -174,7 +174,7 @@ def test_masks_and_neurons_of_another_model_are_refused(llama):
         pass
     corpus = tlm.Corpus.from_dict({"en": ["The cat sleeps."], "fr": ["Le chat dort."]})
     with pytest.raises(tlm.IdentificationError, match="different models"):
-        tlm.ablation_matrix(llama, neurons, corpus, controls=0, progress=False)
+        tlm.deactivation_matrix(llama, neurons, corpus, controls=0, progress=False)
     with pytest.raises(tlm.MaskError, match="different models"):
         tlm.patch_neurons(llama, source=["a"], target=["b"], mask=mask, controls=0)
 

@@ -264,7 +264,7 @@ def test_experiments_take_a_stage_map_explicitly():
         (edit,) = edits.edits
         assert edit.mask == specific.restrict(first)
     middle = stages.layers("shared_reasoning")
-    table = tlm.ablation_matrix(lm, neurons, corpus, layers=middle, controls=0, n_boot=10, progress=False)
+    table = tlm.deactivation_matrix(lm, neurons, corpus, layers=middle, controls=0, n_boot=10, progress=False)
     for lang in corpus.languages:
         expected = neurons.specific(lang).restrict(middle).count()
         assert table.to_frame().query("ablated == @lang")["n_neurons"].iloc[0] == expected
@@ -272,7 +272,7 @@ def test_experiments_take_a_stage_map_explicitly():
         stages.layers("thinking")
 
 
-@pytest.mark.parametrize("call", ["ablate", "ablation_matrix", "patch_neurons"])
+@pytest.mark.parametrize("call", ["ablate", "deactivation_matrix", "patch_neurons"])
 def test_a_stage_name_without_its_map_is_a_clear_error(call):
     model = tiny.bridge("llama", n_layers=4)
     lm = tlm.adapt(model)
@@ -280,9 +280,9 @@ def test_a_stage_name_without_its_map_is_a_clear_error(call):
     with pytest.raises(tlm.TLMultilingualError, match=r"stage_map\.layers\('understanding'\)"):
         if call == "ablate":
             tlm.ablate(lm, mask, layers="understanding")
-        elif call == "ablation_matrix":
+        elif call == "deactivation_matrix":
             stats = tlm.collect_stats(lm, tlm.Corpus.from_dict(tiny.SAMPLE_TEXT), progress=False)
-            tlm.ablation_matrix(lm, tlm.identify(stats, top_rate=0.1), tlm.Corpus.from_dict(tiny.SAMPLE_TEXT),
+            tlm.deactivation_matrix(lm, tlm.identify(stats, top_rate=0.1), tlm.Corpus.from_dict(tiny.SAMPLE_TEXT),
                                 layers="understanding", controls=0, progress=False)
         else:
             tlm.patch_neurons(lm, source=["a b"], target=["c d"], mask=mask, layers="understanding", controls=0)

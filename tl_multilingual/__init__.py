@@ -37,15 +37,15 @@ from .errors import (
 
 # Names are imported on first use (PEP 562), so that ``import tl_multilingual`` and the
 # command's ``--help`` do not load torch and TransformerLens.
-_SUBMODULES = ("data", "evaluate", "models", "prompts")
+_SUBMODULES = ("data", "evaluate", "models", "prompts", "attribution", "sharing_classes", "sharing_experiments")
 _EXPORTS = {
     "adapters": ("ModelAdapter", "adapt"),
-    "attribution": ("Attribution", "attribute", "class_attribution"),
+    "attribution": ("Attribution", "attribute"),
     "collect": ("collect_stats",),
     "comparison": ("Comparison", "Series", "compare", "compare_series"),
     "corpus": ("Corpus", "Text"),
     "evaluate": ("MultipleChoice", "answer_accuracy", "choice_accuracy", "generate", "perplexity"),
-    "experiments": ("AblationResult", "ablation_matrix"),
+    "experiments": ("DeactivationResult", "deactivation_matrix"),
     "identification": ("identify",),
     "interventions": ("Edit", "Interventions", "ablate", "ablation_hooks", "boost", "intervene", "patch", "record",
                       "steer"),
@@ -56,14 +56,24 @@ _EXPORTS = {
     "neurons": ("LanguageNeurons",),
     "patching": ("PatchResult", "patch_neurons"),
     "prompts": ("LensPrompt",),
-    "sharing_classes": ("SHARING_CLASSES", "Sharing", "sharing"),
-    "sharing_experiments": ("boost_experiment", "correct_vs_incorrect", "item_correctness"),
+    "sharing_classes": ("Sharing", "sharing"),
     "stage_deactivation": ("StageEffects", "stage_effects"),
     "stages": ("STAGES", "StageMap", "map_stages"),
     "stats": ("ActivationStats",),
     "wordtokens": ("word_tokens",),
 }
 _HOME = {name: module for module, names in _EXPORTS.items() for name in names}
+# Renamed, or moved one level down (Wang et al.'s extras live in their modules): the
+# old top-level names still work, with a DeprecationWarning, until the next release.
+_MOVED = {
+    "ablation_matrix": ("experiments", "deactivation_matrix"),
+    "AblationResult": ("experiments", "DeactivationResult"),
+    "class_attribution": ("attribution", "class_attribution"),
+    "item_correctness": ("sharing_experiments", "item_correctness"),
+    "correct_vs_incorrect": ("sharing_experiments", "correct_vs_incorrect"),
+    "boost_experiment": ("sharing_experiments", "boost_experiment"),
+    "SHARING_CLASSES": ("sharing_classes", "SHARING_CLASSES"),
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -71,6 +81,11 @@ def __getattr__(name: str) -> Any:
         value = importlib.import_module(f".{name}", __name__)
     elif name in _HOME:
         value = getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
+    elif name in _MOVED:
+        module, new = _MOVED[name]
+        warnings.warn(f"tl_multilingual.{name} is now tl_multilingual.{module}.{new}", DeprecationWarning,
+                      stacklevel=2)
+        return getattr(importlib.import_module(f".{module}", __name__), new)
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     globals()[name] = value
@@ -125,6 +140,8 @@ __all__ = [
     "ModelAdapter",
     "models",
     "evaluate",
+    "attribution",
+    "sharing_experiments",
     "data",
     "Corpus",
     "Text",
@@ -145,8 +162,8 @@ __all__ = [
     "answer_accuracy",
     "generate",
     "MultipleChoice",
-    "ablation_matrix",
-    "AblationResult",
+    "deactivation_matrix",
+    "DeactivationResult",
     "language_lens",
     "LensResult",
     "LensPrompt",
@@ -163,13 +180,8 @@ __all__ = [
     "ParallelItem",
     "sharing",
     "Sharing",
-    "SHARING_CLASSES",
     "attribute",
     "Attribution",
-    "class_attribution",
-    "item_correctness",
-    "correct_vs_incorrect",
-    "boost_experiment",
     "compare",
     "compare_series",
     "Comparison",

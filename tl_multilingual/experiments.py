@@ -1,6 +1,6 @@
 """Deactivation experiments of Zhang et al. (AAAI-26) (Fig. 2) and LAPE, one call each.
 
-[`ablation_matrix()`][tl_multilingual.experiments.ablation_matrix] deactivates, for every language, a class of its neurons and
+[`deactivation_matrix()`][tl_multilingual.experiments.deactivation_matrix] deactivates, for every language, a class of its neurons and
 measures every evaluated language, against the unmodified model and against random
 neuron sets of the same size per layer (the control). Effects come with paired
 bootstrap intervals over texts (or items).
@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from . import distributed, resample
 from .adapters import ModelAdapter, adapt
 from .corpus import Corpus
-from .errors import IdentificationError, SaveError, StatsError, TLMultilingualError
+from .errors import IdentificationError, SaveError, StatsError, TLMultilingualError, warn
 from .evaluate import choice_scores, text_nll
 from .interventions import Layers, ablate
 from .masks import NeuronMask, parse_variant
@@ -37,7 +37,19 @@ from .provenance import check_fits
 from .stats import ActivationStats
 from .tokens import Overflow
 
-__all__ = ["ablation_matrix", "AblationResult", "variant_mask"]
+__all__ = ["deactivation_matrix", "DeactivationResult", "variant_mask"]
+
+_KINDS = ("tl_multilingual.DeactivationResult", "tl_multilingual.AblationResult")  # the second: 0.1.0 saves
+_RENAMED = {"ablation_matrix": "deactivation_matrix", "AblationResult": "DeactivationResult"}
+
+
+def __getattr__(name: str) -> Any:
+    """Deprecated names of 0.1.0, kept for one release."""
+    if name in _RENAMED:
+        warn(f"{name} is renamed {_RENAMED[name]} (Zhang et al., AAAI-26, call the experiment deactivation)",
+             DeprecationWarning)
+        return globals()[_RENAMED[name]]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 _FILES = ("cells.csv", "controls.csv", "result.json")
 
@@ -187,8 +199,8 @@ class _Evaluation:
 
 
 @dataclass
-class AblationResult:
-    """Outcome of [`ablation_matrix()`][tl_multilingual.experiments.ablation_matrix].
+class DeactivationResult:
+    """Outcome of [`deactivation_matrix()`][tl_multilingual.experiments.deactivation_matrix].
 
     Attributes:
         frame: one row per (variant, ablated language, evaluated language): the
@@ -213,13 +225,13 @@ class AblationResult:
             (staging / "cells.csv").write_text(self.frame.to_csv(index=False), encoding="utf-8")
             (staging / "controls.csv").write_text(self.controls.to_csv(index=False), encoding="utf-8")
             (staging / "result.json").write_text(
-                json.dumps({"kind": "tl_multilingual.AblationResult", "metric": self.metric}), encoding="utf-8"
+                json.dumps({"kind": "tl_multilingual.DeactivationResult", "metric": self.metric}), encoding="utf-8"
             )
         return folder
 
     @classmethod
-    def load(cls, path: str | Path) -> AblationResult:
-        """Load a result saved with [`save()`][tl_multilingual.experiments.AblationResult.save].
+    def load(cls, path: str | Path) -> DeactivationResult:
+        """Load a result saved with [`save()`][tl_multilingual.experiments.DeactivationResult.save].
 
         Raises:
             SaveError: the folder is missing, damaged, or not an ablation result.
@@ -231,7 +243,7 @@ class AblationResult:
             frame, controls = pd.read_csv(folder / "cells.csv"), pd.read_csv(folder / "controls.csv")
         except (OSError, ValueError) as err:  # ValueError: JSON, UTF-8 and CSV parsing
             raise SaveError(f"{folder} is not a saved ablation result: {err}") from err
-        if not isinstance(meta, dict) or meta.get("kind") != "tl_multilingual.AblationResult":
+        if not isinstance(meta, dict) or meta.get("kind") not in _KINDS:
             raise SaveError(f"{folder / 'result.json'} is not the record of an ablation result")
         if meta.get("metric") not in ("perplexity", "accuracy"):
             raise SaveError(f"{folder / 'result.json'}: metric must be 'perplexity' or 'accuracy', "
@@ -253,7 +265,7 @@ class AblationResult:
         return table.loc[order, list(dict.fromkeys(rows["evaluated"]))]
 
 
-def ablation_matrix(
+def deactivation_matrix(
     model: Any,
     neurons: LanguageNeurons,
     data: Corpus | Mapping[str, Sequence[Any]],
@@ -273,7 +285,7 @@ def ablation_matrix(
     allow_mismatch: bool = False,
     max_length: int | None = None,
     overflow: Overflow = "truncate",
-) -> AblationResult:
+) -> DeactivationResult:
     """Deactivate each language's neurons and evaluate every language (Zhang et al. (AAAI-26) Fig. 2).
 
     Args:
@@ -302,7 +314,7 @@ def ablation_matrix(
             [`tl_multilingual.tokens`][tl_multilingual.tokens].
 
     Returns:
-        [`AblationResult`][tl_multilingual.experiments.AblationResult] (``to_frame()``, ``matrix(variant)``).
+        [`DeactivationResult`][tl_multilingual.experiments.DeactivationResult] (``to_frame()``, ``matrix(variant)``).
 
     Raises:
         IdentificationError, StatsError: neurons or statistics of another shape, or of
@@ -364,7 +376,7 @@ def ablation_matrix(
     columns = ["variant", "ablated", "evaluated", "n_neurons", "baseline", "value", "change",
                "relative_change", "ci_low", "ci_high", "control_value", "control_change",
                "control_change_sd", "effect_over_control"]
-    return AblationResult(pd.DataFrame(rows)[columns], pd.DataFrame(control_rows), metric)
+    return DeactivationResult(pd.DataFrame(rows)[columns], pd.DataFrame(control_rows), metric)
 
 
 def _select(units: pd.DataFrame, language: str) -> tuple[np.ndarray, np.ndarray]:

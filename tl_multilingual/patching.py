@@ -5,8 +5,10 @@ masked neurons' write-hook values of the source run replace those of the target 
 at the last position (``align="last"``) or at every position (``align="all"``, for
 pairs of equal token length). The effect is read at every layer through the lens
 (probability of each language's answer) and at the output (the last layer), for the
-clean target run, the patched run, and random masks with the same number of neurons
-per layer (the control).
+baseline (the unpatched target run), the patched run, and random masks with the same
+number of neurons per layer (the control). In TransformerLens's terms the *clean* run
+is the source whose activations are patched in; the target run without patching is
+called the baseline here.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ class PatchResult:
     """Answer probabilities per condition, prompt, layer and language.
 
     Attributes:
-        conditions: ``"clean"``, ``"patched"``, then ``"control_<seed>"``.
+        conditions: ``"baseline"`` (the unpatched target run), ``"patched"``, then
+            ``"control_<seed>"``.
         languages: the languages read out.
         probability: ``[n_conditions, n_prompts, n_layers, n_languages]``.
         n_neurons: neurons patched (per mask; the controls have as many per layer).
@@ -66,13 +69,13 @@ class PatchResult:
         ).dropna(subset=["probability"]).reset_index(drop=True)
 
     def summary(self, *, ci: float = 0.95, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-        """Per condition (``clean``, ``patched``, ``control`` pooled over seeds), layer
-        and language: mean probability, and the mean change from ``clean`` with a paired
+        """Per condition (``baseline``, ``patched``, ``control`` pooled over seeds), layer
+        and language: mean probability, and the mean change from ``baseline`` with a paired
         percentile bootstrap interval over prompts ([`tl_multilingual.resample`][tl_multilingual.resample];
         every condition shares the same draws)."""
         probs = self.probability.numpy()
         unit_draws = resample.draws(probs.shape[1], n_boot, seed)
-        groups = {"clean": [0], "patched": [1], "control": list(range(2, len(self.conditions)))}
+        groups = {"baseline": [0], "patched": [1], "control": list(range(2, len(self.conditions)))}
         rows = []
         for name, idx in groups.items():
             if not idx:
@@ -181,5 +184,5 @@ def patch_neurons(
             logp = layer_logprobs(lm, tgt_batch, fwd_hooks=hooks)
             out[c, chunk] = measure(logp, [sets[i] for i in chunk])[0]
     out = distributed.gather_rows(out.transpose(0, 1)[mine], mine, len(targets)).transpose(0, 1).contiguous()
-    names = ("clean", "patched", *(f"control_{c}" for c in range(controls)))
+    names = ("baseline", "patched", *(f"control_{c}" for c in range(controls)))
     return PatchResult(names, tuple(languages), out, mask.count())

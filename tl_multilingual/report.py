@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from . import plot
-from .experiments import AblationResult
+from .experiments import DeactivationResult
 from .lens import LensResult
 from .neurons import LanguageNeurons
 from .persist import write_text
@@ -35,7 +35,7 @@ _PARTS = {  # result -> (step, path in the study folder, loader)
     "lape": ("neurons", "neurons/lape", LanguageNeurons.load),
     "lens": ("lens", "lens", LensResult.load),
     "stages": ("stages", "stages.json", StageMap.load),
-    "deactivation": ("deactivation", "deactivation", AblationResult.load),
+    "deactivation": ("deactivation", "deactivation", DeactivationResult.load),
     "stage_effects": ("stage_effects", "stage_effects", StageEffects.load),
     "sharing": ("sharing", "sharing", Sharing.load),
 }

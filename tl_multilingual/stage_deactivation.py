@@ -1,7 +1,7 @@
 """Causal evidence per stage: [`stage_effects()`][tl_multilingual.stage_deactivation.stage_effects].
 
 For every stage of a [`StageMap`][tl_multilingual.stages.StageMap] and every language, the language's neurons
-(a class variant, as in [`tl_multilingual.ablation_matrix()`][tl_multilingual.experiments.ablation_matrix]) are deactivated
+(a class variant, as in [`tl_multilingual.deactivation_matrix()`][tl_multilingual.experiments.deactivation_matrix]) are deactivated
 *inside that stage's layers only*, and the model is read two ways:
 
 - perplexity of held-out texts: the relative change of the language's own

@@ -27,7 +27,7 @@ from .adapters import ModelAdapter, adapt
 from .collect import collect_stats
 from .corpus import Corpus
 from .errors import CorpusError, TLMultilingualError, warn
-from .experiments import AblationResult, ablation_matrix
+from .experiments import DeactivationResult, deactivation_matrix
 from .identification import identify
 from .items import ParallelItem, ParallelItems
 from .lens import LensResult, language_lens
@@ -236,7 +236,7 @@ class Study:
             "deactivation", {"variants": list(s.variants), "controls": s.controls, "eval_texts": s.eval_texts,
                              "control_variant": s.control_variant, "n_boot": s.n_boot}, ("neurons",),
             lambda: self._deactivation(neurons["ternary"], evaluation, progress),
-            lambda r, p: r.save(p), AblationResult.load, self.out / "deactivation",
+            lambda r, p: r.save(p), DeactivationResult.load, self.out / "deactivation",
         )
         stage_prompts = self._stage_prompts()
         self._step(
@@ -284,10 +284,10 @@ class Study:
         self._write_manifest()
         self._say(f"report: {self.out / 'report.html'}")
 
-    def _deactivation(self, neurons: LanguageNeurons, evaluation: Corpus, progress: bool) -> AblationResult:
+    def _deactivation(self, neurons: LanguageNeurons, evaluation: Corpus, progress: bool) -> DeactivationResult:
         s = self.settings
         controls = s.controls if s.control_variant is None else {s.control_variant: s.controls}
-        return ablation_matrix(self.lm, neurons, evaluation, classes=list(s.variants), controls=controls,
+        return deactivation_matrix(self.lm, neurons, evaluation, classes=list(s.variants), controls=controls,
                                seed=s.seed, n_boot=s.n_boot, batch_size=s.batch_size, progress=progress)
 
     def _lens_prompts(self) -> list:
