@@ -915,9 +915,9 @@ def _warnings(maps: dict[str, SignalMap], agreement: pd.DataFrame | None, alpha:
         elif q is not None and np.isfinite(q.p_value):
             weak = [k for k in (3, 2) if np.isfinite(q.beats.get(k, np.nan)) and q.beats[k] >= alpha]
             if weak:
-                which = " or ".join(f"{k} (p = {q.beats[k]:.2g})" for k in weak)
-                three = " (Wendler et al.'s three phases)" if 3 in weak else ""
-                out.append(f"{label}: four stages explain no more than {which} stages{three} beyond chance.")
+                which = " or ".join(f"{k} stages (p = {q.beats[k]:.2g})" for k in weak)
+                three = "; three are Wendler et al.'s three phases" if 3 in weak else ""
+                out.append(f"{label}: four stages fit the layers no better than {which} beyond chance{three}.")
     if agreement is not None:
         for row in agreement.itertuples():
             if abs(row.difference) > tolerance:
