@@ -85,3 +85,15 @@ def njunlp_stats(fixtures):
         full={lang: folder / f"activation.{lang}.{NJUNLP_TAG}.pt" for lang in NJUNLP_LANGS},
         prefix={lang: folder / f"prefix.activation.{lang}.{NJUNLP_TAG}.pt" for lang in NJUNLP_LANGS},
     )
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny four-layer Llama saved as a Hugging Face folder, for the command's tests."""
+    import tl_multilingual as tlm
+
+    folder = tmp_path_factory.mktemp("tiny-model")
+    model, tokenizer = tlm.models.tiny_hf("llama", n_layers=4)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

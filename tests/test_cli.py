@@ -14,16 +14,6 @@ import tl_multilingual as tlm
 from tl_multilingual import cli, data
 from tl_multilingual.study import Study, StudySettings, check_study
 
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-model")
-    model, tokenizer = tlm.models.tiny_hf("llama", n_layers=4)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 FAST = ["--languages", "en,fr,zh", "--eval-texts", "2", "--controls", "1", "--quiet"]
 
 

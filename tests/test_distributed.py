@@ -228,15 +228,6 @@ def test_compute_dtype_runs_the_body_in_bfloat16_and_keeps_the_loss_in_float32()
 # -- the study under torchrun -----------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-model")
-    model, tokenizer = tlm.models.tiny_hf("llama", n_layers=4)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 FAST = ["--languages", "en,fr,de", "--eval-texts", "2", "--controls", "1", "--batch-size", "8",
         "--max-tokens-per-language", "300"]
 FAULT = REPO / "tests" / "dist_fault.py"
