@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 import transformers as T
 
-from tl_multilingual.models import SAMPLE_TEXT, tiny_tokenizer
+from tl_multilingual.model.models import SAMPLE_TEXT, tiny_tokenizer
 
 
 def build_llama(vocab: int = 32000):

@@ -17,7 +17,7 @@ import torch
 from common import build_llama, texts, timed
 
 import tl_multilingual as tlm
-from tl_multilingual.tokens import batches, encode
+from tl_multilingual.model.tokens import batches, encode
 
 
 def main() -> None:

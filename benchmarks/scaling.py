@@ -105,8 +105,8 @@ def measure(args: argparse.Namespace) -> None:
 
     import tl_multilingual as tlm
     from tl_multilingual import distributed
-    from tl_multilingual.models import tiny_tokenizer
-    from tl_multilingual.tokens import batches, encode
+    from tl_multilingual.model.models import tiny_tokenizer
+    from tl_multilingual.model.tokens import batches, encode
 
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from tl_multilingual.stages import _exhaustive, _quality, segment
+from tl_multilingual.stages.segmentation import _exhaustive, _quality, segment
 
 SIGNATURES = [(0, "min_second"), (1, "max_last"), (2, "max_last")]
 

@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 import tl_multilingual as tlm
 from tl_multilingual import distributed, readout
-from tl_multilingual.adapters import ModelAdapter
+from tl_multilingual.model.adapters import ModelAdapter
 
 TEXTS = {
     "en": ["The cat sleeps on the warm mat.", "We walked to the market in the morning.", "Numbers: 12 plus 30 is 42.",

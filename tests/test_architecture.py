@@ -101,7 +101,8 @@ def test_renamed_modules_still_import_with_a_warning():
 
     import pytest
 
-    for old, new in (("identify", "identification"), ("compare", "comparison"), ("sharing", "sharing_classes")):
+    for old, new in (("identify", "neurons.identification"), ("compare", "experiments.comparison"),
+                     ("sharing", "neurons.sharing_classes"), ("lens", "stages.lens"), ("adapters", "model.adapters")):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             importlib.import_module(f"tl_multilingual.{new}")
@@ -119,8 +120,8 @@ def test_renamed_and_moved_names_still_work_with_a_warning():
     pairs = {
         "ablation_matrix": experiments.deactivation_matrix,
         "AblationResult": experiments.DeactivationResult,
-        "boost_experiment": tl_multilingual.sharing_experiments.boost_experiment,
-        "class_attribution": tl_multilingual.attribution.class_attribution,
+        "boost_experiment": tl_multilingual.experiments.sharing_experiments.boost_experiment,
+        "class_attribution": tl_multilingual.causal.attribution.class_attribution,
     }
     for old, new in pairs.items():
         with pytest.warns(DeprecationWarning, match=old):

@@ -8,7 +8,7 @@ import tiny
 import torch
 
 import tl_multilingual as tlm
-from tl_multilingual.attribution import answer_token
+from tl_multilingual.causal.attribution import answer_token
 
 RECORDS = [
     {"id": "a", "text": {"en": "The cat sleeps on the", "fr": "Le chat dort sur le"}, "answer": {"en": " mat", "fr": " tapis"}},

@@ -12,7 +12,7 @@ import torch
 
 import tl_multilingual as tlm
 from tl_multilingual import cli, data
-from tl_multilingual.study import Study, StudySettings, check_study
+from tl_multilingual.study.pipeline import Study, StudySettings, check_study
 
 FAST = ["--languages", "en,fr,zh", "--eval-texts", "2", "--controls", "1", "--quiet"]
 
@@ -67,9 +67,9 @@ def test_run_writes_the_whole_study_and_resumes(model_dir, tmp_path, monkeypatch
 
     for name in ("collect_stats", "identify", "language_lens", "map_stages", "deactivation_matrix", "stage_effects",
                  "sharing"):
-        monkeypatch.setattr(f"tl_multilingual.study.{name}", refuse)
+        monkeypatch.setattr(f"tl_multilingual.study.pipeline.{name}", refuse)
     messages = []
-    monkeypatch.setattr("tl_multilingual.study.Study._say", lambda self, m: messages.append(m))
+    monkeypatch.setattr("tl_multilingual.study.pipeline.Study._say", lambda self, m: messages.append(m))
     assert cli.main(["run", "--model", str(model_dir), "--out", str(out), "--corpus", str(corpus), *FAST]) == 0
     assert sum("up to date" in m for m in messages) == 7
     assert manifest["data"]["held_out_texts"] == {"en": 6, "fr": 6, "zh": 6}
@@ -79,7 +79,7 @@ def test_changed_settings_recompute_only_what_depends_on_them(model_dir, tmp_pat
     out = tmp_path / "study"
     assert cli.main(["run", "--model", str(model_dir), "--out", str(out), *FAST]) == 0
     messages = []
-    monkeypatch.setattr("tl_multilingual.study.Study._say", lambda self, m: messages.append(m))
+    monkeypatch.setattr("tl_multilingual.study.pipeline.Study._say", lambda self, m: messages.append(m))
     changed = ["--languages", "en,fr,zh", "--eval-texts", "2", "--controls", "2", "--quiet"]  # 1 control -> 2
     args = ["run", "--model", str(model_dir), "--out", str(out), *changed]
     assert cli.main(args) == 0
@@ -143,7 +143,7 @@ def test_help_and_argument_errors_do_not_import_torch():
 
 
 def test_lazy_package_keeps_every_name():
-    import tl_multilingual.study  # noqa: F401  (binds submodules named like functions)
+    import tl_multilingual.study.pipeline  # noqa: F401  (binds submodules named like functions)
 
     assert all(hasattr(tlm, name) for name in tlm.__all__)
     assert callable(tlm.sharing) and callable(tlm.identify) and callable(tlm.compare)
@@ -193,7 +193,7 @@ def test_the_report_is_rewritten_after_each_step(model_dir, tmp_path, monkeypatc
     def fail(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("tl_multilingual.study.deactivation_matrix", fail)
+    monkeypatch.setattr("tl_multilingual.study.pipeline.deactivation_matrix", fail)
     corpus = small_corpus(tmp_path)
     assert cli.main(["run", "--model", str(model_dir), "--out", str(out), "--corpus", str(corpus), *FAST]) == 130
     html = (out / "report.html").read_text()

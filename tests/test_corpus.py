@@ -9,7 +9,7 @@ import pytest
 from conftest import require
 
 import tl_multilingual as tlm
-from tl_multilingual.corpus import Text
+from tl_multilingual.inputs.corpus import Text
 
 
 def test_language_codes_are_normalised():

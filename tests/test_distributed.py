@@ -22,7 +22,7 @@ from dist_worker import close_frames
 import tl_multilingual as tlm
 from tl_multilingual import cli, distributed
 from tl_multilingual.errors import StatsError
-from tl_multilingual.study import STEPS
+from tl_multilingual.study.pipeline import STEPS
 
 REPO = Path(__file__).resolve().parent.parent
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -142,7 +142,7 @@ def test_totals_live_on_the_device_each_layer_sees():
     """A fake layer-to-device map (layer 1 on the meta device): each layer's totals and
     the indices of its counted positions follow the tensor its hook sees, and a
     cross-device addition would raise."""
-    from tl_multilingual.collect import _Totals
+    from tl_multilingual.neurons.collect import _Totals
 
     lm = tlm.adapt(tiny.bridge("llama"))
     totals = _Totals(lm, n_languages=2, threshold=0.0)
@@ -157,7 +157,7 @@ def test_totals_live_on_the_device_each_layer_sees():
 
 
 def test_intervention_indices_follow_the_hooked_tensor():
-    from tl_multilingual.interventions import Edit, _LayerEdit
+    from tl_multilingual.causal.interventions import Edit, _LayerEdit
 
     lm = tlm.adapt(tiny.bridge("llama"))
     mask = tlm.NeuronMask.from_pairs([(1, 0), (1, 3)], lm.n_layers, lm.d_mlp)

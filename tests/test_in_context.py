@@ -16,8 +16,8 @@ import tiny
 import torch
 
 import tl_multilingual as tlm
-from tl_multilingual.attribution import answer_token
-from tl_multilingual.tokens import in_context
+from tl_multilingual.causal.attribution import answer_token
+from tl_multilingual.model.tokens import in_context
 
 PROMPT = "Question: is the cat on the mat? Answer:"
 PROMPT_FR = "Le chat dort sur le tapis chaud. Answer:"

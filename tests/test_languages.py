@@ -8,7 +8,7 @@ import pytest
 
 import tl_multilingual as tlm
 from tl_multilingual import data
-from tl_multilingual.languages import flores_code
+from tl_multilingual.inputs.languages import flores_code
 
 
 @pytest.mark.parametrize("code", ["arz_Arab", "ary_Arab", "acm_Arab", "aeb_Arab", "ars_Arab", "pbt_Arab"])

@@ -142,7 +142,7 @@ def test_paper_b_experiments_take_the_policy(gpt2):
 
 def test_item_activations_read_the_end_of_a_long_text(gpt2):
     _, lm = gpt2
-    from tl_multilingual.sharing_classes import item_activations
+    from tl_multilingual.neurons.sharing_classes import item_activations
 
     with pytest.warns(TruncationWarning, match=LIMIT):
         values = item_activations(lm, [LONG])

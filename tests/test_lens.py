@@ -7,8 +7,8 @@ import tiny
 import torch
 
 import tl_multilingual as tlm
-from tl_multilingual.lens import LensResult
-from tl_multilingual.readout import layer_logprobs
+from tl_multilingual.model.readout import layer_logprobs
+from tl_multilingual.stages.lens import LensResult
 
 WORDS = [
     {"en": "cat", "fr": "chat", "de": "Katze", "zh": "猫", "cloze_en": "A ___ says meow."},

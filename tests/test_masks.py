@@ -67,7 +67,7 @@ def test_save_and_load(tmp_path):
 
 
 def test_one_parser_reads_class_variants():
-    from tl_multilingual.masks import parse_variant
+    from tl_multilingual.neurons.masks import parse_variant
 
     assert parse_variant("specific+related") == ("specific", "related")
     assert parse_variant(" specific + related + specific ") == ("specific", "related")

@@ -87,7 +87,7 @@ def test_one_class_code_per_neuron_underlies_every_view():
     assert per_class == expected
     counts = neurons.layer_counts().groupby("class")["count"].sum().to_dict()
     assert counts["dropped"] == neurons.dropped and counts["general"] == neurons.general().count()
-    compare = importlib.import_module("tl_multilingual.comparison")
+    compare = importlib.import_module("tl_multilingual.experiments.comparison")
     assert torch.equal(compare.neuron_class(neurons), codes.long().masked_fill(codes == 4, 3))
 
 

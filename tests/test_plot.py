@@ -52,7 +52,7 @@ def test_every_figure_saves(results, tmp_path):
 
 
 def _effects():
-    from tl_multilingual.stage_deactivation import StageEffects
+    from tl_multilingual.experiments.stage_deactivation import StageEffects
 
     rows = [{"stage": s, "language": lang, "over_control": 0.5 if s == "output_transformation" else 0.01,
              "carries": s == "output_transformation"} for s in tlm.STAGES for lang in ("en", "fr")]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tl_multilingual.report import _hurt_most
+from tl_multilingual.study.report import _hurt_most
 
 
 def test_a_language_whose_own_perplexity_fell_is_not_hurt_most():

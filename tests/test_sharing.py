@@ -10,7 +10,7 @@ import torch
 from conftest import require
 
 import tl_multilingual as tlm
-from tl_multilingual.sharing_classes import (
+from tl_multilingual.neurons.sharing_classes import (
     SHARING_CLASSES,
     classify_codes,
     item_activations,

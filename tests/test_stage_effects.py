@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import tl_multilingual as tlm
-from tl_multilingual.stage_deactivation import StageEffects, stage_effects
+from tl_multilingual.experiments.stage_deactivation import StageEffects, stage_effects
 
 
 @pytest.fixture(scope="module")

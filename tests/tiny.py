@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from tl_multilingual.models import SAMPLE_TEXT
-from tl_multilingual.models import tiny as bridge
-from tl_multilingual.models import tiny_hf as hf_model
-from tl_multilingual.models import tiny_tokenizer as tokenizer
+from tl_multilingual.model.models import SAMPLE_TEXT
+from tl_multilingual.model.models import tiny as bridge
+from tl_multilingual.model.models import tiny_hf as hf_model
+from tl_multilingual.model.models import tiny_tokenizer as tokenizer
 
 __all__ = ["SAMPLE_TEXT", "bridge", "hf_model", "tokenizer", "hooked_and_bridge"]
 
@@ -91,7 +91,7 @@ def sentencepiece_bridge(scheme: str = "legacy", arch: str = "llama", *, seed: i
     from transformer_lens.model_bridge import TransformerBridge
     from transformers import AutoModelForCausalLM
 
-    from tl_multilingual.models import _config
+    from tl_multilingual.model.models import _config
 
     tok = sentencepiece_tokenizer(scheme)
     torch.manual_seed(seed)

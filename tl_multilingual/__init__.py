@@ -37,48 +37,50 @@ from .errors import (
 
 # Names are imported on first use (PEP 562), so that ``import tl_multilingual`` and the
 # command's ``--help`` do not load torch and TransformerLens.
-_SUBMODULES = ("data", "evaluate", "models", "prompts", "attribution", "sharing_classes", "sharing_experiments")
+_SUBMODULES = {"data": "data", "evaluate": "causal.evaluate", "models": "model.models", "prompts": "inputs.prompts",
+               "attribution": "causal.attribution", "sharing_classes": "neurons.sharing_classes",
+               "sharing_experiments": "experiments.sharing_experiments"}
 _EXPORTS = {
-    "adapters": ("ModelAdapter", "adapt"),
-    "attribution": ("Attribution", "attribute"),
-    "collect": ("collect_stats",),
-    "comparison": ("Comparison", "Series", "compare", "compare_series"),
-    "corpus": ("Corpus", "Text"),
-    "evaluate": ("MultipleChoice", "answer_accuracy", "choice_accuracy", "generate", "perplexity"),
-    "experiments": ("DeactivationResult", "deactivation_matrix"),
-    "identification": ("identify",),
-    "interventions": ("Edit", "Interventions", "ablate", "ablation_hooks", "boost", "intervene", "patch", "record",
+    "model.adapters": ("ModelAdapter", "adapt"),
+    "causal.attribution": ("Attribution", "attribute"),
+    "neurons.collect": ("collect_stats",),
+    "experiments.comparison": ("Comparison", "Series", "compare", "compare_series"),
+    "inputs.corpus": ("Corpus", "Text"),
+    "causal.evaluate": ("MultipleChoice", "answer_accuracy", "choice_accuracy", "generate", "perplexity"),
+    "experiments.deactivation": ("DeactivationResult", "deactivation_matrix"),
+    "neurons.identification": ("identify",),
+    "causal.interventions": ("Edit", "Interventions", "ablate", "ablation_hooks", "boost", "intervene", "patch", "record",
                       "steer"),
-    "items": ("ParallelItem", "ParallelItems"),
-    "languages": ("language_name", "normalize_language"),
-    "lens": ("LensResult", "language_lens"),
-    "masks": ("NeuronMask",),
-    "neurons": ("LanguageNeurons",),
-    "patching": ("PatchResult", "patch_neurons"),
-    "prompts": ("LensPrompt",),
-    "sharing_classes": ("Sharing", "sharing"),
-    "stage_deactivation": ("StageEffects", "stage_effects"),
-    "stages": ("STAGES", "StageMap", "map_stages"),
-    "stats": ("ActivationStats",),
-    "wordtokens": ("word_tokens",),
+    "inputs.items": ("ParallelItem", "ParallelItems"),
+    "inputs.languages": ("language_name", "normalize_language"),
+    "stages.lens": ("LensResult", "language_lens"),
+    "neurons.masks": ("NeuronMask",),
+    "neurons.classes": ("LanguageNeurons",),
+    "causal.patching": ("PatchResult", "patch_neurons"),
+    "inputs.prompts": ("LensPrompt",),
+    "neurons.sharing_classes": ("Sharing", "sharing"),
+    "experiments.stage_deactivation": ("StageEffects", "stage_effects"),
+    "stages.segmentation": ("STAGES", "StageMap", "map_stages"),
+    "neurons.stats": ("ActivationStats",),
+    "inputs.wordtokens": ("word_tokens",),
 }
 _HOME = {name: module for module, names in _EXPORTS.items() for name in names}
 # Renamed, or moved one level down (Wang et al.'s extras live in their modules): the
 # old top-level names still work, with a DeprecationWarning, until the next release.
 _MOVED = {
-    "ablation_matrix": ("experiments", "deactivation_matrix"),
-    "AblationResult": ("experiments", "DeactivationResult"),
-    "class_attribution": ("attribution", "class_attribution"),
-    "item_correctness": ("sharing_experiments", "item_correctness"),
-    "correct_vs_incorrect": ("sharing_experiments", "correct_vs_incorrect"),
-    "boost_experiment": ("sharing_experiments", "boost_experiment"),
-    "SHARING_CLASSES": ("sharing_classes", "SHARING_CLASSES"),
+    "ablation_matrix": ("experiments.deactivation", "deactivation_matrix"),
+    "AblationResult": ("experiments.deactivation", "DeactivationResult"),
+    "class_attribution": ("causal.attribution", "class_attribution"),
+    "item_correctness": ("experiments.sharing_experiments", "item_correctness"),
+    "correct_vs_incorrect": ("experiments.sharing_experiments", "correct_vs_incorrect"),
+    "boost_experiment": ("experiments.sharing_experiments", "boost_experiment"),
+    "SHARING_CLASSES": ("neurons.sharing_classes", "SHARING_CLASSES"),
 }
 
 
 def __getattr__(name: str) -> Any:
     if name in _SUBMODULES:
-        value = importlib.import_module(f".{name}", __name__)
+        value = importlib.import_module(f".{_SUBMODULES[name]}", __name__)
     elif name in _HOME:
         value = getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
     elif name in _MOVED:
@@ -108,9 +110,38 @@ class _Package(types.ModuleType):
 
 sys.modules[__name__].__class__ = _Package
 
-# Modules renamed so that ``import tl_multilingual.<module> as m`` never binds a function;
-# the old paths still import, with a DeprecationWarning, until the next release.
-_RENAMED = {"identify": "identification", "compare": "comparison", "sharing": "sharing_classes"}
+# Modules renamed (so that ``import tl_multilingual.<module> as m`` never binds a function)
+# or grouped into subpackages: the old paths still import, with a DeprecationWarning,
+# until the next release. ``stages``, ``experiments``, ``neurons`` and ``study`` are
+# subpackages now; their old contents are forwarded by the subpackages themselves.
+_RENAMED = {
+    "identify": "neurons.identification", "compare": "experiments.comparison", "sharing": "neurons.sharing_classes",
+    "languages": "inputs.languages",
+    "corpus": "inputs.corpus",
+    "items": "inputs.items",
+    "prompts": "inputs.prompts",
+    "wordtokens": "inputs.wordtokens",
+    "adapters": "model.adapters",
+    "tokens": "model.tokens",
+    "readout": "model.readout",
+    "models": "model.models",
+    "gguf": "model.gguf",
+    "stats": "neurons.stats",
+    "collect": "neurons.collect",
+    "masks": "neurons.masks",
+    "sharing_classes": "neurons.sharing_classes",
+    "identification": "neurons.identification",
+    "lens": "stages.lens",
+    "interventions": "causal.interventions",
+    "evaluate": "causal.evaluate",
+    "patching": "causal.patching",
+    "attribution": "causal.attribution",
+    "stage_deactivation": "experiments.stage_deactivation",
+    "sharing_experiments": "experiments.sharing_experiments",
+    "comparison": "experiments.comparison",
+    "report": "study.report",
+    "plot": "study.plot",
+}
 
 
 class _RenamedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):

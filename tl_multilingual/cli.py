@@ -95,7 +95,7 @@ def load_model(
 ) -> tuple[Any, dict[str, Any]]:
     """A TransformerBridge from a model spec, and a record of where it came from.
     ``log(message)`` hears about slow first-use conversions of GGUF models."""
-    from . import models
+    from .model import models
 
     torch_dtype = _dtype(dtype)
     path = Path(spec).expanduser()
@@ -130,7 +130,7 @@ def load_model(
 
 
 def _languages(text: str | None) -> list[str] | None:
-    from .languages import normalize_language
+    from .inputs.languages import normalize_language
 
     if text is None:
         return None
@@ -142,8 +142,8 @@ def _corpus(spec: str | None, languages: list[str] | None, say: Any = None) -> A
     """The corpus to study. Codes no language standard knows are refused only when
     they are studied: ``--languages`` can leave them out."""
     from . import data
-    from .corpus import Corpus
     from .errors import CorpusError, LanguageError
+    from .inputs.corpus import Corpus
 
     if spec is None:
         corpus = data.parallel(languages)
@@ -210,7 +210,7 @@ def merge(args: argparse.Namespace) -> Path:
     """Load, check and sum statistics shards; save the sum to ``args.out``."""
     import warnings
 
-    from .stats import ActivationStats
+    from .neurons.stats import ActivationStats
 
     shards = [ActivationStats.load(path) for path in args.shards]
     with warnings.catch_warnings(record=True) as caught:
@@ -228,7 +228,13 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
     import warnings
 
     from . import distributed
-    from .study import DEMO_SETTINGS, Study, StudySettings, check_output_folder, check_study
+    from .study.pipeline import (
+        DEMO_SETTINGS,
+        Study,
+        StudySettings,
+        check_output_folder,
+        check_study,
+    )
 
     def say(message: str) -> None:
         if not args.quiet and distributed.is_main():

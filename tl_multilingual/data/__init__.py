@@ -3,8 +3,8 @@
 Bundled (written for this project, MIT-licensed like the code):
 
 - [`parallel()`][tl_multilingual.data.parallel]: 170 sentences in 10 languages (en, de, fr, es, ru, zh, ja, ar, hi,
-  th), half everyday, half reasoning-style; as a [`Corpus`][tl_multilingual.corpus.Corpus] or, with
-  [`parallel_items()`][tl_multilingual.data.parallel_items], as [`ParallelItems`][tl_multilingual.items.ParallelItems];
+  th), half everyday, half reasoning-style; as a [`Corpus`][tl_multilingual.inputs.corpus.Corpus] or, with
+  [`parallel_items()`][tl_multilingual.data.parallel_items], as [`ParallelItems`][tl_multilingual.inputs.items.ParallelItems];
 - [`words()`][tl_multilingual.data.words]: 117 concrete nouns in the same languages, with English cloze
   sentences, for the logit-lens prompts.
 
@@ -22,10 +22,10 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
 
-from ..corpus import Corpus
 from ..errors import CorpusError
-from ..items import ParallelItem, ParallelItems
-from ..languages import flores_code, normalize_language
+from ..inputs.corpus import Corpus
+from ..inputs.items import ParallelItem, ParallelItems
+from ..inputs.languages import flores_code, normalize_language
 
 __all__ = [
     "LANGUAGES", "parallel", "parallel_records", "parallel_items", "words", "flores", "flores_languages", "mgsm", "xnli",
@@ -61,7 +61,7 @@ def parallel(languages: Sequence[str] | None = None, *, register: Register | Non
 
 
 def parallel_items(languages: Sequence[str] | None = None, *, register: Register | None = None) -> ParallelItems:
-    """The bundled parallel sentences as [`ParallelItems`][tl_multilingual.items.ParallelItems] (for sharing classes)."""
+    """The bundled parallel sentences as [`ParallelItems`][tl_multilingual.inputs.items.ParallelItems] (for sharing classes)."""
     langs = _languages(languages)
     items = [ParallelItem(r["id"], {lang: r[lang] for lang in langs}) for r in parallel_records(register)]
     return ParallelItems(items, languages=langs)
@@ -125,7 +125,7 @@ def flores(
     ``prs_Arab.devtest``, never Iranian Persian's. A macrolanguage reads the individual
     language FLORES uses for it when the folder has no file of its own (``zh`` reads
     ``zho_Hans`` or ``cmn_Hans``, ``ar`` reads ``arb_Arab``). Corpus keys are the
-    requested languages, normalised (see [`tl_multilingual.normalize_language()`][tl_multilingual.languages.normalize_language]).
+    requested languages, normalised (see [`tl_multilingual.normalize_language()`][tl_multilingual.inputs.languages.normalize_language]).
 
     Args:
         source: a folder of ``<code>.<split>`` text files (FLORES-200 layout, e.g.

@@ -1,0 +1,1 @@
+"""Causal tools: interventions on neurons, evaluation, patching and attribution."""

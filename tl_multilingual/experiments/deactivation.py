@@ -1,0 +1,421 @@
+"""Deactivation experiments of Zhang et al. (AAAI-26) (Fig. 2) and LAPE, one call each.
+
+[`deactivation_matrix()`][tl_multilingual.experiments.deactivation.deactivation_matrix] deactivates, for every language, a class of its neurons and
+measures every evaluated language, against the unmodified model and against random
+neuron sets of the same size per layer (the control). Effects come with paired
+bootstrap intervals over texts (or items).
+
+Variants name neuron classes joined with ``+``: Zhang et al.'s (AAAI-26) ``"specific"``,
+``"specific+related"`` and ``"specific+related+general"``; LAPE's ``"language"``
+(all of a language's selected neurons); any of ``specific``, ``related``,
+``general``, ``language``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, Literal, TypeVar
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .. import distributed, resample
+from ..causal.evaluate import choice_scores, text_nll
+from ..causal.interventions import Layers, ablate
+from ..errors import IdentificationError, SaveError, StatsError, TLMultilingualError, warn
+from ..inputs.corpus import Corpus
+from ..model.adapters import ModelAdapter, adapt
+from ..model.tokens import Overflow
+from ..neurons.classes import MASK_NAMES, LanguageNeurons
+from ..neurons.masks import NeuronMask, parse_variant
+from ..neurons.stats import ActivationStats
+from ..persist import atomic_folder, recover
+from ..provenance import check_fits
+
+__all__ = ["deactivation_matrix", "DeactivationResult", "variant_mask"]
+
+_KINDS = ("tl_multilingual.DeactivationResult", "tl_multilingual.AblationResult")  # the second: 0.1.0 saves
+_RENAMED = {"ablation_matrix": "deactivation_matrix", "AblationResult": "DeactivationResult"}
+
+
+def __getattr__(name: str) -> Any:
+    """Deprecated names of 0.1.0, kept for one release."""
+    if name in _RENAMED:
+        warn(f"{name} is renamed {_RENAMED[name]} (Zhang et al., AAAI-26, call the experiment deactivation)",
+             DeprecationWarning)
+        return globals()[_RENAMED[name]]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+_FILES = ("cells.csv", "controls.csv", "result.json")
+
+Metric = Literal["perplexity", "accuracy"]
+
+
+def variant_mask(neurons: LanguageNeurons, variant: str, language: str) -> NeuronMask:
+    """The union of the classes named in ``variant`` (``"specific+related"``) for ``language``.
+
+    Raises:
+        MaskError: for a variant that names no class or an unknown one
+            ([`tl_multilingual.neurons.masks.parse_variant()`][tl_multilingual.neurons.masks.parse_variant]).
+    """
+    mask = NeuronMask.empty(neurons.n_layers, neurons.d_mlp)
+    for part in parse_variant(variant, MASK_NAMES):
+        mask = mask | neurons.mask(part, None if part == "general" else language)
+    mask.name = f"{language}: {variant}"
+    return mask
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+@dataclass
+class _Runs(Generic[V]):
+    """One condition's measurements, per block of units: the hit (its own mask), each
+    random control, and the mask sizes."""
+
+    hit: list[V]
+    controls: list[list[V]]  # [control][block]
+    sizes: list[int]
+
+
+def _controlled_runs(
+    conditions: Mapping[K, Callable[[int], NeuronMask]],
+    measure: Callable[[K | None, int, NeuronMask | None], V],
+    *,
+    n_blocks: int,
+    n_controls: Mapping[K, int],
+    seed: int,
+    desc: str,
+    progress: bool,
+) -> tuple[list[V], dict[K, _Runs[V]]]:
+    """The loop every controlled intervention experiment shares (deactivation here,
+    boosting in [`tl_multilingual.experiments.sharing_experiments`][tl_multilingual.experiments.sharing_experiments]).
+
+    Units (texts, items) come in ``n_blocks`` blocks that each get their own mask: one
+    block for a whole evaluation set, or one block per item when every item has its own
+    class mask. First the unmodified model is measured on every block (the baseline);
+    then, for every condition, the block's mask (the hit) and ``n_controls[condition]``
+    random masks with as many neurons per layer, drawn outside it with seed
+    ``seed + 97 * block`` ([`NeuronMask.controls()`][tl_multilingual.neurons.masks.NeuronMask.controls]). An empty mask changes nothing:
+    its run is the baseline, not measured again. The progress bar closes however the
+    loop ends.
+
+    Args:
+        conditions: per condition key, the mask of each block.
+        measure: ``measure(key, block, mask)`` measures one block under one mask (key
+            and mask None for the baseline) and returns its per-unit values.
+        n_blocks: number of blocks.
+        n_controls: random controls per condition.
+        seed: seed of the controls.
+        desc: the progress bar's label.
+        progress: show the progress bar.
+
+    Returns:
+        ``(baseline, runs)``: the baseline per block, and per condition its
+        `_Runs`. Intervals come from `_paired_interval()`.
+    """
+    total = n_blocks * (1 + sum(1 + n_controls[key] for key in conditions))
+    baseline: list[V] = []
+    with tqdm(total=total, disable=not distributed.show_progress(progress), desc=desc, unit="run") as bar:
+
+        def run(key: K | None, block: int, mask: NeuronMask | None) -> V:
+            value = baseline[block] if mask is not None and mask.count() == 0 else measure(key, block, mask)
+            bar.update()
+            return value
+
+        for block in range(n_blocks):
+            baseline.append(run(None, block, None))
+        runs: dict[K, _Runs[V]] = {}
+        for key, mask_of in conditions.items():
+            result: _Runs[V] = _Runs([], [[] for _ in range(n_controls[key])], [])
+            for block in range(n_blocks):
+                mask = mask_of(block)
+                result.sizes.append(mask.count())
+                result.hit.append(run(key, block, mask))
+                for c, random_mask in enumerate(mask.controls(n_controls[key], seed=seed + 97 * block)):
+                    result.controls[c].append(run(key, block, random_mask))
+            runs[key] = result
+    return baseline, runs
+
+
+def _paired_interval(
+    hit: np.ndarray,
+    baseline: np.ndarray,
+    unit_draws: np.ndarray,
+    ci: float,
+    statistic: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+) -> tuple[float, float, float]:
+    """The change from ``baseline`` to ``hit`` over the same units, with its paired
+    percentile bootstrap interval ([`tl_multilingual.resample`][tl_multilingual.resample]).
+
+    Args:
+        hit, baseline: per-unit values (units along the last axis for a
+            ``statistic``, along the first otherwise).
+        unit_draws: bootstrap draws of unit indices ``[n_boot, n_units]``
+            ([`tl_multilingual.resample.draws()`][tl_multilingual.resample.draws]), shared by both conditions.
+        ci: the interval's coverage.
+        statistic: ``statistic(values, index)`` -> the statistic over the units
+            ``index`` (``[..., n]`` -> ``[...]``), for statistics other than the mean
+            (a perplexity is a ratio of sums); None: the mean change, with
+            [`mean_interval()`][tl_multilingual.resample.mean_interval] (its NaN policy).
+
+    Returns:
+        ``(change, ci_low, ci_high)``.
+    """
+    if statistic is None:
+        change, low, high = resample.mean_interval(hit, baseline=baseline, ci=ci, unit_draws=unit_draws)
+        return float(change), float(low), float(high)
+    every = np.arange(unit_draws.shape[1])
+    change = float(statistic(hit, every) - statistic(baseline, every))
+    low, high = resample.percentile_interval(statistic(hit, unit_draws) - statistic(baseline, unit_draws), ci)
+    return change, float(low), float(high)
+
+
+class _Evaluation:
+    """Per-unit numerators and denominators of a metric, and how to aggregate them."""
+
+    def __init__(self, data: Corpus | Mapping[str, Sequence[Any]], metric: Metric, batch_size: int,
+                 policy: dict[str, Any] | None = None):
+        self.data, self.metric, self.batch_size = data, metric, batch_size
+        self.policy = policy or {}  # max_length, overflow
+
+    def units(self, lm: ModelAdapter) -> pd.DataFrame:
+        if self.metric == "perplexity":
+            frame = text_nll(lm, self.data, batch_size=self.batch_size, **self.policy)
+            return frame.rename(columns={"text": "unit", "nll": "num", "tokens": "den"})
+        frame = choice_scores(lm, self.data, batch_size=self.batch_size, **self.policy)
+        return pd.DataFrame(
+            {"language": frame["language"], "unit": frame["item"], "num": frame["correct"].astype(float), "den": 1.0}
+        )
+
+    def aggregate(self, num: np.ndarray, den: np.ndarray) -> np.ndarray:
+        ratio = num / np.maximum(den, 1e-12)
+        return np.exp(ratio) if self.metric == "perplexity" else ratio
+
+
+@dataclass
+class DeactivationResult:
+    """Outcome of [`deactivation_matrix()`][tl_multilingual.experiments.deactivation.deactivation_matrix].
+
+    Attributes:
+        frame: one row per (variant, ablated language, evaluated language): the
+            neurons deactivated, baseline and intervened values, absolute and relative
+            change with a bootstrap interval, and the random-control change.
+        controls: one row per control seed.
+        metric: ``"perplexity"`` or ``"accuracy"``.
+    """
+
+    frame: pd.DataFrame
+    controls: pd.DataFrame
+    metric: str
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.frame.copy()
+
+    def save(self, path: str | Path) -> Path:
+        """Save to the folder ``path``: ``cells.csv``, ``controls.csv``, ``result.json``
+        (atomically: the three files are replaced together)."""
+        folder = Path(path)
+        with atomic_folder(folder, replaceable=lambda p: set(os.listdir(p)) <= set(_FILES)) as staging:
+            (staging / "cells.csv").write_text(self.frame.to_csv(index=False), encoding="utf-8")
+            (staging / "controls.csv").write_text(self.controls.to_csv(index=False), encoding="utf-8")
+            (staging / "result.json").write_text(
+                json.dumps({"kind": "tl_multilingual.DeactivationResult", "metric": self.metric}), encoding="utf-8"
+            )
+        return folder
+
+    @classmethod
+    def load(cls, path: str | Path) -> DeactivationResult:
+        """Load a result saved with [`save()`][tl_multilingual.experiments.deactivation.DeactivationResult.save].
+
+        Raises:
+            SaveError: the folder is missing, damaged, or not an ablation result.
+        """
+        folder = Path(path)
+        recover(folder)
+        try:
+            meta = json.loads((folder / "result.json").read_text(encoding="utf-8"))
+            frame, controls = pd.read_csv(folder / "cells.csv"), pd.read_csv(folder / "controls.csv")
+        except (OSError, ValueError) as err:  # ValueError: JSON, UTF-8 and CSV parsing
+            raise SaveError(f"{folder} is not a saved ablation result: {err}") from err
+        if not isinstance(meta, dict) or meta.get("kind") not in _KINDS:
+            raise SaveError(f"{folder / 'result.json'} is not the record of an ablation result")
+        if meta.get("metric") not in ("perplexity", "accuracy"):
+            raise SaveError(f"{folder / 'result.json'}: metric must be 'perplexity' or 'accuracy', "
+                            f"got {meta.get('metric')!r:.60}")
+        missing = [c for c in ("variant", "ablated", "evaluated") if c not in frame.columns]
+        if missing:
+            raise SaveError(f"{folder / 'cells.csv'} lacks the columns {missing}")
+        return cls(frame, controls, meta["metric"])
+
+    def matrix(self, variant: str | None = None, value: str = "relative_change") -> pd.DataFrame:
+        """Ablated languages (rows) by evaluated languages (columns) for one variant."""
+        variants = list(dict.fromkeys(self.frame["variant"]))
+        variant = variant or variants[0]
+        if variant not in variants:
+            raise TLMultilingualError(f"no variant {variant!r}; have {variants}")
+        rows = self.frame[self.frame["variant"] == variant]
+        table = rows.pivot(index="ablated", columns="evaluated", values=value)
+        order = list(dict.fromkeys(rows["ablated"]))
+        return table.loc[order, list(dict.fromkeys(rows["evaluated"]))]
+
+
+def deactivation_matrix(
+    model: Any,
+    neurons: LanguageNeurons,
+    data: Corpus | Mapping[str, Sequence[Any]],
+    *,
+    classes: Iterable[str] = ("specific",),
+    metric: Metric | None = None,
+    languages: Sequence[str] | None = None,
+    layers: Layers = None,
+    value: float | Literal["zero", "mean"] = 0.0,
+    stats: ActivationStats | None = None,
+    controls: int | Mapping[str, int] = 3,
+    seed: int = 0,
+    n_boot: int = 1000,
+    ci: float = 0.95,
+    batch_size: int = 8,
+    progress: bool = True,
+    allow_mismatch: bool = False,
+    max_length: int | None = None,
+    overflow: Overflow = "truncate",
+) -> DeactivationResult:
+    """Deactivate each language's neurons and evaluate every language (Zhang et al. (AAAI-26) Fig. 2).
+
+    Args:
+        model: a model or [`ModelAdapter`][tl_multilingual.model.adapters.ModelAdapter].
+        neurons: identified neurons (ternary or LAPE).
+        data: a [`Corpus`][tl_multilingual.inputs.corpus.Corpus] (metric: perplexity) or multiple-choice items per
+            language (metric: accuracy; see [`tl_multilingual.choice_accuracy()`][tl_multilingual.causal.evaluate.choice_accuracy]).
+        classes: variants to deactivate, e.g. ``["specific", "specific+related",
+            "specific+related+general"]`` for Zhang et al. (AAAI-26), ``["language"]`` for LAPE.
+        languages: languages whose neurons are deactivated (default: all of ``neurons``).
+        layers: restrict every mask (and its controls) to these layers, e.g. a stage's
+            ``stage_map.layers("understanding")`` (see [`tl_multilingual.map_stages()`][tl_multilingual.stages.segmentation.map_stages]).
+        value: what deactivated neurons are set to: 0, a constant, or ``"mean"`` (needs
+            ``stats``).
+        controls: random same-size-per-layer neuron sets per (variant, language), or a
+            number per variant (``{"specific+related": 3}``, matched by the classes it
+            names, in any order; unnamed variants get none).
+        seed: seed of the controls and of the bootstrap.
+        n_boot: paired bootstrap replicates over texts/items for the change's interval.
+        ci: the interval's coverage.
+        batch_size: texts per forward pass.
+        progress: show a progress bar.
+        allow_mismatch: accept neurons or statistics of another model of the same shape.
+        max_length: longest sequence fed to the model (default: its context size).
+        overflow: ``"truncate"``, ``"split"`` (perplexity only) or ``"error"``; see
+            [`tl_multilingual.model.tokens`][tl_multilingual.model.tokens].
+
+    Returns:
+        [`DeactivationResult`][tl_multilingual.experiments.deactivation.DeactivationResult] (``to_frame()``, ``matrix(variant)``).
+
+    Raises:
+        IdentificationError, StatsError: neurons or statistics of another shape, or of
+            another model (unless ``allow_mismatch``).
+    """
+    lm = adapt(model)
+    check_fits(lm, neurons, what="the neurons", error=IdentificationError, allow_mismatch=allow_mismatch)
+    if stats is not None:
+        check_fits(lm, stats, what="the statistics", error=StatsError, allow_mismatch=allow_mismatch)
+    if metric is None:
+        metric = "perplexity" if isinstance(data, Corpus) else "accuracy"
+    if metric == "perplexity" and not isinstance(data, Corpus):
+        raise TLMultilingualError("perplexity needs a Corpus")
+    evaluation = _Evaluation(data, metric, batch_size, {"max_length": max_length, "overflow": overflow})
+    ablated = list(neurons.languages if languages is None else languages)
+    variants = list(classes)
+    masks = {(v, lang): variant_mask(neurons, v, lang) for v in variants for lang in ablated}
+    if layers is not None:
+        masks = {key: m.restrict(lm.layer_range(layers)) for key, m in masks.items()}
+    if isinstance(controls, Mapping):
+        per_variant = {frozenset(parse_variant(v, MASK_NAMES)): n for v, n in controls.items()}
+        n_controls = {v: per_variant.get(frozenset(parse_variant(v, MASK_NAMES)), 0) for v in variants}
+    else:
+        n_controls = {v: controls for v in variants}
+
+    def measure(key: tuple[str, str] | None, block: int, mask: NeuronMask | None) -> pd.DataFrame:
+        if mask is None:
+            return evaluation.units(lm)
+        with ablate(lm, mask, value=value, stats=stats, allow_mismatch=allow_mismatch):
+            return evaluation.units(lm)
+
+    (baseline,), runs = _controlled_runs(
+        {key: (lambda block, mask=mask: mask) for key, mask in masks.items()},
+        measure,
+        n_blocks=1,
+        n_controls={key: n_controls[key[0]] for key in masks},
+        seed=seed,
+        desc="ablation matrix",
+        progress=progress,
+    )
+    evaluated = list(dict.fromkeys(baseline["language"]))
+    rng = np.random.default_rng(seed)
+    unit_draws = {
+        lang: resample.draws(n, n_boot, rng) for lang, n in baseline.groupby("language", sort=False).size().items()
+    }
+    rows, control_rows = [], []
+    for (variant, lang), run in runs.items():
+        (hit,), ctrl_runs = run.hit, [c[0] for c in run.controls]
+        for target in evaluated:
+            rows.append(
+                _row(evaluation, baseline, hit, ctrl_runs, target, unit_draws[target], ci)
+                | {"variant": variant, "ablated": lang, "evaluated": target, "n_neurons": run.sizes[0]}
+            )
+            for c, ctrl in enumerate(ctrl_runs):
+                control_rows.append(
+                    {"variant": variant, "ablated": lang, "evaluated": target, "seed": c,
+                     "value": _value(evaluation, ctrl, target)}
+                )
+    columns = ["variant", "ablated", "evaluated", "n_neurons", "baseline", "value", "change",
+               "relative_change", "ci_low", "ci_high", "control_value", "control_change",
+               "control_change_sd", "effect_over_control"]
+    return DeactivationResult(pd.DataFrame(rows)[columns], pd.DataFrame(control_rows), metric)
+
+
+def _select(units: pd.DataFrame, language: str) -> tuple[np.ndarray, np.ndarray]:
+    part = units[units["language"] == language].sort_values("unit")
+    return part["num"].to_numpy(float), part["den"].to_numpy(float)
+
+
+def _value(evaluation: _Evaluation, units: pd.DataFrame, language: str) -> float:
+    num, den = _select(units, language)
+    return float(evaluation.aggregate(num.sum(), den.sum()))
+
+
+def _row(
+    evaluation: _Evaluation,
+    baseline: pd.DataFrame,
+    hit: pd.DataFrame,
+    ctrl_runs: list[pd.DataFrame],
+    language: str,
+    unit_draws: np.ndarray,
+    ci: float,
+) -> dict[str, Any]:
+    def statistic(values: np.ndarray, index: np.ndarray) -> np.ndarray:  # [2, n]: numerators, denominators
+        return evaluation.aggregate(values[0][index].sum(-1), values[1][index].sum(-1))
+
+    base_units, hit_units = np.stack(_select(baseline, language)), np.stack(_select(hit, language))
+    every = np.arange(base_units.shape[1])
+    base, value = float(statistic(base_units, every)), float(statistic(hit_units, every))
+    change, low, high = _paired_interval(hit_units, base_units, unit_draws, ci, statistic)
+    ctrl_changes = np.array([_value(evaluation, c, language) - base for c in ctrl_runs])
+    ctrl_change = float(ctrl_changes.mean()) if len(ctrl_changes) else float("nan")
+    return {
+        "baseline": base,
+        "value": value,
+        "change": change,
+        "relative_change": change / base if base else float("nan"),
+        "ci_low": low,
+        "ci_high": high,
+        "control_value": base + ctrl_change,
+        "control_change": ctrl_change,
+        "control_change_sd": float(ctrl_changes.std(ddof=1)) if len(ctrl_changes) > 1 else float("nan"),
+        "effect_over_control": change - ctrl_change,
+    }

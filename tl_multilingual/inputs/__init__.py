@@ -1,0 +1,1 @@
+"""Inputs: language codes, corpora, parallel items, lens prompts and word tokens."""

@@ -1,0 +1,353 @@
+"""The model's output head and the reads of its residual stream, in one place.
+
+Everything that turns a residual-stream vector into logits, or reads a weight
+matrix of the model, lives here (hook names live on [`ModelAdapter`][tl_multilingual.model.adapters.ModelAdapter]).
+The rest of the library asks this module for:
+
+- [`head()`][tl_multilingual.model.readout.head]: residual stream -> logits through the model's own final norm,
+  unembedding and final-logit transform (Gemma-2/3 soft-capping, Cohere's
+  ``logit_scale``, Granite's ``logits_scaling``, Falcon-H1's ``lm_head_multiplier``);
+- [`last_logits()`][tl_multilingual.model.readout.last_logits]: the logits at each row's last real position;
+- [`layer_logprobs()`][tl_multilingual.model.readout.layer_logprobs]: the logit lens (Wendler et al., 2024): every layer's
+  residual stream at the last position read through [`head()`][tl_multilingual.model.readout.head];
+- [`sequence_nll()`][tl_multilingual.model.readout.sequence_nll]: summed negative log-likelihood of the counted positions of
+  tokenised sequences, for perplexity and log-likelihood scoring;
+- [`output_weights()`][tl_multilingual.model.readout.output_weights], [`unembedding()`][tl_multilingual.model.readout.unembedding], [`centred_writes()`][tl_multilingual.model.readout.centred_writes]: the weights
+  that direct logit attribution (Wang et al., 2024) multiplies.
+
+**The readout invariant.** Read at the last layer, [`head()`][tl_multilingual.model.readout.head] gives exactly the
+model's own final logits. This is checked, not assumed: the first time a model's head
+is built, a two-token forward pass compares [`head()`][tl_multilingual.model.readout.head] on the final residual stream
+with the model's own logits, and a model whose head the library cannot reproduce is
+refused with [`UnsupportedModelError`][tl_multilingual.errors.UnsupportedModelError] before any number is returned.
+Statistics collection never needs the head, so such a model can still be studied
+there.
+
+The head is applied to the rows that need it only (last positions, counted
+positions), in chunks, so a full ``[batch, pos, vocab]`` tensor is never built.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from einops import rearrange
+from jaxtyping import Float
+from torch import Tensor
+
+from ..errors import UnsupportedModelError
+
+if TYPE_CHECKING:
+    from .adapters import Batch, ModelAdapter
+    from .tokens import Encoded
+
+__all__ = [
+    "head",
+    "last_logits",
+    "layer_logprobs",
+    "sequence_nll",
+    "output_weights",
+    "unembedding",
+    "centred_writes",
+]
+
+HEAD_ROWS = 256
+"""Positions sent through the output head at once."""
+
+Head = Callable[[Tensor], Tensor]
+
+
+def _hf_config(model: Any) -> Any:
+    return getattr(getattr(model, "original_model", None), "config", None)
+
+
+def _config_transform(model: Any) -> Callable[[Tensor], Tensor]:
+    """Final-logit transform read from the configuration, for models whose
+    TransformerLens wrapper does not declare one (TransformerLens 3.x)."""
+    hf = _hf_config(model)
+    sources = [s for s in (hf, getattr(model, "cfg", None)) if s is not None]
+
+    def first(*names: str) -> float | None:
+        for source in sources:
+            for name in names:
+                value = getattr(source, name, None)
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    return float(value)
+        return None
+
+    cap = first("final_logit_softcapping", "output_logits_soft_cap")
+    cap = cap if cap is not None and cap > 0 else None
+    architecture = type(getattr(model, "original_model", None)).__name__
+    scale = first("logit_scale") if architecture.startswith("Cohere") else None
+    divide = first("logits_scaling")
+    multiply = first("lm_head_multiplier")
+
+    def transform(logits: Tensor) -> Tensor:
+        if scale is not None:
+            logits = logits * scale
+        if divide is not None:
+            logits = logits / divide
+        if multiply is not None:
+            logits = logits * multiply
+        if cap is not None:
+            logits = cap * torch.tanh(logits / cap)
+        return logits
+
+    return transform
+
+
+def _final_transform(model: Any) -> Callable[[Tensor], Tensor]:
+    """The final-logit transform: the one TransformerLens declares for the
+    architecture when it does (TransformerLens 4.x bridges), else read from the
+    configuration."""
+    declared = getattr(getattr(model, "adapter", None), "apply_output_logits_transform", None)
+    return declared if callable(declared) else _config_transform(model)
+
+
+def _build_head(lm: ModelAdapter) -> Head:
+    model = lm.model
+    transform = _final_transform(model)
+
+    def apply(resid: Float[Tensor, "rows d_model"]) -> Float[Tensor, "rows vocab"]:
+        logits = model.unembed(model.ln_final(resid[:, None, :]))[:, 0]
+        return transform(logits)
+
+    return apply
+
+
+def _tolerance(dtype: torch.dtype) -> float:
+    return 1e-4 if dtype in (torch.float32, torch.float64) else 2e-2
+
+
+def _verify(lm: ModelAdapter, apply: Head) -> None:
+    """Check the readout invariant on a two-token probe (see the module docstring)."""
+    token = lm.bos_token_id if lm.bos_token_id is not None else lm.pad_token_id
+    batch = lm.pad([[token, token]])
+    final: dict[str, Tensor] = {}
+
+    def keep(tensor: Tensor, hook: Any) -> None:
+        final["resid"] = tensor[0]
+
+    own = lm.forward(batch, fwd_hooks=[(lm.final_hook, keep)], logits=True)
+    if own is None or "resid" not in final:
+        raise UnsupportedModelError(f"{lm.name}: the final residual stream hook {lm.final_hook} never fired")
+    with torch.no_grad():
+        ours = apply(final["resid"]).float()
+    own = own[0].float()
+    if ours.shape != own.shape:
+        raise UnsupportedModelError(
+            f"{lm.name}: the output head gives {tuple(ours.shape)} logits where the model gives "
+            f"{tuple(own.shape)}; its output head cannot be reproduced"
+        )
+    gap = float((ours - own).abs().max())
+    scale = float(own.abs().max()) + 1.0
+    if not gap <= _tolerance(lm.dtype) * scale:
+        raise UnsupportedModelError(
+            f"{lm.name} ({lm.architecture}): the library's readout (final norm, unembedding, "
+            f"final-logit transform) differs from the model's own logits by up to {gap:.3g}; "
+            "this family's output head is not supported, so lens readings, perplexity and "
+            "answer scores would be wrong"
+        )
+
+
+def head(lm: ModelAdapter) -> Head:
+    """The model's output head: ``resid [rows, d_model] -> logits [rows, d_vocab]``.
+
+    Final norm, unembedding and the family's final-logit transform, checked once per
+    adapter against the model's own logits (the readout invariant).
+
+    Args:
+        lm: the model's adapter.
+
+    Returns:
+        A function of residual-stream rows giving logits in the model's dtype.
+
+    Raises:
+        UnsupportedModelError: the model's own logits differ from the library's
+            readout (a family whose head the library cannot reproduce).
+    """
+    built = lm._head
+    if built is None:
+        built = _build_head(lm)
+        _verify(lm, built)
+        lm._head = built
+    return built
+
+
+def last_logits(lm: ModelAdapter, batch: Batch, fwd_hooks: Sequence = ()) -> Float[Tensor, "batch vocab"]:
+    """The model's logits at each row's last real position, computing the output head
+    for those positions only.
+
+    Args:
+        lm: the model's adapter.
+        batch: a padded batch (either padding side).
+        fwd_hooks: extra hooks (interventions) for the pass.
+
+    Returns:
+        Logits ``[batch, d_vocab]``.
+    """
+    apply = head(lm)
+    last = batch.last
+    rows = torch.arange(batch.input_ids.shape[0], device=batch.input_ids.device)
+    final: dict[str, Tensor] = {}
+
+    def store(tensor: Tensor, hook: Any) -> None:
+        final["resid"] = tensor[rows.to(tensor.device), last.to(tensor.device)]
+
+    lm.forward(batch, fwd_hooks=[*fwd_hooks, (lm.final_hook, store)], logits=False, stop_at=lm.final_hook)
+    with torch.no_grad():
+        return apply(final["resid"])
+
+
+def layer_logprobs(lm: ModelAdapter, batch: Batch, fwd_hooks: Sequence = ()) -> Float[Tensor, "batch layer vocab"]:
+    """Log-probabilities of the next token read at every layer's last real position
+    (the logit lens, Wendler et al., 2024).
+
+    The forward pass stops after the last block: only the ``n_layers`` residual vectors
+    per row go through the output head. The last layer equals the model's own
+    next-token distribution (the readout invariant).
+
+    Args:
+        lm: the model's adapter.
+        batch: a padded batch (either padding side).
+        fwd_hooks: extra hooks (interventions, patches) for the pass.
+
+    Returns:
+        Float32 log-probabilities ``[batch, n_layers, d_vocab]``.
+    """
+    apply = head(lm)
+    last = batch.last
+    rows = torch.arange(batch.input_ids.shape[0], device=batch.input_ids.device)
+    resid: dict[int, Tensor] = {}
+
+    def keep(layer: int) -> Callable[..., None]:
+        def store(tensor: Tensor, hook: Any) -> None:
+            resid[layer] = tensor[rows.to(tensor.device), last.to(tensor.device)].detach()
+
+        return store
+
+    hooks = list(fwd_hooks) + [(lm.resid_hook(layer), keep(layer)) for layer in range(lm.n_layers)]
+    lm.forward(batch, fwd_hooks=hooks, logits=False, stop_at=lm.final_hook)
+    device = resid[lm.n_layers - 1].device
+    with torch.no_grad():
+        rows_by_layer = torch.stack([resid[layer].to(device) for layer in range(lm.n_layers)])
+        logits = apply(rearrange(rows_by_layer, "layer batch d_model -> (batch layer) d_model")).float()
+    return rearrange(torch.log_softmax(logits, -1), "(batch layer) vocab -> batch layer vocab", layer=lm.n_layers)
+
+
+def _head_nll(apply: Head, resid: Tensor, gold: Tensor) -> Tensor:
+    """``-log softmax(head(resid))[gold]`` row by row, in chunks of [`HEAD_ROWS`][tl_multilingual.model.readout.HEAD_ROWS]."""
+    parts = []
+    for rows, target in zip(resid.split(HEAD_ROWS), gold.split(HEAD_ROWS)):
+        with torch.no_grad():
+            logits = apply(rows).float()
+        parts.append(torch.logsumexp(logits, -1) - logits.gather(-1, target[:, None]).squeeze(-1))
+    return torch.cat(parts) if parts else resid.new_zeros(0, dtype=torch.float32)
+
+
+def sequence_nll(
+    lm: ModelAdapter, sequences: Sequence[Encoded], batch_size: int, *, compute_dtype: torch.dtype | None = None
+) -> tuple[list[float], list[int]]:
+    """Summed negative log-likelihood (nats) and count of the counted positions of each
+    sequence.
+
+    Position ``p`` of a sequence is scored by the model's prediction at ``p - 1``, so a
+    sequence's first position is never scored, and padding never is. Only the
+    positions that predict a counted token go through [`head()`][tl_multilingual.model.readout.head], a chunk at a
+    time: the full ``[batch, pos, vocab]`` logits are never built. Which positions
+    those are is worked out on the host from the sequences, and the per-sequence sums
+    stay on the device until one transfer at the end: nothing waits for the device
+    per batch. Under ``torch.distributed`` each rank scores its share of the sequences
+    and the values are gathered in input order ([`distributed`][tl_multilingual.distributed]).
+
+    Args:
+        lm: the model's adapter.
+        sequences: encoded sequences with their counted span (see [`tokens`][tl_multilingual.model.tokens]).
+        batch_size: sequences per forward pass.
+        compute_dtype: run the model body under autocast in this dtype
+            (``torch.bfloat16``, ``torch.float16``); the head and the loss stay in the
+            model's dtype and float32.
+
+    Returns:
+        ``(sums, counts)``: per sequence, in input order, the summed NLL in nats
+        (float64 accumulation) and the number of scored tokens.
+    """
+    from .. import distributed
+    from .tokens import batches
+
+    apply = head(lm)
+    mine = distributed.shard(len(sequences), [len(s.ids) for s in sequences])
+    local = [sequences[i] for i in mine]
+    sums = torch.zeros(len(local), dtype=torch.float64)
+    counts = torch.zeros(len(local), dtype=torch.long)
+    parts: list[tuple[list[int], Tensor]] = []
+    resid: dict[str, Tensor] = {}
+
+    def keep(tensor: Tensor, hook: Any) -> None:
+        resid["final"] = tensor
+
+    for indices, batch, _ in batches(lm, local, batch_size):
+        with _autocast(lm, compute_dtype):
+            lm.forward(batch, fwd_hooks=[(lm.final_hook, keep)], logits=False, stop_at=lm.final_hook)
+        final = resid.pop("final")
+        if compute_dtype is not None:
+            final = final.to(lm.dtype)
+        where, owner = _predicting_positions([local[i] for i in indices], batch)
+        ids = batch.input_ids.reshape(-1)
+        gold = ids.index_select(0, (where + 1).to(ids.device, non_blocking=True)).to(final.device)
+        picked = final.reshape(-1, final.shape[-1]).index_select(0, where.to(final.device, non_blocking=True))
+        nll = _head_nll(apply, picked, gold)
+        per_row = torch.zeros(len(indices), dtype=torch.float64, device=nll.device)
+        per_row.index_add_(0, owner.to(nll.device, non_blocking=True), nll.double())
+        parts.append((indices, per_row))
+        counts[indices] = torch.bincount(owner, minlength=len(indices))
+    if parts:  # one device-to-host transfer
+        index = torch.as_tensor([i for indices, _ in parts for i in indices])
+        sums[index] = torch.cat([values.to(parts[0][1].device) for _, values in parts]).cpu()
+    sums = distributed.gather_rows(sums, mine, len(sequences))
+    counts = distributed.gather_rows(counts, mine, len(sequences))
+    return sums.tolist(), counts.tolist()
+
+
+def _predicting_positions(sequences: Sequence[Encoded], batch: Batch) -> tuple[Tensor, Tensor]:
+    """Flat indices (into ``[batch * pos]``) of the positions that predict a counted
+    token (the token at ``p`` is predicted from ``p - 1``, padded position 0 predicts
+    nothing), and the row of each: from the sequences alone, on the host."""
+    width = batch.input_ids.shape[1]
+    where, owner = [], []
+    for row, seq in enumerate(sequences):
+        shift = width - len(seq.ids) if batch.padding_side == "left" else 0
+        lo = max(seq.start + shift, 1)
+        hi = seq.start + shift + seq.n_counted
+        if hi > lo:
+            where.append(torch.arange(row * width + lo - 1, row * width + hi - 1))
+            owner.append(torch.full((hi - lo,), row, dtype=torch.long))
+    if not where:
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    return torch.cat(where), torch.cat(owner)
+
+
+def _autocast(lm: ModelAdapter, dtype: torch.dtype | None) -> Any:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=lm.device.type, dtype=dtype)
+
+
+def output_weights(lm: ModelAdapter, layer: int) -> Float[Tensor, "d_mlp d_model"]:
+    """``W_out`` of ``layer``: row ``j`` is what neuron ``j`` writes into the residual
+    stream per unit of its write-hook value (detached)."""
+    return lm.model.blocks[layer].mlp.W_out.detach()
+
+
+def unembedding(lm: ModelAdapter) -> Float[Tensor, "d_model d_vocab"]:
+    """The unembedding matrix ``W_U`` (detached; without the final-logit transform)."""
+    return lm.model.W_U.detach()
+
+
+def centred_writes(lm: ModelAdapter) -> bool:
+    """Whether the final norm is a LayerNorm, which removes the mean of what each
+    neuron writes (RMSNorm does not)."""
+    return str(getattr(lm.model.cfg, "normalization_type", "")).startswith("LN")

@@ -1,0 +1,336 @@
+"""Figures for papers (matplotlib, optional: ``pip install "tl-multilingual[plot]"``).
+
+Every function draws on a given ``ax`` (or a new figure sized for one paper column,
+3.4 inches wide) and returns the figure. Colours come from the Okabe-Ito palette and
+heatmaps from ColorBrewer's diverging RdBu, both readable with colour-vision
+deficiencies. [`save()`][tl_multilingual.study.plot.save] writes PNG and PDF.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..errors import TLMultilingualError, warn
+from ..persist import atomic_file
+
+__all__ = [
+    "OKABE_ITO",
+    "neuron_classes",
+    "language_counts",
+    "ablation_heatmap",
+    "lens_curves",
+    "sharing_profile",
+    "class_changes",
+    "shared_by_n",
+    "language_changes",
+    "stage_effects",
+    "save",
+]
+
+OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
+CLASS_COLOURS = {
+    "specific": "#D55E00", "related": "#E69F00", "general": "#0072B2",
+    "all_shared": "#0072B2", "partial_shared": "#56B4E9", "non_activated": "#BBBBBB",
+}
+STAGE_SHADES = ("#F2F2F2", "#FFFFFF", "#F2F2F2", "#FFFFFF")
+COLUMN = 3.4  # inches: one column of a two-column paper
+
+
+def _plt() -> Any:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise TLMultilingualError('figures need matplotlib: pip install "tl-multilingual[plot]"') from None
+    plt.rcParams.update({"font.size": 7, "axes.titlesize": 8, "axes.labelsize": 7, "legend.fontsize": 6,
+                         "xtick.labelsize": 6, "ytick.labelsize": 6, "axes.spines.top": False,
+                         "axes.spines.right": False})
+    return plt
+
+
+def _axes(ax: Any, height: float = 2.2, width: float = COLUMN) -> tuple[Any, Any]:
+    plt = _plt()
+    if ax is not None:
+        return ax.figure, ax
+    fig, ax = plt.subplots(figsize=(width, height), constrained_layout=True)
+    return fig, ax
+
+
+STAGE_GAP = 0.07  # least distance between two stage labels, in axes widths
+
+
+def _label_positions(centres: Sequence[float], gap: float = STAGE_GAP) -> list[float]:
+    """Label positions (axes fractions) as near the stage centres as they can be while
+    at least ``gap`` apart and inside [gap / 2, 1 - gap / 2]."""
+    out: list[float] = []
+    for centre in centres:
+        out.append(max(centre, gap / 2, out[-1] + gap if out else -np.inf))
+    for k in range(len(out) - 1, -1, -1):
+        limit = 1 - gap / 2 if k == len(out) - 1 else out[k + 1] - gap
+        out[k] = min(out[k], limit)
+    return out
+
+
+def _shade_stages(ax: Any, stages: Any) -> None:
+    """Shade the four stages and number them 1-4 above the axes; labels never overlap
+    (a narrow stage's label moves aside)."""
+    if stages is None:
+        return
+    from ..stages.segmentation import STAGES
+
+    low, high = ax.get_xlim()
+    centres, numbers = [], []
+    for k, stage in enumerate(STAGES):
+        span = stages.layers(stage)
+        if len(span):
+            ax.axvspan(span.start - 0.5, span.stop - 0.5, color=STAGE_SHADES[k], zorder=0)
+            centres.append(((span.start + span.stop - 1) / 2 - low) / (high - low))
+            numbers.append(str(k + 1))
+    for x, number in zip(_label_positions(centres), numbers):
+        ax.text(x, 1.01, number, transform=ax.transAxes, ha="center", va="bottom", fontsize=6,
+                color="#555555", gid="stage-label")
+
+
+def neuron_classes(neurons: Any, *, stages: Any = None, ax: Any = None) -> Any:
+    """Specific and related neurons per layer (stacked bars, left scale) and general
+    neurons (line, right scale), stages shaded and numbered 1-4.
+
+    General neurons outnumber language neurons by orders of magnitude in many models:
+    on a shared scale the language neurons would vanish, so each has its own."""
+    fig, ax = _axes(ax)
+    layers = np.arange(neurons.n_layers)
+    bottom = np.zeros(neurons.n_layers)
+    handles = []
+    for cls, values in (("specific", neurons.specific().per_layer().numpy()),
+                        ("related", neurons.related().per_layer().numpy())):
+        handles.append(ax.bar(layers, values, bottom=bottom, color=CLASS_COLOURS[cls], label=cls, width=0.85,
+                              zorder=2))
+        bottom += values
+    ax.set_xlabel("layer")
+    ax.set_ylabel("language neurons")
+    ax.set_xlim(-0.5, neurons.n_layers - 0.5)
+    ax.set_ylim(0, max(bottom.max() * 1.15, 1))
+    try:
+        general = neurons.general().per_layer().numpy()
+    except TLMultilingualError:
+        general = None
+    if general is not None:
+        right = ax.twinx()
+        right.spines["right"].set_visible(True)
+        (line,) = right.plot(layers, general, color=CLASS_COLOURS["general"], lw=1.2, marker="o", ms=2,
+                             label="general", zorder=3)
+        right.set_ylabel("general neurons", color=CLASS_COLOURS["general"])
+        right.tick_params(axis="y", colors=CLASS_COLOURS["general"])
+        right.set_ylim(0, max(general.max() * 1.15, 1))
+        handles.append(line)
+    _shade_stages(ax, stages)
+    ax.legend(handles=handles, frameon=False, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.22))
+    return fig
+
+
+def language_counts(neurons: Any, *, ax: Any = None) -> Any:
+    """Language-specific and language-related neurons per language."""
+    fig, ax = _axes(ax)
+    summary = neurons.summary()
+    x = np.arange(len(summary))
+    ax.bar(x - 0.2, summary["specific"], width=0.4, color=CLASS_COLOURS["specific"], label="specific")
+    ax.bar(x + 0.2, summary["related"], width=0.4, color=CLASS_COLOURS["related"], label="related")
+    ax.set_xticks(x, summary["language"])
+    ax.set_ylabel("neurons")
+    ax.legend(frameon=False)
+    return fig
+
+
+def _compact(relative: float) -> str:
+    """A relative change as ``+37%``, or ``x12`` once it passes +1000%."""
+    if not np.isfinite(relative):
+        return ""
+    if relative >= 10:
+        return f"x{1 + relative:.0f}"
+    return f"{100 * relative:+.0f}%"
+
+
+def ablation_heatmap(result: Any, variant: str | None = None, *, value: str = "relative_change", ax: Any = None) -> Any:
+    """Ablated (rows) x evaluated (columns) languages, Zhang et al. (AAAI-26) Fig. 2 style.
+
+    For relative changes the colour is ``log(after / before)`` (for perplexity, the
+    change in mean token NLL), so a doubling and a halving look alike; cells are
+    annotated with the change itself.
+    """
+    table = result.matrix(variant, value=value)
+    raw = table.to_numpy(dtype=float)
+    if value == "relative_change":
+        data = np.log(np.clip(1.0 + raw, 1e-6, None))
+        label = "log(after / before)"
+    else:
+        data, label = raw, value.replace("_", " ")
+    fig, ax = _axes(ax, height=COLUMN * 0.9)
+    bound = float(np.nanmax(np.abs(data))) or 1.0
+    image = ax.imshow(data, cmap="RdBu_r", vmin=-bound, vmax=bound)
+    ax.set_xticks(range(table.shape[1]), table.columns)
+    ax.set_yticks(range(table.shape[0]), table.index)
+    ax.set_xlabel("evaluated language")
+    ax.set_ylabel("neurons deactivated")
+    if data.shape[0] <= 12:
+        for i in range(data.shape[0]):
+            for j in range(data.shape[1]):
+                text = _compact(raw[i, j]) if value == "relative_change" else f"{raw[i, j]:.2g}"
+                ax.text(j, i, text, ha="center", va="center", fontsize=4.5,
+                        color="white" if abs(data[i, j]) > 0.6 * bound else "black")
+    fig.colorbar(image, ax=ax, shrink=0.8, label=label)
+    ax.set_title(variant or "")
+    return fig
+
+
+def lens_curves(summary: Any, *, stages: Any = None, ax: Any = None, n_boot: int | None = None) -> Any:
+    """Mean answer probability per layer and language, with the interval bands of the
+    summary it is given.
+
+    Args:
+        summary: [`LensResult.summary()`][tl_multilingual.stages.lens.LensResult.summary] (``layer``, ``quantity``, ``language``,
+            ``mean``, ``ci_low``, ``ci_high``). Figures draw summaries and never resample;
+            passing the `LensResult` itself still works for now, with a
+            ``DeprecationWarning``: it is summarised with ``n_boot`` replicates.
+        stages: a `StageMap` to shade.
+        ax: axes to draw on (default: a new one-column figure).
+        n_boot: only with a `LensResult`: bootstrap replicates (default 1000).
+
+    Returns:
+        The matplotlib figure.
+    """
+    if not isinstance(summary, pd.DataFrame):
+        warn("lens_curves draws a summary: pass lens.summary() rather than the LensResult", DeprecationWarning)
+        summary = summary.summary(n_boot=1000 if n_boot is None else n_boot)
+    fig, ax = _axes(ax)
+    n_layers = int(summary["layer"].max()) + 1
+    probs = summary[summary["quantity"] == "probability"]
+    for k, (lang, part) in enumerate(probs.groupby("language", sort=False)):
+        colour = OKABE_ITO[k % len(OKABE_ITO)]
+        ax.plot(part["layer"], part["mean"], color=colour, label=lang, lw=1.2)
+        ax.fill_between(part["layer"], part["ci_low"], part["ci_high"], color=colour, alpha=0.25, lw=0)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("probability of the answer")
+    ax.set_xlim(-0.5, n_layers - 0.5)
+    ax.set_ylim(0, max(1e-3, probs["ci_high"].max() * 1.15))
+    _shade_stages(ax, stages)
+    ax.legend(frameon=False)
+    return fig
+
+
+def sharing_profile(sharing: Any, *, ax: Any = None) -> Any:
+    """Percentage of neurons in each sharing class per layer (Wang et al., 2024), stacked."""
+    from ..neurons.sharing_classes import SHARING_CLASSES
+
+    fig, ax = _axes(ax)
+    profile = sharing.layer_profile().pivot(index="layer", columns="class", values="percent")[list(SHARING_CLASSES)]
+    ax.stackplot(profile.index, profile.to_numpy().T, labels=[c.replace("_", "-") for c in SHARING_CLASSES],
+                 colors=[CLASS_COLOURS[c] for c in SHARING_CLASSES])
+    ax.set_xlabel("layer")
+    ax.set_ylabel("% of neurons")
+    ax.set_ylim(0, 100)
+    ax.set_xlim(profile.index.min(), profile.index.max())
+    ax.legend(frameon=False, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.22))
+    return fig
+
+
+def class_changes(comparison: Any, *, stages: Any = None, ax: Any = None) -> Any:
+    """Change per layer and class between two models (Zhang et al. (AAAI-26) Fig. 4), from a
+    [`Comparison`][tl_multilingual.experiments.comparison.Comparison] or a frame with ``layer``, ``class`` and
+    ``change`` columns."""
+    frame = comparison if isinstance(comparison, pd.DataFrame) else comparison.class_changes()
+    fig, ax = _axes(ax)
+    classes = list(dict.fromkeys(frame["class"]))
+    width = 0.8 / max(len(classes), 1)
+    for k, cls in enumerate(classes):
+        part = frame[frame["class"] == cls]
+        ax.bar(part["layer"] + (k - (len(classes) - 1) / 2) * width, part["change"], width=width,
+               color=CLASS_COLOURS.get(cls, OKABE_ITO[k]), label=cls, zorder=2)
+    ax.axhline(0, color="black", lw=0.5)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("change in neurons")
+    _shade_stages(ax, stages)
+    ax.legend(frameon=False, ncol=3)
+    return fig
+
+
+def shared_by_n(comparison: Any, *, ax: Any = None) -> Any:
+    """Neurons shared by N languages before and after (Zhang et al. (AAAI-26) Fig. 5)."""
+    frame = comparison.shared_by_n()
+    fig, ax = _axes(ax)
+    x = frame["n_languages"].to_numpy()
+    labels = getattr(comparison, "labels", ("before", "after"))
+    ax.bar(x - 0.2, frame["before"], width=0.4, color=OKABE_ITO[4], label=labels[0])
+    ax.bar(x + 0.2, frame["after"], width=0.4, color=OKABE_ITO[0], label=labels[1])
+    ax.set_xticks(x)
+    ax.set_xlabel("languages sharing the neuron")
+    ax.set_ylabel("neurons")
+    ax.legend(frameon=False)
+    return fig
+
+
+def language_changes(comparison: Any, *, ax: Any = None) -> Any:
+    """Change in specific and related neurons per language; trained languages marked
+    with an asterisk (Zhang et al. (AAAI-26) Table 2)."""
+    frame = comparison.per_language().pivot(index="language", columns="class", values="change")
+    frame = frame.loc[list(comparison.languages)]
+    trained = set(comparison.trained_languages)
+    fig, ax = _axes(ax)
+    x = np.arange(len(frame))
+    ax.bar(x - 0.2, frame["specific"], width=0.4, color=CLASS_COLOURS["specific"], label="specific")
+    ax.bar(x + 0.2, frame["related"], width=0.4, color=CLASS_COLOURS["related"], label="related")
+    ax.axhline(0, color="black", lw=0.5)
+    ax.set_xticks(x, [f"{lang}*" if lang in trained else lang for lang in frame.index])
+    ax.set_ylabel("change in neurons")
+    ax.legend(frameon=False)
+    return fig
+
+
+def stage_effects(result: Any, value: str = "over_control", *, ax: Any = None) -> Any:
+    """Stages (rows) x languages (columns) of a [`StageEffects`][tl_multilingual.experiments.stage_deactivation.StageEffects]:
+    by default the relative change of the language's own perplexity beyond random
+    neurons when its neurons are deactivated inside that stage only; ``*`` marks the
+    cells where the stage carries the language-specific effect."""
+    from ..stages.segmentation import STAGES
+
+    table = result.matrix(value)
+    carries = result.matrix("carries").astype(bool).reindex_like(table)
+    raw = table.to_numpy(dtype=float)
+    data = np.log(np.clip(1.0 + raw, 1e-6, None)) if value in ("own_change", "over_control") else raw
+    fig, ax = _axes(ax, height=COLUMN * 0.8)
+    bound = float(np.nanmax(np.abs(data))) if np.isfinite(data).any() else 1.0
+    image = ax.imshow(data, cmap="RdBu_r", vmin=-(bound or 1.0), vmax=bound or 1.0, aspect="auto")
+    ax.set_xticks(range(table.shape[1]), table.columns)
+    labels = [f"{STAGES.index(s) + 1} {s.replace('_', ' ')}" for s in table.index]
+    ax.set_yticks(range(table.shape[0]), labels)
+    ax.set_xlabel("language whose neurons are deactivated")
+    if table.shape[1] <= 12:
+        for i in range(table.shape[0]):
+            for j in range(table.shape[1]):
+                mark = "*" if carries.iloc[i, j] else ""
+                ax.text(j, i, f"{_compact(raw[i, j])}{mark}", ha="center", va="center", fontsize=4.5,
+                        color="white" if abs(data[i, j]) > 0.6 * (bound or 1.0) else "black")
+    label = "log(1 + change beyond controls)" if value == "over_control" else value.replace("_", " ")
+    fig.colorbar(image, ax=ax, shrink=0.8, label=label)
+    return fig
+
+
+def save(fig: Any, path: str | Path, formats: Sequence[str] = ("png", "pdf"), dpi: int = 300) -> list[Path]:
+    """Write ``fig`` as ``path.png`` and ``path.pdf`` (and close it), each atomically."""
+    plt = _plt()
+    stem = Path(path)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fmt in formats:
+        target = stem.with_suffix(f".{fmt}")
+        with atomic_file(target) as staging:
+            fig.savefig(staging, format=fmt, dpi=dpi, bbox_inches="tight")
+        written.append(target)
+    plt.close(fig)
+    return written
