@@ -144,6 +144,9 @@ _RENAMED = {
 }
 
 
+_OWN_SPECS: dict[str, Any] = {}
+
+
 class _RenamedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
         package, _, old = fullname.rpartition(".")
@@ -155,10 +158,14 @@ class _RenamedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         old = spec.name.rpartition(".")[2]
         new = f"{__name__}.{_RENAMED[old]}"
         warnings.warn(f"the module {spec.name} is renamed {new}", DeprecationWarning, stacklevel=2)
-        return importlib.import_module(new)
+        module = importlib.import_module(new)
+        _OWN_SPECS[new] = module.__spec__
+        return module
 
     def exec_module(self, module: types.ModuleType) -> None:
-        """The module is the renamed one, already executed."""
+        """The module is the renamed one, already executed: give it back its own spec,
+        which the import system replaced with the alias's."""
+        module.__spec__ = _OWN_SPECS[module.__name__]
 
 
 sys.meta_path.append(_RenamedModules())
