@@ -39,7 +39,7 @@ from .errors import (
 # command's ``--help`` do not load torch and TransformerLens.
 _SUBMODULES = {"data": "data", "evaluate": "causal.evaluate", "models": "model.models", "prompts": "inputs.prompts",
                "attribution": "causal.attribution", "sharing_classes": "neurons.sharing_classes",
-               "sharing_experiments": "experiments.sharing_experiments"}
+               "sharing_experiments": "experiments.sharing_experiments", "plot": "study.plot"}
 _EXPORTS = {
     "model.adapters": ("ModelAdapter", "adapt"),
     "causal.attribution": ("Attribution", "attribute"),

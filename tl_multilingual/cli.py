@@ -47,22 +47,24 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--out", required=True, type=Path, help="study folder (created; reruns resume)")
     common.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    common.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    common.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                        help="the precision the model is loaded in")
     common.add_argument("--languages", default=None,
                         help="comma-separated languages to study (default: all of the corpus)")
     study = common.add_argument_group("study settings")
-    study.add_argument("--batch-size", type=int, default=None, help="texts per forward pass")
-    study.add_argument("--max-tokens-per-language", type=int, default=None, help="statistics budget per language")
+    study.add_argument("--batch-size", type=int, default=None, help="texts per forward pass (run: 8, demo: 16)")
+    study.add_argument("--max-tokens-per-language", type=int, default=None, help="statistics budget per language, in tokens (default: all)")
     study.add_argument("--held-out", type=_held_out, default=None,
                        help="texts of each language kept out of the statistics, for deactivation and sharing: "
                             "a fraction (default 0.2, at least 5 texts) or a count")
-    study.add_argument("--eval-texts", type=int, default=None, help="held-out texts per language for deactivation")
-    study.add_argument("--controls", type=int, default=None, help="random control sets per deactivation")
+    study.add_argument("--eval-texts", type=int, default=None, help="held-out texts per language for deactivation (run: 10, demo: 4)")
+    study.add_argument("--controls", type=int, default=None, help="random control sets per deactivation (run: 3, demo: 1)")
     common.add_argument("--quiet", action="store_true", help="no progress output")
     common.add_argument("--dist-timeout", type=float, default=None,
                         help="under torchrun: seconds a rank waits for the others before failing (default 1800)")
     commands.add_parser("demo", parents=[common], help="the full study of Gemma-3-270m on the bundled corpus")
-    run = commands.add_parser("run", parents=[common], help="the full study of any model on your data")
+    run = commands.add_parser("run", parents=[common],
+                              help="the full study of any model on your data (needs --model and --out)")
     run.add_argument("--model", required=True,
                      help="Hugging Face name, a local model folder, a .gguf file, or google/gemma-3-270m")
     run.add_argument("--corpus", default=None,

@@ -342,7 +342,7 @@ def encode_language(adapter: ModelAdapter, language: str, texts: Sequence[Text],
         CorpusError: a text cannot be tokenised, or no position of any text is counted.
     """
     if not texts:
-        raise CorpusError(f"no texts for {language!r}")
+        raise CorpusError(f"no texts for {language!r}: give it texts or leave the language out")
     with of_language(language):
         sequences = encode(adapter, texts, **options)
     require_tokens(language, sum(seq.n_counted for seq in sequences))

@@ -152,14 +152,17 @@ def collect_stats(
     """
     adapter = adapt(model)
     if not isinstance(corpus, Corpus):
-        raise CorpusError(f"collect_stats needs a Corpus, got {type(corpus).__name__}")
+        raise CorpusError(
+            f"collect_stats needs a Corpus, got {type(corpus).__name__}: build one with "
+            "tl_multilingual.Corpus.from_dict({language: [texts]})"
+        )
     if batch_size < 1:
         raise CorpusError(f"batch_size must be at least 1, got {batch_size}")
     if max_tokens_per_language is not None and max_tokens_per_language < 1:
         raise CorpusError(f"max_tokens_per_language must be positive, got {max_tokens_per_language}")
     empty = [lang for lang in corpus.languages if not corpus[lang]]
     if empty:
-        raise CorpusError(f"no texts for {empty}")
+        raise CorpusError(f"no texts for {empty}: give each language texts or leave it out")
     plan = {
         lang: limit_tokens(
             encode_language(

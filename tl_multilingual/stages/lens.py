@@ -57,6 +57,10 @@ class LensResult:
     top_token: Int[Tensor, "prompt layer"]
     prompts: tuple[LensPrompt, ...]
 
+    def __repr__(self) -> str:
+        return (f"LensResult({len(self.prompts)} prompts, {self.n_layers} layers, "
+                f"languages={list(self.languages)})")
+
     @property
     def n_layers(self) -> int:
         return self.probability.shape[1]
