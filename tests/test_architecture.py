@@ -138,3 +138,11 @@ def test_the_top_level_names_its_own_modules():
     assert len(tl_multilingual.__all__) == len(set(tl_multilingual.__all__))
     for name in tl_multilingual.__all__:
         assert getattr(tl_multilingual, name) is not None
+
+
+def test_old_module_attributes_still_resolve_with_a_warning():
+    import pytest
+
+    with pytest.warns(DeprecationWarning, match="inputs.wordtokens"):
+        module = tl_multilingual.wordtokens
+    assert module is importlib.import_module("tl_multilingual.inputs.wordtokens")

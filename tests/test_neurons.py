@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import tl_multilingual as tlm
+from tl_multilingual.neurons.classes import CLASS_CODES
 
 LANGS = ["en", "fr", "zh"]
 
@@ -70,7 +71,7 @@ def test_one_class_code_per_neuron_underlies_every_view():
     neurons = tlm.identify(planted(), method="ternary", top_rate=0.125, bar_ratio=0.9)
     codes = neurons.classes()
     assert codes.dtype == torch.int8 and codes.shape == (2, 20)
-    names = tlm.neurons.CLASS_CODES
+    names = CLASS_CODES
     assert names[:4] == ("specific", "related", "general", "other") and names[4] == "dropped"
     assert codes[0, :5].tolist() == [0, 0, 0, 1, 2]  # planted: three specific, one related, one general
     assert neurons.specific() == tlm.NeuronMask(codes == 0)

@@ -10,6 +10,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 import tl_multilingual as tlm
+from tl_multilingual.inputs.wordtokens import token_bytes
 
 TEXTS = ["the cat sleeps on the mat", "le chat dort sur le tapis", "猫在睡觉", "кошка спит", "flower 花 fleur"] * 20
 WORDS = ["cat", "chat", "tapis", "猫", "кошка", "花", "flower", "dog", "犬"]
@@ -56,7 +57,7 @@ def test_the_first_token_of_the_word_is_in_the_set(tokenizer):
     """Whether the word starts the text or follows a space, the first token holding part
     of it is in its set."""
     kind, tok = tokenizer
-    raw = tlm.wordtokens.token_bytes(tok)
+    raw = token_bytes(tok)
     for word in WORDS:
         found = set(tlm.word_tokens(tok, word))
         for text in (word, " " + word, "a " + word):
@@ -71,7 +72,7 @@ def test_the_first_token_of_the_word_is_in_the_set(tokenizer):
 
 def test_every_member_is_a_prefix_of_the_word(tokenizer):
     kind, tok = tokenizer
-    raw = tlm.wordtokens.token_bytes(tok)
+    raw = token_bytes(tok)
     for word in WORDS:
         target = word.encode()
         for index in tlm.word_tokens(tok, word):

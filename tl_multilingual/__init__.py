@@ -83,6 +83,10 @@ def __getattr__(name: str) -> Any:
         value = importlib.import_module(f".{_SUBMODULES[name]}", __name__)
     elif name in _HOME:
         value = getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
+    elif name in _RENAMED:  # a 0.1.0 module, now in a subpackage
+        warnings.warn(f"tl_multilingual.{name} is now tl_multilingual.{_RENAMED[name]}", DeprecationWarning,
+                      stacklevel=2)
+        return importlib.import_module(f".{_RENAMED[name]}", __name__)
     elif name in _MOVED:
         module, new = _MOVED[name]
         warnings.warn(f"tl_multilingual.{name} is now tl_multilingual.{module}.{new}", DeprecationWarning,
