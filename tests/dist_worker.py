@@ -17,7 +17,8 @@ import torch
 import torch.distributed as dist
 
 import tl_multilingual as tlm
-from tl_multilingual import distributed, readout
+from tl_multilingual import distributed
+from tl_multilingual.model import readout
 from tl_multilingual.model.adapters import ModelAdapter
 
 TEXTS = {

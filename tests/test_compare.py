@@ -130,7 +130,7 @@ def test_series_of_checkpoints():
 
 def test_comparison_figures(planted, tmp_path):
     require("matplotlib")
-    from tl_multilingual import plot
+    from tl_multilingual.study import plot
 
     for name, fig in {"classes": plot.class_changes(planted), "shared": plot.shared_by_n(planted),
                       "languages": plot.language_changes(planted)}.items():

@@ -111,7 +111,8 @@ def _fails(*args, **kwargs):
 
 
 def test_both_controlled_experiments_close_their_progress_bar_on_error(rigged, monkeypatch):
-    from tl_multilingual import experiments, sharing_experiments
+    from tl_multilingual.experiments import deactivation as experiments
+    from tl_multilingual.experiments import sharing_experiments
 
     lm, neurons, held_out, toy = rigged
     monkeypatch.setattr(experiments, "tqdm", _RecordingBar)

@@ -11,8 +11,8 @@ import pytest
 import torch
 from conftest import require
 
-from tl_multilingual import gguf
 from tl_multilingual.errors import SaveError, TLMultilingualError, UnsupportedModelError
+from tl_multilingual.model import gguf
 
 
 def test_cache_dir_honours_env(monkeypatch, tmp_path):

@@ -34,7 +34,7 @@ def results():
 
 
 def test_every_figure_saves(results, tmp_path):
-    from tl_multilingual import plot
+    from tl_multilingual.study import plot
 
     neurons, lens, stages, matrix, sharing = results
     figures = {
@@ -67,7 +67,7 @@ def _boxes(fig):
 
 @pytest.mark.parametrize("boundaries", [(1, 2, 3), (60, 61, 125), (40, 80, 120)])
 def test_stage_labels_never_overlap(boundaries):
-    from tl_multilingual import plot
+    from tl_multilingual.study import plot
 
     stages = tlm.StageMap.from_boundaries(126, boundaries)
     frame = pd.DataFrame({"layer": range(126), "class": "specific", "change": 1.0})
@@ -82,7 +82,7 @@ def test_stage_labels_never_overlap(boundaries):
 
 
 def test_language_neurons_keep_a_scale_of_their_own(results):
-    from tl_multilingual import plot
+    from tl_multilingual.study import plot
 
     neurons = results[0]
     fig = plot.neuron_classes(neurons)
@@ -96,7 +96,7 @@ def test_language_neurons_keep_a_scale_of_their_own(results):
 
 
 def test_lens_curves_draw_the_summary_they_are_given_without_resampling(results, monkeypatch):
-    from tl_multilingual import plot
+    from tl_multilingual.study import plot
 
     _, lens, stages, _, _ = results
     summary = lens.summary(n_boot=20)

@@ -8,8 +8,8 @@ import tiny
 import torch
 
 import tl_multilingual as tlm
-from tl_multilingual import readout
 from tl_multilingual.errors import UnsupportedModelError
+from tl_multilingual.model import readout
 
 ACCEPTED = [arch for arch in tlm.models.TINY_ARCHITECTURES if arch != "mixtral"]  # mixture-of-experts is refused
 TEXTS = ["The cat sat on the mat.", "A dog ran to the market this morning."]

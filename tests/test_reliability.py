@@ -21,8 +21,9 @@ import torch
 from safetensors import SafetensorError
 
 import tl_multilingual as tlm
-from tl_multilingual import cli, persist, report
+from tl_multilingual import cli, persist
 from tl_multilingual.stages.segmentation import StageMap
+from tl_multilingual.study import report
 from tl_multilingual.study.pipeline import Study, StudySettings, check_output_folder
 
 GPT2 = {"name": "tiny-gpt2", "architecture": "GPT2LMHeadModel", "n_layers": 2, "d_mlp": 48}
