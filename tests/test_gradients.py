@@ -1,4 +1,4 @@
-"""Gradients under torch.inference_mode (issue 12, item 5).
+"""Gradients under torch.inference_mode.
 
 ``attribute(method="grad_x_act")`` worked under ``torch.no_grad()`` but failed under
 ``torch.inference_mode()`` with PyTorch's generic "does not require grad" error. It

@@ -1,4 +1,4 @@
-"""Answers, options and responses are tokenised in context (issue 12, item 3).
+"""Answers, options and responses are tokenised in context.
 
 With a SentencePiece tokenizer that adds a prefix space, an answer tokenised alone
 gets tokens the model never reads after its prompt: the Llama-2 / Mistral-v0.1
@@ -98,7 +98,7 @@ def test_choice_scores_equal_the_joint_text_log_likelihood(kind, legacy, metaspa
         entry = entries[0]
         expected = [joint_logprob(model, lm, entry.prompt, o)[0] for o in entry.options]
         assert row.scores == pytest.approx(expected, rel=1e-5, abs=1e-5)
-    # The example of the issue: tokenised alone, " True" adds an improbable "▁".
+    # Tokenised alone, " True" adds an improbable "▁".
     if kind == "legacy":
         wrong = separate_logprob(model, lm, PROMPT, " True")
         assert abs(wrong - frame.iloc[0]["scores"][0]) > 1.0

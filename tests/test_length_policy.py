@@ -1,4 +1,4 @@
-"""One length policy for every call that feeds text to the model (issue 12, item 4).
+"""One length policy for every call that feeds text to the model.
 
 On a tiny GPT-2 (``n_ctx`` 128, learned positions) a 700-token prompt used to raise a
 bare ``IndexError`` from the position embedding everywhere but in statistics and
