@@ -171,9 +171,9 @@ class ModelAdapter:
             return list(every)
         if isinstance(layers, str):
             raise TLMultilingualError(
-                f"layers={layers!r} is a name, not layers: pass layer indices, a range or a slice; for "
-                "a stage, pass layers=stage_map.layers(<stage>) with a StageMap from tl_multilingual.map_stages "
-                "(stages: understanding, shared_reasoning, output_transformation, vocabulary_output)"
+                f"layers={layers!r} is a name, not layers: pass layer indices, a range or a slice, or for a "
+                f"stage layers=stage_map.layers({layers!r}) with a StageMap from tl_multilingual.map_stages "
+                "(its stages: understanding, shared_reasoning, output_transformation, vocabulary_output)"
             )
         if isinstance(layers, slice):
             return list(every[layers])
