@@ -98,6 +98,22 @@ def __getattr__(name: str) -> Any:
     return value
 
 
+def _forward_old_names(package: str, module: str) -> Any:
+    """The ``__getattr__`` of a subpackage that was a 0.1.0 module: its old names, now in
+    ``package.module``, with a DeprecationWarning until the next release."""
+
+    def forward(name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        home = importlib.import_module(f"{package}.{module}")
+        if not hasattr(home, name):
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        warnings.warn(f"{package}.{name} is now {home.__name__}.{name}", DeprecationWarning, stacklevel=2)
+        return getattr(home, name)
+
+    return forward
+
+
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 

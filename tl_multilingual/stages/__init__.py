@@ -1,19 +1,5 @@
 """Layers: the multilingual logit lens and the four-stage map."""
 
-from __future__ import annotations
+from .. import _forward_old_names
 
-import importlib
-import warnings
-from typing import Any
-
-
-def __getattr__(name: str) -> Any:
-    """Names of the 0.1.0 module ``tl_multilingual.stages``, now in ``tl_multilingual.stages.segmentation``
-    (kept, with a DeprecationWarning, until the next release)."""
-    if name.startswith("__"):
-        raise AttributeError(name)
-    module = importlib.import_module(f"{__name__}.segmentation")
-    if not hasattr(module, name):
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    warnings.warn(f"{__name__}.{name} is now {module.__name__}.{name}", DeprecationWarning, stacklevel=2)
-    return getattr(module, name)
+__getattr__ = _forward_old_names(__name__, "segmentation")  # 0.1.0 names of tl_multilingual.stages
