@@ -286,6 +286,22 @@ def test_planted_shared_layers_peak_and_the_null_stays_near_zero(monkeypatch, po
     assert peak["excess"] == pytest.approx(diff.mean(0)[peak["layer"]])
 
 
+def test_a_legacy_hookedtransformer_gives_what_its_bridge_gives():
+    try:
+        from transformer_lens import HookedTransformer  # noqa: F401
+    except ImportError:
+        pytest.skip("HookedTransformer exists only in TransformerLens 3.x")
+    import tiny
+
+    hooked, bridged = tiny.hooked_and_bridge("llama")
+    corpus = tlm.data.parallel(["en", "fr", "zh"]).head(10)
+    a = representation_similarity(hooked, corpus, n_shuffles=3, batch_size=4)
+    b = representation_similarity(bridged, corpus, n_shuffles=3, batch_size=4)
+    assert tlm.adapt(hooked).kind == "hooked"
+    torch.testing.assert_close(a.values[:2], b.values[:2], atol=1e-5, rtol=0)
+    torch.testing.assert_close(a.null[:2], b.null[:2], atol=1e-5, rtol=0)
+
+
 # -- refusals, warnings, save and load -------------------------------------------------------
 
 
