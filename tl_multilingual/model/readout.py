@@ -9,7 +9,10 @@ The rest of the library asks this module for:
   ``logit_scale``, Granite's ``logits_scaling``, Falcon-H1's ``lm_head_multiplier``);
 - [`last_logits()`][tl_multilingual.model.readout.last_logits]: the logits at each row's last real position;
 - [`layer_logprobs()`][tl_multilingual.model.readout.layer_logprobs]: the logit lens (Wendler et al., 2024): every layer's
-  residual stream at the last position read through [`head()`][tl_multilingual.model.readout.head];
+  residual stream at the last position read through [`head()`][tl_multilingual.model.readout.head],
+  or first carried to the last layer by a transport such as TransformerLens's Jacobian lens;
+- [`jacobian_lens_class()`][tl_multilingual.model.readout.jacobian_lens_class]: TransformerLens's
+  ``JacobianLens``, or the library's refusal naming the TransformerLens release that ships it;
 - [`sequence_nll()`][tl_multilingual.model.readout.sequence_nll]: summed negative log-likelihood of the counted positions of
   tokenised sequences, for perplexity and log-likelihood scoring;
 - [`output_weights()`][tl_multilingual.model.readout.output_weights], [`unembedding()`][tl_multilingual.model.readout.unembedding], [`centred_writes()`][tl_multilingual.model.readout.centred_writes]: the weights
@@ -48,6 +51,8 @@ __all__ = [
     "head",
     "last_logits",
     "layer_logprobs",
+    "Transport",
+    "jacobian_lens_class",
     "sequence_nll",
     "output_weights",
     "unembedding",
@@ -58,6 +63,13 @@ HEAD_ROWS = 256
 """Positions sent through the output head at once."""
 
 Head = Callable[[Tensor], Tensor]
+Transport = Callable[[Tensor, int], Tensor]
+"""``transport(resid [rows, d_model], layer) -> [rows, d_model]``: carries a layer's residual
+stream into the basis of the last layer's before the output head reads it."""
+
+JACOBIAN_LENS_SINCE = "3.9"
+"""The oldest TransformerLens release known to ship ``tools.analysis.JacobianLens``
+(3.9 and 4.3 both have it)."""
 
 
 def _hf_config(model: Any) -> Any:
@@ -202,7 +214,9 @@ def last_logits(lm: ModelAdapter, batch: Batch, fwd_hooks: Sequence = ()) -> Flo
         return apply(final["resid"])
 
 
-def layer_logprobs(lm: ModelAdapter, batch: Batch, fwd_hooks: Sequence = ()) -> Float[Tensor, "batch layer vocab"]:
+def layer_logprobs(
+    lm: ModelAdapter, batch: Batch, fwd_hooks: Sequence = (), transport: Transport | None = None
+) -> Float[Tensor, "batch layer vocab"]:
     """Log-probabilities of the next token read at every layer's last real position
     (the logit lens, Wendler et al., 2024).
 
@@ -214,6 +228,11 @@ def layer_logprobs(lm: ModelAdapter, batch: Batch, fwd_hooks: Sequence = ()) -> 
         lm: the model's adapter.
         batch: a padded batch (either padding side).
         fwd_hooks: extra hooks (interventions, patches) for the pass.
+        transport: applied to every layer but the last before the head (the last layer
+            is read as it is): e.g. TransformerLens's Jacobian lens (Gurnee et al., 2026),
+            whose ``J[layer] @ resid`` carries a layer's residual stream into the last
+            layer's basis. Its output is cast back to the residual stream's dtype.
+            None: the logit lens.
 
     Returns:
         Float32 log-probabilities ``[batch, n_layers, d_vocab]``.
@@ -233,9 +252,41 @@ def layer_logprobs(lm: ModelAdapter, batch: Batch, fwd_hooks: Sequence = ()) -> 
     lm.forward(batch, fwd_hooks=hooks, logits=False, stop_at=lm.final_hook)
     device = resid[lm.n_layers - 1].device
     with torch.no_grad():
+        if transport is not None:
+            for layer in range(lm.n_layers - 1):
+                resid[layer] = transport(resid[layer], layer).to(resid[layer].dtype)
         rows_by_layer = torch.stack([resid[layer].to(device) for layer in range(lm.n_layers)])
         logits = apply(rearrange(rows_by_layer, "layer batch d_model -> (batch layer) d_model")).float()
     return rearrange(torch.log_softmax(logits, -1), "(batch layer) vocab -> batch layer vocab", layer=lm.n_layers)
+
+
+def jacobian_lens_class() -> type:
+    """TransformerLens's ``JacobianLens`` (``transformer_lens.tools.analysis``; Gurnee et
+    al., 2026): fitting, loading and the per-layer transport the Jacobian lens is made of.
+
+    Returns:
+        The class.
+
+    Raises:
+        UnsupportedModelError: the installed TransformerLens does not ship it (the
+            message names the release that does, and the installed one).
+    """
+    try:
+        from transformer_lens.tools.analysis import JacobianLens
+    except ImportError as err:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            installed = version("transformer-lens")
+        except PackageNotFoundError:  # pragma: no cover - installed from source
+            installed = "unknown"
+        raise UnsupportedModelError(
+            f"the Jacobian lens needs TransformerLens {JACOBIAN_LENS_SINCE} or later "
+            "(transformer_lens.tools.analysis.JacobianLens); the installed transformer-lens "
+            f"{installed} does not ship it: pip install -U "
+            f"'transformer-lens>={JACOBIAN_LENS_SINCE}', or use the logit lens"
+        ) from err
+    return JacobianLens
 
 
 def _head_nll(apply: Head, resid: Tensor, gold: Tensor) -> Tensor:

@@ -30,6 +30,7 @@ __all__ = [
     "language_changes",
     "stage_effects",
     "save",
+    "similarity_curves",
 ]
 
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
@@ -334,3 +335,92 @@ def save(fig: Any, path: str | Path, formats: Sequence[str] = ("png", "pdf"), dp
         written.append(target)
     plt.close(fig)
     return written
+
+
+SIMILARITY_LABELS = {
+    "translation": "translation cosine",
+    "non_translation": "non-translation cosine",
+    "retrieval": "retrieval top-1",
+}
+
+
+def similarity_curves(
+    frame: pd.DataFrame,
+    summary: pd.DataFrame | None = None,
+    *,
+    measures: Sequence[str] | None = None,
+    stages: Any = None,
+    axes: Any = None,
+) -> Any:
+    """Cross-lingual representation similarity per layer, one panel per measure: a thin
+    line per language pair, their mean in black with its interval band, and the mean's
+    shuffled-pair null dashed (Wu et al., 2024; Lim, Aji and Cohn, 2025).
+
+    Args:
+        frame: the frame of
+            [`to_frame()`][tl_multilingual.stages.similarity.SimilarityResult.to_frame]
+            (one row per layer, pair and measure).
+        summary: the frame of
+            [`summary()`][tl_multilingual.stages.similarity.SimilarityResult.summary]
+            (the mean over pairs with intervals); without it the mean of the pairs' lines is drawn
+            without a band or null.
+        measures: the panels (default: every measure in ``frame``).
+        stages: a `StageMap` to shade.
+        axes: one axes per measure (default: a new figure, one column wide, the
+            panels stacked).
+
+    Returns:
+        The matplotlib figure.
+    """
+    measures = list(dict.fromkeys(frame["measure"])) if measures is None else list(measures)
+    missing = [m for m in measures if m not in set(frame["measure"])]
+    if missing:
+        raise TLMultilingualError(
+            f"the frame has no measure {missing}; it has {sorted(set(frame['measure']))}"
+        )
+    if axes is None:
+        plt = _plt()
+        fig, axes = plt.subplots(
+            len(measures),
+            1,
+            figsize=(COLUMN, 1.6 * len(measures) + 0.4),
+            sharex=True,
+            constrained_layout=True,
+            squeeze=False,
+        )
+        axes = axes[:, 0]
+    else:
+        axes = list(np.atleast_1d(axes))
+        fig = axes[0].figure
+    n_layers = int(frame["layer"].max()) + 1
+    for ax, measure in zip(axes, measures):
+        part = frame[frame["measure"] == measure]
+        for k, (pair, rows) in enumerate(part.groupby("pair", sort=False)):
+            ax.plot(
+                rows["layer"],
+                rows["value"],
+                color=OKABE_ITO[k % (len(OKABE_ITO) - 1)],
+                lw=0.8,
+                alpha=0.8,
+                label=pair,
+            )
+        if summary is not None:
+            mean = summary[summary["measure"] == measure]
+            ax.fill_between(
+                mean["layer"], mean["ci_low"], mean["ci_high"], color="black", alpha=0.15, lw=0
+            )
+            ax.plot(mean["layer"], mean["value"], color="black", lw=1.6, label="mean")
+            ax.plot(
+                mean["layer"], mean["null"], color="black", lw=0.8, ls="--", label="shuffled null"
+            )
+        else:
+            mean = part.groupby("layer")["value"].mean()
+            ax.plot(mean.index, mean.to_numpy(), color="black", lw=1.6, label="mean")
+        ax.set_ylabel(SIMILARITY_LABELS.get(measure, measure.replace("_", " ")))
+        ax.set_xlim(-0.5, n_layers - 0.5)
+        _shade_stages(ax, stages)
+    axes[-1].set_xlabel("layer")
+    axes[0].legend(
+        frameon=False, ncol=3, fontsize=5, loc="upper center", bbox_to_anchor=(0.5, 1.45)
+    )
+    return fig
