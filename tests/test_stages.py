@@ -13,7 +13,8 @@ import torch
 
 import tl_multilingual as tlm
 from tl_multilingual.stages.lens import LensResult
-from tl_multilingual.stages.segmentation import StageWarning, _exhaustive, segment
+from tl_multilingual.stages.segmentation import _exhaustive, segment
+from tl_multilingual.stages.signatures import StageWarning
 
 LANGUAGE = [12] * 4 + [1] * 6 + [12] * 4 + [6] * 2  # stages 0-3, 4-9, 10-13, 14-15
 GENERAL = [2] * 4 + [4] * 6 + [2] * 4 + [20] * 2
@@ -217,7 +218,7 @@ def test_a_saved_map_keeps_each_signal_the_agreement_and_the_warnings(tmp_path):
         assert loaded.confidence == loaded.stability
 
 
-# -- paper A's statistics ---------------------------------------------------------------
+# -- Zhang et al.'s (AAAI-26) statistics ---------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")

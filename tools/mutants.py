@@ -227,11 +227,11 @@ MUTANTS: list[Mutant] = [
       '(f"blocks.{layer}.hook_resid_pre", keep(layer))',
       "test_lens.py"),
     # -- stages --------------------------------------------------------------------------
-    m("stages-language-neurons-all", "stages/segmentation.py",
+    m("stages-language-neurons-all", "stages/features.py",
       "language = neurons.membership.any(-1).sum(1)",
       "language = neurons.membership.all(-1).sum(1)",
       "test_stages.py"),
-    m("stages-layers-overlap", "stages/segmentation.py",
+    m("stages-layers-overlap", "stages/stage_map.py",
       "return {s: range(edges[k], edges[k + 1]) for k, s in enumerate(STAGES)}",
       "return {s: range(edges[k], edges[k + 1] + 1) for k, s in enumerate(STAGES)}",
       "test_stages.py"),
