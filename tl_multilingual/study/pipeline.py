@@ -28,7 +28,7 @@ from ..neurons.identification import METHODS
 from ..persist import is_temporary, library_versions, write_text
 from .steps import STEPS, Skip, Step, StudySettings, key, lens_prompts
 
-__all__ = ["StudySettings", "Study", "DEMO_SETTINGS", "check_output_folder"]
+__all__ = ["Study", "DEMO_SETTINGS", "check_output_folder", "study_entries"]
 
 
 # About ten minutes for Gemma-3-270m on two CPU cores.
