@@ -1,4 +1,4 @@
-"""Identification time on paper A's released statistics (loading excluded).
+"""Identification time on Zhang et al.'s (AAAI-26) released statistics (loading excluded).
 
 Run: ``python benchmarks/identify_fixture.py [--fixtures ../shared/fixtures] [--repeats 5]``
 """

@@ -1,7 +1,7 @@
 """Time of the exact four-stage segmentation at 32, 80 and 126 layers.
 
 For each layer count, features ``[L, 5]`` (two neuron features, three lens features)
-are drawn at random, and the segmentation with all three of paper A's signatures is
+are drawn at random, and the segmentation with all three of Zhang et al.'s (AAAI-26) signatures is
 timed for ``--refits`` refits (the stability bootstrap of ``map_stages``), by dynamic
 programming (``segment``) and by the exhaustive ``O(L^3)`` search it replaces
 (``_exhaustive``, timed on fewer refits and scaled). Random features break the

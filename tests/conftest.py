@@ -77,7 +77,7 @@ NJUNLP_TAG = "Mistral-de76d14562b1da1ba0e52d5b245cf9c0859e2af3"
 
 @pytest.fixture(scope="session")
 def njunlp_stats(fixtures):
-    """Paper A's released response-only statistics (Mistral-7B on MGSM, 10 languages)."""
+    """Zhang et al.'s (AAAI-26) released response-only statistics (Mistral-7B on MGSM, 10 languages)."""
     import tl_multilingual as tlm
 
     folder = fixtures / "njunlp_mistral_mgsm"

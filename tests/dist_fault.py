@@ -15,7 +15,7 @@ def main() -> int:
     kill_at = next((a.split("=", 1)[1] for a in args if a.startswith("--kill-at=")), None)
     args = [a for a in args if not a.startswith(("--kill-rank=", "--kill-at="))]
     if kill_rank is not None and os.environ.get("RANK") == kill_rank:
-        from tl_multilingual.study import pipeline as study
+        from tl_multilingual.study import steps as study
 
         steps = {"deactivation": "deactivation_matrix", "sharing": "sharing", "lens": "language_lens"}
         name = steps[kill_at]

@@ -96,53 +96,119 @@ def test_every_module_imports_as_a_module():
         assert isinstance(bound, types.ModuleType), f"import {info.name} as m binds {type(bound).__name__}"
 
 
-def test_renamed_modules_still_import_with_a_warning():
+# The 0.1.0 release: its top-level ``__all__``, and its modules that moved into subpackages.
+RELEASED_NAMES = """
+    adapt ModelAdapter models evaluate data Corpus Text collect_stats ActivationStats identify
+    ablate ablation_hooks boost steer patch record intervene Edit Interventions perplexity
+    choice_accuracy answer_accuracy generate MultipleChoice ablation_matrix AblationResult
+    language_lens LensResult LensPrompt prompts word_tokens map_stages StageMap STAGES
+    patch_neurons PatchResult ParallelItems ParallelItem sharing Sharing SHARING_CLASSES attribute
+    Attribution class_attribution item_correctness correct_vs_incorrect boost_experiment compare
+    compare_series Comparison Series LanguageNeurons NeuronMask normalize_language language_name
+    TLMultilingualError UnsupportedModelError LanguageError CorpusError StatsError
+    IdentificationError MaskError SaveError
+""".split()
+MOVED_MODULES = {
+    "adapters": "model.adapters", "collect": "neurons.collect", "corpus": "inputs.corpus",
+    "gguf": "model.gguf", "interventions": "causal.interventions", "items": "inputs.items",
+    "languages": "inputs.languages", "lens": "stages.lens", "masks": "neurons.masks",
+    "patching": "causal.patching", "report": "study.report", "stats": "neurons.stats",
+    "tokens": "model.tokens", "wordtokens": "inputs.wordtokens",
+}
+RELEASED_SUBPACKAGE_NAMES = {
+    "stages": ("STAGES", "StageMap", "map_stages", "segment", "neuron_features", "lens_features"),
+    "experiments": ("ablation_matrix", "AblationResult", "variant_mask"),
+    "neurons": ("LanguageNeurons", "CLASSES"),
+    "study": ("StudySettings", "Study", "DEMO_SETTINGS", "check_output_folder"),
+}
+
+
+def _fresh(monkeypatch, module, name):
+    """Forget a name a deprecation shim already resolved (it is kept after its warning)."""
+    monkeypatch.delitem(vars(module), name, raising=False)
+
+
+def test_every_released_name_still_resolves(monkeypatch):
+    import warnings
+
+    for name in RELEASED_NAMES:
+        _fresh(monkeypatch, tl_multilingual, name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            assert getattr(tl_multilingual, name) is not None, name
+
+
+def test_moved_modules_resolve_as_attributes_with_one_warning_and_never_as_paths(monkeypatch):
     import warnings
 
     import pytest
 
-    for old, new in (("identify", "neurons.identification"), ("compare", "experiments.comparison"),
-                     ("sharing", "neurons.sharing_classes"), ("lens", "stages.lens"), ("adapters", "model.adapters")):
+    for old, new in MOVED_MODULES.items():
+        home = importlib.import_module(f"tl_multilingual.{new}")
+        _fresh(monkeypatch, tl_multilingual, old)
+        message = f"tl_multilingual.{old} is now tl_multilingual.{new}"
+        with pytest.warns(DeprecationWarning, match=message) as caught:
+            exec(f"from tl_multilingual import {old} as module", namespace := {})
+        assert namespace["module"] is home and len(caught) == 1  # one warning for one use
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            importlib.import_module(f"tl_multilingual.{new}")
-        with pytest.warns(DeprecationWarning, match=f"tl_multilingual.{new}"):
-            module = importlib.import_module(f"tl_multilingual.{old}")
-        assert module is importlib.import_module(f"tl_multilingual.{new}")
-        assert module.__spec__.name == f"tl_multilingual.{new}"
-        if old in ("identify", "compare", "sharing"):  # the top-level functions stay functions
-            assert callable(getattr(tl_multilingual, old))
-            assert not isinstance(getattr(tl_multilingual, old), types.ModuleType)
+            warnings.simplefilter("error")
+            assert getattr(tl_multilingual, old) is home  # once: the name is kept
+        with pytest.raises(ModuleNotFoundError, match=f"tl_multilingual.{old}"):
+            importlib.import_module(f"tl_multilingual.{old}")
+    for name in ("sharing", "identify", "compare"):  # functions: no module import binds them
+        with pytest.raises(ImportError):
+            exec(f"import tl_multilingual.{name} as m", {})
+        assert callable(getattr(tl_multilingual, name))
+        assert not isinstance(getattr(tl_multilingual, name), types.ModuleType)
 
 
-def test_renamed_and_moved_names_still_work_with_a_warning():
+def test_released_names_of_the_subpackages_resolve_with_a_warning(monkeypatch):
     import pytest
 
-    from tl_multilingual.experiments import deactivation as experiments
+    for package, names in RELEASED_SUBPACKAGE_NAMES.items():
+        module = importlib.import_module(f"tl_multilingual.{package}")
+        for name in names:
+            _fresh(monkeypatch, module, name)
+            with pytest.warns(DeprecationWarning, match=f"tl_multilingual.{package}.{name} is now"):
+                value = getattr(module, name)
+            assert value is not None
+        with pytest.raises(AttributeError, match="no attribute 'anything_else'"):
+            module.anything_else  # noqa: B018
+
+
+def test_the_deprecation_layer_is_module_getattr_only():
+    import sys
+
+    assert type(tl_multilingual) is types.ModuleType  # no module-class swap
+    finders = [f for f in sys.meta_path if type(f).__module__.startswith("tl_multilingual")]
+    assert not finders  # no import hook
+
+
+def test_renamed_and_moved_names_still_work_with_a_warning(monkeypatch):
+    import pytest
+
+    import tl_multilingual.experiments as experiments
+    from tl_multilingual.experiments import deactivation
 
     pairs = {
-        "ablation_matrix": experiments.deactivation_matrix,
-        "AblationResult": experiments.DeactivationResult,
+        "ablation_matrix": deactivation.deactivation_matrix,
+        "AblationResult": deactivation.DeactivationResult,
         "boost_experiment": tl_multilingual.experiments.sharing_experiments.boost_experiment,
         "class_attribution": tl_multilingual.causal.attribution.class_attribution,
     }
     for old, new in pairs.items():
+        _fresh(monkeypatch, tl_multilingual, old)
         with pytest.warns(DeprecationWarning, match=old):
             assert getattr(tl_multilingual, old) is new
         assert old not in tl_multilingual.__all__
+    _fresh(monkeypatch, experiments, "ablation_matrix")
     with pytest.warns(DeprecationWarning, match="deactivation_matrix"):
-        assert experiments.ablation_matrix is experiments.deactivation_matrix
+        assert experiments.ablation_matrix is deactivation.deactivation_matrix
 
 
 def test_the_top_level_names_its_own_modules():
     assert len(tl_multilingual.__all__) == len(set(tl_multilingual.__all__))
     for name in tl_multilingual.__all__:
         assert getattr(tl_multilingual, name) is not None
-
-
-def test_old_module_attributes_still_resolve_with_a_warning():
-    import pytest
-
-    with pytest.warns(DeprecationWarning, match="inputs.wordtokens"):
-        module = tl_multilingual.wordtokens
-    assert module is importlib.import_module("tl_multilingual.inputs.wordtokens")
+    assert isinstance(tl_multilingual.plot, types.ModuleType)
+    assert "plot" not in tl_multilingual.__all__  # it needs matplotlib

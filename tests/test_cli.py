@@ -67,7 +67,7 @@ def test_run_writes_the_whole_study_and_resumes(model_dir, tmp_path, monkeypatch
 
     for name in ("collect_stats", "identify", "language_lens", "map_stages", "deactivation_matrix", "stage_effects",
                  "sharing"):
-        monkeypatch.setattr(f"tl_multilingual.study.pipeline.{name}", refuse)
+        monkeypatch.setattr(f"tl_multilingual.study.steps.{name}", refuse)
     messages = []
     monkeypatch.setattr("tl_multilingual.study.pipeline.Study._say", lambda self, m: messages.append(m))
     assert cli.main(["run", "--model", str(model_dir), "--out", str(out), "--corpus", str(corpus), *FAST]) == 0
@@ -193,7 +193,7 @@ def test_the_report_is_rewritten_after_each_step(model_dir, tmp_path, monkeypatc
     def fail(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("tl_multilingual.study.pipeline.deactivation_matrix", fail)
+    monkeypatch.setattr("tl_multilingual.study.steps.deactivation_matrix", fail)
     corpus = small_corpus(tmp_path)
     assert cli.main(["run", "--model", str(model_dir), "--out", str(out), "--corpus", str(corpus), *FAST]) == 130
     html = (out / "report.html").read_text()

@@ -40,10 +40,10 @@ def test_every_figure_saves(results, tmp_path):
     figures = {
         "classes": plot.neuron_classes(neurons, stages=stages),
         "languages": plot.language_counts(neurons),
-        "heatmap": plot.ablation_heatmap(matrix, "specific"),
+        "heatmap": plot.deactivation_heatmap(matrix, "specific"),
         "lens": plot.lens_curves(lens, stages=stages, n_boot=50),
         "sharing": plot.sharing_profile(sharing),
-        "stage_effects": plot.stage_effects(_effects()),
+        "stage_effects": plot.stage_effects_heatmap(_effects()),
     }
     for name, fig in figures.items():
         written = plot.save(fig, tmp_path / name)
@@ -110,3 +110,35 @@ def test_lens_curves_draw_the_summary_they_are_given_without_resampling(results,
     assert len(bands) >= len(lens.languages)
     with pytest.warns(DeprecationWarning, match="summary"), pytest.raises(AssertionError, match="resampled"):
         plot.lens_curves(lens)
+
+
+def test_figures_are_styled_without_touching_the_users_settings(results):
+    matplotlib = require("matplotlib")
+    from tl_multilingual.study import plot
+
+    neurons, _, _, matrix, _ = results
+    backend = matplotlib.get_backend()
+    with matplotlib.rc_context({"font.size": 13, "axes.spines.top": True}):  # the user's own style
+        before = dict(matplotlib.rcParams)
+        figures = [plot.neuron_classes(neurons), plot.deactivation_heatmap(matrix, "specific")]
+        assert dict(matplotlib.rcParams) == before and matplotlib.get_backend() == backend
+        mine = matplotlib.pyplot.figure()  # the user's next figure keeps the user's style
+        assert mine.add_subplot().spines["top"].get_visible()
+    for fig in figures:  # ours carry the paper style
+        ax = fig.axes[0]
+        assert not ax.spines["top"].get_visible()
+        assert ax.xaxis.label.get_fontsize() == plot.STYLE["axes.labelsize"]
+        assert ax.get_xticklabels()[0].get_fontsize() == plot.STYLE["xtick.labelsize"]
+        plot.save(fig, "/dev/null", formats=())
+    matplotlib.pyplot.close(mine)
+
+
+def test_the_deactivation_heatmap_keeps_its_old_name_for_a_release(monkeypatch):
+    from tl_multilingual.study import plot
+
+    monkeypatch.delitem(vars(plot), "ablation_heatmap", raising=False)
+    with pytest.warns(DeprecationWarning, match="plot.ablation_heatmap is now .*deactivation_heatmap"):
+        assert plot.ablation_heatmap is plot.deactivation_heatmap
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert plot.ablation_heatmap is plot.deactivation_heatmap  # warned once

@@ -74,3 +74,12 @@ def test_config_transform_matches_the_declared_one():
         logits = torch.randn(3, 7) * 10
         declared = model.adapter.apply_output_logits_transform(logits)
         torch.testing.assert_close(readout._config_transform(model)(logits), declared)
+
+
+def test_the_checked_head_is_kept_by_the_readout_once_per_adapter():
+    from tl_multilingual.model import readout
+
+    lm = tlm.adapt(tiny.bridge("gpt2"))
+    first = readout.head(lm)
+    assert readout.head(lm) is first  # built and checked once
+    assert not any(callable(v) and v is first for v in vars(lm).values())  # not written into the adapter

@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 
 import tl_multilingual as tlm
 from tl_multilingual import cli, persist
-from tl_multilingual.stages.segmentation import StageMap
+from tl_multilingual.stages.stage_map import StageMap
 from tl_multilingual.study import report
 from tl_multilingual.study.pipeline import Study, StudySettings, check_output_folder
 

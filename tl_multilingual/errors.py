@@ -13,11 +13,14 @@ the application configures logging, e.g. ``logging.basicConfig(level="INFO")``).
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
 import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger("tl_multilingual")
 """The library's logger: progress (``INFO``) and details (``DEBUG``)."""
@@ -40,7 +43,38 @@ def warn(message: str, category: type[Warning] = TLMultilingualWarning) -> None:
     while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(_PACKAGE):
         frame = frame.f_back
         level += 1
-    warnings.warn(message, category, stacklevel=level)
+    warnings.warn(message, category, stacklevel=level)  # which skips the import system's own frames
+
+
+def moved(package: str, table: Mapping[str, tuple[str, str | None]]) -> Callable[[str], Any]:
+    """The module ``__getattr__`` (PEP 562) of a package whose released names moved.
+
+    Args:
+        package: the package's ``__name__``.
+        table: per old name, its new home: ``(module, name)`` with the module relative
+            to ``tl_multilingual`` (``("experiments.deactivation", "deactivation_matrix")``),
+            or ``(module, None)`` for a module that moved.
+
+    Returns:
+        A ``__getattr__`` that resolves an old name to its new home with one
+        `DeprecationWarning` naming the new home, and keeps the value in the package
+        so that later uses do not warn again. Any other name raises `AttributeError`.
+    """
+    root = __name__.rpartition(".")[0]
+
+    def __getattr__(name: str) -> Any:
+        if name not in table:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        home, attribute = table[name]
+        module = importlib.import_module(f"{root}.{home}")
+        value = module if attribute is None else getattr(module, attribute)
+        new = f"{root}.{home}" + ("" if attribute is None else f".{attribute}")
+        warn(f"{package}.{name} is now {new}; the old name will be removed in the next release",
+             DeprecationWarning)
+        setattr(sys.modules[package], name, value)
+        return value
+
+    return __getattr__
 
 
 class TLMultilingualError(Exception):

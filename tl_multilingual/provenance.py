@@ -3,7 +3,7 @@
 Every result that depends on a model carries a record of it (`provenance`:
 ``name``, ``architecture`` and ``shape = (n_layers, d_mlp)``, as far as known), and
 every place that combines a model with statistics, masks, neurons, sharing classes or
-a stage map, or two statistics with each other, calls [`check_compatible()`][tl_multilingual.neurons.stats.ActivationStats.check_compatible].
+a stage map, or two statistics with each other, calls [`check_compatible()`][tl_multilingual.provenance.check_compatible].
 
 The shape, the languages and the counting settings can never differ (the result
 would be meaningless or the computation would fail). The model's name and
@@ -55,8 +55,9 @@ def check_compatible(
     """Raise ``error`` unless every field of ``fields`` known on both sides agrees.
 
     Args:
-        mine, theirs: provenance records (``ModelAdapter.describe()`` or a result's
+        mine: a provenance record (``ModelAdapter.describe()`` or a result's
             ``provenance``); a field missing or None on either side is not compared.
+        theirs: the other side's record, likewise.
         fields: what must agree (``shape``, ``name``, ``architecture``, ``languages``,
             ``threshold``, ``token_policy``, ``include_bos``...).
         labels: how the two sides are named in the message.
@@ -98,7 +99,7 @@ def check_fits(
     lm: Any, result: Any, *, what: str, error: type[TLMultilingualError] = TLMultilingualError,
     allow_mismatch: bool = False,
 ) -> None:
-    """[`check_compatible()`][tl_multilingual.neurons.stats.ActivationStats.check_compatible] of a model adapter and a result used on it: the shapes
+    """[`check_compatible()`][tl_multilingual.provenance.check_compatible] of a model adapter and a result used on it: the shapes
     must agree, and the model's name and architecture unless ``allow_mismatch``."""
     check_compatible(record_of(lm), record_of(result), labels=("the model", what), error=error,
                      allow_mismatch=allow_mismatch)

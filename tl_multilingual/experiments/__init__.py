@@ -1,5 +1,11 @@
-"""Experiments: deactivation, per-stage effects, paper B's sharing experiments, checkpoint comparison."""
+"""Experiments: the engine, deactivation, per-stage effects, Wang et al.'s sharing
+experiments, checkpoint comparison."""
 
-from .. import _forward_old_names
+from ..errors import moved
 
-__getattr__ = _forward_old_names(__name__, "deactivation")  # 0.1.0 names of tl_multilingual.experiments
+# The names of the 0.1.0 module tl_multilingual.experiments, with a DeprecationWarning.
+__getattr__ = moved(__name__, {
+    "ablation_matrix": ("experiments.deactivation", "deactivation_matrix"),
+    "AblationResult": ("experiments.deactivation", "DeactivationResult"),
+    "variant_mask": ("experiments.deactivation", "variant_mask"),
+})

@@ -28,7 +28,7 @@ from torch import Tensor
 from ..errors import TLMultilingualError
 from ..inputs.languages import normalize_language
 from ..neurons.classes import CLASS_CODES, DROPPED, OTHER, LanguageNeurons
-from ..neurons.identification import identify
+from ..neurons.identification import METHODS, Method, identify, identify_replicate
 from ..neurons.stats import ActivationStats
 from ..resample import percentile_interval
 
@@ -211,7 +211,8 @@ class Comparison:
         Replicates redraw every activation count of both models as
         ``Binomial(tokens, p)`` (tokens independent: an approximation that ignores
         correlation within texts) and re-identify the neurons with the same parameters
-        and lambdas. Needs the comparison to have been built from statistics.
+        and lambdas ([`identify_replicate()`][tl_multilingual.neurons.identification.identify_replicate]). Needs the comparison to have
+        been built from statistics.
         """
         if self.stats is None or self.identify_kwargs is None:
             raise TLMultilingualError("intervals need the statistics: build the comparison from ActivationStats")
@@ -219,7 +220,8 @@ class Comparison:
         generator = torch.Generator().manual_seed(seed)
         draws: dict[str, list[float]] = {k: [] for k in point}
         for _ in range(n_boot):
-            redrawn = [identify(s.redraw(generator), **kw) for s, kw in zip(self.stats, self.identify_kwargs)]
+            redrawn = [identify_replicate(stats, neurons, generator)
+                       for stats, neurons in zip(self.stats, (self.before, self.after))]
             for key, (b, a) in self._quantities(*redrawn).items():
                 draws[key].append(a - b)
         rows = []
@@ -247,7 +249,7 @@ def compare(
     *,
     trained_languages: Sequence[str] = (),
     lam: float | Literal["base", "each"] = "base",
-    method: Literal["ternary", "lape"] = "ternary",
+    method: Method = "ternary",
     top_rate: float = 0.01,
     bar_ratio: float = 0.95,
     labels: tuple[str, str] = ("before", "after"),
@@ -259,9 +261,11 @@ def compare(
         aligned: the same for the aligned model (same languages, token policy, threshold
             and shape; neurons identified alike).
         trained_languages: the languages the alignment trained on.
-        lam: ``"base"`` identifies the aligned model with the base model's lambda (found
-            by the sweep); ``"each"`` sweeps each model; a number fixes both.
-        method: identification method (statistics only).
+        lam: for a method with a lambda (``METHODS[method].has_lambda``): ``"base"``
+            identifies the aligned model with the base model's lambda (found by the
+            sweep); ``"each"`` sweeps each model; a number fixes both.
+        method: identification method (statistics only), a name of
+            [`METHODS`][tl_multilingual.neurons.identification.METHODS].
         top_rate: identification parameter (statistics only).
         bar_ratio: identification parameter (statistics only).
         labels: the models' names in tables.
@@ -270,10 +274,11 @@ def compare(
     if isinstance(base, ActivationStats) and isinstance(aligned, ActivationStats):
         base.check_compatible(aligned, same_model=False)
         kwargs = {"method": method, "top_rate": top_rate, "bar_ratio": bar_ratio}
-        if method == "lape":
-            before, after = identify(base, **kwargs), identify(aligned, **kwargs)
-        else:
+        spec = METHODS.get(method)
+        if spec is not None and spec.has_lambda:
             before, after = _identify_pair(base, aligned, lam, kwargs)
+        else:
+            before, after = identify(base, **kwargs), identify(aligned, **kwargs)
         comparison = Comparison(before, after, trained, labels, (base, aligned))
     elif isinstance(base, LanguageNeurons) and isinstance(aligned, LanguageNeurons):
         comparison = Comparison(base, aligned, trained, labels)

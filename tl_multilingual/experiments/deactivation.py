@@ -15,19 +15,18 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
-from .. import distributed, resample
+from .. import resample
 from ..causal.evaluate import choice_scores, text_nll
 from ..causal.interventions import Layers, ablate
-from ..errors import IdentificationError, SaveError, StatsError, TLMultilingualError, warn
+from ..errors import IdentificationError, SaveError, StatsError, TLMultilingualError
 from ..inputs.corpus import Corpus
 from ..model.adapters import ModelAdapter, adapt
 from ..model.tokens import Overflow
@@ -36,21 +35,11 @@ from ..neurons.masks import NeuronMask, parse_variant
 from ..neurons.stats import ActivationStats
 from ..persist import atomic_folder, recover
 from ..provenance import check_fits
+from .engine import controlled_runs, paired_interval
 
 __all__ = ["deactivation_matrix", "DeactivationResult", "variant_mask"]
 
 _KINDS = ("tl_multilingual.DeactivationResult", "tl_multilingual.AblationResult")  # the second: 0.1.0 saves
-_RENAMED = {"ablation_matrix": "deactivation_matrix", "AblationResult": "DeactivationResult"}
-
-
-def __getattr__(name: str) -> Any:
-    """Deprecated names of 0.1.0, kept for one release."""
-    if name in _RENAMED:
-        warn(f"{name} is renamed {_RENAMED[name]} (Zhang et al., AAAI-26, call the experiment deactivation)",
-             DeprecationWarning)
-        return globals()[_RENAMED[name]]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 _FILES = ("cells.csv", "controls.csv", "result.json")
 
 Metric = Literal["perplexity", "accuracy"]
@@ -68,112 +57,6 @@ def variant_mask(neurons: LanguageNeurons, variant: str, language: str) -> Neuro
         mask = mask | neurons.mask(part, None if part == "general" else language)
     mask.name = f"{language}: {variant}"
     return mask
-
-K = TypeVar("K", bound=Hashable)
-V = TypeVar("V")
-
-
-@dataclass
-class _Runs(Generic[V]):
-    """One condition's measurements, per block of units: the hit (its own mask), each
-    random control, and the mask sizes."""
-
-    hit: list[V]
-    controls: list[list[V]]  # [control][block]
-    sizes: list[int]
-
-
-def _controlled_runs(
-    conditions: Mapping[K, Callable[[int], NeuronMask]],
-    measure: Callable[[K | None, int, NeuronMask | None], V],
-    *,
-    n_blocks: int,
-    n_controls: Mapping[K, int],
-    seed: int,
-    desc: str,
-    progress: bool,
-) -> tuple[list[V], dict[K, _Runs[V]]]:
-    """The loop every controlled intervention experiment shares (deactivation here,
-    boosting in [`tl_multilingual.experiments.sharing_experiments`][tl_multilingual.experiments.sharing_experiments]).
-
-    Units (texts, items) come in ``n_blocks`` blocks that each get their own mask: one
-    block for a whole evaluation set, or one block per item when every item has its own
-    class mask. First the unmodified model is measured on every block (the baseline);
-    then, for every condition, the block's mask (the hit) and ``n_controls[condition]``
-    random masks with as many neurons per layer, drawn outside it with seed
-    ``seed + 97 * block`` ([`NeuronMask.controls()`][tl_multilingual.neurons.masks.NeuronMask.controls]). An empty mask changes nothing:
-    its run is the baseline, not measured again. The progress bar closes however the
-    loop ends.
-
-    Args:
-        conditions: per condition key, the mask of each block.
-        measure: ``measure(key, block, mask)`` measures one block under one mask (key
-            and mask None for the baseline) and returns its per-unit values.
-        n_blocks: number of blocks.
-        n_controls: random controls per condition.
-        seed: seed of the controls.
-        desc: the progress bar's label.
-        progress: show the progress bar.
-
-    Returns:
-        ``(baseline, runs)``: the baseline per block, and per condition its
-        `_Runs`. Intervals come from `_paired_interval()`.
-    """
-    total = n_blocks * (1 + sum(1 + n_controls[key] for key in conditions))
-    baseline: list[V] = []
-    with tqdm(total=total, disable=not distributed.show_progress(progress), desc=desc, unit="run") as bar:
-
-        def run(key: K | None, block: int, mask: NeuronMask | None) -> V:
-            value = baseline[block] if mask is not None and mask.count() == 0 else measure(key, block, mask)
-            bar.update()
-            return value
-
-        for block in range(n_blocks):
-            baseline.append(run(None, block, None))
-        runs: dict[K, _Runs[V]] = {}
-        for key, mask_of in conditions.items():
-            result: _Runs[V] = _Runs([], [[] for _ in range(n_controls[key])], [])
-            for block in range(n_blocks):
-                mask = mask_of(block)
-                result.sizes.append(mask.count())
-                result.hit.append(run(key, block, mask))
-                for c, random_mask in enumerate(mask.controls(n_controls[key], seed=seed + 97 * block)):
-                    result.controls[c].append(run(key, block, random_mask))
-            runs[key] = result
-    return baseline, runs
-
-
-def _paired_interval(
-    hit: np.ndarray,
-    baseline: np.ndarray,
-    unit_draws: np.ndarray,
-    ci: float,
-    statistic: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
-) -> tuple[float, float, float]:
-    """The change from ``baseline`` to ``hit`` over the same units, with its paired
-    percentile bootstrap interval ([`tl_multilingual.resample`][tl_multilingual.resample]).
-
-    Args:
-        hit, baseline: per-unit values (units along the last axis for a
-            ``statistic``, along the first otherwise).
-        unit_draws: bootstrap draws of unit indices ``[n_boot, n_units]``
-            ([`tl_multilingual.resample.draws()`][tl_multilingual.resample.draws]), shared by both conditions.
-        ci: the interval's coverage.
-        statistic: ``statistic(values, index)`` -> the statistic over the units
-            ``index`` (``[..., n]`` -> ``[...]``), for statistics other than the mean
-            (a perplexity is a ratio of sums); None: the mean change, with
-            [`mean_interval()`][tl_multilingual.resample.mean_interval] (its NaN policy).
-
-    Returns:
-        ``(change, ci_low, ci_high)``.
-    """
-    if statistic is None:
-        change, low, high = resample.mean_interval(hit, baseline=baseline, ci=ci, unit_draws=unit_draws)
-        return float(change), float(low), float(high)
-    every = np.arange(unit_draws.shape[1])
-    change = float(statistic(hit, every) - statistic(baseline, every))
-    low, high = resample.percentile_interval(statistic(hit, unit_draws) - statistic(baseline, unit_draws), ci)
-    return change, float(low), float(high)
 
 
 class _Evaluation:
@@ -297,7 +180,7 @@ def deactivation_matrix(
             "specific+related+general"]`` for Zhang et al. (AAAI-26), ``["language"]`` for LAPE.
         languages: languages whose neurons are deactivated (default: all of ``neurons``).
         layers: restrict every mask (and its controls) to these layers, e.g. a stage's
-            ``stage_map.layers("understanding")`` (see [`tl_multilingual.map_stages()`][tl_multilingual.stages.segmentation.map_stages]).
+            ``stage_map.layers("understanding")`` (see [`tl_multilingual.map_stages()`][tl_multilingual.stages.mapping.map_stages]).
         value: what deactivated neurons are set to: 0, a constant, or ``"mean"`` (needs
             ``stats``).
         controls: random same-size-per-layer neuron sets per (variant, language), or a
@@ -340,28 +223,23 @@ def deactivation_matrix(
     else:
         n_controls = {v: controls for v in variants}
 
-    def measure(key: tuple[str, str] | None, block: int, mask: NeuronMask | None) -> pd.DataFrame:
-        if mask is None:
-            return evaluation.units(lm)
-        with ablate(lm, mask, value=value, stats=stats, allow_mismatch=allow_mismatch):
-            return evaluation.units(lm)
-
-    (baseline,), runs = _controlled_runs(
+    runs = controlled_runs(
         {key: (lambda block, mask=mask: mask) for key, mask in masks.items()},
-        measure,
-        n_blocks=1,
-        n_controls={key: n_controls[key[0]] for key in masks},
+        lambda block: evaluation.units(lm),
+        lambda key, mask: ablate(lm, mask, value=value, stats=stats, allow_mismatch=allow_mismatch),
+        controls={key: n_controls[key[0]] for key in masks},
         seed=seed,
-        desc="ablation matrix",
+        desc="deactivation matrix",
         progress=progress,
     )
+    (baseline,) = runs.baseline
     evaluated = list(dict.fromkeys(baseline["language"]))
     rng = np.random.default_rng(seed)
     unit_draws = {
         lang: resample.draws(n, n_boot, rng) for lang, n in baseline.groupby("language", sort=False).size().items()
     }
     rows, control_rows = [], []
-    for (variant, lang), run in runs.items():
+    for (variant, lang), run in runs.conditions.items():
         (hit,), ctrl_runs = run.hit, [c[0] for c in run.controls]
         for target in evaluated:
             rows.append(
@@ -404,7 +282,7 @@ def _row(
     base_units, hit_units = np.stack(_select(baseline, language)), np.stack(_select(hit, language))
     every = np.arange(base_units.shape[1])
     base, value = float(statistic(base_units, every)), float(statistic(hit_units, every))
-    change, low, high = _paired_interval(hit_units, base_units, unit_draws, ci, statistic)
+    change, low, high = paired_interval(hit_units, base_units, unit_draws, ci, statistic)
     ctrl_changes = np.array([_value(evaluation, c, language) - base for c in ctrl_runs])
     ctrl_change = float(ctrl_changes.mean()) if len(ctrl_changes) else float("nan")
     return {

@@ -31,7 +31,7 @@ from ..neurons.masks import NeuronMask, parse_variant
 from ..neurons.sharing_classes import SHARING_CLASSES, Sharing
 from ..neurons.sharing_classes import sharing as compute_sharing
 from ..provenance import check_fits
-from .deactivation import _controlled_runs, _paired_interval
+from .engine import controlled_runs, paired_interval
 
 __all__ = ["item_correctness", "correct_vs_incorrect", "boost_experiment"]
 
@@ -42,12 +42,15 @@ def _score_item(
     languages: Sequence[str],
     max_length: int | None = None,
     overflow: Overflow = "truncate",
+    batch_size: int | None = None,
 ) -> list[tuple[bool, float]]:
-    """(correct, logprob) of one item in each language."""
+    """(correct, logprob) of one item in each language; ``batch_size`` sequences per
+    forward pass (None: the whole item in one)."""
     if item.options:
+        rows = sum(len(item.options[lang]) for lang in languages)
         scored = option_logprobs(lm, [(item.texts[lang], item.options[lang]) for lang in languages],
-                                 batch_size=sum(len(item.options[lang]) for lang in languages),
-                                 max_length=max_length, overflow=overflow)
+                                 batch_size=min(rows, batch_size or rows), max_length=max_length,
+                                 overflow=overflow)
         out = []
         for scores, _ in scored:
             best = max(range(len(scores)), key=scores.__getitem__)
@@ -59,9 +62,13 @@ def _score_item(
     check_overflow(overflow, split=False)
     sequences = encode_answers(lm, [item.texts[lang] for lang in languages], answers, max_length=max_length,
                                overflow=overflow)
-    sums, _ = sequence_nll(lm, sequences, len(sequences))
+    size = min(len(sequences), batch_size or len(sequences))
+    sums, _ = sequence_nll(lm, sequences, size)
     contexts = [list(seq.ids[: seq.start]) for seq in sequences]  # the prompts as read before the answers
-    predicted = last_logits(lm, lm.pad(contexts, side="left")).argmax(-1).tolist()
+    predicted = []
+    for start in range(0, len(contexts), size):
+        batch = lm.pad(contexts[start : start + size], side="left")
+        predicted += last_logits(lm, batch).argmax(-1).tolist()
     return [(pred == seq.ids[seq.start], -total) for seq, pred, total in zip(sequences, predicted, sums)]
 
 
@@ -135,20 +142,42 @@ def boost_experiment(
     seed: int = 0,
     n_boot: int = 1000,
     ci: float = 0.95,
+    batch_size: int = 8,
     progress: bool = True,
     allow_mismatch: bool = False,
     max_length: int | None = None,
     overflow: Overflow = "truncate",
 ) -> pd.DataFrame:
-    """Scale one sharing class of neurons per item and measure every language.
+    """Scale one sharing class of neurons per item and measure every language (Wang et al., 2024).
 
     Each item's own class mask (from ``sharing``) is scaled by each factor (0
     deactivates, 1 is the baseline) while the item is answered in every language;
     random masks with as many neurons per layer (drawn outside the class) are the
-    control. Returns one row per (class, factor, language): ``accuracy`` and mean
-    ``logprob``, their changes from the unmodified model with paired bootstrap
-    intervals over items, and the control's accuracy and log-probability.
-    ``allow_mismatch`` accepts sharing classes computed on another model of the same shape.
+    control. A specialisation of [`controlled_runs()`][tl_multilingual.experiments.engine.controlled_runs] with one block per item.
+
+    Args:
+        model: a model or [`ModelAdapter`][tl_multilingual.model.adapters.ModelAdapter].
+        items: parallel items with gold answers or options in every language.
+        classes: sharing classes to scale (``"all_shared"``, or several joined with ``+``).
+        factors: the scales applied to the class's neurons.
+        sharing: the items' sharing classes (default: computed on ``items``).
+        controls: random same-size-per-layer neuron sets per (class, factor) and item.
+        seed: seed of the controls and of the bootstrap.
+        n_boot: paired bootstrap replicates over items.
+        ci: the intervals' coverage.
+        batch_size: sequences (an item's languages, or its options) per forward pass.
+        progress: show a progress bar.
+        allow_mismatch: accept sharing classes computed on another model of the same shape.
+        max_length: longest sequence fed to the model (default: its context size).
+        overflow: ``"truncate"`` or ``"error"`` (see [`tl_multilingual.model.tokens`][tl_multilingual.model.tokens]).
+
+    Returns:
+        One row per (class, factor, language): ``accuracy`` and mean ``logprob``, their
+        changes from the unmodified model with paired bootstrap intervals over items,
+        and the control's accuracy and log-probability.
+
+    Raises:
+        TLMultilingualError: sharing classes computed on other items.
     """
     lm = adapt(model)
     if sharing is not None:
@@ -164,25 +193,26 @@ def boost_experiment(
         (cls, factor): partial(_class_mask, sharing, classes=parts[cls]) for cls in classes for factor in factors
     }
 
-    def measure(key: tuple[str, float] | None, i: int, mask: NeuronMask | None) -> np.ndarray:
-        if mask is None:
-            return np.array(_score_item(lm, item_list[i], langs, max_length, overflow), dtype=float)
-        with boost(lm, mask, factor=key[1], allow_mismatch=allow_mismatch):
-            return np.array(_score_item(lm, item_list[i], langs, max_length, overflow), dtype=float)
+    def measure(i: int) -> np.ndarray:
+        scores = _score_item(lm, item_list[i], langs, max_length, overflow, batch_size)
+        return np.array(scores, dtype=float)
 
-    baseline_runs, runs = _controlled_runs(
-        conditions, measure, n_blocks=len(item_list), n_controls=dict.fromkeys(conditions, controls), seed=seed,
-        desc="boost experiment", progress=progress,
-    )
-    baseline = np.stack(baseline_runs)  # [item, language, (correct, logprob)]
+    def intervene(key: tuple[str, float], mask: NeuronMask) -> Any:
+        return boost(lm, mask, factor=key[1], allow_mismatch=allow_mismatch)
+
+    runs = controlled_runs(conditions, measure, intervene, n_blocks=len(item_list),
+                           controls=controls, seed=seed, desc="boost experiment", progress=progress)
+    baseline = np.stack(runs.baseline)  # [item, language, (correct, logprob)]
     unit_draws = resample.draws(len(item_list), n_boot, seed)
     rows = []
-    for (cls, factor), run in runs.items():
+    for (cls, factor), run in runs.conditions.items():
         hit = np.stack(run.hit)
         ctrl = np.stack([np.stack(c) for c in run.controls]) if controls else None  # [control, item, lang, 2]
         for p, lang in enumerate(langs):
-            acc_change, acc_low, acc_high = _paired_interval(hit[:, p, 0], baseline[:, p, 0], unit_draws, ci)
-            lp_change, lp_low, lp_high = _paired_interval(hit[:, p, 1], baseline[:, p, 1], unit_draws, ci)
+            acc_change, acc_low, acc_high = paired_interval(hit[:, p, 0], baseline[:, p, 0],
+                                                            unit_draws, ci)
+            lp_change, lp_low, lp_high = paired_interval(hit[:, p, 1], baseline[:, p, 1],
+                                                         unit_draws, ci)
             rows.append({
                 "class": cls, "factor": factor, "language": lang, "mean_neurons": float(np.mean(run.sizes)),
                 "baseline_accuracy": baseline[:, p, 0].mean(), "accuracy": hit[:, p, 0].mean(),

@@ -1,6 +1,6 @@
 """Causal evidence per stage: [`stage_effects()`][tl_multilingual.experiments.stage_deactivation.stage_effects].
 
-For every stage of a [`StageMap`][tl_multilingual.stages.segmentation.StageMap] and every language, the language's neurons
+For every stage of a [`StageMap`][tl_multilingual.stages.stage_map.StageMap] and every language, the language's neurons
 (a class variant, as in [`tl_multilingual.deactivation_matrix()`][tl_multilingual.experiments.deactivation.deactivation_matrix]) are deactivated
 *inside that stage's layers only*, and the model is read two ways:
 
@@ -29,21 +29,23 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
-from .. import distributed, resample
+from .. import resample
 from ..causal.evaluate import text_nll
 from ..causal.interventions import ablate
-from ..errors import TLMultilingualError
+from ..errors import IdentificationError, TLMultilingualError
 from ..inputs.corpus import Corpus
 from ..inputs.prompts import LensPrompt
 from ..model.adapters import adapt
+from ..model.tokens import Overflow
 from ..neurons.classes import LanguageNeurons
 from ..neurons.masks import NeuronMask
 from ..persist import write_text
+from ..provenance import check_fits
 from ..stages.lens import language_lens
-from ..stages.segmentation import STAGES, StageMap
+from ..stages.stage_map import STAGES, StageMap
 from .deactivation import variant_mask
+from .engine import controlled_runs
 
 if TYPE_CHECKING:
     from ..stages.lens import LensResult
@@ -191,14 +193,17 @@ def stage_effects(
     ci: float = 0.95,
     batch_size: int = 8,
     progress: bool = True,
+    allow_mismatch: bool = False,
+    max_length: int | None = None,
+    overflow: Overflow = "truncate",
 ) -> StageEffects:
     """Which stages carry the language-specific effect of a language's neurons.
 
     Args:
         model: a model or `ModelAdapter`.
         neurons: identified neurons.
-        stage_map: the stages (from [`tl_multilingual.map_stages()`][tl_multilingual.stages.segmentation.map_stages], or
-            [`StageMap.from_boundaries()`][tl_multilingual.stages.segmentation.StageMap.from_boundaries]).
+        stage_map: the stages (from [`tl_multilingual.map_stages()`][tl_multilingual.stages.mapping.map_stages], or
+            [`StageMap.from_boundaries()`][tl_multilingual.stages.stage_map.StageMap.from_boundaries]).
         eval_texts: held-out texts per language (perplexity).
         lens_prompts: prompts ending before an answer ([`tl_multilingual.inputs.prompts`][tl_multilingual.inputs.prompts]);
             a prompt's first answer language is its target. None: no lens readout.
@@ -213,11 +218,17 @@ def stage_effects(
         ci: the intervals' coverage.
         batch_size: texts or prompts per forward pass.
         progress: show a progress bar.
+        allow_mismatch: accept neurons of another model of the same shape.
+        max_length: longest sequence fed to the model (default: its context size).
+        overflow: ``"truncate"``, ``"split"`` (texts only; prompts are truncated) or
+            ``"error"``; see [`tl_multilingual.model.tokens`][tl_multilingual.model.tokens].
 
     Returns:
         [`StageEffects`][tl_multilingual.experiments.stage_deactivation.StageEffects] (``to_frame()``, ``matrix()``, ``finding()``).
 
     Raises:
+        IdentificationError: neurons of another shape, or of another model (unless
+            ``allow_mismatch``).
         TLMultilingualError: when the stage map does not fit the model or a stage or
             language is unknown.
     """
@@ -227,6 +238,8 @@ def stage_effects(
             f"the stage map ({stage_map.n_layers} layers) and neurons ({neurons.n_layers}) must fit the model "
             f"({lm.n_layers} layers)"
         )
+    check_fits(lm, neurons, what="the neurons", error=IdentificationError,
+               allow_mismatch=allow_mismatch)
     for stage in stages:
         stage_map.layers(stage)  # unknown stage: a clear error before any run
     langs = [lang for lang in (languages or neurons.languages) if lang in eval_texts.languages]
@@ -234,47 +247,40 @@ def stage_effects(
         raise TLMultilingualError(f"no language of {list(languages or neurons.languages)} has evaluation texts")
     prompts = list(lens_prompts or [])
     evaluated = list(eval_texts.languages)
-    runs_per_cell = 1 + controls
-    bar = tqdm(total=1 + len(stages) * len(langs) * runs_per_cell, disable=not distributed.show_progress(progress),
-               desc="stage effects", unit="run")
+    lens_overflow: Overflow = "truncate" if overflow == "split" else overflow  # prompts: no split
 
-    def measure(mask: NeuronMask | None) -> tuple[pd.DataFrame, LensResult | None]:
-        if mask is not None and mask.count() == 0:
-            bar.update()
-            return baseline
-        if mask is None:
-            result = (text_nll(lm, eval_texts, batch_size=batch_size),
-                      language_lens(lm, prompts, batch_size=batch_size) if prompts else None)
-        else:
-            with ablate(lm, mask):
-                result = (text_nll(lm, eval_texts, batch_size=batch_size),
-                          language_lens(lm, prompts, batch_size=batch_size) if prompts else None)
-        bar.update()
-        return result
+    def measure(block: int) -> tuple[pd.DataFrame, LensResult | None]:
+        nll = text_nll(lm, eval_texts, batch_size=batch_size, max_length=max_length,
+                       overflow=overflow)
+        if not prompts:
+            return nll, None
+        return nll, language_lens(lm, prompts, batch_size=batch_size, max_length=max_length,
+                                  overflow=lens_overflow)
 
+    cells = {(stage, lang): variant_mask(neurons, variant, lang).restrict(stage_map.layers(stage))
+             for stage in stages for lang in langs}
+    def intervene(key: tuple[str, str], mask: NeuronMask) -> Any:
+        return ablate(lm, mask, allow_mismatch=allow_mismatch)
+
+    runs = controlled_runs({key: (lambda block, mask=mask: mask) for key, mask in cells.items()},
+                           measure, intervene, controls=controls, seed=seed, desc="stage effects",
+                           progress=progress)
+    (baseline,) = runs.baseline
+    base_nll, base_lens = baseline
     rng = np.random.default_rng(seed)
+    texts = {lang: base_nll[base_nll["language"] == lang].sort_values("text") for lang in evaluated}
+    text_draws = {lang: resample.draws(len(texts[lang]), n_boot, rng) for lang in evaluated}
+    targets = [_target(p) for p in prompts]
     rows, lens_rows = [], []
-    try:
-        baseline = measure(None)
-        base_nll, base_lens = baseline
-        texts = {lang: base_nll[base_nll["language"] == lang].sort_values("text") for lang in evaluated}
-        text_draws = {lang: resample.draws(len(texts[lang]), n_boot, rng) for lang in evaluated}
-        targets = [_target(p) for p in prompts]
-        for stage in stages:
-            span = stage_map.layers(stage)
-            for lang in langs:
-                mask = variant_mask(neurons, variant, lang).restrict(span)
-                hit = measure(mask)
-                ctrl = [measure(m) for m in mask.controls(controls, seed=seed)] if mask.count() else \
-                    [baseline] * controls
-                row = _perplexity_row(texts, hit[0], [c[0] for c in ctrl], lang, text_draws, ci)
-                row.update({"stage": stage, "language": lang, "layers": f"{span.start}-{span.stop - 1}",
-                            "n_neurons": mask.count()})
-                row.update(_lens_row(base_lens, hit[1], [c[1] for c in ctrl], targets, lang, stage, n_boot, ci,
-                                     rng, lens_rows))
-                rows.append(row)
-    finally:
-        bar.close()
+    for (stage, lang), run in runs.conditions.items():
+        span = stage_map.layers(stage)
+        (hit,), ctrl = run.hit, [c[0] for c in run.controls]
+        row = _perplexity_row(texts, hit[0], [c[0] for c in ctrl], lang, text_draws, ci)
+        row.update({"stage": stage, "language": lang, "layers": f"{span.start}-{span.stop - 1}",
+                    "n_neurons": run.sizes[0]})
+        row.update(_lens_row(base_lens, hit[1], [c[1] for c in ctrl], targets, lang, stage, n_boot,
+                             ci, rng, lens_rows))
+        rows.append(row)
     columns = ["stage", "language", "layers", "n_neurons", "n_texts", "own_change", "own_ci_low", "own_ci_high",
                "others_change", "control_change", "over_control", "over_control_ci_low", "over_control_ci_high",
                "over_others", "over_others_ci_low", "over_others_ci_high", "carries", "n_prompts",

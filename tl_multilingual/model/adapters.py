@@ -128,12 +128,11 @@ class ModelAdapter:
     prepend_bos: bool
     n_ctx: int
     _act_fns: list[Callable[[Tensor], Tensor]] = field(repr=False, default_factory=list)
-    _head: Callable[[Tensor], Tensor] | None = field(repr=False, default=None)  # see readout.head
 
     # -- hooks ----------------------------------------------------------------------
 
     def read_hook(self, layer: int) -> str:
-        """Hook whose output gives the neuron activations of ``layer`` (see [`neurons()`][tl_multilingual.model.adapters.ModelAdapter.neurons])."""
+        """Hook whose output gives the neuron activations of ``layer`` (see [`neuron_values()`][tl_multilingual.model.adapters.ModelAdapter.neuron_values])."""
         return f"blocks.{layer}.mlp.{'hook_pre' if self.gated else 'hook_post'}"
 
     def write_hook(self, layer: int) -> str:
@@ -482,8 +481,11 @@ def adapt(
 ) -> ModelAdapter:
     """Wrap a TransformerLens model for the library (puts the model in eval mode).
 
-    The adapter of a model is made once per setting and reused, so what is attached to
-    it (its stage map) stays with the model.
+    The adapter of a model is made once per setting and reused: what it measured (the
+    MLP width, the activation functions) and the output head checked against the model
+    ([`tl_multilingual.model.readout.head()`][tl_multilingual.model.readout.head]) are worked out once. Nothing else is
+    attached to the model: stage maps and results are passed to the functions that use
+    them.
 
     Args:
         model: a ``TransformerBridge`` (TL 3.8+ / 4.x) or a ``HookedTransformer``

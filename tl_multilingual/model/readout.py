@@ -33,6 +33,7 @@ positions), in chunks, so a full ``[batch, pos, vocab]`` tensor is never built.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -165,6 +166,9 @@ def _verify(lm: ModelAdapter, apply: Head) -> None:
         )
 
 
+_HEADS: dict[int, Head] = {}  # the checked head of each live adapter, by identity
+
+
 def head(lm: ModelAdapter) -> Head:
     """The model's output head: ``resid [rows, d_model] -> logits [rows, d_vocab]``.
 
@@ -181,11 +185,12 @@ def head(lm: ModelAdapter) -> Head:
         UnsupportedModelError: the model's own logits differ from the library's
             readout (a family whose head the library cannot reproduce).
     """
-    built = lm._head
+    built = _HEADS.get(id(lm))
     if built is None:
         built = _build_head(lm)
         _verify(lm, built)
-        lm._head = built
+        _HEADS[id(lm)] = built
+        weakref.finalize(lm, _HEADS.pop, id(lm), None)  # forgotten with its adapter
     return built
 
 

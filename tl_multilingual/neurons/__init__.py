@@ -1,5 +1,9 @@
 """From activations to neurons: statistics, identification, neuron classes, masks, per-input sharing."""
 
-from .. import _forward_old_names
+from ..errors import moved
 
-__getattr__ = _forward_old_names(__name__, "classes")  # 0.1.0 names of tl_multilingual.neurons
+# The names of the 0.1.0 module tl_multilingual.neurons, with a DeprecationWarning.
+__getattr__ = moved(__name__, {
+    "LanguageNeurons": ("neurons.classes", "LanguageNeurons"),
+    "CLASSES": ("neurons.classes", "CLASSES"),
+})

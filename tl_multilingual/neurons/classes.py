@@ -452,17 +452,18 @@ def _recipe(manifest: Mapping[str, Any], saved: Mapping[str, Any] | None) -> dic
             recipe["lam_range"] = tuple(recipe["lam_range"])
         return recipe
     method, params = manifest.get("method"), manifest.get("params") or {}
-    if method not in ("ternary", "lape"):
+    if method not in ("ternary", "lape"):  # 0.1.0 files (no recipe) hold these two methods only
         return {}
     rate = params.get("filter_rate")
-    search = params.get("lam_search") or {}
-    return {
+    recipe = {
         "method": method,
         "top_rate": params.get("top_rate", 0.01),
-        "lam": manifest.get("lam"),
         "bar_ratio": params.get("bar_ratio", 0.95),
         "prefilter": rate is not None,
         "filter_rate": rate if rate is not None else 0.95,
-        "lam_range": tuple(search.get("range", (0.0, 0.2))),
-        "tol": search.get("tol", 1e-3),
     }
+    if manifest.get("lam") is not None:  # a method with a lambda: repeat it, without a search
+        search = params.get("lam_search") or {}
+        recipe.update(lam=manifest["lam"], lam_range=tuple(search.get("range", (0.0, 0.2))),
+                      tol=search.get("tol", 1e-3))
+    return recipe

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -39,6 +39,12 @@ __all__ = [
     "sweep_lambda",
     "norm_max",
     "METHODS",
+    "Method",
+    "IdentificationMethod",
+    "Parameter",
+    "Identified",
+    "Selection",
+    "identify_replicate",
 ]
 
 
@@ -95,7 +101,14 @@ def norm_max(n_languages: int) -> float:
 
 @dataclass(frozen=True)
 class Selection:
-    """Neurons chosen by a method: flat indices and the languages they belong to."""
+    """Neurons chosen by a method.
+
+    Attributes:
+        selected: flat indices (``layer * d_mlp + neuron``) of the chosen neurons, sorted.
+        above: ``[n_layers, d_mlp, K]``, whether each neuron's probability in each
+            language exceeds the bar (a chosen neuron belongs to those languages).
+        bar: the activation bar.
+    """
 
     selected: Int[Tensor, " n"]
     above: Bool[Tensor, "layer neuron lang"]
@@ -225,39 +238,134 @@ def sweep_lambda(
 
 
 @dataclass(frozen=True)
-class _Identified:
-    """What one method returns: its selection, its lambda and what to record."""
+class Identified:
+    """What a method's ``run`` returns.
+
+    Attributes:
+        selection: the neurons it chose and the languages above the bar.
+        lam: its lambda (None for a method without one).
+        params: what to record in `LanguageNeurons.params` (the parameters that shape
+            the selection, the lambda search).
+    """
 
     selection: Selection
     lam: float | None
     params: dict[str, Any]
 
 
+def _fraction(value: Any) -> str | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 < value <= 1.0
+    return None if ok else "must be in (0, 1]"
+
+
+def _lambda(value: Any) -> str | None:
+    ok = value == "auto" or (isinstance(value, (int, float)) and not isinstance(value, bool))
+    return None if ok else "must be a number or 'auto'"
+
+
+def _range(value: Any) -> str | None:
+    try:
+        low, high = (float(x) for x in value)
+    except (TypeError, ValueError):
+        return "must be (low, high)"
+    return None if low < high else "must be (low, high) with low < high"
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One parameter of an identification method.
+
+    Attributes:
+        name: the keyword of [`identify()`][tl_multilingual.neurons.identification.identify].
+        default: its value when not given.
+        doc: what it means.
+        check: ``check(value)`` -> what is wrong with a value, or None when it is valid.
+    """
+
+    name: str
+    default: Any
+    doc: str
+    check: Callable[[Any], str | None] | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class IdentificationMethod:
+    """An identification method, as [`identify()`][tl_multilingual.neurons.identification.identify] runs it.
+
+    Attributes:
+        name: its name (``method=`` of `identify`).
+        run: ``run(probs, **params)`` on activation probabilities ``[n_layers, d_mlp, K]``,
+            with every declared parameter resolved.
+        parameters: what it takes, with defaults and meanings.
+        has_lambda: whether it weighs a lambda (found by a search or given); its
+            neurons then carry it (`LanguageNeurons.lam`), and a comparison of two
+            checkpoints can reuse one model's lambda for the other.
+        reference: the paper it implements.
+    """
+
+    name: str
+    run: Callable[..., Identified]
+    parameters: tuple[Parameter, ...]
+    has_lambda: bool
+    reference: str
+
+    def defaults(self) -> dict[str, Any]:
+        """Every parameter's default."""
+        return {p.name: p.default for p in self.parameters}
+
+    def resolve(self, given: dict[str, Any]) -> dict[str, Any]:
+        """The method's parameters: its defaults, overridden by ``given``.
+
+        Raises:
+            IdentificationError: a parameter the method does not take (naming the
+                method that does, if any), or a value out of range.
+        """
+        own = {p.name: p for p in self.parameters}
+        for name in given:
+            if name not in own:
+                owners = [m.name for m in METHODS.values()
+                          if any(p.name == name for p in m.parameters)]
+                where = (f"it is a parameter of {' and '.join(repr(o) for o in owners)}" if owners
+                         else "no identification method takes it")
+                raise IdentificationError(f"method {self.name!r} takes no parameter {name!r}: "
+                                          f"{where}; {self.name!r} takes {tuple(own)}")
+        values = {**self.defaults(), **given}
+        for name, value in values.items():
+            problem = own[name].check(value) if own[name].check is not None else None
+            if problem:
+                raise IdentificationError(f"{name} {problem}, got {value!r}")
+        return values
+
+
+def _recorded(top_rate: float, bar_ratio: float, prefilter: bool, filter_rate: float
+              ) -> dict[str, Any]:
+    """What the two reference methods record in `LanguageNeurons.params` (``filter_rate``
+    None when there was no pre-filter)."""
+    rate = filter_rate if prefilter else None
+    return {"top_rate": top_rate, "bar_ratio": bar_ratio, "filter_rate": rate}
+
+
 def _run_ternary(
-    probs: Tensor, *, top_rate: float, bar_ratio: float, filter_rate: float | None, lam: Any,
-    lam_range: tuple[float, float], tol: float,
-) -> _Identified:
-    scorer = _TernaryScorer(probs, top_rate, bar_ratio, filter_rate)
-    params: dict[str, Any] = {}
+    probs: Tensor, *, top_rate: float, bar_ratio: float, lam: Any, lam_range: tuple[float, float],
+    tol: float, prefilter: bool, filter_rate: float,
+) -> Identified:
+    scorer = _TernaryScorer(probs, top_rate, bar_ratio, filter_rate if prefilter else None)
+    params = _recorded(top_rate, bar_ratio, prefilter, filter_rate)
     if lam == "auto":
         low, high = (float(x) for x in lam_range)
-        if not low < high:
-            raise IdentificationError(f"lam_range must be (low, high) with low < high, got {tuple(lam_range)}")
         chosen, bound = scorer.sweep(low, high, tol, max_steps=64)
         _warn_bound(chosen, bound, low, high, probs.shape[-1])
         params["lam_search"] = {"range": [low, high], "tol": tol, "at_bound": bound}
-    elif isinstance(lam, (int, float)) and not isinstance(lam, bool):
-        chosen = float(lam)
     else:
-        raise IdentificationError(f"lam must be a number or 'auto', got {lam!r}")
-    return _Identified(scorer.select(chosen), chosen, params)
+        chosen = float(lam)
+    return Identified(scorer.select(chosen), chosen, params)
 
 
 def _run_lape(
-    probs: Tensor, *, top_rate: float, bar_ratio: float, filter_rate: float | None, lam: Any,
-    lam_range: tuple[float, float], tol: float,
-) -> _Identified:
-    selection = lape(probs, top_rate=top_rate, bar_ratio=bar_ratio, filter_rate=filter_rate)
+    probs: Tensor, *, top_rate: float, bar_ratio: float, prefilter: bool, filter_rate: float,
+) -> Identified:
+    selection = lape(probs, top_rate=top_rate, bar_ratio=bar_ratio,
+                     filter_rate=filter_rate if prefilter else None)
     n_above = selection.above.flatten(0, 1).sum(-1)[selection.selected]
     none = int((n_above == 0).sum())
     if none:
@@ -266,60 +374,72 @@ def _run_lape(
             f"(bar_ratio={bar_ratio:g}, bar={selection.bar:.4g}) in no language and belong to none; "
             "lower bar_ratio, or pre-filter with filter_rate <= bar_ratio",
         )
-    return _Identified(selection, None, {})
+    return Identified(selection, None, _recorded(top_rate, bar_ratio, prefilter, filter_rate))
 
 
-@dataclass(frozen=True)
-class _Method:
-    run: Callable[..., _Identified]
-    prefilter: bool  # LAPE's pre-filter on by default (as in the reference implementations)
+_TOP_RATE = Parameter("top_rate", 0.01,
+                      "fraction of all neurons selected: ``round(top_rate * n_layers * d_mlp)``",
+                      _fraction)
+_BAR_RATIO = Parameter("bar_ratio", 0.95,
+                       "the activation bar is the ``bar_ratio`` quantile of all probabilities; a "
+                       "neuron belongs to the languages whose probability exceeds it", _fraction)
+_FILTER_RATE = Parameter("filter_rate", 0.95, "quantile of the pre-filter", _fraction)
 
-
-METHODS: dict[str, _Method] = {
-    "ternary": _Method(_run_ternary, prefilter=False),
-    "lape": _Method(_run_lape, prefilter=True),
+METHODS: dict[str, IdentificationMethod] = {
+    "ternary": IdentificationMethod(
+        "ternary", _run_ternary,
+        (_TOP_RATE, _BAR_RATIO,
+         Parameter("lam", "auto", "lambda, or ``\"auto\"`` for the binary search on ``lam_range`` "
+                   "with tolerance ``tol``", _lambda),
+         Parameter("lam_range", (0.0, 0.2),
+                   "``(low, high)``, the lambdas the automatic search tries", _range),
+         Parameter("tol", 1e-3, "the search's tolerance on lambda"),
+         Parameter("prefilter", False, "LAPE's pre-filter: neurons with no probability above the "
+                   "``filter_rate`` quantile are never selected (off, as in the reference "
+                   "implementation)"),
+         _FILTER_RATE),
+        has_lambda=True, reference="Zhang et al. (AAAI-26)",
+    ),
+    "lape": IdentificationMethod(
+        "lape", _run_lape,
+        (_TOP_RATE, _BAR_RATIO,
+         Parameter("prefilter", True, "neurons with no probability above the ``filter_rate`` "
+                   "quantile are never selected (on, as in the reference implementation)"),
+         _FILTER_RATE),
+        has_lambda=False, reference="Tang et al. (ACL 2024)",
+    ),
 }
-"""The identification methods [`identify()`][tl_multilingual.neurons.identification.identify] dispatches to, by name."""
+"""The identification methods [`identify()`][tl_multilingual.neurons.identification.identify] dispatches to, by name: each
+declares its parameters (defaults, meanings, valid values) and whether it has a lambda."""
 
-Method = Literal["ternary", "lape"]
+Method = Literal[tuple(METHODS)]  # type: ignore[valid-type]
+"""The names of the identification methods, from [`METHODS`][tl_multilingual.neurons.identification.METHODS]."""
 
 
-def identify(
-    stats: ActivationStats,
-    method: Method = "ternary",
-    *,
-    top_rate: float = 0.01,
-    lam: float | Literal["auto"] | None = "auto",
-    bar_ratio: float = 0.95,
-    prefilter: bool | None = None,
-    filter_rate: float = 0.95,
-    lam_range: tuple[float, float] = (0.0, 0.2),
-    tol: float = 1e-3,
-) -> LanguageNeurons:
+def identify(stats: ActivationStats, method: Method = "ternary", **params: Any) -> LanguageNeurons:
     """Identify language neurons from activation statistics.
 
     Args:
         stats: activation statistics of at least two languages.
-        method: ``"ternary"`` (Zhang et al., AAAI-26) or ``"lape"`` (Tang et al.); the names of
-            [`METHODS`][tl_multilingual.neurons.identification.METHODS].
-        top_rate: fraction of all neurons selected (both methods select
-            ``round(top_rate * n_layers * d_mlp)``).
-        lam: Zhang et al.'s (AAAI-26) lambda, or ``"auto"`` for its binary search on ``lam_range``
-            with tolerance ``tol``. Ignored by LAPE (None there).
-        bar_ratio: the activation bar is the ``bar_ratio`` quantile of all probabilities;
-            a neuron belongs to the languages whose probability exceeds it.
-        prefilter: LAPE's pre-filter: neurons with no probability above the
-            ``filter_rate`` quantile are never selected. Default (None): on for LAPE, off
-            for ternary, as in the reference implementations.
-        filter_rate: quantile of the pre-filter.
-        lam_range: ``(low, high)``, the values of lambda the automatic search tries.
-            Lambda weighs the largest language probability against the entropy in the
-            ternary score (0: entropy alone; larger values favour neurons strongly
-            active in some language); the search returns the largest lambda in the
-            range at which no selected neuron is above the bar in every language.
-            Zhang et al. (AAAI-26) searches ``(0, 0.2)``. When the search ends at a bound, the answer
-            may lie outside: a warning says so and names a wider range to pass.
-        tol: the search's tolerance on lambda.
+        method: a name of [`METHODS`][tl_multilingual.neurons.identification.METHODS]: ``"ternary"`` (Zhang et al., AAAI-26)
+            or ``"lape"`` (Tang et al., 2024).
+        **params: the method's parameters, as its entry of ``METHODS`` declares them
+            (defaults in brackets):
+
+            - both methods: ``top_rate`` [0.01], the fraction of all neurons selected
+              (``round(top_rate * n_layers * d_mlp)``); ``bar_ratio`` [0.95], the
+              activation bar is that quantile of all probabilities and a neuron
+              belongs to the languages whose probability exceeds it; ``prefilter``
+              (LAPE's pre-filter: neurons with no probability above the
+              ``filter_rate`` [0.95] quantile are never selected; on for LAPE [True],
+              off for ternary [False], as in the reference implementations).
+            - ternary only: ``lam`` ["auto"], Zhang et al.'s lambda, or ``"auto"`` for
+              its binary search on ``lam_range`` [(0.0, 0.2)] with tolerance ``tol``
+              [0.001]. Lambda weighs the largest language probability against the
+              entropy in the ternary score (0: entropy alone); the search returns the
+              largest lambda in the range at which no selected neuron is above the
+              bar in every language. When it ends at a bound, the answer may lie
+              outside: a warning says so and names a wider range to pass.
 
     Returns:
         [`LanguageNeurons`][tl_multilingual.neurons.classes.LanguageNeurons] with the masks, the lambda, the diagnostics and the
@@ -327,7 +447,8 @@ def identify(
         **neurons.recipe)`` repeats the identification with the same lambda).
 
     Raises:
-        IdentificationError: for an unknown method, parameters out of range,
+        IdentificationError: for an unknown method, a parameter the method does not
+            take (the message names the method that does), a value out of range,
             statistics of fewer than two languages or a language without tokens, or a
             lambda search that finds no admissible lambda.
 
@@ -340,26 +461,20 @@ def identify(
         raise IdentificationError(f"identify needs ActivationStats, got {type(stats).__name__}")
     if method not in METHODS:
         raise IdentificationError(f"unknown method {method!r}: use one of {tuple(METHODS)}")
+    spec = METHODS[method]
+    values = spec.resolve(params)
     if len(stats.languages) < 2:
         raise IdentificationError("identification compares languages: give statistics of at least two")
-    if not 0.0 < top_rate <= 1.0:
-        raise IdentificationError(f"top_rate must be in (0, 1], got {top_rate}")
-    if not 0.0 < bar_ratio <= 1.0:
-        raise IdentificationError(f"bar_ratio must be in (0, 1], got {bar_ratio}")
     try:
         probs = stats.probabilities()
     except Exception as err:  # StatsError: a language without tokens
         raise IdentificationError(str(err)) from err
-    spec = METHODS[method]
-    use_filter = spec.prefilter if prefilter is None else bool(prefilter)
-    rate = filter_rate if use_filter else None
-    found = spec.run(probs, top_rate=top_rate, bar_ratio=bar_ratio, filter_rate=rate, lam=lam,
-                     lam_range=lam_range, tol=tol)
-    params = {"top_rate": top_rate, "bar_ratio": bar_ratio, **found.params, "filter_rate": rate}
-    recipe = {
-        "method": method, "top_rate": top_rate, "lam": found.lam, "bar_ratio": bar_ratio,
-        "prefilter": use_filter, "filter_rate": filter_rate, "lam_range": tuple(lam_range), "tol": tol,
-    }
+    found = spec.run(probs, **values)
+    recipe = {"method": method, **values}
+    if spec.has_lambda:
+        recipe["lam"] = found.lam  # the lambda found: repeating the recipe does not search again
+    if "lam_range" in recipe:
+        recipe["lam_range"] = tuple(recipe["lam_range"])
     return LanguageNeurons.from_selection(
         stats.languages,
         found.selection.selected,
@@ -367,7 +482,35 @@ def identify(
         method=method,
         lam=found.lam,
         bar=found.selection.bar,
-        params=params,
+        params=found.params,
         source={"model": stats.model, "corpus": stats.corpus, "token_policy": stats.token_policy},
         recipe=recipe,
     )
+
+
+def identify_replicate(
+    stats: ActivationStats, neurons: LanguageNeurons, generator: torch.Generator | None = None
+) -> LanguageNeurons:
+    """One parametric bootstrap replicate of an identification: every activation count
+    of ``stats`` redrawn as ``Binomial(tokens, p)`` ([`ActivationStats.redraw()`][tl_multilingual.neurons.stats.ActivationStats.redraw],
+    tokens treated as independent) and the neurons identified again with
+    ``neurons.recipe`` (same method, parameters and lambda).
+
+    The one refit behind every interval on identified neurons: the stability of a stage
+    map ([`map_stages()`][tl_multilingual.stages.mapping.map_stages]) and the headline intervals of a comparison
+    ([`Comparison.headlines()`][tl_multilingual.experiments.comparison.Comparison.headlines]).
+
+    Args:
+        stats: the statistics ``neurons`` were identified from.
+        neurons: identified neurons with a [`recipe`][tl_multilingual.neurons.classes.LanguageNeurons.recipe].
+        generator: the random generator of the redraw; consecutive calls with one
+            generator give independent replicates, reproducibly.
+
+    Returns:
+        The replicate's [`LanguageNeurons`][tl_multilingual.neurons.classes.LanguageNeurons].
+
+    Raises:
+        IdentificationError: neurons without a recipe (imported from the reference
+            format).
+    """
+    return identify(stats.redraw(generator), **neurons.recipe)

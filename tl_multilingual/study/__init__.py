@@ -1,5 +1,11 @@
 """The study: its steps, figures and report."""
 
-from .. import _forward_old_names
+from ..errors import moved
 
-__getattr__ = _forward_old_names(__name__, "pipeline")  # 0.1.0 names of tl_multilingual.study
+# The names of the 0.1.0 module tl_multilingual.study, with a DeprecationWarning.
+__getattr__ = moved(__name__, {
+    "StudySettings": ("study.steps", "StudySettings"),
+    "Study": ("study.pipeline", "Study"),
+    "DEMO_SETTINGS": ("study.pipeline", "DEMO_SETTINGS"),
+    "check_output_folder": ("study.pipeline", "check_output_folder"),
+})

@@ -1,17 +1,15 @@
 """The full language-neuron study of one model, step by step, resumable.
 
-Steps: activation statistics -> LAPE and ternary neurons -> logit lens -> stage map ->
-deactivation matrix on held-out texts -> deactivation inside each stage (causal
-evidence per stage) -> sharing profile on parallel items -> report. The stage map is
-passed to the steps that use it; nothing is attached to the model.
-Each step saves its result in the study folder and records, in ``manifest.json``, a
-key made of its parameters and the keys of what it depends on; a step whose result
-exists under the same key is loaded, not recomputed.
+[`Study.run()`][tl_multilingual.study.pipeline.Study.run] runs the steps of the table
+[`STEPS`][tl_multilingual.study.steps.STEPS] in order, then writes the report. Each step saves
+its result in the study folder and records, in ``manifest.json``, a key made of the
+settings it declares and the keys of the steps it depends on; a step whose result
+exists under the same key is loaded, not recomputed. The stage map is passed to the
+steps that use it; nothing is attached to the model.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import sys
@@ -20,52 +18,17 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from .. import distributed
 from ..errors import CorpusError, TLMultilingualError, warn
-from ..experiments.deactivation import DeactivationResult, deactivation_matrix
-from ..experiments.stage_deactivation import StageEffects, stage_effects
 from ..inputs.corpus import Corpus
-from ..inputs.items import ParallelItem, ParallelItems
-from ..inputs.prompts import translation
 from ..model.adapters import ModelAdapter, adapt
-from ..neurons.classes import LanguageNeurons
-from ..neurons.collect import collect_stats
-from ..neurons.identification import identify
-from ..neurons.sharing_classes import Sharing, sharing
-from ..neurons.stats import ActivationStats
+from ..neurons.identification import METHODS
 from ..persist import is_temporary, library_versions, write_text
-from ..stages.lens import LensResult, language_lens
-from ..stages.segmentation import StageMap, map_stages
+from .steps import STEPS, Skip, Step, StudySettings, key, lens_prompts
 
-__all__ = ["StudySettings", "Study", "DEMO_SETTINGS"]
-
-T = TypeVar("T")
-STEPS = ("statistics", "neurons", "lens", "stages", "deactivation", "stage_effects", "sharing", "report")
-
-
-@dataclass
-class StudySettings:
-    """What a study computes, and how much of the data it uses."""
-
-    batch_size: int = 8
-    max_tokens_per_language: int | None = None
-    held_out: float | int = 0.2  # fraction (or count) of each language held out of the statistics
-    min_held_out: int = 5  # texts held out at least, whatever the fraction
-    min_train_texts: int = 5  # texts left for the statistics at least
-    eval_texts: int = 10
-    variants: tuple[str, ...] = ("specific", "specific+related", "specific+related+general")
-    controls: int = 3
-    control_variant: str | None = None  # controls for this variant only (None: for every one)
-    top_rate: float = 0.01
-    lens_pairs: int = 3
-    lens_words: int = 40
-    sharing_items: int = 30
-    stage_variant: str = "specific"  # neurons deactivated inside each stage
-    stage_words: int = 10  # lens prompts per language for the stage effects
-    n_boot: int = 200
-    seed: int = 0
+__all__ = ["Study", "DEMO_SETTINGS", "check_output_folder", "study_entries"]
 
 
 # About ten minutes for Gemma-3-270m on two CPU cores.
@@ -75,16 +38,22 @@ DEMO_SETTINGS = StudySettings(
 )
 
 
-_LENS_PAIRS = [("fr", "zh"), ("de", "ru"), ("es", "ja"), ("ru", "fr"), ("zh", "de")]
-
-
-def _key(data: Any) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 @dataclass
 class Study:
-    """One study of one model on one corpus, in the folder ``out``."""
+    """One study of one model on one corpus, in the folder ``out``.
+
+    Attributes:
+        out: the study folder.
+        model: a model or [`ModelAdapter`][tl_multilingual.model.adapters.ModelAdapter].
+        corpus: texts per language; a share of each language is held out of the
+            statistics (``settings.held_out``) for the experiments.
+        settings: what the steps compute.
+        words: a word list for the lens prompts ([`tl_multilingual.data.words()`][tl_multilingual.data.words]); None: no lens.
+        model_record: what to record about the model beside what the adapter knows.
+        command: the command line, recorded in the manifest.
+        quiet: no progress lines or bars.
+        log: where progress lines go (default: standard error).
+    """
 
     out: Path
     model: Any
@@ -101,14 +70,20 @@ class Study:
         self.lm: ModelAdapter = adapt(self.model)
         count = check_study(self.corpus, self.settings)
         self.train, self.held = self.corpus.split(count, seed=self.settings.seed)
-        check_texts(self.lm, self.train, self.held.head(self.settings.eval_texts))
+        self.evaluation = self.held.head(self.settings.eval_texts)
+        check_texts(self.lm, self.train, self.evaluation)
         try:
-            self.prompts = self._lens_prompts()
+            lens_prompts(self.words, self.corpus.languages, self.settings)
         except (TLMultilingualError, KeyError, TypeError, AttributeError) as err:
             raise CorpusError(f"the word list cannot make lens prompts: {err}") from err
         self.manifest_path = self.out / "manifest.json"
         self.manifest = self._read_manifest()
-        self.keys: dict[str, str] = {}
+        self.keys: dict[str, str | None] = {}
+
+    @property
+    def progress(self) -> bool:
+        """Whether the steps show progress bars."""
+        return not self.quiet
 
     # -- bookkeeping ----------------------------------------------------------------
 
@@ -152,33 +127,84 @@ class Study:
         elif not self.quiet:
             print(message, file=sys.stderr, flush=True)
 
-    def _step(
-        self, name: str, params: dict[str, Any], depends: tuple[str, ...],
-        compute: Callable[[], T], save: Callable[[T, Path], Any], load: Callable[[Path], T], path: Path,
-    ) -> T:
-        key = _key({"params": params, "depends": [self.keys[d] for d in depends], "model": self.model_key,
-                    "data": self.corpus.fingerprint()})
-        self.keys[name] = key
+    @property
+    def model_key(self) -> str:
+        return key({**self.lm.describe(), **self.model_record})
+
+    def setting(self, name: str) -> Any:
+        """The value of a setting a step declares: a [`StudySettings`][tl_multilingual.study.steps.StudySettings]
+        field, or ``"words"`` (the word list).
+
+        Raises:
+            TLMultilingualError: for any other name.
+        """
+        if name == "words":
+            return self.words
+        if name not in asdict(self.settings):
+            raise TLMultilingualError(f"a step declares the setting {name!r}, which StudySettings "
+                                      "does not have")
+        return getattr(self.settings, name)
+
+    def key(self, step: Step) -> str:
+        """The cache key of ``step``: its declared settings, the keys of the steps it
+        depends on (None for a skipped one), the model and the corpus. Needs the keys of
+        its dependencies (they run first)."""
+        missing = [d for d in step.depends if d not in self.keys]
+        if missing:
+            raise TLMultilingualError(f"the step {step.name!r} depends on {missing}, which have "
+                                      "not run before it")
+        return key({"step": step.name,
+                    "settings": {name: self.setting(name) for name in step.settings},
+                    "depends": {d: self.keys[d] for d in step.depends},
+                    "model": self.model_key, "data": self.corpus.fingerprint()})
+
+    # -- the steps ------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        """Run (or resume) every step of [`STEPS`][tl_multilingual.study.steps.STEPS], then write
+        the report; returns the manifest."""
+        distributed.on_main(self._prepare_folder)
+        done: dict[str, Any] = {}
+        for step in STEPS.values():
+            done[step.name] = self._step(step, done)
+        distributed.on_main(self._report)
+        return self.manifest
+
+    def _step(self, step: Step, done: dict[str, Any]) -> Any:
+        """Load ``step``'s result if it is up to date, else compute and save it; None
+        when the step is skipped."""
+        key = self.key(step)
+        path = self.out / step.path
         steps = self.manifest.setdefault("steps", {})
-        number = STEPS.index(name) + 1
+        number, total = list(STEPS).index(step.name) + 1, len(STEPS) + 1
         # Rank 0 decides, loads and writes; every rank computes its share (see distributed).
-        if distributed.broadcast(steps.get(name, {}).get("key") == key and path.exists()):
-            self._say(f"[{number}/{len(STEPS)}] {name}: up to date, reusing {path.relative_to(self.out)}")
-            return distributed.on_main(lambda: load(path))
-        self._say(f"[{number}/{len(STEPS)}] {name} ...")
+        if distributed.broadcast(steps.get(step.name, {}).get("key") == key and path.exists()):
+            self.keys[step.name] = key
+            self._say(f"[{number}/{total}] {step.name}: up to date, reusing "
+                      f"{path.relative_to(self.out)}")
+            return distributed.on_main(lambda: step.load_result(path))
+        self._say(f"[{number}/{total}] {step.name} ...")
         start = time.perf_counter()
-        result = compute()
+        result = step.run(self, {d: done.get(d) for d in step.depends})
+        if isinstance(result, Skip):
+            self.keys[step.name] = None
+            self._say(f"{step.name}: skipped ({result.reason})")
+            return None
+        self.keys[step.name] = key
 
         def record() -> float:
-            save(result, path)
+            step.save_result(result, path)
             seconds = time.perf_counter() - start
-            steps[name] = {"key": key, "seconds": round(seconds, 2), "params": params,
-                           "output": str(path.relative_to(self.out))}
+            settings = {name: self.setting(name) for name in step.settings if name != "words"}
+            steps[step.name] = {"key": key, "seconds": round(seconds, 2), "settings": settings,
+                                "output": step.path}
             self._write_manifest()
             return seconds
 
         seconds = distributed.on_main(record)
-        self._say(f"[{number}/{len(STEPS)}] {name} done in {seconds:.1f} s")
+        self._say(f"[{number}/{total}] {step.name} done in {seconds:.1f} s")
+        for sentence in getattr(result, "warnings", ()):  # a result's cautions (the stage map's)
+            self._say(f"{step.name}: {sentence}")
         self._partial_report()
         return result
 
@@ -188,78 +214,6 @@ class Study:
         from .report import write_report
 
         write_report(self.out)
-
-    @property
-    def model_key(self) -> str:
-        return _key({**self.lm.describe(), **self.model_record})
-
-    # -- the steps ------------------------------------------------------------------
-
-    def run(self) -> dict[str, Any]:
-        """Run (or resume) every step; returns the manifest."""
-        s, progress = self.settings, not self.quiet
-        distributed.on_main(self._prepare_folder)
-        stats = self._step(
-            "statistics", {"max_tokens_per_language": s.max_tokens_per_language, "held_out": s.held_out,
-                           "seed": s.seed}, (),
-            lambda: collect_stats(self.lm, self.train, batch_size=s.batch_size,
-                                  max_tokens_per_language=s.max_tokens_per_language, progress=progress),
-            lambda r, p: r.save(p), ActivationStats.load, self.out / "statistics",
-        )
-        neurons = self._step(
-            "neurons", {"top_rate": s.top_rate}, ("statistics",),
-            lambda: {"ternary": identify(stats, method="ternary", top_rate=s.top_rate),
-                     "lape": identify(stats, method="lape", top_rate=s.top_rate)},
-            lambda r, p: [r[m].save(p / m) for m in r],
-            lambda p: {m: LanguageNeurons.load(p / m) for m in ("ternary", "lape")}, self.out / "neurons",
-        )
-        prompts = self.prompts
-        lens = None
-        if prompts:
-            lens = self._step(
-                "lens", {"prompts": _key([(p.text, p.answers) for p in prompts])}, (),
-                lambda: language_lens(self.lm, prompts, batch_size=s.batch_size, progress=progress),
-                lambda r, p: r.save(p), LensResult.load, self.out / "lens",
-            )
-        else:
-            self._say("lens: skipped (no word list covers two non-English languages of the corpus)")
-        stages = self._step(
-            "stages", {"n_boot": s.n_boot, "seed": s.seed, "lens": lens is not None},
-            ("neurons", *(("lens",) if lens is not None else ())),
-            lambda: map_stages(neurons["ternary"], lens, stats=stats, n_boot=s.n_boot, seed=s.seed),
-            lambda r, p: r.save(p), StageMap.load, self.out / "stages.json",
-        )
-        for sentence in stages.warnings:
-            self._say(f"stages: {sentence}")
-        evaluation = self.held.head(s.eval_texts)
-        self._step(
-            "deactivation", {"variants": list(s.variants), "controls": s.controls, "eval_texts": s.eval_texts,
-                             "control_variant": s.control_variant, "n_boot": s.n_boot}, ("neurons",),
-            lambda: self._deactivation(neurons["ternary"], evaluation, progress),
-            lambda r, p: r.save(p), DeactivationResult.load, self.out / "deactivation",
-        )
-        stage_prompts = self._stage_prompts()
-        self._step(
-            "stage_effects", {"variant": s.stage_variant, "controls": s.controls, "eval_texts": s.eval_texts,
-                              "n_boot": s.n_boot, "seed": s.seed,
-                              "prompts": _key([(p.text, p.answers) for p in stage_prompts])},
-            ("neurons", "stages"),
-            lambda: stage_effects(self.lm, neurons["ternary"], stages, evaluation, lens_prompts=stage_prompts,
-                                  variant=s.stage_variant, controls=s.controls, seed=s.seed, n_boot=s.n_boot,
-                                  batch_size=s.batch_size, progress=progress),
-            lambda r, p: r.save(p), StageEffects.load, self.out / "stage_effects",
-        )
-        items = self._sharing_items()
-        if items is not None:
-            self._step(
-                "sharing", {"items": [i.id for i in items]}, (),
-                lambda: sharing(self.lm, items, batch_size=s.batch_size, progress=progress),
-                lambda r, p: r.save(p), Sharing.load, self.out / "sharing",
-            )
-        else:
-            self._say("sharing: skipped (the corpus is not parallel)")
-        distributed.on_main(self._report)
-        return self.manifest
 
     def _prepare_folder(self) -> None:
         """Create the folder, and remove what a save stopped midway left behind (the
@@ -277,61 +231,13 @@ class Study:
         from .report import write_report
 
         start = time.perf_counter()
-        self._say(f"[{len(STEPS)}/{len(STEPS)}] report ...")
+        total = len(STEPS) + 1
+        self._say(f"[{total}/{total}] report ...")
         write_report(self.out)
         self.manifest.setdefault("steps", {})["report"] = {"seconds": round(time.perf_counter() - start, 2),
                                                            "output": "report.html"}
         self._write_manifest()
         self._say(f"report: {self.out / 'report.html'}")
-
-    def _deactivation(self, neurons: LanguageNeurons, evaluation: Corpus, progress: bool) -> DeactivationResult:
-        s = self.settings
-        controls = s.controls if s.control_variant is None else {s.control_variant: s.controls}
-        return deactivation_matrix(self.lm, neurons, evaluation, classes=list(s.variants), controls=controls,
-                               seed=s.seed, n_boot=s.n_boot, batch_size=s.batch_size, progress=progress)
-
-    def _lens_prompts(self) -> list:
-        """Wendler et al.'s translation prompts between non-English languages (French to
-        Chinese first, as in the paper), tracking English."""
-        if not self.words:
-            return []
-        langs = [lang for lang in self.corpus.languages if lang != "en" and all(lang in w for w in self.words)]
-        if len(langs) < 2 or not all("en" in w for w in self.words):
-            return []
-        words = self.words[: self.settings.lens_words]
-        preferred = [p for p in _LENS_PAIRS if p[0] in langs and p[1] in langs]
-        generic = [(langs[(i + 1) % len(langs)], langs[i]) for i in range(len(langs))]
-        pairs = list(dict.fromkeys(preferred + generic))[: self.settings.lens_pairs]
-        prompts = []
-        for src, tgt in pairs:
-            prompts += translation(words, src=src, tgt=tgt, shots=3, seed=self.settings.seed)
-        return prompts
-
-    def _stage_prompts(self) -> list:
-        """Translation prompts into every language the word list covers (from the next
-        such language), so each language's neurons have answers of their own to read."""
-        if not self.words:
-            return []
-        langs = [lang for lang in self.corpus.languages if all(lang in w for w in self.words)]
-        if len(langs) < 2:
-            return []
-        words = self.words[: self.settings.stage_words]
-        prompts = []
-        for i, tgt in enumerate(langs):
-            src = langs[(i + 1) % len(langs)]
-            prompts += translation(words, src=src, tgt=tgt, shots=3, seed=self.settings.seed, track=())
-        return prompts
-
-    def _sharing_items(self) -> ParallelItems | None:
-        held = self.held
-        if not held.is_parallel:
-            return None
-        n = min(self.settings.sharing_items, len(held[held.languages[0]]))
-        items = [ParallelItem(f"held-{i}", {lang: held[lang][i].text for lang in held.languages}) for i in range(n)]
-        try:
-            return ParallelItems(items, languages=held.languages)
-        except CorpusError:
-            return None
 
 
 def held_out_count(corpus: Corpus, settings: StudySettings) -> int:
@@ -346,7 +252,7 @@ def held_out_count(corpus: Corpus, settings: StudySettings) -> int:
 
 _PYTHON_NAMES = {"languages": "Corpus.select", "held_out": "StudySettings.held_out",
                  "eval_texts": "StudySettings.eval_texts", "batch_size": "StudySettings.batch_size",
-                 "controls": "StudySettings.controls"}
+                 "controls": "StudySettings.controls", "method": "StudySettings.method"}
 
 
 def check_study(corpus: Corpus, settings: StudySettings, *, names: dict[str, str] | None = None) -> int:
@@ -393,6 +299,9 @@ def check_study(corpus: Corpus, settings: StudySettings, *, names: dict[str, str
                                   ("controls", settings.controls, 0)):
         if value < least:
             raise CorpusError(f"{name[setting]} must be at least {least}, got {value}")
+    if settings.method not in METHODS:
+        raise CorpusError(f"{name['method']} must be an identification method, one of "
+                          f"{tuple(METHODS)}; got {settings.method!r}")
     count = held_out_count(corpus, settings)
     need = count + settings.min_train_texts
     small = {lang: len(corpus[lang]) for lang in corpus.languages if len(corpus[lang]) < need}
@@ -423,9 +332,13 @@ def check_texts(lm: ModelAdapter, train: Corpus, evaluation: Corpus) -> None:
 
 _CORRUPT: Any = object()
 _STUDY_KIND = "tl_multilingual.Study"
-# What a study writes into its folder.
-_STUDY_ENTRIES = {"manifest.json", "statistics", "neurons", "lens", "stages.json", "deactivation", "sharing",
-                  "tables", "figures", "report.html"}
+_REPORT_ENTRIES = ("manifest.json", "tables", "figures", "report.html")
+
+
+def study_entries() -> set[str]:
+    """What a study writes into its folder: the first part of every step's path
+    ([`STEPS`][tl_multilingual.study.steps.STEPS]), the manifest and the report."""
+    return {*_REPORT_ENTRIES, *(Path(step.path).parts[0] for step in STEPS.values())}
 
 
 def _read_study_manifest(path: Path) -> dict[str, Any] | None:
@@ -453,7 +366,7 @@ def check_output_folder(out: Path, command: str | None = None) -> None:
         if entries and manifest is None:
             raise TLMultilingualError(f"{out} is not empty and holds no study: choose a new or empty folder")
         if manifest is _CORRUPT:
-            foreign = sorted(e.name for e in entries if e.name not in _STUDY_ENTRIES)
+            foreign = sorted(e.name for e in entries if e.name not in study_entries())
             if foreign:
                 raise TLMultilingualError(
                     f"{out / 'manifest.json'} is corrupt and {out} holds {foreign[:3]}, which no study writes: "

@@ -3,34 +3,39 @@
 Every function draws on a given ``ax`` (or a new figure sized for one paper column,
 3.4 inches wide) and returns the figure. Colours come from the Okabe-Ito palette and
 heatmaps from ColorBrewer's diverging RdBu, both readable with colour-vision
-deficiencies. [`save()`][tl_multilingual.study.plot.save] writes PNG and PDF.
+deficiencies. The figures' style (small fonts, no top and right spines,
+[`STYLE`][tl_multilingual.study.plot.STYLE]) applies to them only: matplotlib's global settings
+(``rcParams``, the backend) are left as the user set them.
+[`save()`][tl_multilingual.study.plot.save] writes PNG and PDF.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
 
-from ..errors import TLMultilingualError, warn
+from ..errors import TLMultilingualError, moved, warn
 from ..persist import atomic_file
 
 __all__ = [
     "OKABE_ITO",
     "neuron_classes",
     "language_counts",
-    "ablation_heatmap",
+    "deactivation_heatmap",
     "lens_curves",
     "sharing_profile",
     "class_changes",
     "shared_by_n",
     "language_changes",
-    "stage_effects",
+    "stage_effects_heatmap",
     "save",
     "similarity_curves",
+    "STYLE",
 ]
 
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
@@ -42,18 +47,31 @@ STAGE_SHADES = ("#F2F2F2", "#FFFFFF", "#F2F2F2", "#FFFFFF")
 COLUMN = 3.4  # inches: one column of a two-column paper
 
 
+STYLE = {"font.size": 7, "axes.titlesize": 8, "axes.labelsize": 7, "legend.fontsize": 6,
+         "xtick.labelsize": 6, "ytick.labelsize": 6, "axes.spines.top": False,
+         "axes.spines.right": False}
+"""The figures' matplotlib settings, applied while a figure is drawn (never globally)."""
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
 def _plt() -> Any:
     try:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
     except ImportError:
         raise TLMultilingualError('figures need matplotlib: pip install "tl-multilingual[plot]"') from None
-    plt.rcParams.update({"font.size": 7, "axes.titlesize": 8, "axes.labelsize": 7, "legend.fontsize": 6,
-                         "xtick.labelsize": 6, "ytick.labelsize": 6, "axes.spines.top": False,
-                         "axes.spines.right": False})
     return plt
+
+
+def _styled(draw: F) -> F:
+    """Draw under [`STYLE`][tl_multilingual.study.plot.STYLE], restoring the user's settings after."""
+
+    @functools.wraps(draw)
+    def styled(*args: Any, **kwargs: Any) -> Any:
+        with _plt().rc_context(STYLE):
+            return draw(*args, **kwargs)
+
+    return styled  # type: ignore[return-value]
 
 
 def _axes(ax: Any, height: float = 2.2, width: float = COLUMN) -> tuple[Any, Any]:
@@ -84,7 +102,7 @@ def _shade_stages(ax: Any, stages: Any) -> None:
     (a narrow stage's label moves aside)."""
     if stages is None:
         return
-    from ..stages.segmentation import STAGES
+    from ..stages.stage_map import STAGES
 
     low, high = ax.get_xlim()
     centres, numbers = [], []
@@ -99,6 +117,7 @@ def _shade_stages(ax: Any, stages: Any) -> None:
                 color="#555555", gid="stage-label")
 
 
+@_styled
 def neuron_classes(neurons: Any, *, stages: Any = None, ax: Any = None) -> Any:
     """Specific and related neurons per layer (stacked bars, left scale) and general
     neurons (line, right scale), stages shaded and numbered 1-4.
@@ -136,6 +155,7 @@ def neuron_classes(neurons: Any, *, stages: Any = None, ax: Any = None) -> Any:
     return fig
 
 
+@_styled
 def language_counts(neurons: Any, *, ax: Any = None) -> Any:
     """Language-specific and language-related neurons per language."""
     fig, ax = _axes(ax)
@@ -158,8 +178,12 @@ def _compact(relative: float) -> str:
     return f"{100 * relative:+.0f}%"
 
 
-def ablation_heatmap(result: Any, variant: str | None = None, *, value: str = "relative_change", ax: Any = None) -> Any:
-    """Ablated (rows) x evaluated (columns) languages, Zhang et al. (AAAI-26) Fig. 2 style.
+@_styled
+def deactivation_heatmap(result: Any, variant: str | None = None, *, value: str = "relative_change",
+                         ax: Any = None) -> Any:
+    """The deactivation matrix of a [`DeactivationResult`][tl_multilingual.experiments.deactivation.DeactivationResult]: languages whose neurons
+    are deactivated (rows) x evaluated languages (columns), Zhang et al. (AAAI-26) Fig. 2
+    style.
 
     For relative changes the colour is ``log(after / before)`` (for perplexity, the
     change in mean token NLL), so a doubling and a halving look alike; cells are
@@ -190,6 +214,7 @@ def ablation_heatmap(result: Any, variant: str | None = None, *, value: str = "r
     return fig
 
 
+@_styled
 def lens_curves(summary: Any, *, stages: Any = None, ax: Any = None, n_boot: int | None = None) -> Any:
     """Mean answer probability per layer and language, with the interval bands of the
     summary it is given.
@@ -225,6 +250,7 @@ def lens_curves(summary: Any, *, stages: Any = None, ax: Any = None, n_boot: int
     return fig
 
 
+@_styled
 def sharing_profile(sharing: Any, *, ax: Any = None) -> Any:
     """Percentage of neurons in each sharing class per layer (Wang et al., 2024), stacked."""
     from ..neurons.sharing_classes import SHARING_CLASSES
@@ -241,6 +267,7 @@ def sharing_profile(sharing: Any, *, ax: Any = None) -> Any:
     return fig
 
 
+@_styled
 def class_changes(comparison: Any, *, stages: Any = None, ax: Any = None) -> Any:
     """Change per layer and class between two models (Zhang et al. (AAAI-26) Fig. 4), from a
     [`Comparison`][tl_multilingual.experiments.comparison.Comparison] or a frame with ``layer``, ``class`` and
@@ -261,6 +288,7 @@ def class_changes(comparison: Any, *, stages: Any = None, ax: Any = None) -> Any
     return fig
 
 
+@_styled
 def shared_by_n(comparison: Any, *, ax: Any = None) -> Any:
     """Neurons shared by N languages before and after (Zhang et al. (AAAI-26) Fig. 5)."""
     frame = comparison.shared_by_n()
@@ -276,6 +304,7 @@ def shared_by_n(comparison: Any, *, ax: Any = None) -> Any:
     return fig
 
 
+@_styled
 def language_changes(comparison: Any, *, ax: Any = None) -> Any:
     """Change in specific and related neurons per language; trained languages marked
     with an asterisk (Zhang et al. (AAAI-26) Table 2)."""
@@ -293,12 +322,13 @@ def language_changes(comparison: Any, *, ax: Any = None) -> Any:
     return fig
 
 
-def stage_effects(result: Any, value: str = "over_control", *, ax: Any = None) -> Any:
+@_styled
+def stage_effects_heatmap(result: Any, value: str = "over_control", *, ax: Any = None) -> Any:
     """Stages (rows) x languages (columns) of a [`StageEffects`][tl_multilingual.experiments.stage_deactivation.StageEffects]:
     by default the relative change of the language's own perplexity beyond random
     neurons when its neurons are deactivated inside that stage only; ``*`` marks the
     cells where the stage carries the language-specific effect."""
-    from ..stages.segmentation import STAGES
+    from ..stages.stage_map import STAGES
 
     table = result.matrix(value)
     carries = result.matrix("carries").astype(bool).reindex_like(table)
@@ -344,6 +374,7 @@ SIMILARITY_LABELS = {
 }
 
 
+@_styled
 def similarity_curves(
     frame: pd.DataFrame,
     summary: pd.DataFrame | None = None,
@@ -424,3 +455,7 @@ def similarity_curves(
         frameon=False, ncol=3, fontsize=5, loc="upper center", bbox_to_anchor=(0.5, 1.45)
     )
     return fig
+
+
+# Renamed: the figure is named for what it draws (0.1.0's name warns until the next release).
+__getattr__ = moved(__name__, {"ablation_heatmap": ("study.plot", "deactivation_heatmap")})

@@ -15,40 +15,35 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..experiments.deactivation import DeactivationResult
-from ..experiments.stage_deactivation import StageEffects
 from ..neurons.classes import LanguageNeurons
-from ..neurons.sharing_classes import Sharing
-from ..neurons.stats import ActivationStats
 from ..persist import write_text
 from ..resample import MIN_UNITS
-from ..stages.lens import LensResult
-from ..stages.segmentation import STAGES, StageMap
+from ..stages.stage_map import STAGES, StageMap
 from . import plot
+from .steps import STEPS, settings_of
 
 __all__ = ["write_report", "findings"]
 
 
-_PARTS = {  # result -> (step, path in the study folder, loader)
-    "stats": ("statistics", "statistics", ActivationStats.load),
-    "ternary": ("neurons", "neurons/ternary", LanguageNeurons.load),
-    "lape": ("neurons", "neurons/lape", LanguageNeurons.load),
-    "lens": ("lens", "lens", LensResult.load),
-    "stages": ("stages", "stages.json", StageMap.load),
-    "deactivation": ("deactivation", "deactivation", DeactivationResult.load),
-    "stage_effects": ("stage_effects", "stage_effects", StageEffects.load),
-    "sharing": ("sharing", "sharing", Sharing.load),
-}
-_REQUIRED_STEPS = ("statistics", "neurons", "stages", "deactivation")  # lens, stage effects, sharing: optional
-
-
 def _load(folder: Path) -> dict[str, Any]:
-    """The study's results; those of steps not finished yet (not in the manifest) are None."""
+    """The study's results by step ([`STEPS`][tl_multilingual.study.steps.STEPS]), its
+    ``manifest`` and its ``settings``; those of steps not finished yet (not in the
+    manifest) are None."""
     out: dict[str, Any] = {"manifest": json.loads((folder / "manifest.json").read_text(encoding="utf-8"))}
+    out["settings"] = settings_of(out["manifest"].get("settings"))
     done = out["manifest"].get("steps", {})
-    for part, (step, path, load) in _PARTS.items():
-        out[part] = load(folder / path) if step in done and (folder / path).exists() else None
+    for step in STEPS.values():
+        path = folder / step.path
+        out[step.name] = step.load_result(path) if step.name in done and path.exists() else None
     return out
+
+
+def _neurons(results: dict[str, Any]) -> LanguageNeurons | None:
+    """The neurons the study's later steps used (those of ``settings.method``)."""
+    found = results.get("neurons")
+    if found is None:
+        return None
+    return found.get(results.get("settings", settings_of(None)).method)
 
 
 def _quarters(per_layer: np.ndarray) -> tuple[float, float, float]:
@@ -60,8 +55,8 @@ def _quarters(per_layer: np.ndarray) -> tuple[float, float, float]:
 def findings(results: dict[str, Any]) -> dict[str, Any]:
     """The headline numbers of a study, as plain data (those of the finished steps)."""
     facts: dict[str, Any] = {}
-    if results.get("ternary") is not None:
-        facts.update(_neuron_facts(results["ternary"]))
+    if _neurons(results) is not None:
+        facts.update(_neuron_facts(_neurons(results)))
     if results.get("stages") is not None:
         facts.update(_stage_facts(results["stages"]))
     if results.get("deactivation") is not None:
@@ -155,25 +150,12 @@ def _texts_per_language(results: dict[str, Any]) -> int | None:
 
 
 def _tables(results: dict[str, Any], folder: Path) -> dict[str, pd.DataFrame]:
-    makers = {
-        "token_counts": ("stats", lambda r: r.to_frame()),
-        "neuron_classes_per_layer": ("ternary", lambda r: r.layer_counts()),
-        "neurons_per_language": ("ternary", lambda r: r.summary()),
-        "lape_per_language": ("lape", lambda r: r.summary()),
-        "stages": ("stages", lambda r: r.to_frame()),
-        "stage_maps": ("stages", lambda r: r.summary()),
-        "deactivation": ("deactivation", lambda r: r.frame),
-    }
-    tables = {name: make(results[part]) for name, (part, make) in makers.items() if results.get(part) is not None}
-    if results.get("stages") is not None and results["stages"].agreement is not None:
-        tables["stage_agreement"] = results["stages"].agreement
-    if results.get("stage_effects") is not None:
-        tables["stage_effects"] = results["stage_effects"].frame
-    if results.get("lens_summary") is not None:
-        tables["lens"] = results["lens_summary"]
-    if results.get("sharing") is not None:
-        tables["sharing_profile"] = results["sharing"].layer_profile()
-        tables["sharing_stability"] = results["sharing"].stability()
+    """Every table the finished steps declare ([`Step.tables`][tl_multilingual.study.steps.Step]), written as CSV."""
+    settings = results.get("settings", settings_of(None))
+    tables: dict[str, pd.DataFrame] = {}
+    for step in STEPS.values():
+        if results.get(step.name) is not None and step.tables is not None:
+            tables.update(step.tables(results[step.name], settings))
     for name, table in tables.items():
         write_text(folder / "tables" / f"{name}.csv", table.to_csv(index=False))
     return tables
@@ -182,30 +164,32 @@ def _tables(results: dict[str, Any], folder: Path) -> dict[str, pd.DataFrame]:
 def _figures(results: dict[str, Any], folder: Path) -> dict[str, str]:
     figures = {}
     stages = results.get("stages")
+    neurons = _neurons(results)
 
     def keep(name: str, fig: Any, caption: str) -> None:
         plot.save(fig, folder / "figures" / name)
         figures[name] = caption
 
-    if results.get("ternary") is not None:
-        keep("neuron_classes", plot.neuron_classes(results["ternary"], stages=stages),
+    if neurons is not None:
+        keep("neuron_classes", plot.neuron_classes(neurons, stages=stages),
              "Language-specific and language-related neurons per layer (bars, left scale) and general neurons "
              "(line, right scale) (Zhang et al.'s (AAAI-26) ternary classes)"
              + ("; the four stages of the combined map shaded and numbered 1-4 (understanding, shared reasoning, "
                 "output transformation, vocabulary output)." if stages is not None else "."))
-        keep("neurons_per_language", plot.language_counts(results["ternary"]),
+        keep("neurons_per_language", plot.language_counts(neurons),
              "Specific and related neurons of each language.")
     deactivation = results.get("deactivation")
     for variant in dict.fromkeys(deactivation.frame["variant"]) if deactivation is not None else ():
-        keep(f"deactivation_{variant.replace('+', '_')}", plot.ablation_heatmap(deactivation, variant),
+        keep(f"deactivation_{variant.replace('+', '_')}", plot.deactivation_heatmap(deactivation, variant),
              f"Change in perplexity of each evaluated language when the '{variant}' neurons of one "
              "language are deactivated (Zhang et al. (AAAI-26) Fig. 2); colour: log of the perplexity ratio.")
-    if results.get("lens_summary") is not None:
-        keep("lens", plot.lens_curves(results["lens_summary"], stages=stages),
+    lens = results.get("tables", {}).get("lens")  # the lens step's summary, drawn as written
+    if lens is not None:
+        keep("lens", plot.lens_curves(lens, stages=stages),
              "Logit lens: probability of the answer in the target language and in English per layer "
              "(mean and 95% bootstrap band over prompts).")
     if results.get("stage_effects") is not None:
-        keep("stage_effects", plot.stage_effects(results["stage_effects"]),
+        keep("stage_effects", plot.stage_effects_heatmap(results["stage_effects"]),
              f"Deactivating each language's '{results['stage_effects'].variant}' neurons inside one stage only: "
              "relative change of that language's own perplexity minus the change under random neurons of the "
              "same number per layer; * marks cells whose change exceeds both the controls and the other "
@@ -339,9 +323,7 @@ def write_report(folder: str | Path) -> Path:
     the results of the steps finished so far (a study rewrites it after each step)."""
     folder = Path(folder)
     results = _load(folder)
-    lens = results.get("lens")  # summarised once, for the table and the figure
-    results["lens_summary"] = lens.summary(n_boot=500) if lens is not None else None
-    tables = _tables(results, folder)
+    results["tables"] = tables = _tables(results, folder)
     figures = _figures(results, folder)
     facts = findings(results)
     write_text(folder / "tables" / "findings.json", json.dumps(facts, indent=2, default=float))
@@ -366,7 +348,7 @@ def write_report(folder: str | Path) -> Path:
         "<h2>Findings</h2><ul class='facts'>" + "".join(f"<li>{_e(x)}</li>" for x in lines) + "</ul>",
     ]
     steps = manifest.get("steps", {})
-    pending = [step for step in _REQUIRED_STEPS if step not in steps]
+    pending = [step.name for step in STEPS.values() if step.required and step.name not in steps]
     if pending:
         parts.append(f"<p class='pending'>In progress: {_e(', '.join(pending))} not finished yet; "
                      "this page is rewritten after each step.</p>")

@@ -1,6 +1,6 @@
-"""The four-stage layer map: exact segmentation, planted profiles with known answers,
-each signal's own map, fit quality against a null, signatures as checks, and
-explicit stage maps in experiments."""
+"""The four-stage layer map (map_stages): planted profiles with known answers, each
+signal's own map, fit quality against a null, signatures as checks, and explicit stage
+maps in experiments."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 
 import tl_multilingual as tlm
 from tl_multilingual.stages.lens import LensResult
-from tl_multilingual.stages.segmentation import StageWarning, _exhaustive, segment
+from tl_multilingual.stages.signatures import StageWarning
 
 LANGUAGE = [12] * 4 + [1] * 6 + [12] * 4 + [6] * 2  # stages 0-3, 4-9, 10-13, 14-15
 GENERAL = [2] * 4 + [4] * 6 + [2] * 4 + [20] * 2
@@ -63,34 +63,6 @@ def quiet_map(*args, **kwargs):
         warnings.simplefilter("always")
         stage_map = tlm.map_stages(*args, **kwargs)
     return stage_map, [str(w.message) for w in caught if issubclass(w.category, StageWarning)]
-
-
-# -- exact segmentation ---------------------------------------------------------------
-
-
-def test_segmentation_is_the_exact_optimum():
-    rng = np.random.default_rng(0)
-    x = np.concatenate([np.full(4, 1.0), np.full(5, -1.0), np.full(6, 2.0), np.full(2, 5.0)])[:, None]
-    x = x + 0.01 * rng.standard_normal(x.shape)
-    assert segment(x)[0] == (4, 9, 15)
-
-
-@pytest.mark.parametrize("n_layers", range(4, 31))
-def test_dynamic_programming_matches_the_exhaustive_search(n_layers):
-    rng = np.random.default_rng(n_layers)
-    constraint_sets = [(), [(0, "min_second"), (1, "max_last")], [(2, "max_last")],
-                       [(0, "min_second"), (1, "max_last"), (2, "max_last")]]
-    for _ in range(4):
-        x = rng.standard_normal((n_layers, 3))
-        for constraints in constraint_sets:
-            assert segment(x, constraints) == _exhaustive(x, constraints)
-
-
-def test_equal_stage_means_meet_a_signature_despite_rounding():
-    # Shared reasoning as many language neurons as its neighbours: "fewest" holds (ties count).
-    x = np.array([[1.0], [1.0], [1.0], [0.2], [0.2], [3.0]])
-    assert segment(x, [(0, "min_second")]) == _exhaustive(x, [(0, "min_second")])
-    assert segment(x, [(0, "min_second")])[1]
 
 
 # -- planted profiles -----------------------------------------------------------------
@@ -217,7 +189,7 @@ def test_a_saved_map_keeps_each_signal_the_agreement_and_the_warnings(tmp_path):
         assert loaded.confidence == loaded.stability
 
 
-# -- paper A's statistics ---------------------------------------------------------------
+# -- Zhang et al.'s (AAAI-26) statistics ---------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -302,43 +274,3 @@ def test_a_hand_made_map_checks_its_boundaries():
     assert stage_map.layers("output_transformation") == range(5, 7) and stage_map.warnings == ()
     with pytest.raises(tlm.TLMultilingualError, match="boundaries"):
         tlm.StageMap.from_boundaries(8, (2, 2, 7))
-
-
-def plain_segment(x, constraints):
-    """Every split into four non-empty contiguous segments, scored one at a time."""
-    n = len(x)
-    best = None
-    for b1 in range(1, n):
-        for b2 in range(b1 + 1, n):
-            for b3 in range(b2 + 1, n):
-                parts = [x[lo:hi] for lo, hi in zip((0, b1, b2, b3), (b1, b2, b3, n))]
-                means = [part.mean(0) for part in parts]
-                ok = True
-                for column, rule in constraints:
-                    m = [mean[column] for mean in means]
-                    if rule == "min_second":
-                        ok &= m[1] <= m[0] and m[1] <= m[2]
-                    else:
-                        ok &= m[3] >= max(m)
-                if ok:
-                    cost = sum(float(((part - mean) ** 2).sum()) for part, mean in zip(parts, means))
-                    if best is None or cost < best[0] - 1e-12:
-                        best = (cost, (b1, b2, b3))
-    return best[1] if best else None
-
-
-def test_constrained_segmentation_equals_a_plain_search():
-    rng = np.random.default_rng(1)
-    rules = [[], [(0, "max_last")], [(0, "min_second")], [(0, "min_second"), (1, "max_last")]]
-    differs = 0
-    for _ in range(12):
-        x = rng.normal(size=(9, 2))
-        free = plain_segment(x, [])
-        assert segment(x)[0] == free
-        for constraints in rules[1:]:
-            expected = plain_segment(x, constraints)
-            got, met = segment(x, constraints)
-            assert met == (expected is not None)
-            assert got == (expected if met else free)
-            differs += met and expected != free
-    assert differs > 0  # some constraints changed the answer, so they were tested

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import typing
 import warnings
 
 import pytest
@@ -294,11 +295,71 @@ def test_the_recipe_repeats_the_identification(kwargs):
         warnings.simplefilter("ignore")
         neurons = tlm.identify(stats, **kwargs)
     recipe = neurons.recipe
-    assert set(recipe) == {"method", "top_rate", "lam", "bar_ratio", "prefilter", "filter_rate", "lam_range", "tol"}
-    assert recipe["lam"] == neurons.lam and (recipe["lam"] is None) == (kwargs["method"] == "lape")
+    methods = importlib.import_module("tl_multilingual.neurons.identification").METHODS
+    assert set(recipe) == {"method", *(p.name for p in methods[kwargs["method"]].parameters)}
+    assert recipe.get("lam") == neurons.lam
+    assert ("lam" in recipe) == methods[kwargs["method"]].has_lambda
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         again = tlm.identify(stats, **recipe)
     assert not [w for w in caught if "lambda search" in str(w.message)]  # the lambda is fixed: no search
     assert torch.equal(again.membership, neurons.membership) and again.lam == neurons.lam
     assert torch.equal(again.classes(), neurons.classes())
+
+
+def test_each_method_declares_its_parameters_and_whether_it_has_a_lambda():
+    ident = importlib.import_module("tl_multilingual.neurons.identification")
+    ternary, lape = ident.METHODS["ternary"], ident.METHODS["lape"]
+    assert ternary.has_lambda and not lape.has_lambda
+    assert ternary.defaults() == {"top_rate": 0.01, "bar_ratio": 0.95, "lam": "auto",
+                                  "lam_range": (0.0, 0.2), "tol": 1e-3, "prefilter": False,
+                                  "filter_rate": 0.95}
+    assert lape.defaults() == {"top_rate": 0.01, "bar_ratio": 0.95, "prefilter": True,
+                               "filter_rate": 0.95}
+    assert typing.get_args(ident.Method) == ("ternary", "lape")  # method=: from the table
+    doc = ident.identify.__doc__
+    for method in ident.METHODS.values():  # the documentation covers every declared parameter
+        assert all(f"``{p.name}``" in doc for p in method.parameters), method.name
+
+
+@pytest.mark.parametrize(
+    "method, knobs, message",
+    [("lape", {"lam": 0.1}, r"'lape' takes no parameter 'lam': it is a parameter of 'ternary'"),
+     ("lape", {"lam_range": (0, 1)}, r"'lam_range': it is a parameter of 'ternary'"),
+     ("ternary", {"top_ratio": 0.1}, r"'top_ratio': no identification method takes it"),
+     ("ternary", {"top_rate": 0.0}, r"top_rate must be in \(0, 1\], got 0.0"),
+     ("lape", {"bar_ratio": 1.5}, r"bar_ratio must be in \(0, 1\]"),
+     ("ternary", {"lam": "search"}, r"lam must be a number or 'auto'"),
+     ("ternary", {"lam_range": (0.2, 0.1)}, r"lam_range must be \(low, high\) with low < high")],
+)
+def test_a_knob_the_method_does_not_take_is_refused_naming_its_owner(method, knobs, message):
+    stats = two_language_stats({0: (9000, 100), 1: (100, 9000)})
+    with pytest.raises(tlm.IdentificationError, match=message):
+        tlm.identify(stats, method=method, **knobs)
+
+
+def test_a_new_method_is_one_table_entry(monkeypatch):
+    """A toy method (the k neurons most active in some language) registered in the table
+    is dispatched, validated, recorded and repeated by its recipe like the others."""
+    ident = importlib.import_module("tl_multilingual.neurons.identification")
+
+    def most_active(probs, *, k):
+        flat = probs.amax(-1).flatten()
+        chosen = flat.argsort(descending=True, stable=True)[:k].sort().values
+        bar = ident.activation_bar(probs, 0.5)
+        return ident.Identified(ident.Selection(chosen, probs > bar, bar), None, {})
+
+    toy = ident.IdentificationMethod("most_active", most_active,
+                                     (ident.Parameter("k", 3, "neurons selected"),),
+                                     has_lambda=False, reference="a test")
+    monkeypatch.setitem(ident.METHODS, "most_active", toy)
+    counts = torch.tensor([[[900, 10], [10, 800], [500, 500], [0, 0]]])
+    stats = stats_from_probs(counts, [1000, 1000])
+    neurons = tlm.identify(stats, method="most_active", k=2)
+    probs = stats.probabilities().amax(-1).flatten()
+    top = sorted(probs.argsort(descending=True)[:2].tolist())
+    assert neurons.selected().indices()[:, 1].tolist() == top
+    assert neurons.recipe == {"method": "most_active", "k": 2}
+    assert torch.equal(tlm.identify(stats, **neurons.recipe).membership, neurons.membership)
+    with pytest.raises(tlm.IdentificationError, match="'most_active' takes no parameter"):
+        tlm.identify(stats, method="most_active", top_rate=0.5)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import tiny
+import torch
 
 import tl_multilingual as tlm
 
@@ -110,12 +111,12 @@ def _fails(*args, **kwargs):
     raise RuntimeError("the intervention failed")
 
 
-def test_both_controlled_experiments_close_their_progress_bar_on_error(rigged, monkeypatch):
+def test_every_controlled_experiment_closes_its_progress_bar_on_error(rigged, monkeypatch):
     from tl_multilingual.experiments import deactivation as experiments
-    from tl_multilingual.experiments import sharing_experiments
+    from tl_multilingual.experiments import engine, sharing_experiments, stage_deactivation
 
     lm, neurons, held_out, toy = rigged
-    monkeypatch.setattr(experiments, "tqdm", _RecordingBar)
+    monkeypatch.setattr(engine, "tqdm", _RecordingBar)  # the one loop's bar
     monkeypatch.setattr(experiments, "ablate", _fails)
     _RecordingBar.bars.clear()
     with pytest.raises(RuntimeError):
@@ -129,6 +130,18 @@ def test_both_controlled_experiments_close_their_progress_bar_on_error(rigged, m
     _RecordingBar.bars.clear()
     with pytest.raises(RuntimeError):
         tlm.sharing_experiments.boost_experiment(lm, items, factors=[2.0], controls=1, progress=True)
+    assert len(_RecordingBar.bars) == 1 and _RecordingBar.bars[0].closed
+
+    deep = tlm.models.planted(n_layers=4, layer=2)
+    membership = torch.zeros(4, tlm.adapt(deep.model).d_mlp, 2, dtype=torch.bool)
+    membership[2, :8, 0] = membership[2, 8:16, 1] = True
+    deep_neurons = tlm.LanguageNeurons(("en", "ru"), membership, membership.any(-1), None,
+                                       method="reference")
+    monkeypatch.setattr(stage_deactivation, "ablate", _fails)
+    _RecordingBar.bars.clear()
+    with pytest.raises(RuntimeError):
+        tlm.stage_effects(deep.model, deep_neurons, tlm.StageMap.from_boundaries(4, (1, 2, 3)),
+                          held_out, controls=1, progress=True)
     assert len(_RecordingBar.bars) == 1 and _RecordingBar.bars[0].closed
 
 

@@ -1,4 +1,4 @@
-"""Paper B's per-item sharing classes and parallel items."""
+"""Wang et al.'s (2024) per-item sharing classes and parallel items."""
 
 from __future__ import annotations
 

@@ -1,0 +1,202 @@
+"""The experiment engine: one loop of baseline, condition and random-neuron controls.
+
+Every controlled intervention experiment of the library has the same shape: measure
+the unmodified model (the *baseline*), then, for every *condition* (a language's
+neurons, a stage's neurons, a sharing class scaled by a factor), edit the model with
+the condition's neuron mask and measure again (the *hit*), and do the same with
+random masks holding as many neurons in every layer, drawn outside the condition's
+mask (the *controls*, [`NeuronMask.controls()`][tl_multilingual.neurons.masks.NeuronMask.controls]). The change from the baseline
+comes with a paired percentile bootstrap interval over the units measured (texts,
+items, prompts; [`tl_multilingual.resample`][tl_multilingual.resample]): the same draw of units for the hit,
+the controls and the baseline, so variation the conditions share cancels.
+
+[`controlled_runs()`][tl_multilingual.experiments.engine.controlled_runs] is that loop, written once, and
+[`paired_interval()`][tl_multilingual.experiments.engine.paired_interval] the interval. The experiments are thin
+specialisations that say how to edit the model and what to measure, as
+TransformerLens's ``patching.generic_activation_patch`` is specialised by its
+per-activation patchers:
+
+- [`deactivation_matrix()`][tl_multilingual.experiments.deactivation.deactivation_matrix] (Zhang et al., AAAI-26, Fig. 2): a
+  condition per (class variant, language), deactivated; every language's
+  perplexity or accuracy measured;
+- [`stage_effects()`][tl_multilingual.experiments.stage_deactivation.stage_effects]: a condition per (stage, language), the
+  language's neurons deactivated inside the stage only; perplexity and the lens
+  measured;
+- [`boost_experiment()`][tl_multilingual.experiments.sharing_experiments.boost_experiment] (Wang et al., 2024): a condition per
+  (sharing class, factor), each item with its own class mask (a block per item),
+  scaled; each item answered in every language.
+
+Units come in *blocks* that each get their own mask: one block for a whole evaluation
+set, or one block per item when every item has its own mask. The controls of block
+``b`` are drawn with seed ``seed + 97 * b``. An empty mask changes nothing: its run
+is the baseline, not measured again.
+
+A new experiment of this shape is a function that builds its conditions, calls
+`controlled_runs()` with its edit and its measurement, and turns the runs into
+rows with `paired_interval()`; the experiment verbs take the same run options,
+spelled the same way: ``seed``, ``n_boot``, ``ci``, ``batch_size``, ``progress``,
+``allow_mismatch``, ``max_length`` and ``overflow``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .. import distributed, resample
+from ..neurons.masks import NeuronMask
+
+__all__ = ["controlled_runs", "paired_interval", "ControlledRuns", "ConditionRuns", "control_seed"]
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+@dataclass
+class ConditionRuns(Generic[V]):
+    """One condition's measurements, per block of units.
+
+    Attributes:
+        hit: the measurement under the condition's own mask, per block.
+        controls: ``controls[c][b]``, the measurement under random control ``c`` of
+            block ``b``.
+        sizes: neurons in the condition's mask, per block.
+    """
+
+    hit: list[V]
+    controls: list[list[V]]
+    sizes: list[int]
+
+
+@dataclass
+class ControlledRuns(Generic[K, V]):
+    """What [`controlled_runs()`][tl_multilingual.experiments.engine.controlled_runs] measured.
+
+    Attributes:
+        baseline: the unmodified model's measurement, per block.
+        conditions: per condition key, its [`ConditionRuns`][tl_multilingual.experiments.engine.ConditionRuns], in the
+            order the conditions were given.
+    """
+
+    baseline: list[V]
+    conditions: dict[K, ConditionRuns[V]]
+
+
+def control_seed(seed: int, block: int) -> int:
+    """The seed of the random controls of ``block``: ``seed + 97 * block``."""
+    return seed + 97 * block
+
+
+def controlled_runs(
+    conditions: Mapping[K, Callable[[int], NeuronMask]],
+    measure: Callable[[int], V],
+    intervene: Callable[[K, NeuronMask], AbstractContextManager],
+    *,
+    n_blocks: int = 1,
+    controls: int | Mapping[K, int] = 3,
+    seed: int = 0,
+    desc: str = "experiment",
+    progress: bool = True,
+) -> ControlledRuns[K, V]:
+    """Measure the baseline, then every condition and its random controls.
+
+    First the unmodified model is measured on every block; then, for every condition
+    in order and every block, the block's mask (the hit) and the condition's random
+    controls, each inside ``intervene``. The progress bar closes however the loop ends,
+    and ``intervene`` removes its hooks however a measurement ends.
+
+    Args:
+        conditions: per condition key, the mask of each block (``mask_of(block)``).
+        measure: ``measure(block)`` measures one block on the model as it stands
+            (edited or not) and returns its per-unit values.
+        intervene: ``intervene(key, mask)``: a context manager that edits the model
+            with ``mask`` for the condition ``key`` (e.g. ``ablate(lm, mask)``,
+            ``boost(lm, mask, factor=key[1])``) and undoes the edit on exit.
+        n_blocks: number of blocks of units.
+        controls: random control masks per condition, or a number per condition key.
+        seed: seed of the controls ([`control_seed()`][tl_multilingual.experiments.engine.control_seed]).
+        desc: the progress bar's label.
+        progress: show a progress bar.
+
+    Returns:
+        [`ControlledRuns`][tl_multilingual.experiments.engine.ControlledRuns]: the baseline per block and, per condition,
+        its hits, controls and mask sizes.
+
+    Raises:
+        MaskError: a mask holds more than half of some layer's neurons, so no control
+            of the same size fits outside it (pass ``controls=0``).
+    """
+    if isinstance(controls, Mapping):
+        n_controls = dict(controls)
+    else:
+        n_controls = dict.fromkeys(conditions, controls)
+    total = n_blocks * (1 + sum(1 + n_controls.get(key, 0) for key in conditions))
+    baseline: list[V] = []
+    shown = distributed.show_progress(progress)
+    with tqdm(total=total, disable=not shown, desc=desc, unit="run") as bar:
+
+        def run(key: K, block: int, mask: NeuronMask) -> V:
+            if mask.count() == 0:
+                value = baseline[block]
+            else:
+                with intervene(key, mask):
+                    value = measure(block)
+            bar.update()
+            return value
+
+        for block in range(n_blocks):
+            baseline.append(measure(block))
+            bar.update()
+        runs: dict[K, ConditionRuns[V]] = {}
+        for key, mask_of in conditions.items():
+            n = n_controls.get(key, 0)
+            result: ConditionRuns[V] = ConditionRuns([], [[] for _ in range(n)], [])
+            for block in range(n_blocks):
+                mask = mask_of(block)
+                result.sizes.append(mask.count())
+                result.hit.append(run(key, block, mask))
+                for c, random_mask in enumerate(mask.controls(n, seed=control_seed(seed, block))):
+                    result.controls[c].append(run(key, block, random_mask))
+            runs[key] = result
+    return ControlledRuns(baseline, runs)
+
+
+def paired_interval(
+    hit: np.ndarray,
+    baseline: np.ndarray,
+    unit_draws: np.ndarray,
+    ci: float,
+    statistic: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+) -> tuple[float, float, float]:
+    """The change from ``baseline`` to ``hit`` over the same units, with its paired
+    percentile bootstrap interval ([`tl_multilingual.resample`][tl_multilingual.resample]).
+
+    Args:
+        hit: per-unit values under the condition (units along the last axis for a
+            ``statistic``, along the first otherwise).
+        baseline: the same units' values under the baseline, same shape.
+        unit_draws: bootstrap draws of unit indices ``[n_boot, n_units]``
+            ([`tl_multilingual.resample.draws()`][tl_multilingual.resample.draws]), shared by both conditions.
+        ci: the interval's coverage.
+        statistic: ``statistic(values, index)`` -> the statistic over the units
+            ``index`` (``[..., n]`` -> ``[...]``), for statistics other than the mean
+            (a perplexity is a ratio of sums); None: the mean change, with
+            [`mean_interval()`][tl_multilingual.resample.mean_interval] (its NaN policy).
+
+    Returns:
+        ``(change, ci_low, ci_high)``.
+    """
+    if statistic is None:
+        change, low, high = resample.mean_interval(hit, baseline=baseline, ci=ci,
+                                                   unit_draws=unit_draws)
+        return float(change), float(low), float(high)
+    every = np.arange(unit_draws.shape[1])
+    change = float(statistic(hit, every) - statistic(baseline, every))
+    replicates = statistic(hit, unit_draws) - statistic(baseline, unit_draws)
+    low, high = resample.percentile_interval(replicates, ci)
+    return change, float(low), float(high)

@@ -1,0 +1,227 @@
+"""[`map_stages()`][tl_multilingual.stages.mapping.map_stages]: map a model's layers onto the four stages.
+
+The layers are segmented into four contiguous stages from either or both of two
+signals ([`tl_multilingual.stages.features`][tl_multilingual.stages.features]): the neuron classes and the logit
+lens. Each signal is fitted alone and, when both are given, together; the combined
+fit gives the map's boundaries. The fit is exact
+([`tl_multilingual.stages.segmentation`][tl_multilingual.stages.segmentation]); Zhang et al.'s (AAAI-26) signatures
+are checked on every fit and imposed unless ``signatures=False``
+([`tl_multilingual.stages.signatures`][tl_multilingual.stages.signatures]); each fit's quality is tested against
+layer-shuffled features.
+
+Stability: refits on bootstrap replicates, the lens prompts resampled and the
+activation counts redrawn with the neurons re-identified by their recipe
+([`identify_replicate()`][tl_multilingual.neurons.identification.identify_replicate]); ``stability[b]`` is the share of refits
+putting boundary ``b`` at the same layer. Stability says how reproducible a
+boundary is, not whether the data support it: a boundary a constraint forces is
+perfectly stable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .. import resample
+from ..errors import TLMultilingualError, warn
+from ..neurons.classes import LanguageNeurons
+from ..neurons.identification import identify_replicate
+from ..neurons.stats import ActivationStats
+from ..provenance import check_compatible
+from .features import _standardise, lens_features, neuron_features
+from .segmentation import _constrained, _costs, _dp, _means, _meets, _quality
+from .signatures import StageWarning, _check, _signatures_for, _warnings
+from .stage_map import _BOUNDARIES, STAGES, SignalMap, StageMap, _spans
+
+if TYPE_CHECKING:
+    from .lens import LensResult
+
+__all__ = ["map_stages"]
+
+
+def _columns(frames: dict[str, pd.DataFrame]) -> tuple[np.ndarray, list[str]]:
+    names: list[str] = []
+    parts = []
+    for frame in frames.values():
+        cols = [c for c in frame.columns if c.startswith("f_")]
+        names += cols
+        parts.append(frame[cols].to_numpy(float))
+    return _standardise(np.hstack(parts)), names
+
+
+def _fit(frames: dict[str, pd.DataFrame], signatures: bool) -> tuple[tuple[int, int, int], tuple[int, int, int], bool]:
+    """(map boundaries, unconstrained boundaries, whether the map meets the signatures)."""
+    x, names = _columns(frames)
+    cost, sums = _costs(x[None])
+    free = tuple(int(b) for b in _dp(cost, 4)[1][0])
+    constraints = [(col, s.rule) for s, col in _signatures_for(list(frames), names)]
+    if not constraints:
+        return free, free, True  # type: ignore[return-value]
+    found, _ = _constrained(cost[0], sums[0], constraints, free)  # type: ignore[arg-type]
+    if not signatures:
+        met = bool(_meets([_means(sums[0], c) for c, _ in constraints], [r for _, r in constraints], *free, len(x)))
+        return free, free, met  # type: ignore[return-value]
+    if found is None:
+        return free, free, False  # type: ignore[return-value]
+    return found, free, True  # type: ignore[return-value]
+
+
+def _signal_map(
+    signal: str, frames: dict[str, pd.DataFrame], evidence: pd.DataFrame, n: int, signatures: bool,
+    n_null: int, seed: int,
+) -> SignalMap:
+    chosen, free, met = _fit(frames, signatures)
+    x, names = _columns(frames)
+    checks = tuple(_check(s, evidence, free, chosen, n) for s, _ in _signatures_for(list(frames), names))
+    quality = _quality(x, chosen, n_null, seed)
+    return SignalMap(signal, n, chosen, free, all(c.met for c in checks), checks, quality)
+
+
+def _stability(fit: SignalMap, replicates: np.ndarray) -> None:
+    for k, name in enumerate(_BOUNDARIES):
+        fit.stability[name] = float((replicates[:, k] == fit.boundaries[k]).mean())
+        low, high = resample.percentile_interval(replicates[:, k].astype(float), ci=0.90)
+        fit.intervals[name] = (int(np.floor(low)), int(np.ceil(high)))
+
+
+def _legacy_arguments(neurons: Any, lens: Any) -> tuple[Any, Any]:
+    """``map_stages(model, neurons, ...)``, the old form with a model first."""
+    from .lens import LensResult
+
+    if neurons is None and isinstance(lens, LanguageNeurons):
+        neurons, lens = lens, None
+    elif neurons is not None and not isinstance(neurons, (LanguageNeurons, LensResult)):
+        neurons, lens = (lens, None) if isinstance(lens, LanguageNeurons) else (None, lens)
+    else:
+        return neurons, lens
+    warn("map_stages no longer takes a model first and no longer attaches the map to it: call "
+         "map_stages(neurons, lens=..., stats=...) and pass layers=stage_map.layers(stage) to experiments",
+         DeprecationWarning)
+    return neurons, lens
+
+
+def map_stages(
+    neurons: LanguageNeurons | None = None,
+    lens: LensResult | None = None,
+    *,
+    stats: ActivationStats | None = None,
+    target: str | None = None,
+    signatures: bool = True,
+    n_boot: int = 100,
+    n_null: int = 1000,
+    alpha: float = 0.05,
+    tolerance: int = 2,
+    seed: int = 0,
+) -> StageMap:
+    """Map the layers onto the four stages (see the module docstring).
+
+    Each signal given is fitted alone and, when both are given, together; the
+    combined fit gives `StageMap.boundaries`. Every caution (a signature the
+    data break, a fit no better than chance, four stages no better than three, maps
+    that disagree by more than ``tolerance`` layers) is a sentence in
+    `StageMap.warnings` and is raised as a [`StageWarning`][tl_multilingual.stages.signatures.StageWarning].
+
+    Args:
+        neurons: identified neurons (the class-profile signal).
+        lens: a `LensResult` (the logit-lens signal).
+        stats: the statistics ``neurons`` came from, for the stability refits of the
+            neuron signal (redrawn counts, neurons re-identified with the same recipe).
+        target: the lens language to follow (default: each prompt's target).
+        signatures: impose Zhang et al.'s (AAAI-26) signatures on the fit (they are checked and
+            reported either way).
+        n_boot: bootstrap refits for stability (0: none).
+        n_null: null draws for each p-value of the fit quality (0: none).
+        alpha: level below which a p-value counts as significant in the warnings.
+        tolerance: layers by which the neuron and lens maps may disagree on a boundary
+            before a warning.
+        seed: seed of the refits and null draws.
+
+    Returns:
+        [`StageMap`][tl_multilingual.stages.stage_map.StageMap].
+
+    Raises:
+        TLMultilingualError: without any signal, with fewer than four layers, or with
+            a lens and neurons of different layer counts.
+    """
+    neurons, lens = _legacy_arguments(neurons, lens)
+    if neurons is None and lens is None:
+        raise TLMultilingualError("map_stages needs neurons, a lens result, or both")
+    if neurons is not None and stats is not None:
+        check_compatible(stats.provenance, neurons.provenance, labels=("the statistics", "the neurons"))
+        if tuple(stats.languages) != tuple(neurons.languages):
+            raise TLMultilingualError(f"the statistics cover {stats.languages} but the neurons {neurons.languages}")
+    frames: dict[str, pd.DataFrame] = {}
+    if neurons is not None:
+        frames["neurons"] = neuron_features(neurons)
+    if lens is not None:
+        frames["lens"] = lens_features(lens, target)
+    n_layers = len(next(iter(frames.values())))
+    if any(len(f) != n_layers for f in frames.values()):
+        raise TLMultilingualError("the lens and the neurons come from models with different layer counts")
+    if n_layers < 4:
+        raise TLMultilingualError(f"four stages need at least four layers, got {n_layers}")
+    evidence = pd.concat(list(frames.values()), axis=1)
+    evidence.insert(0, "layer", range(n_layers))
+    signals = tuple(frames)
+    groups = {s: {s: frames[s]} for s in signals}
+    if len(signals) > 1:
+        groups["+".join(signals)] = frames
+    maps = {name: _signal_map(name, group, evidence, n_layers, signatures, n_null, seed)
+            for name, group in groups.items()}
+    combined = maps["+".join(signals)]
+
+    can_redraw = neurons is not None and stats is not None
+    if n_boot > 0 and (can_redraw or lens is not None):
+        generator = torch.Generator().manual_seed(seed)
+        prompt_draws = resample.draws(lens.probability.shape[0], n_boot, seed) if lens is not None else None
+        replicates: dict[str, list[tuple[int, int, int]]] = {name: [] for name in maps}
+        for r in range(n_boot):
+            boot = dict(frames)
+            if can_redraw:
+                boot["neurons"] = neuron_features(identify_replicate(stats, neurons, generator))  # type: ignore[arg-type]
+            if prompt_draws is not None:
+                boot["lens"] = lens_features(lens.select(prompt_draws[r]), target)  # type: ignore[union-attr]
+            for name in maps:
+                replicates[name].append(_fit({s: boot[s] for s in groups[name]}, signatures)[0])
+        for name, fit in maps.items():
+            _stability(fit, np.array(replicates[name]))
+        reps = np.array(replicates["+".join(signals)])
+        shares = {s: np.zeros(n_layers) for s in STAGES}
+        for b in reps:
+            for s, span in _spans(b, n_layers).items():
+                shares[s][span.start : span.stop] += 1 / len(reps)
+        evidence["stage_agreement"] = [shares[_stage_at(combined.boundaries, n_layers, layer)][layer]
+                                       for layer in range(n_layers)]
+        evidence["boundary_share"] = np.bincount(reps.reshape(-1), minlength=n_layers)[:n_layers] / len(reps)
+
+    evidence.insert(1, "stage", [_stage_at(combined.boundaries, n_layers, layer) for layer in range(n_layers)])
+    if len(signals) > 1:
+        for s in signals:
+            evidence[f"stage_{s}"] = [_stage_at(maps[s].boundaries, n_layers, layer) for layer in range(n_layers)]
+    agreement = None
+    if "neurons" in maps and "lens" in maps:
+        agreement = pd.DataFrame({
+            "boundary": list(_BOUNDARIES),
+            "neurons": list(maps["neurons"].boundaries),
+            "lens": list(maps["lens"].boundaries),
+        })
+        agreement["difference"] = agreement["lens"] - agreement["neurons"]
+        agreement["agree"] = agreement["difference"].abs() <= tolerance
+    cautions = tuple(_warnings(maps, agreement, alpha, tolerance))
+    for sentence in cautions:
+        warn(sentence, StageWarning)
+    return StageMap(
+        n_layers, combined.boundaries, evidence, dict(combined.stability), dict(combined.intervals),
+        combined.constrained, signals, neurons.d_mlp if neurons is not None else None, maps, agreement, cautions,
+    )
+
+
+def _stage_at(boundaries: Sequence[int], n_layers: int, layer: int) -> str:
+    for stage, span in _spans(boundaries, n_layers).items():
+        if layer in span:
+            return stage
+    raise TLMultilingualError(f"layer {layer} is outside [0, {n_layers})")
