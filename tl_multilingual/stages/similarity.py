@@ -6,7 +6,7 @@ Translation-equivalent inputs become most alike in a model's middle layers: the
 modality meet in a shared space; the language-agnostic middle of the "language-specific
 latent process" of Lim, Aji and Cohn (2025); the interlingual local overlap that
 Wilie et al. (2025) measure; the middle-layer alignment that Liu and Niehues (2025)
-strengthen by training. That is what paper A (Zhang et al., AAAI-26) calls shared
+strengthen by training. That is what Zhang et al. (AAAI-26) call shared
 semantic reasoning, and this signal needs neither neuron classes nor the unembedding.
 
 **What is measured.** A parallel [`Corpus`][tl_multilingual.inputs.corpus.Corpus] holds
