@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from .. import distributed, resample
 from ..errors import CorpusError, SaveError
+from ..hub import HubMixin
 from ..inputs.prompts import LensPrompt
 from ..inputs.wordtokens import word_tokens
 from ..model.adapters import ModelAdapter, adapt
@@ -38,7 +39,7 @@ _KIND = "tl_multilingual.LensResult"
 
 
 @dataclass
-class LensResult:
+class LensResult(HubMixin):
     """Per prompt and layer: answer probabilities and ranks per language, and entropy.
 
     Attributes:
