@@ -8,6 +8,8 @@ deficiencies. [`save()`][tl_multilingual.study.plot.save] writes PNG and PDF.
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -45,7 +47,9 @@ def _plt() -> Any:
     try:
         import matplotlib
 
-        matplotlib.use("Agg", force=False)
+        # Headless by default; a backend already chosen (a notebook's, MPLBACKEND) stays.
+        if "matplotlib.pyplot" not in sys.modules and not os.environ.get("MPLBACKEND"):
+            matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
     except ImportError:
         raise TLMultilingualError('figures need matplotlib: pip install "tl-multilingual[plot]"') from None
