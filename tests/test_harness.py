@@ -32,8 +32,14 @@ GENERATE_ITEMS = [
     {"question": "Nous avons marché au", "answer": " marché"},
     {"question": "Кошка спит на", "answer": " тёплом"},
 ]
-TEXTS = [{"text": t} for t in ("The cat sleeps on the warm mat.", "Le chat dort sur le tapis chaud.",
-                               "猫在温暖的垫子上睡觉。")]
+TEXTS = [
+    {"text": t}
+    for t in (
+        "The cat sleeps on the warm mat.",
+        "Le chat dort sur le tapis chaud.",
+        "猫在温暖的垫子上睡觉。",
+    )
+]
 
 CHOICE_TASK = """task: tiny_choice
 dataset_path: json
@@ -83,10 +89,15 @@ metric_list:
 def tasks(tmp_path_factory):
     """A TaskManager that knows only the three local tasks."""
     folder = tmp_path_factory.mktemp("tasks")
-    for name, template, items in (("choice", CHOICE_TASK, CHOICE_ITEMS), ("generate", GENERATE_TASK, GENERATE_ITEMS),
-                                  ("rolling", ROLLING_TASK, TEXTS)):
+    for name, template, items in (
+        ("choice", CHOICE_TASK, CHOICE_ITEMS),
+        ("generate", GENERATE_TASK, GENERATE_ITEMS),
+        ("rolling", ROLLING_TASK, TEXTS),
+    ):
         data = folder / f"{name}.jsonl"
-        data.write_text("".join(json.dumps(item, ensure_ascii=False) + "\n" for item in items), encoding="utf-8")
+        data.write_text(
+            "".join(json.dumps(item, ensure_ascii=False) + "\n" for item in items), encoding="utf-8"
+        )
         (folder / f"{name}.yaml").write_text(template.format(data=data), encoding="utf-8")
     return TaskManager(include_path=str(folder), include_defaults=False)
 
@@ -103,15 +114,26 @@ def _offline(monkeypatch):
 
 
 def run(lm, tasks, name, **kwargs):
-    results = lm_eval.simple_evaluate(model=TLMEvalLM(lm, batch_size=2, **kwargs), tasks=[name], task_manager=tasks,
-                                      bootstrap_iters=0, log_samples=True)
+    results = lm_eval.simple_evaluate(
+        model=TLMEvalLM(lm, batch_size=2, **kwargs),
+        tasks=[name],
+        task_manager=tasks,
+        bootstrap_iters=0,
+        log_samples=True,
+    )
     samples = sorted(results["samples"][name], key=lambda s: s["doc_id"])
     return results["results"][name], samples
 
 
 def choice_items():
-    return {"en": [tlm.MultipleChoice(item["question"], tuple(" " + c for c in item["choices"]), item["label"])
-                   for item in CHOICE_ITEMS]}
+    return {
+        "en": [
+            tlm.MultipleChoice(
+                item["question"], tuple(" " + c for c in item["choices"]), item["label"]
+            )
+            for item in CHOICE_ITEMS
+        ]
+    }
 
 
 def test_a_multiple_choice_task_gives_the_librarys_scores_with_and_without_an_ablation(lm, tasks):
@@ -132,7 +154,10 @@ def test_a_multiple_choice_task_gives_the_librarys_scores_with_and_without_an_ab
         assert summary["acc,none"] == pytest.approx(own["correct"].mean())
         measured[edited] = harness
     # The edit was active inside the harness: the scores moved.
-    assert max(abs(a - b) for x, y in zip(measured[False], measured[True]) for a, b in zip(x, y)) > 1e-3
+    assert (
+        max(abs(a - b) for x, y in zip(measured[False], measured[True]) for a, b in zip(x, y))
+        > 1e-3
+    )
 
 
 def test_log_likelihood_and_is_greedy_match_the_models_own_logits(lm):
@@ -148,13 +173,22 @@ def test_log_likelihood_and_is_greedy_match_the_models_own_logits(lm):
     # A continuation greedy decoding produces: the model's top next token, where its text
     # tokenises back to that token after the context.
     greedy_pairs = []
-    for context in ("The cat sleeps on the", "We walked to the", "Le chat dort sur le", "Numbers: 12 plus"):
+    for context in (
+        "The cat sleeps on the",
+        "We walked to the",
+        "Le chat dort sur le",
+        "Numbers: 12 plus",
+    ):
         top = int(logits_of(ids(context))[-1].argmax())
         text = tokenizer.decode([top])
         if text and ids(context + text) == [*ids(context), top]:
             greedy_pairs.append((context, text))
     assert greedy_pairs
-    pairs = [*greedy_pairs, ("The cat sleeps on the", " morning"), ("Le chat dort sur le", " tapis chaud")]
+    pairs = [
+        *greedy_pairs,
+        ("The cat sleeps on the", " morning"),
+        ("Le chat dort sur le", " tapis chaud"),
+    ]
     answers = TLMEvalLM(lm).loglikelihood(pairs)
     for (logprob, greedy), (context, continuation) in zip(answers, pairs):
         prompt, joint = ids(context), ids(context + continuation)
@@ -162,7 +196,9 @@ def test_log_likelihood_and_is_greedy_match_the_models_own_logits(lm):
         logits = logits_of(joint)
         logp = torch.log_softmax(logits, -1)
         targets = range(len(prompt), len(joint))
-        assert logprob == pytest.approx(sum(float(logp[t - 1, joint[t]]) for t in targets), abs=1e-4)
+        assert logprob == pytest.approx(
+            sum(float(logp[t - 1, joint[t]]) for t in targets), abs=1e-4
+        )
         assert greedy == all(int(logits[t - 1].argmax()) == joint[t] for t in targets)
     assert all(greedy for _, greedy in answers[: len(greedy_pairs)])
     assert not all(greedy for _, greedy in answers)
@@ -177,7 +213,9 @@ def test_a_generation_task_gives_the_librarys_generations(lm, tasks):
     assert [s["resps"][0][0] for s in samples] == own
     exact = [text == item["answer"] for text, item in zip(own, GENERATE_ITEMS)]
     assert summary["exact_match,none"] == pytest.approx(sum(exact) / len(exact))
-    assert own != evaluate.generate(lm, prompts, max_new_tokens=4, stop=["."])  # the edit was active
+    assert own != evaluate.generate(
+        lm, prompts, max_new_tokens=4, stop=["."]
+    )  # the edit was active
 
 
 def test_a_rolling_task_gives_the_librarys_perplexity_sums(lm, tasks):
@@ -187,16 +225,25 @@ def test_a_rolling_task_gives_the_librarys_perplexity_sums(lm, tasks):
     harness = [s["resps"][0][0] for s in samples]
     assert harness == pytest.approx((-own["nll"]).tolist(), abs=1e-5)
     words = sum(len(t.split()) for t in texts)
-    assert summary["word_perplexity,none"] == pytest.approx(math.exp(-sum(harness) / words), rel=1e-6)
+    assert summary["word_perplexity,none"] == pytest.approx(
+        math.exp(-sum(harness) / words), rel=1e-6
+    )
 
 
 def test_sampling_and_a_shared_response_cache_are_refused_or_flagged(lm, tasks, tmp_path):
     harness = TLMEvalLM(lm)
     with pytest.raises(TLMultilingualError, match="decodes greedily"):
-        harness.generate_until([("The cat", {"until": ["."], "do_sample": True, "temperature": 0.7})])
+        harness.generate_until(
+            [("The cat", {"until": ["."], "do_sample": True, "temperature": 0.7})]
+        )
     with pytest.warns(TLMultilingualWarning, match="caches responses by request text only"):
-        lm_eval.simple_evaluate(model=TLMEvalLM(lm), tasks=["tiny_choice"], task_manager=tasks, bootstrap_iters=0,
-                                use_cache=str(tmp_path / "cache"))
+        lm_eval.simple_evaluate(
+            model=TLMEvalLM(lm),
+            tasks=["tiny_choice"],
+            task_manager=tasks,
+            bootstrap_iters=0,
+            use_cache=str(tmp_path / "cache"),
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("error", TLMultilingualWarning)
         run(lm, tasks, "tiny_choice")  # no cache, no warning

@@ -28,7 +28,9 @@ COMMIT_B = "b" * 40
 def results():
     """Statistics of a tiny model on a small corpus, and its ternary and LAPE neurons."""
     model = tlm.models.tiny("llama", n_layers=2)
-    corpus = tlm.Corpus.from_dict({lang: texts * 3 for lang, texts in tlm.models.SAMPLE_TEXT.items()})
+    corpus = tlm.Corpus.from_dict(
+        {lang: texts * 3 for lang, texts in tlm.models.SAMPLE_TEXT.items()}
+    )
     stats = tlm.collect_stats(model, corpus, progress=False)
     ternary = tlm.identify(stats, method="ternary", top_rate=0.05)
     lape = tlm.identify(stats, method="lape", top_rate=0.05)
@@ -56,7 +58,9 @@ class Recorder:
         def upload_folder(api, **kwargs):
             recorder.calls.append(("upload_folder", kwargs))
             copy = recorder.root / f"upload-{len(recorder.uploads)}"
-            shutil.copytree(kwargs["folder_path"], copy)  # the folder is temporary: keep what was sent
+            shutil.copytree(
+                kwargs["folder_path"], copy
+            )  # the folder is temporary: keep what was sent
             recorder.uploads.append(copy)
             return f"https://huggingface.co/{kwargs['repo_id']}/commit/{COMMIT_A}"
 
@@ -66,7 +70,9 @@ class Recorder:
         return self
 
 
-def cache_repo(cache: Path, repo_id: str, files: Path, commit: str, refs: tuple[str, ...] = ("main",)) -> Path:
+def cache_repo(
+    cache: Path, repo_id: str, files: Path, commit: str, refs: tuple[str, ...] = ("main",)
+) -> Path:
     """Lay ``files`` out as the snapshot ``commit`` of ``repo_id`` in a Hugging Face cache
     (``models--user--name/{refs,snapshots}``), with each ref pointing at it."""
     repo = cache / ("models--" + repo_id.replace("/", "--"))
@@ -95,7 +101,9 @@ def test_a_pushed_neuron_set_holds_its_saved_files_and_a_card(results, tmp_path,
     sent = recorder.uploads[0]
     local = neurons.save(tmp_path / "local")
     assert files_of(sent) == files_of(local) | {"README.md"}
-    assert (sent / "tensors.safetensors").read_bytes() == (local / "tensors.safetensors").read_bytes()
+    assert (sent / "tensors.safetensors").read_bytes() == (
+        local / "tensors.safetensors"
+    ).read_bytes()
     mine, theirs = (json.loads((p / "manifest.json").read_text()) for p in (sent, local))
     for manifest in (mine, theirs):
         for volatile in ("created", "checksum"):
@@ -108,22 +116,26 @@ def test_a_pushed_neuron_set_holds_its_saved_files_and_a_card(results, tmp_path,
     assert card.data.language == list(stats.languages)  # en, fr, de, zh, ru: ISO 639-1 already
     record = card.data.to_dict()["tl_multilingual"]
     assert record["kind"] == "tl_multilingual.LanguageNeurons"
-    assert record["model"] == stats.model["name"] and record["architecture"] == stats.model["architecture"]
+    assert (
+        record["model"] == stats.model["name"]
+        and record["architecture"] == stats.model["architecture"]
+    )
     assert record["corpus_fingerprints"] == [results["corpus"].fingerprint()]
     assert record["languages"] == list(stats.languages)
     text = card.text
     recipe = json.loads(text.split("```json\n", 1)[1].split("\n```", 1)[0])
     assert recipe["method"] == "ternary" and recipe["lam"] == neurons.recipe["lam"]
     assert recipe["top_rate"] == 0.05
-    assert 'tlm.LanguageNeurons.from_pretrained(\'someone/tiny-llama-neurons\')' in text
+    assert "tlm.LanguageNeurons.from_pretrained('someone/tiny-llama-neurons')" in text
     assert "@software{tl_multilingual" in text and "zhang2026alignment" in text
     assert "tang2024language" not in text  # LAPE is not what produced these neurons
 
 
 def test_the_card_cites_the_method_and_pins_the_revision(results, tmp_path, monkeypatch):
     recorder = Recorder(tmp_path).install(monkeypatch)
-    results["lape"].push_to_hub("someone/lape", revision="v1", base_model="org/tiny",
-                                base_model_revision="0123abc")
+    results["lape"].push_to_hub(
+        "someone/lape", revision="v1", base_model="org/tiny", base_model_revision="0123abc"
+    )
     assert [name for name, _ in recorder.calls] == ["create_repo", "create_branch", "upload_folder"]
     assert recorder.calls[1][1]["branch"] == "v1" and recorder.calls[2][1]["revision"] == "v1"
     card = huggingface_hub.ModelCard.load(recorder.uploads[0] / "README.md")
@@ -140,7 +152,9 @@ def test_a_pushed_repository_loads_back_by_name_from_the_cache(results, tmp_path
     cache = tmp_path / "hub-cache"
     cache_repo(cache, "someone/neurons", recorder.uploads[0], COMMIT_A)
 
-    loaded = tlm.LanguageNeurons.from_pretrained("someone/neurons", cache_dir=cache, local_files_only=True)
+    loaded = tlm.LanguageNeurons.from_pretrained(
+        "someone/neurons", cache_dir=cache, local_files_only=True
+    )
     assert torch.equal(loaded.membership, neurons.membership)
     assert loaded.recipe == neurons.recipe and loaded.languages == neurons.languages
     assert loaded.provenance == neurons.provenance
@@ -180,12 +194,18 @@ def test_statistics_and_a_stage_map_round_trip(results, tmp_path, monkeypatch):
     cache_repo(cache, "someone/stats", recorder.uploads[0], COMMIT_A)
     cache_repo(cache, "someone/stages", recorder.uploads[1], COMMIT_A)
 
-    loaded = tlm.ActivationStats.from_pretrained("someone/stats", cache_dir=cache, local_files_only=True)
-    assert torch.equal(loaded.active_counts, stats.active_counts) and torch.equal(loaded.sums, stats.sums)
+    loaded = tlm.ActivationStats.from_pretrained(
+        "someone/stats", cache_dir=cache, local_files_only=True
+    )
+    assert torch.equal(loaded.active_counts, stats.active_counts) and torch.equal(
+        loaded.sums, stats.sums
+    )
     assert loaded.provenance == stats.provenance and loaded.corpus == stats.corpus
     card = huggingface_hub.ModelCard.load(recorder.uploads[0] / "README.md")
     assert "activation-statistics" in card.data.tags
-    assert card.data.to_dict()["tl_multilingual"]["corpus_fingerprints"] == [results["corpus"].fingerprint()]
+    assert card.data.to_dict()["tl_multilingual"]["corpus_fingerprints"] == [
+        results["corpus"].fingerprint()
+    ]
 
     stages = hub.from_pretrained(StageMap, "someone/stages", cache_dir=cache, local_files_only=True)
     assert stages.boundaries == (2, 4, 6) and stages.d_mlp == 48
@@ -202,16 +222,23 @@ def test_loading_checks_the_files_as_a_local_load_does(results, tmp_path, monkey
     manifest["languages"] = list(reversed(manifest["languages"]))  # what the tensors mean, edited
     (snapshot / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(SaveError, match="does not match its checksum"):
-        tlm.LanguageNeurons.from_pretrained("someone/neurons", cache_dir=cache, local_files_only=True)
+        tlm.LanguageNeurons.from_pretrained(
+            "someone/neurons", cache_dir=cache, local_files_only=True
+        )
 
 
-def test_a_repository_of_another_kind_is_refused_with_the_class_that_loads_it(results, tmp_path, monkeypatch):
+def test_a_repository_of_another_kind_is_refused_with_the_class_that_loads_it(
+    results, tmp_path, monkeypatch
+):
     recorder = Recorder(tmp_path).install(monkeypatch)
     results["ternary"].push_to_hub("someone/neurons")
     cache = tmp_path / "hub-cache"
     cache_repo(cache, "someone/neurons", recorder.uploads[0], COMMIT_A)
-    with pytest.raises(SaveError, match=r"holds a tl_multilingual.LanguageNeurons, not a NeuronMask: load it "
-                                        r"with LanguageNeurons.from_pretrained"):
+    with pytest.raises(
+        SaveError,
+        match=r"holds a tl_multilingual.LanguageNeurons, not a NeuronMask: load it "
+        r"with LanguageNeurons.from_pretrained",
+    ):
         tlm.NeuronMask.from_pretrained("someone/neurons", cache_dir=cache, local_files_only=True)
     with pytest.raises(SaveError, match="not a StageMap"):
         hub.from_pretrained(StageMap, "someone/neurons", cache_dir=cache, local_files_only=True)
@@ -228,13 +255,30 @@ def test_hub_failures_are_the_librarys_errors(tmp_path, monkeypatch):
     def refuse(error):
         def download(*args, **kwargs):
             raise error
+
         return download
 
-    response = type("Response", (), {"status_code": 404, "headers": {}, "url": "https://huggingface.co",
-                                      "request": None, "text": "", "json": lambda self: {}})()
+    response = type(
+        "Response",
+        (),
+        {
+            "status_code": 404,
+            "headers": {},
+            "url": "https://huggingface.co",
+            "request": None,
+            "text": "",
+            "json": lambda self: {},
+        },
+    )()
     for error, message in (
-        (errors.RepositoryNotFoundError("404 Repository Not Found", response=response), "has no repository"),
-        (errors.RevisionNotFoundError("404 Revision Not Found", response=response), "has no revision"),
+        (
+            errors.RepositoryNotFoundError("404 Repository Not Found", response=response),
+            "has no repository",
+        ),
+        (
+            errors.RevisionNotFoundError("404 Revision Not Found", response=response),
+            "has no revision",
+        ),
         (ConnectionError("Failed to resolve 'huggingface.co'"), "could not download"),
     ):
         monkeypatch.setattr(huggingface_hub, "snapshot_download", refuse(error))
@@ -257,12 +301,20 @@ def test_a_study_folder_is_shared_whole_and_its_results_one_by_one(results, tmp_
     stats.save(study / "statistics")
     neurons.save(study / "neurons" / "ternary")
     results["lape"].save(study / "neurons" / "lape")
-    StageMap.from_boundaries(stats.n_layers + 2, (1, 2, 3), d_mlp=stats.d_mlp).save(study / "stages.json")
-    manifest = {"kind": "tl_multilingual.Study", "command": [],
-                "model": {**stats.model, "source": "huggingface", "revision": "abc123"},
-                "data": {"languages": list(stats.languages), "fingerprint": results["corpus"].fingerprint()},
-                "settings": {"top_rate": 0.05, "seed": 0},
-                "steps": {"statistics": {}, "neurons": {}, "stages": {}}}
+    StageMap.from_boundaries(stats.n_layers + 2, (1, 2, 3), d_mlp=stats.d_mlp).save(
+        study / "stages.json"
+    )
+    manifest = {
+        "kind": "tl_multilingual.Study",
+        "command": [],
+        "model": {**stats.model, "source": "huggingface", "revision": "abc123"},
+        "data": {
+            "languages": list(stats.languages),
+            "fingerprint": results["corpus"].fingerprint(),
+        },
+        "settings": {"top_rate": 0.05, "seed": 0},
+        "steps": {"statistics": {}, "neurons": {}, "stages": {}},
+    }
     (study / "manifest.json").write_text(json.dumps(manifest))
 
     folder = StudyFolder.load(study)
@@ -281,8 +333,9 @@ def test_a_study_folder_is_shared_whole_and_its_results_one_by_one(results, tmp_
     cache_repo(cache, "someone/study", sent, COMMIT_A)
     whole = StudyFolder.from_pretrained("someone/study", cache_dir=cache, local_files_only=True)
     assert torch.equal(whole["stats"].active_counts, stats.active_counts)
-    part = tlm.LanguageNeurons.from_pretrained("someone/study", subfolder="neurons/lape", cache_dir=cache,
-                                               local_files_only=True)
+    part = tlm.LanguageNeurons.from_pretrained(
+        "someone/study", subfolder="neurons/lape", cache_dir=cache, local_files_only=True
+    )
     assert torch.equal(part.membership, results["lape"].membership)
     with pytest.raises(SaveError, match="StudyFolder.from_pretrained"):
         tlm.LanguageNeurons.from_pretrained("someone/study", cache_dir=cache, local_files_only=True)

@@ -35,11 +35,16 @@ def test_lingua_names_the_language_of_real_sentences_in_library_codes(detector):
     assert found["label"].tolist()[:6] == ["eng", "fra", "deu", "spa", "rus", "zho"]
     # The confidence is Lingua's own for the detected language among the candidates.
     own = lingua.LanguageDetectorBuilder.from_languages(
-        *(lingua.Language.from_iso_code_639_3(getattr(lingua.IsoCode639_3, c.upper()))
-          for c in ("eng", "fra", "deu", "spa", "rus", "zho"))).build()
+        *(
+            lingua.Language.from_iso_code_639_3(getattr(lingua.IsoCode639_3, c.upper()))
+            for c in ("eng", "fra", "deu", "spa", "rus", "zho")
+        )
+    ).build()
     for text, confidence, label in zip(SENTENCES.values(), found["confidence"], found["label"]):
         language = lingua.Language.from_iso_code_639_3(getattr(lingua.IsoCode639_3, label.upper()))
-        assert confidence == pytest.approx(own.compute_language_confidence(text, language), abs=1e-9)
+        assert confidence == pytest.approx(
+            own.compute_language_confidence(text, language), abs=1e-9
+        )
     assert found["confidence"].tolist()[6:] == [0.0, 0.0]
     # The default backend is Lingua over the candidates given.
     assert language_of(SENTENCES["de"], languages=CANDIDATES)["language"].tolist() == ["de"]
@@ -47,8 +52,12 @@ def test_lingua_names_the_language_of_real_sentences_in_library_codes(detector):
 
 def test_lingua_candidates_are_library_codes(detector):
     assert Lingua(["eng_Latn", "fra", "zh-Hant"]).languages == ("en", "fr", "zh-Hant")
-    assert language_of(SENTENCES["zh"], backend=Lingua(["en", "zh-Hant"]))["language"].tolist() == ["zh"]
-    assert language_of("مرحبا بكم في السوق", backend=Lingua(["en", "arb"]))["language"].tolist() == ["ar"]
+    assert language_of(SENTENCES["zh"], backend=Lingua(["en", "zh-Hant"]))["language"].tolist() == [
+        "zh"
+    ]
+    assert language_of("مرحبا بكم في السوق", backend=Lingua(["en", "arb"]))[
+        "language"
+    ].tolist() == ["ar"]
     with pytest.raises(LanguageError, match="Lingua does not detect 'qu'"):
         Lingua(["en", "qu"])
     with pytest.raises(LanguageError, match="at least two"):
@@ -82,25 +91,48 @@ def test_any_callable_is_a_backend_and_its_labels_become_library_codes():
 
 
 def test_same_language_folds_macrolanguages_and_ignores_scripts():
-    assert same_language("zh-Hant", "zh") and same_language("arb", "ar") and same_language("cmn", "zh")
+    assert (
+        same_language("zh-Hant", "zh") and same_language("arb", "ar") and same_language("cmn", "zh")
+    )
     assert same_language("nb", "no") and same_language("pt-BR", "pt")
     assert not same_language("en", "fr") and not same_language("nn", "da")
 
 
 def test_the_purity_filter_drops_texts_in_other_languages_and_says_why():
     corpus = tlm.Corpus.from_dict({"en": ["e0", "e1", "e2", "e3"], "fra": ["f0", "f1", "f2"]})
-    answers = {"e0": ("en", 0.9), "e1": ("fr", 0.8), "e2": ("en", 0.2), "e3": None,
-               "f0": ("fr", 0.7), "f1": ("fr", 0.6), "f2": ("fra_Latn", 0.9)}
+    answers = {
+        "e0": ("en", 0.9),
+        "e1": ("fr", 0.8),
+        "e2": ("en", 0.2),
+        "e3": None,
+        "f0": ("fr", 0.7),
+        "f1": ("fr", 0.6),
+        "f2": ("fra_Latn", 0.9),
+    }
     backend = fake([answers[t] for t in ["e0", "e1", "e2", "e3", "f0", "f1", "f2"]])
     kept, dropped = purity_filter(corpus, backend=backend, min_confidence=0.5)
     assert backend.asked == ["e0", "e1", "e2", "e3", "f0", "f1", "f2"]
-    assert [t.text for t in kept["en"]] == ["e0"] and [t.text for t in kept["fr"]] == ["f0", "f1", "f2"]
+    assert [t.text for t in kept["en"]] == ["e0"] and [t.text for t in kept["fr"]] == [
+        "f0",
+        "f1",
+        "f2",
+    ]
     assert kept.languages == ("en", "fr") and kept.codes == {"en": "en", "fr": "fra"}
-    assert dropped[["language", "text", "detected"]].values.tolist() == [["en", 1, "fr"], ["en", 2, "en"],
-                                                                          ["en", 3, None]]
-    assert dropped["reason"].tolist() == ["detected as fr", "confidence 0.200 below min_confidence 0.5",
-                                          "no language detected"]
-    assert dropped["confidence"].tolist() == [0.8, 0.2, 0.0] and dropped["content"].tolist() == ["e1", "e2", "e3"]
+    assert dropped[["language", "text", "detected"]].values.tolist() == [
+        ["en", 1, "fr"],
+        ["en", 2, "en"],
+        ["en", 3, None],
+    ]
+    assert dropped["reason"].tolist() == [
+        "detected as fr",
+        "confidence 0.200 below min_confidence 0.5",
+        "no language detected",
+    ]
+    assert dropped["confidence"].tolist() == [0.8, 0.2, 0.0] and dropped["content"].tolist() == [
+        "e1",
+        "e2",
+        "e3",
+    ]
 
 
 def test_a_parallel_corpus_stays_parallel():
@@ -115,11 +147,22 @@ def test_a_parallel_corpus_stays_parallel():
 
 
 def test_the_purity_filter_reads_prompts_responses_or_both():
-    corpus = tlm.Corpus.from_dict({"en": [("Question?", "Réponse."), ("Q2", "A2")], "fr": ["x", "y"]})
-    for field, first in (("all", "Question?\nRéponse."), ("text", "Question?"), ("response", "Réponse.")):
+    corpus = tlm.Corpus.from_dict(
+        {"en": [("Question?", "Réponse."), ("Q2", "A2")], "fr": ["x", "y"]}
+    )
+    for field, first in (
+        ("all", "Question?\nRéponse."),
+        ("text", "Question?"),
+        ("response", "Réponse."),
+    ):
         backend = fake(["en", "en", "fr", "fr"])
         purity_filter(corpus, backend=backend, field=field)
-        assert backend.asked == [first, {"all": "Q2\nA2", "text": "Q2", "response": "A2"}[field], "x", "y"]
+        assert backend.asked == [
+            first,
+            {"all": "Q2\nA2", "text": "Q2", "response": "A2"}[field],
+            "x",
+            "y",
+        ]
     with pytest.raises(CorpusError, match="no text of \\['fr'\\]"):
         purity_filter(corpus, backend=fake(["en"] * 4), keep_parallel=False)
     with pytest.raises(CorpusError, match="field"):
@@ -127,10 +170,15 @@ def test_the_purity_filter_reads_prompts_responses_or_both():
 
 
 def test_the_purity_filter_with_lingua_on_a_mixed_corpus(detector):
-    corpus = tlm.Corpus.from_dict({
-        "fr": [SENTENCES["fr"], "Le chat dort sur le tapis chaud.", SENTENCES["en"]],
-        "ru": [SENTENCES["ru"], "Кошка спит на тёплом коврике.", SENTENCES["zh"]],
-    })
+    corpus = tlm.Corpus.from_dict(
+        {
+            "fr": [SENTENCES["fr"], "Le chat dort sur le tapis chaud.", SENTENCES["en"]],
+            "ru": [SENTENCES["ru"], "Кошка спит на тёплом коврике.", SENTENCES["zh"]],
+        }
+    )
     kept, dropped = purity_filter(corpus, backend=detector, keep_parallel=False)
     assert kept["fr"] == corpus["fr"][:2] and kept["ru"] == corpus["ru"][:2]
-    assert dropped[["language", "text", "detected"]].values.tolist() == [["fr", 2, "en"], ["ru", 2, "zh"]]
+    assert dropped[["language", "text", "detected"]].values.tolist() == [
+        ["fr", 2, "en"],
+        ["ru", 2, "zh"],
+    ]

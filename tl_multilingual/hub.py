@@ -1,8 +1,10 @@
 """Sharing results on the Hugging Face Hub: ``push_to_hub()`` and ``from_pretrained()``.
 
-Every saved result type of the library ([`ActivationStats`][tl_multilingual.neurons.stats.ActivationStats],
-[`LanguageNeurons`][tl_multilingual.neurons.classes.LanguageNeurons], [`NeuronMask`][tl_multilingual.neurons.masks.NeuronMask], a whole study
-folder, ...) takes [`HubMixin`][tl_multilingual.hub.HubMixin], which gives it two methods:
+Every saved result type of the library
+([`ActivationStats`][tl_multilingual.neurons.stats.ActivationStats],
+[`LanguageNeurons`][tl_multilingual.neurons.classes.LanguageNeurons],
+[`NeuronMask`][tl_multilingual.neurons.masks.NeuronMask], a whole study folder, ...) takes
+[`HubMixin`][tl_multilingual.hub.HubMixin], which gives it two methods:
 
 - ``result.push_to_hub("user/repo")`` saves the result as a local ``save()`` would,
   adds a model card (``README.md``, made with ``huggingface_hub.ModelCard``) and
@@ -54,8 +56,8 @@ R = TypeVar("R")
 CITATIONS: dict[str, str] = {
     "tl_multilingual": (
         "@software{tl_multilingual,\n"
-        "  title = {tl\\_multilingual: language neurons, multilingual inference stages and causal neuron "
-        "experiments for TransformerLens},\n"
+        "  title = {tl\\_multilingual: language neurons, multilingual inference stages and "
+        "causal neuron experiments for TransformerLens},\n"
         "  author = {{tl\\_multilingual contributors}},\n"
         "  version = {VERSION},\n"
         f"  url = {{{_REPO_URL}}}\n"
@@ -63,8 +65,8 @@ CITATIONS: dict[str, str] = {
     ),
     "zhang2026": (
         "@inproceedings{zhang2026alignment,\n"
-        "  title = {How Does Alignment Enhance {LLMs}' Multilingual Capabilities? A Language Neurons "
-        "Perspective},\n"
+        "  title = {How Does Alignment Enhance {LLMs}' Multilingual Capabilities? "
+        "A Language Neurons Perspective},\n"
         "  author = {Zhang, Shimao and others},\n"
         "  booktitle = {Proceedings of the AAAI Conference on Artificial Intelligence (AAAI-26)},\n"
         "  year = {2026},\n"
@@ -73,11 +75,11 @@ CITATIONS: dict[str, str] = {
     ),
     "tang2024": (
         "@inproceedings{tang2024language,\n"
-        "  title = {Language-Specific Neurons: The Key to Multilingual Capabilities in Large Language "
-        "Models},\n"
+        "  title = {Language-Specific Neurons: The Key to Multilingual Capabilities in "
+        "Large Language Models},\n"
         "  author = {Tang, Tianyi and others},\n"
-        "  booktitle = {Proceedings of the 62nd Annual Meeting of the Association for Computational "
-        "Linguistics (ACL 2024)},\n"
+        "  booktitle = {Proceedings of the 62nd Annual Meeting of the Association for "
+        "Computational Linguistics (ACL 2024)},\n"
         "  year = {2024}\n"
         "}"
     ),
@@ -91,10 +93,11 @@ CITATIONS: dict[str, str] = {
     ),
     "wendler2024": (
         "@inproceedings{wendler2024llamas,\n"
-        "  title = {Do Llamas Work in {English}? On the Latent Language of Multilingual Transformers},\n"
+        "  title = {Do Llamas Work in {English}? On the Latent Language of Multilingual "
+        "Transformers},\n"
         "  author = {Wendler, Chris and others},\n"
-        "  booktitle = {Proceedings of the 62nd Annual Meeting of the Association for Computational "
-        "Linguistics (ACL 2024)},\n"
+        "  booktitle = {Proceedings of the 62nd Annual Meeting of the Association for "
+        "Computational Linguistics (ACL 2024)},\n"
         "  year = {2024}\n"
         "}"
     ),
@@ -149,8 +152,16 @@ class HubMixin:
         """Save this result, with a model card, as one commit of the Hub repository
         ``repo_id`` (created if missing). See [`push_to_hub()`][tl_multilingual.hub.push_to_hub]."""
         return push_to_hub(
-            self, repo_id, revision=revision, private=private, token=token, commit_message=commit_message,
-            create_pr=create_pr, tags=tags, base_model=base_model, base_model_revision=base_model_revision,
+            self,
+            repo_id,
+            revision=revision,
+            private=private,
+            token=token,
+            commit_message=commit_message,
+            create_pr=create_pr,
+            tags=tags,
+            base_model=base_model,
+            base_model_revision=base_model_revision,
         )
 
     @classmethod
@@ -167,8 +178,13 @@ class HubMixin:
         """Load a result from a Hub repository, the local Hugging Face cache or a local
         folder. See [`from_pretrained()`][tl_multilingual.hub.from_pretrained]."""
         return from_pretrained(
-            cls, repo_id_or_path, revision=revision, subfolder=subfolder, cache_dir=cache_dir,
-            local_files_only=local_files_only, token=token,
+            cls,
+            repo_id_or_path,
+            revision=revision,
+            subfolder=subfolder,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+            token=token,
         )
 
 
@@ -217,12 +233,17 @@ def _facts(record: dict[str, Any]) -> dict[str, Any]:
     source = record.get("source") if isinstance(record.get("source"), dict) else {}
     model = record.get("model") if isinstance(record.get("model"), dict) else source.get("model")
     model = model if isinstance(model, dict) else {}
-    corpus = record.get("corpus") if isinstance(record.get("corpus"), dict) else source.get("corpus")
+    corpus = (
+        record.get("corpus") if isinstance(record.get("corpus"), dict) else source.get("corpus")
+    )
     if not isinstance(corpus, dict):
         corpus = record.get("data") if isinstance(record.get("data"), dict) else {}
     languages = record.get("languages") or corpus.get("languages") or []
-    fingerprints = ([part.get("fingerprint") for part in corpus["merged"] if isinstance(part, dict)]
-                    if isinstance(corpus.get("merged"), list) else [corpus.get("fingerprint")])
+    fingerprints = (
+        [part.get("fingerprint") for part in corpus["merged"] if isinstance(part, dict)]
+        if isinstance(corpus.get("merged"), list)
+        else [corpus.get("fingerprint")]
+    )
     recipe = record.get("recipe") or record.get("settings") or {}
     shape = record.get("shape")
     if shape is None and "n_layers" in record:
@@ -262,10 +283,14 @@ def _load_snippet(cls: type, repo_id: str, revision: str | None) -> str:
 
     pinned = f", revision={revision!r}" if revision else ""
     if cls.__name__ in getattr(tl_multilingual, "__all__", ()):
-        return (f"import tl_multilingual as tlm\n\n"
-                f"result = tlm.{cls.__name__}.from_pretrained({repo_id!r}{pinned})")
-    return (f"from {cls.__module__} import {cls.__name__}\n\n"
-            f"result = {cls.__name__}.from_pretrained({repo_id!r}{pinned})")
+        return (
+            f"import tl_multilingual as tlm\n\n"
+            f"result = tlm.{cls.__name__}.from_pretrained({repo_id!r}{pinned})"
+        )
+    return (
+        f"from {cls.__module__} import {cls.__name__}\n\n"
+        f"result = {cls.__name__}.from_pretrained({repo_id!r}{pinned})"
+    )
 
 
 def _cell(value: Any) -> str:
@@ -314,7 +339,9 @@ def model_card(
     model_revision = base_model_revision or facts["revision"]
     hub_model = base_model or (facts["model"] if facts["source"] == "huggingface" else None)
     versions = record.get("versions") or library_versions()
-    version = versions.get("tl_multilingual", "unknown") if isinstance(versions, dict) else "unknown"
+    version = (
+        versions.get("tl_multilingual", "unknown") if isinstance(versions, dict) else "unknown"
+    )
     languages = _hub_languages(facts["languages"])
     meta: dict[str, Any] = {
         "library_name": LIBRARY_NAME,
@@ -342,18 +369,25 @@ def model_card(
         ("Model", _cell(facts["model"])),
         ("Model revision", _cell(model_revision)),
         ("Architecture", _cell(facts["architecture"])),
-        ("Neuron grid (layers x d_mlp)", _cell("x".join(str(v) for v in facts["shape"][:2]))
-         if isinstance(facts["shape"], list) and len(facts["shape"]) >= 2 else "not recorded"),
+        (
+            "Neuron grid (layers x d_mlp)",
+            _cell("x".join(str(v) for v in facts["shape"][:2]))
+            if isinstance(facts["shape"], list) and len(facts["shape"]) >= 2
+            else "not recorded",
+        ),
         ("Languages", _cell(facts["languages"])),
         ("Corpus fingerprint (SHA-256)", _cell(facts["fingerprints"])),
         ("Token policy", _cell(facts["token_policy"])),
         ("tl_multilingual version", _cell(version)),
     ]
     table = "\n".join(["| | |", "|---|---|", *(f"| {name} | {value} |" for name, value in rows)])
-    recipe = (f"```json\n{json.dumps(facts['recipe'], indent=2, sort_keys=True, default=str)}\n```"
-              if facts["recipe"] else "Not recorded for this kind of result.")
+    recipe = (
+        f"```json\n{json.dumps(facts['recipe'], indent=2, sort_keys=True, default=str)}\n```"
+        if facts["recipe"]
+        else "Not recorded for this kind of result."
+    )
     body = f"""
-# {kind} of {facts['model'] or 'a language model'}
+# {kind} of {facts["model"] or "a language model"}
 
 A result of [tl_multilingual]({_REPO_URL}), the TransformerLens plugin for language
 neurons. The files are those of a local `save()`: the library checks their checksums
@@ -388,8 +422,16 @@ def _hub_errors() -> tuple[type[BaseException], ...]:
     import huggingface_hub
 
     found: list[type[BaseException]] = [OSError, ValueError]
-    for module in (getattr(huggingface_hub, "errors", None), getattr(huggingface_hub, "utils", None)):
-        for name in ("HfHubHTTPError", "LocalEntryNotFoundError", "HFValidationError", "EntryNotFoundError"):
+    for module in (
+        getattr(huggingface_hub, "errors", None),
+        getattr(huggingface_hub, "utils", None),
+    ):
+        for name in (
+            "HfHubHTTPError",
+            "LocalEntryNotFoundError",
+            "HFValidationError",
+            "EntryNotFoundError",
+        ):
             value = getattr(module, name, None) if module is not None else None
             if isinstance(value, type) and issubclass(value, BaseException):
                 found.append(value)
@@ -406,16 +448,25 @@ def _explain(err: BaseException, repo_id: str, revision: str | None, *, pushing:
     at = f"{repo_id}" + (f" at revision {revision!r}" if revision else "")
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     if "RepositoryNotFoundError" in names:
-        return HubError(f"the Hub has no repository {repo_id!r} (or it is private and no token was given): "
-                        "check the name, or log in with `hf auth login`")
+        return HubError(
+            f"the Hub has no repository {repo_id!r} (or it is private and no token was given): "
+            "check the name, or log in with `hf auth login`"
+        )
     if "RevisionNotFoundError" in names:
-        return HubError(f"the repository {repo_id!r} has no revision {revision!r}: give a branch, tag or commit "
-                        "it has")
+        return HubError(
+            f"the repository {repo_id!r} has no revision {revision!r}: give a branch, tag "
+            "or commit it has"
+        )
     if "LocalEntryNotFoundError" in names:
-        return HubError(f"{at} is not in the local Hugging Face cache and the Hub cannot be reached (offline, "
-                        "or local_files_only=True): connect, or download it once where the Hub is reachable")
+        return HubError(
+            f"{at} is not in the local Hugging Face cache and the Hub cannot be reached (offline, "
+            "or local_files_only=True): connect, or download it once where the Hub is reachable"
+        )
     if "HFValidationError" in names:
-        return HubError(f"{repo_id!r} is neither a local path nor a valid Hub repository id ('user/name'): {first}")
+        return HubError(
+            f"{repo_id!r} is neither a local path nor a valid Hub repository id "
+            f"('user/name'): {first}"
+        )
     action = "push to" if pushing else "download"
     return HubError(f"could not {action} {at} on the Hugging Face Hub: {first}")
 
@@ -461,8 +512,9 @@ def push_to_hub(
         commit_message: the commit's message.
         create_pr: open a pull request instead of committing to the branch.
         tags: extra tags for the card.
-        base_model, base_model_revision: the model the result comes from, when its
-            record lacks them (see [`model_card()`][tl_multilingual.hub.model_card]).
+        base_model: the Hub id of the model the result comes from, when its record
+            lacks it (see [`model_card()`][tl_multilingual.hub.model_card]).
+        base_model_revision: that model's revision, when the record lacks it.
 
     Returns:
         The ``huggingface_hub.CommitInfo`` of the commit (a string: its URL).
@@ -476,8 +528,15 @@ def push_to_hub(
     kind = type(result).__name__
     with tempfile.TemporaryDirectory(prefix="tlm-push-") as tmp:
         folder = _save_for_upload(result, Path(tmp))
-        card = model_card(folder, type(result), repo_id, revision=revision, tags=tags, base_model=base_model,
-                          base_model_revision=base_model_revision)
+        card = model_card(
+            folder,
+            type(result),
+            repo_id,
+            revision=revision,
+            tags=tags,
+            base_model=base_model,
+            base_model_revision=base_model_revision,
+        )
         card.save(str(folder / CARD))
         api = huggingface_hub.HfApi(token=token)
         try:
@@ -485,8 +544,12 @@ def push_to_hub(
             if revision is not None:
                 api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
             info = api.upload_folder(
-                repo_id=repo_id, folder_path=str(folder), repo_type="model", revision=revision,
-                commit_message=commit_message or f"Upload {kind} with tl_multilingual", create_pr=create_pr,
+                repo_id=repo_id,
+                folder_path=str(folder),
+                repo_type="model",
+                revision=revision,
+                commit_message=commit_message or f"Upload {kind} with tl_multilingual",
+                create_pr=create_pr,
                 delete_patterns="*",
             )
         except _hub_errors() as err:
@@ -500,21 +563,37 @@ def push_to_hub(
 
 def _looks_local(value: str | Path) -> bool:
     text = str(value)
-    return isinstance(value, Path) or text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text
+    return (
+        isinstance(value, Path)
+        or text.startswith((".", "/", "~"))
+        or text.count("/") > 1
+        or "\\" in text
+    )
 
 
 def _download(
-    repo_id: str, *, revision: str | None, subfolder: str | None, cache_dir: str | Path | None,
-    local_files_only: bool, token: str | bool | None,
+    repo_id: str,
+    *,
+    revision: str | None,
+    subfolder: str | None,
+    cache_dir: str | Path | None,
+    local_files_only: bool,
+    token: str | bool | None,
 ) -> Path:
     import huggingface_hub
 
-    patterns = [f"{subfolder.strip('/')}/*", f"{subfolder.strip('/')}/**"] if subfolder else None
+    inside = subfolder.strip("/") if subfolder else None
+    patterns = [inside, f"{inside}/*", f"{inside}/**"] if inside else None
     try:
         folder = huggingface_hub.snapshot_download(
-            repo_id, revision=revision, cache_dir=str(cache_dir) if cache_dir else None,
-            local_files_only=local_files_only, token=token, allow_patterns=patterns,
-            library_name=LIBRARY_NAME, library_version=library_versions()["tl_multilingual"],
+            repo_id,
+            revision=revision,
+            cache_dir=str(cache_dir) if cache_dir else None,
+            local_files_only=local_files_only,
+            token=token,
+            allow_patterns=patterns,
+            library_name=LIBRARY_NAME,
+            library_version=library_versions()["tl_multilingual"],
         )
     except _hub_errors() as err:
         raise _explain(err, repo_id, revision, pushing=False) from err
@@ -561,8 +640,14 @@ def from_pretrained(
             raise SaveError(f"no saved result at {path}")
         folder = path
     else:
-        folder = _download(where, revision=revision, subfolder=subfolder, cache_dir=cache_dir,
-                           local_files_only=local_files_only, token=token)
+        folder = _download(
+            where,
+            revision=revision,
+            subfolder=subfolder,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+            token=token,
+        )
     if subfolder:
         folder = folder / subfolder.strip("/")
         if not folder.exists():
@@ -576,8 +661,11 @@ def from_pretrained(
         record = _record(folder) if folder.is_dir() else {}
         found = _kind(record, "")
         if found and _LOADER.get(found, found) != cls.__name__:
-            inside = (" (or one of its results with subfolder=, e.g. 'neurons/ternary')"
-                      if found == "Study" else "")
+            inside = (
+                " (or one of its results with subfolder=, e.g. 'neurons/ternary')"
+                if found == "Study"
+                else ""
+            )
             raise SaveError(
                 f"{where} holds a tl_multilingual.{found}, not a {cls.__name__}: load it with "
                 f"{_LOADER.get(found, found)}.from_pretrained({where!r}){inside}"

@@ -6,15 +6,14 @@ lm-evaluation-harness, Gao et al., 2024) whose three request types are answered 
 the library's own functions, on the model the adapter wraps, with whatever hooks are
 attached to it:
 
-================================ ==========================================================
-harness request                  answered by
-================================ ==========================================================
-``loglikelihood``                [`continuation_logprobs()`][tl_multilingual.causal.evaluate.continuation_logprobs] (the scoring of
-                                 `choice_accuracy()`): ``(log-likelihood, is_greedy)``
-``loglikelihood_rolling``        [`rolling_logprobs()`][tl_multilingual.causal.evaluate.rolling_logprobs] (the sums
-                                 `perplexity()` pools)
-``generate_until``               [`generate()`][tl_multilingual.causal.evaluate.generate] (greedy, cut at ``until``)
-================================ ==========================================================
+- ``loglikelihood``: ``(log-likelihood, is_greedy)`` from
+  [`continuation_logprobs()`][tl_multilingual.causal.evaluate.continuation_logprobs], the
+  scoring of `choice_accuracy()`;
+- ``loglikelihood_rolling``: a whole text's log-likelihood from
+  [`rolling_logprobs()`][tl_multilingual.causal.evaluate.rolling_logprobs], the sums
+  `perplexity()` pools;
+- ``generate_until``: greedy continuations cut at ``until``, from
+  [`generate()`][tl_multilingual.causal.evaluate.generate].
 
 So padding, the length policy (``max_length``, ``overflow``), batching and data
 parallelism are the library's: under ``torchrun`` each rank scores its share of a
@@ -78,12 +77,14 @@ class TLMEvalLM(_HarnessLM):  # type: ignore[misc, valid-type]
     the module docstring).
 
     Args:
-        model: a TransformerLens model or its [`ModelAdapter`][tl_multilingual.model.adapters.ModelAdapter]; interventions
+        model: a TransformerLens model or its
+            [`ModelAdapter`][tl_multilingual.model.adapters.ModelAdapter]; interventions
             entered on it (``with tlm.ablate(lm, mask):``) apply to every request.
         batch_size: sequences per forward pass.
         max_length: the longest sequence fed to the model (default: its context).
         overflow: what a too long context does: ``"truncate"`` (its oldest tokens go,
-            with a [`TruncationWarning`][tl_multilingual.errors.TruncationWarning]) or ``"error"``.
+            with a [`TruncationWarning`][tl_multilingual.errors.TruncationWarning]) or
+            ``"error"``.
         rolling_overflow: the same for ``loglikelihood_rolling``: ``"split"``
             (default), ``"truncate"`` or ``"error"``.
         max_gen_toks: new tokens generated when a task does not say.
@@ -127,28 +128,38 @@ class TLMEvalLM(_HarnessLM):  # type: ignore[misc, valid-type]
             return chat_template
         return getattr(self.lm.tokenizer, "chat_template", None)
 
-    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+    def apply_chat_template(
+        self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True
+    ) -> str:
         """A conversation as the text the tokenizer's chat template makes of it.
 
         Raises:
             CorpusError: the tokenizer has no chat template.
         """
         if not getattr(self.lm.tokenizer, "chat_template", None):
-            raise CorpusError(f"the tokenizer of {self.lm.name} has no chat template; run the task without "
-                              "apply_chat_template")
-        return self.lm.tokenizer.apply_chat_template(chat_history, tokenize=False,
-                                                     add_generation_prompt=add_generation_prompt)
+            raise CorpusError(
+                f"the tokenizer of {self.lm.name} has no chat template; run the task without "
+                "apply_chat_template"
+            )
+        return self.lm.tokenizer.apply_chat_template(
+            chat_history, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
 
     def set_cache_hook(self, cache_hook: Any) -> None:
         if getattr(cache_hook, "dbdict", None) is not None:
-            warn("lm-evaluation-harness caches responses by request text only: a response cached without an "
-                 "intervention is returned under one, and the other way round. Use no cache (use_cache=None) or "
-                 "a separate cache file for each intervention")
+            warn(
+                "lm-evaluation-harness caches responses by request text only: a response "
+                "cached without an intervention is returned under one, and the other way "
+                "round. Use no cache (use_cache=None) or a separate cache file for each "
+                "intervention"
+            )
         super().set_cache_hook(cache_hook)
 
     # -- the three request types ----------------------------------------------------------
 
-    def loglikelihood(self, requests: Sequence[Any], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+    def loglikelihood(
+        self, requests: Sequence[Any], disable_tqdm: bool = False
+    ) -> list[tuple[float, bool]]:
         """``(log-likelihood of the continuation given the context, is_greedy)`` per
         request ``(context, continuation)``.
 
@@ -162,25 +173,41 @@ class TLMEvalLM(_HarnessLM):  # type: ignore[misc, valid-type]
             empty = [i for i, (context, _) in enumerate(pairs) if context == ""]
             if empty:
                 raise CorpusError(
-                    f"request {empty[0]} has an empty context, and {self.lm.name} reads no BOS token, so nothing "
-                    "predicts the continuation's first token: adapt the model with prepend_bos=True"
+                    f"request {empty[0]} has an empty context, and {self.lm.name} reads no BOS "
+                    "token, so nothing predicts the continuation's first token: adapt the model "
+                    "with prepend_bos=True"
                 )
-        scored = continuation_logprobs(self.lm, pairs, batch_size=self.batch_size, max_length=self.max_length,
-                                       overflow=self.overflow)
+        scored = continuation_logprobs(
+            self.lm,
+            pairs,
+            batch_size=self.batch_size,
+            max_length=self.max_length,
+            overflow=self.overflow,
+        )
         out = [(logprob, greedy) for logprob, _, greedy in scored]
         for args, answer in zip(pairs, out):
             self.cache_hook.add_partial("loglikelihood", args, answer)
         return out
 
-    def loglikelihood_rolling(self, requests: Sequence[Any], disable_tqdm: bool = False) -> list[float]:
+    def loglikelihood_rolling(
+        self, requests: Sequence[Any], disable_tqdm: bool = False
+    ) -> list[float]:
         """The log-likelihood of each request's whole text (see
         [`rolling_logprobs()`][tl_multilingual.causal.evaluate.rolling_logprobs])."""
         texts = [str(_arguments(r)[0]) for r in requests]
         if not (self.lm.prepend_bos and self.lm.bos_token_id is not None) and texts:
-            warn(f"{self.lm.name} reads no BOS token: nothing predicts a text's first token, so rolling "
-                 "log-likelihoods leave it out; adapt the model with prepend_bos=True to score every token")
-        scored = rolling_logprobs(self.lm, texts, batch_size=self.batch_size, max_length=self.max_length,
-                                  overflow=self.rolling_overflow)
+            warn(
+                f"{self.lm.name} reads no BOS token: nothing predicts a text's first token, so "
+                "rolling log-likelihoods leave it out; adapt the model with prepend_bos=True to "
+                "score every token"
+            )
+        scored = rolling_logprobs(
+            self.lm,
+            texts,
+            batch_size=self.batch_size,
+            max_length=self.max_length,
+            overflow=self.rolling_overflow,
+        )
         out = [logprob for logprob, _ in scored]
         for text, answer in zip(texts, out):
             self.cache_hook.add_partial("loglikelihood_rolling", (text,), answer)
@@ -205,17 +232,28 @@ class TLMEvalLM(_HarnessLM):  # type: ignore[misc, valid-type]
             kwargs = json.loads(key)
             if kwargs.get("do_sample") or (kwargs.get("temperature") or 0) > 0:
                 raise TLMultilingualError(
-                    f"a task asks for sampled generations (do_sample={kwargs.get('do_sample')!r}, temperature="
-                    f"{kwargs.get('temperature')!r}); the library decodes greedily: set do_sample: false and "
-                    "temperature: 0 in the task's generation_kwargs (or gen_kwargs of simple_evaluate)"
+                    "a task asks for sampled generations (do_sample="
+                    f"{kwargs.get('do_sample')!r}, temperature={kwargs.get('temperature')!r}); "
+                    "the library decodes greedily: set do_sample: false and temperature: 0 in "
+                    "the task's generation_kwargs (or gen_kwargs of simple_evaluate)"
                 )
             until = kwargs.get("until") or []
             stop = [until] if isinstance(until, str) else list(until)
             eos = getattr(self.lm.tokenizer, "eos_token", None)
             stop = [s for s in stop if s and s != eos]  # generation stops at the EOS token anyway
-            length = next((int(kwargs[k]) for k in _LENGTH_KEYS if kwargs.get(k) is not None), self.max_gen_toks)
-            texts = generate(self.lm, [str(calls[i][0]) for i in members], max_new_tokens=length, stop=stop,
-                             batch_size=self.batch_size, max_length=self.max_length, overflow=self.overflow)
+            length = next(
+                (int(kwargs[k]) for k in _LENGTH_KEYS if kwargs.get(k) is not None),
+                self.max_gen_toks,
+            )
+            texts = generate(
+                self.lm,
+                [str(calls[i][0]) for i in members],
+                max_new_tokens=length,
+                stop=stop,
+                batch_size=self.batch_size,
+                max_length=self.max_length,
+                overflow=self.overflow,
+            )
             for i, text in zip(members, texts):
                 out[i] = text
                 self.cache_hook.add_partial("generate_until", calls[i], text)

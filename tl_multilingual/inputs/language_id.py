@@ -1,4 +1,5 @@
-"""Which language a text is in: [`language_of()`][tl_multilingual.inputs.language_id.language_of], and a corpus purity
+"""Which language a text is in:
+[`language_of()`][tl_multilingual.inputs.language_id.language_of], and a corpus purity
 filter, [`purity_filter()`][tl_multilingual.inputs.language_id.purity_filter].
 
 Web-scale corpora mix languages (a French page quoting English, a "Hindi" line in
@@ -17,10 +18,12 @@ OpenLID (Burchell et al., 2023) that the user loads::
     tlm.inputs.language_id.language_of(texts, backend=backend)
 
 A backend's label is read as a language code with
-[`normalize_language()`][tl_multilingual.inputs.languages.normalize_language] (fastText's ``__label__`` prefix is dropped,
-so ``__label__fra_Latn`` is ``fr``); a label that names no language (``und``) is no
-detection. Detected and expected languages are compared with
-[`same_language()`][tl_multilingual.inputs.languages.same_language]: macrolanguages folded, scripts and regions not compared.
+[`normalize_language()`][tl_multilingual.inputs.languages.normalize_language]
+(fastText's ``__label__`` prefix is dropped, so ``__label__fra_Latn`` is ``fr``); a
+label that names no language (``und``) is no detection. Detected and expected
+languages are compared with
+[`same_language()`][tl_multilingual.inputs.languages.same_language]: macrolanguages
+folded, scripts and regions not compared.
 
 Confidence is the backend's: Lingua's is the relative confidence of the detected
 language among the candidate languages (values over all candidates sum to 1), so it
@@ -39,7 +42,14 @@ from ..errors import CorpusError, LanguageError, TLMultilingualError
 from .corpus import Corpus, Text
 from .languages import flores_code, macrolanguage, normalize_language, same_language
 
-__all__ = ["Lingua", "Backend", "language_of", "purity_filter", "DETECTION_COLUMNS", "DROPPED_COLUMNS"]
+__all__ = [
+    "Lingua",
+    "Backend",
+    "language_of",
+    "purity_filter",
+    "DETECTION_COLUMNS",
+    "DROPPED_COLUMNS",
+]
 
 Backend = Callable[[Sequence[str]], Sequence[Any]]
 """A language identifier: texts in, one label per text out: a code, ``(code,
@@ -48,7 +58,10 @@ confidence)``, or None for no detection."""
 DETECTION_COLUMNS = ["language", "confidence", "label"]
 DROPPED_COLUMNS = ["language", "text", "detected", "confidence", "reason", "content"]
 _DTYPES = {"text": "int64", "confidence": float}
-_INSTALL = 'Lingua is not installed: pip install "tl-multilingual[langid]", or pass backend= (any callable)'
+_INSTALL = (
+    'Lingua is not installed: pip install "tl-multilingual[langid]", or pass backend= '
+    "(any callable)"
+)
 
 
 def _lingua() -> Any:
@@ -75,19 +88,27 @@ def _lingua_language(key: str) -> Any:
         iso = getattr(lingua.IsoCode639_3, alpha3, None)
         if iso is not None:
             return lingua.Language.from_iso_code_639_3(iso)
-    supported = sorted(normalize_language(lang.iso_code_639_3.name.lower()) for lang in lingua.Language.all())
-    raise LanguageError(f"Lingua does not detect {key!r}; it detects {supported}. Pass another backend= for it")
+    supported = sorted(
+        normalize_language(lang.iso_code_639_3.name.lower()) for lang in lingua.Language.all()
+    )
+    raise LanguageError(
+        f"Lingua does not detect {key!r}; it detects {supported}. Pass another backend= for it"
+    )
 
 
 @lru_cache(maxsize=8)
-def _detector(languages: tuple[str, ...] | None, low_accuracy: bool, minimum_relative_distance: float) -> Any:
+def _detector(
+    languages: tuple[str, ...] | None, low_accuracy: bool, minimum_relative_distance: float
+) -> Any:
     lingua = _lingua()
     if languages is None:
         builder = lingua.LanguageDetectorBuilder.from_all_languages()
     else:
         chosen = list(dict.fromkeys(_lingua_language(key) for key in languages))
         if len(chosen) < 2:
-            raise LanguageError(f"Lingua needs at least two candidate languages, got {list(languages)}")
+            raise LanguageError(
+                f"Lingua needs at least two candidate languages, got {list(languages)}"
+            )
         builder = lingua.LanguageDetectorBuilder.from_languages(*chosen)
     if low_accuracy:
         builder = builder.with_low_accuracy_mode()
@@ -116,13 +137,20 @@ class Lingua:
     """
 
     def __init__(
-        self, languages: Sequence[str] | None = None, *, low_accuracy: bool = False,
+        self,
+        languages: Sequence[str] | None = None,
+        *,
+        low_accuracy: bool = False,
         minimum_relative_distance: float = 0.0,
     ) -> None:
-        self.languages = None if languages is None else tuple(normalize_language(k) for k in languages)
+        self.languages = (
+            None if languages is None else tuple(normalize_language(k) for k in languages)
+        )
         self.low_accuracy = bool(low_accuracy)
         self.minimum_relative_distance = float(minimum_relative_distance)
-        self._detector = _detector(self.languages, self.low_accuracy, self.minimum_relative_distance)
+        self._detector = _detector(
+            self.languages, self.low_accuracy, self.minimum_relative_distance
+        )
 
     def __call__(self, texts: Sequence[str]) -> list[tuple[str | None, float]]:
         """``(ISO 639-3 code, confidence)`` per text, ``(None, 0.0)`` when Lingua finds
@@ -145,7 +173,9 @@ def _read_label(label: Any) -> tuple[str | None, float, str | None]:
     confidence = 1.0
     if isinstance(label, (tuple, list)):
         if len(label) != 2:
-            raise TLMultilingualError(f"a backend answers a code, (code, confidence) or None per text; got {label!r}")
+            raise TLMultilingualError(
+                f"a backend answers a code, (code, confidence) or None per text; got {label!r}"
+            )
         label, confidence = label
     if label is None:
         return None, 0.0, None
@@ -157,7 +187,9 @@ def _read_label(label: Any) -> tuple[str | None, float, str | None]:
         return None, 0.0, raw
     confidence = float(confidence)
     if not 0.0 <= confidence <= 1.0:
-        raise TLMultilingualError(f"a backend's confidence is in [0, 1], got {confidence!r} for {raw!r}")
+        raise TLMultilingualError(
+            f"a backend's confidence is in [0, 1], got {confidence!r} for {raw!r}"
+        )
     return key, confidence, raw
 
 
@@ -171,7 +203,8 @@ def language_of(
 
     Args:
         texts: a text or a list of texts.
-        backend: a language identifier (see [`Backend`][tl_multilingual.inputs.language_id.Backend]); default
+        backend: a language identifier (see
+            [`Backend`][tl_multilingual.inputs.language_id.Backend]); default
             [`Lingua`][tl_multilingual.inputs.language_id.Lingua] over ``languages``.
         languages: the candidate languages of the default backend (None: all that
             Lingua knows); ignored with ``backend``.
@@ -195,11 +228,13 @@ def language_of(
     if len(labels) != len(items):
         raise TLMultilingualError(f"the backend gave {len(labels)} labels for {len(items)} texts")
     rows = [_read_label(label) for label in labels]
-    return pd.DataFrame({  # object columns: None stays None (no language), not NaN
-        "language": pd.Series([r[0] for r in rows], dtype=object),
-        "confidence": pd.Series([r[1] for r in rows], dtype=float),
-        "label": pd.Series([r[2] for r in rows], dtype=object),
-    })
+    return pd.DataFrame(
+        {  # object columns: None stays None (no language), not NaN
+            "language": pd.Series([r[0] for r in rows], dtype=object),
+            "confidence": pd.Series([r[1] for r in rows], dtype=float),
+            "label": pd.Series([r[2] for r in rows], dtype=object),
+        }
+    )
 
 
 def _checked_text(text: Text, field: str) -> str:
@@ -222,13 +257,15 @@ def purity_filter(
     """Keep the texts of each language that are in that language.
 
     A text is kept when its detected language is its corpus language (see
-    [`same_language()`][tl_multilingual.inputs.languages.same_language]) with at least ``min_confidence``. In a parallel
-    corpus, an item dropped in one language is dropped in every language (unless
-    ``keep_parallel=False``), so the corpus stays parallel.
+    [`same_language()`][tl_multilingual.inputs.languages.same_language]) with at least
+    ``min_confidence``. In a parallel corpus, an item dropped in one language is
+    dropped in every language (unless ``keep_parallel=False``), so the corpus stays
+    parallel.
 
     Args:
         corpus: the corpus to filter.
-        backend: a language identifier (see [`language_of()`][tl_multilingual.inputs.language_id.language_of]).
+        backend: a language identifier (see
+            [`language_of()`][tl_multilingual.inputs.language_id.language_of]).
         languages: the candidates of the default backend: None for every language
             Lingua knows (a text in a language outside the candidates would be read as
             the nearest candidate and kept).
@@ -248,7 +285,9 @@ def purity_filter(
     Raises:
         CorpusError: a language would be left with no text, or ``field`` or
             ``min_confidence`` is invalid.
-        TLMultilingualError, LanguageError: as [`language_of()`][tl_multilingual.inputs.language_id.language_of].
+        TLMultilingualError: no backend is given and Lingua is not installed, or the
+            backend answers malformed labels.
+        LanguageError: a candidate language Lingua does not detect.
     """
     if field not in ("all", "text", "response"):
         raise CorpusError(f"field is 'all', 'text' or 'response', got {field!r}")
@@ -256,7 +295,9 @@ def purity_filter(
         raise CorpusError(f"min_confidence is in [0, 1], got {min_confidence!r}")
     parallel = corpus.is_parallel if keep_parallel is None else bool(keep_parallel)
     if parallel and not corpus.is_parallel:
-        raise CorpusError("keep_parallel=True needs a parallel corpus (as many texts in every language)")
+        raise CorpusError(
+            "keep_parallel=True needs a parallel corpus (as many texts in every language)"
+        )
     owners = [(lang, i) for lang in corpus.languages for i in range(len(corpus[lang]))]
     contents = [_checked_text(corpus[lang][i], field) for lang, i in owners]
     detect = backend if backend is not None else Lingua(languages)
@@ -271,8 +312,14 @@ def purity_filter(
             reason = f"confidence {row.confidence:.3f} below min_confidence {min_confidence}"
         else:
             continue
-        dropped[(lang, i)] = {"language": lang, "text": i, "detected": row.language,
-                              "confidence": float(row.confidence), "reason": reason, "content": content}
+        dropped[(lang, i)] = {
+            "language": lang,
+            "text": i,
+            "detected": row.language,
+            "confidence": float(row.confidence),
+            "reason": reason,
+            "content": content,
+        }
     order = {key: n for n, key in enumerate(owners)}
     if parallel:
         for lang, i in list(dropped):
@@ -280,16 +327,28 @@ def purity_filter(
                 if (other, i) not in dropped:
                     n = order[(other, i)]
                     dropped[(other, i)] = {
-                        "language": other, "text": i, "detected": found.at[n, "language"],
+                        "language": other,
+                        "text": i,
+                        "detected": found.at[n, "language"],
                         "confidence": float(found.at[n, "confidence"]),
-                        "reason": f"parallel to a dropped {lang} text", "content": contents[n],
+                        "reason": f"parallel to a dropped {lang} text",
+                        "content": contents[n],
                     }
-    kept = {lang: [t for i, t in enumerate(corpus[lang]) if (lang, i) not in dropped] for lang in corpus.languages}
+    kept = {
+        lang: [t for i, t in enumerate(corpus[lang]) if (lang, i) not in dropped]
+        for lang in corpus.languages
+    }
     empty = [lang for lang, texts in kept.items() if not texts]
     if empty:
-        raise CorpusError(f"no text of {empty} passes the purity filter: check the corpus (or the backend and "
-                          "min_confidence), or leave these languages out")
+        raise CorpusError(
+            f"no text of {empty} passes the purity filter: check the corpus (or the backend and "
+            "min_confidence), or leave these languages out"
+        )
     rows = sorted(dropped.values(), key=lambda r: order[(r["language"], r["text"])])
-    table = pd.DataFrame({column: pd.Series([r[column] for r in rows], dtype=_DTYPES.get(column, object))
-                          for column in DROPPED_COLUMNS})
+    table = pd.DataFrame(
+        {
+            column: pd.Series([r[column] for r in rows], dtype=_DTYPES.get(column, object))
+            for column in DROPPED_COLUMNS
+        }
+    )
     return Corpus._derived(kept, corpus.codes), table

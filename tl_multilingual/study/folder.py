@@ -81,8 +81,10 @@ class StudyFolder(HubMixin):
             raise SaveError(f"{folder} holds no study (no manifest.json)")
         if not isinstance(manifest, dict) or manifest.get("kind") != _STUDY_KIND:
             kind = manifest.get("kind") if isinstance(manifest, dict) else None
-            raise SaveError(f"{folder / 'manifest.json'} is not the manifest of a study"
-                            + (f" (it records a {kind!r})" if kind else " (it is corrupt)"))
+            raise SaveError(
+                f"{folder / 'manifest.json'} is not the manifest of a study"
+                + (f" (it records a {kind!r})" if kind else " (it is corrupt)")
+            )
         try:
             results = _load(folder)
         except SaveError:
@@ -106,8 +108,13 @@ class StudyFolder(HubMixin):
 
         def replaceable(existing: Path) -> bool:
             manifest = _read_study_manifest(existing / "manifest.json")
-            return (isinstance(manifest, dict) and manifest.get("kind") == _STUDY_KIND
-                    and all(entry.name in _ENTRIES or is_temporary(entry) for entry in existing.iterdir()))
+            return (
+                isinstance(manifest, dict)
+                and manifest.get("kind") == _STUDY_KIND
+                and all(
+                    entry.name in _ENTRIES or is_temporary(entry) for entry in existing.iterdir()
+                )
+            )
 
         with atomic_folder(target, replaceable=replaceable) as staging:
             for entry in sorted(self.path.iterdir()):
