@@ -118,32 +118,39 @@ def test_the_documentation_builds_without_warnings(tmp_path, executed):
     tutorials = tools()
     import subprocess
 
+    import nbformat
+
     root = DOCS.parent
     # The tutorials run above are reused; any not run yet (this test alone) run now.
-    env = {**os.environ, "TLM_DOCS_EXECUTED": str(executed),
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "TLM_DOCS_EXECUTED": str(executed), "PYTHONPATH": path}
+    site = tmp_path / "site"
+    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(site)],
                           cwd=root, capture_output=True, text=True, timeout=1800, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     # Each tutorial links its notebook, made from the page as it is, and shows what each
     # of its cells printed, drew or returned (the slow ones: only with TLM_DOCS_SLOW=1).
     shown = ""
     for page in sorted(TUTORIALS.glob("*.md")):
-        site = tmp_path / "site"
         built = (site / "tutorials" / page.stem / "index.html").read_text(encoding="utf-8")
-        notebook = (site / "notebooks" / f"{page.stem}.ipynb").read_text(encoding="utf-8")
+        notebook = nbformat.read(site / "notebooks" / f"{page.stem}.ipynb", as_version=4)
+        nbformat.validate(notebook)
         assert f'href="../../notebooks/{page.stem}.ipynb"' in built
         assert notebook.metadata["tl_multilingual"]["source_sha256"] == tutorials.source_hash(
             page.read_text(encoding="utf-8"))
-        import nbformat
-
-        notebook = nbformat.reads(notebook, as_version=4)
-        rendered = [tutorials.render_outputs(cell) for cell in notebook.cells if cell.cell_type == "code"]
+        rendered = [tutorials.render_outputs(cell) for cell in notebook.cells
+                    if cell.cell_type == "code"]
         assert built.count('<div class="tlm-outputs">') == sum(map(bool, rendered)), page.name
         assert any(rendered) or is_slow(page), f"{page.name} was not run"
         shown += built
     assert '<img class="tlm-figure" alt="figure" src="data:image/png;base64,' in shown
     assert '<table border="1" class="dataframe' in shown
+    # Blocks shown but not run ("python skip") render as code, on every page.
+    for page in DOCS.rglob("*.md"):
+        if "```python skip" in page.read_text(encoding="utf-8"):
+            name = "index.html" if page.stem == "index" else f"{page.stem}/index.html"
+            built = (site / page.parent.relative_to(DOCS) / name).read_text(encoding="utf-8")
+            assert "```" not in built and "python skip" not in built, page.name
     # The API reference reads as a person sees it: cross-references are links, never
     # literal Sphinx roles, and internal helpers are not listed.
     roles = re.compile(r":(?:class|func|meth|mod|data|attr|exc|obj):(?:`|<code>)")

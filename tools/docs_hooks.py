@@ -1,5 +1,6 @@
 """MkDocs hook: every tutorial page shows the outputs its code produces, and links to
-itself as a notebook (see ``tools/tutorials.py``).
+itself as a notebook (see ``tools/tutorials.py``); on every page, ``python skip`` code
+blocks render as the Python they are.
 
 Environment:
     TLM_DOCS_EXECUTE=0: do not run the tutorials (pages without outputs; a quick preview).
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -71,11 +73,20 @@ def on_files(files: Any, config: Any) -> Any:
     return files
 
 
+_SKIP_FENCE = re.compile(r"^```python[ \t]+skip[ \t]*$", re.M)
+
+
+def _plain_fences(markdown: str) -> str:
+    """``python skip`` blocks (shown, not run) as plain ``python`` blocks: Markdown's
+    fences take one word, and the marker is for the runners only."""
+    return _SKIP_FENCE.sub("```python", markdown)
+
+
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
     """Place each code block's outputs under it, and the notebook link under the title."""
     notebook = _NOTEBOOKS.get(page.file.src_uri)
     if notebook is None:
-        return markdown
+        return _plain_fences(markdown)
     name = Path(page.file.src_uri).stem
     ran = any(cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code")
     note = f"*Also a notebook: [{name}.ipynb](../notebooks/{name}.ipynb), made from this page" + (
@@ -88,7 +99,7 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
             from mkdocs.exceptions import PluginError
 
             raise PluginError(f"{page.file.src_uri}: {err}") from err
-    lines = markdown.split("\n")
+    lines = _plain_fences(markdown).split("\n")
     title = next((i for i, line in enumerate(lines) if line.startswith("# ")), -1)
     lines.insert(title + 1, f"\n{note}\n")
     return "\n".join(lines)

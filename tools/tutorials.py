@@ -230,7 +230,9 @@ def render_outputs(cell: Any) -> str:
             parts.append(_text_output(f"{output.get('ename')}: {output.get('evalue')}", "stderr"))
     if not parts:
         return ""
-    return '<div class="tlm-outputs">\n' + "\n".join(parts) + "\n</div>"
+    # Backticks as entities: a printed Markdown fence must not end the page's own.
+    body = "\n".join(parts).replace("`", "&#96;")
+    return f'<div class="tlm-outputs">\n{body}\n</div>'
 
 
 def with_outputs(text: str, notebook: Any) -> str:
