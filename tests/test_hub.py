@@ -249,6 +249,7 @@ def test_hub_failures_are_the_librarys_errors(tmp_path, monkeypatch):
     with pytest.raises(HubError, match="not in the local Hugging Face cache") as caught:
         tlm.NeuronMask.from_pretrained("someone/missing", cache_dir=empty, local_files_only=True)
     assert isinstance(caught.value, tlm.TLMultilingualError)
+    assert "nor is there a local folder 'someone/missing'" in str(caught.value)
 
     from huggingface_hub import errors
 

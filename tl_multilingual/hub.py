@@ -502,6 +502,7 @@ def push_to_hub(
     The repository is created if missing (``private`` as given), and the branch
     ``revision`` too. Files of an earlier push that the new save does not write are
     deleted in the same commit, so the repository always holds exactly one result.
+    Under ``torch.distributed``, push from one rank (``distributed.is_main()``).
 
     Args:
         result: a saved result type of the library.
@@ -640,14 +641,17 @@ def from_pretrained(
             raise SaveError(f"no saved result at {path}")
         folder = path
     else:
-        folder = _download(
-            where,
-            revision=revision,
-            subfolder=subfolder,
-            cache_dir=cache_dir,
-            local_files_only=local_files_only,
-            token=token,
-        )
+        try:
+            folder = _download(
+                where,
+                revision=revision,
+                subfolder=subfolder,
+                cache_dir=cache_dir,
+                local_files_only=local_files_only,
+                token=token,
+            )
+        except HubError as err:
+            raise HubError(f"{err} (nor is there a local folder {where!r})") from err.__cause__
     if subfolder:
         folder = folder / subfolder.strip("/")
         if not folder.exists():
