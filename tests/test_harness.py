@@ -121,6 +121,7 @@ def run(lm, tasks, name, **kwargs):
         bootstrap_iters=0,
         log_samples=True,
     )
+    assert results["config"]["model_name"] == lm.name  # the harness records the model
     samples = sorted(results["samples"][name], key=lambda s: s["doc_id"])
     return results["results"][name], samples
 

@@ -145,6 +145,10 @@ class TLMEvalLM(_HarnessLM):  # type: ignore[misc, valid-type]
             chat_history, tokenize=False, add_generation_prompt=add_generation_prompt
         )
 
+    def get_model_info(self) -> dict[str, Any]:
+        """What the harness records of the model in its results' ``config``."""
+        return {"model_name": self.lm.name, "tl_multilingual_model": self.lm.describe()}
+
     def set_cache_hook(self, cache_hook: Any) -> None:
         if getattr(cache_hook, "dbdict", None) is not None:
             warn(
