@@ -165,6 +165,23 @@ def _checks(rank: int) -> None:
     answers = lambda: tlm.answer_accuracy(lm, qa, lambda out, gold: gold in out, max_new_tokens=3, per_item=True)  # noqa: E731
     pd.testing.assert_frame_equal(answers(), _single(answers)[0])
 
+    # lm-evaluation-harness's requests through the library: continuation log-likelihoods
+    # with the greedy check, and whole-text (rolling) log-likelihoods.
+    pairs = [(r["text"]["en"], option) for r in RECORDS for option in r["options"]["en"]]
+    scores = lambda: tlm.evaluate.continuation_logprobs(lm, pairs, batch_size=2)  # noqa: E731
+    (scored, fed), (scored_one, fed_one) = _fed(scores), _single(scores)
+    _check_split("continuation_logprobs", fed, fed_one)
+    assert [s[1:] for s in scored] == [s[1:] for s in scored_one]
+    assert np.allclose([s[0] for s in scored], [s[0] for s in scored_one], rtol=0, atol=1e-4)
+    _same_everywhere(scored)
+    texts = [t for language in TEXTS.values() for t in language]
+    rolling = lambda: tlm.evaluate.rolling_logprobs(lm, texts, batch_size=2)  # noqa: E731
+    (whole, fed), (whole_one, fed_one) = _fed(rolling), _single(rolling)
+    _check_split("rolling_logprobs", fed, fed_one)
+    assert [n for _, n in whole] == [n for _, n in whole_one]
+    assert np.allclose([v for v, _ in whole], [v for v, _ in whole_one], rtol=0, atol=1e-4)
+    _same_everywhere(whole)
+
     # Sharing classes (bit codes) on parallel items, and item activations.
     parallel = tlm.ParallelItems.from_records(RECORDS)
     share = lambda: tlm.sharing(lm, parallel, threshold=[0.0, 0.1], batch_size=2, progress=False)  # noqa: E731

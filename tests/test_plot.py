@@ -142,3 +142,26 @@ def test_the_deactivation_heatmap_keeps_its_old_name_for_a_release(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert plot.ablation_heatmap is plot.deactivation_heatmap  # warned once
+
+
+def test_a_backend_already_chosen_is_kept():
+    """In a notebook (inline backend) or wherever pyplot was set up first, drawing a
+    figure must not switch matplotlib to Agg: the figure would not show."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import matplotlib; matplotlib.use('svg'); import matplotlib.pyplot as plt\n"
+            "import tl_multilingual as tlm\n"
+            "tlm.plot.neuron_classes(tlm.identify(tlm.collect_stats(tlm.models.tiny('llama'), "
+            "tlm.Corpus.from_dict(tlm.models.SAMPLE_TEXT), progress=False), top_rate=0.1))\n"
+            "print(matplotlib.get_backend())")
+    for env, expected in (({"MPLBACKEND": ""}, "svg"), ({"MPLBACKEND": "svg"}, "svg")):
+        done = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True,
+                              text=True, env={**os.environ, **env}, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.strip().splitlines()[-1] == expected
+    headless = code.replace("matplotlib.use('svg'); import matplotlib.pyplot as plt\n", "\n")
+    done = subprocess.run([sys.executable, "-W", "ignore", "-c", headless], capture_output=True,
+                          text=True, env={**os.environ, "MPLBACKEND": ""}, timeout=300)
+    assert done.stdout.strip().splitlines()[-1].lower() == "agg"

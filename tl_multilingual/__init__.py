@@ -45,17 +45,20 @@ _PUBLIC: dict[str, tuple[str, ...]] = {
     "neurons.classes": ("LanguageNeurons",),
     "neurons.masks": ("NeuronMask",),
     "inputs.languages": ("normalize_language", "language_name"),
+    "inputs.language_id": ("language_of", "purity_filter"),
+    "causal.harness": ("TLMEvalLM",),
+    "study.folder": ("StudyFolder",),
     "errors": ("TLMultilingualError", "TLMultilingualWarning", "UnsupportedModelError",
                "LanguageError", "CorpusError", "StatsError", "IdentificationError", "MaskError",
                "SaveError", "ContextLengthError", "GradientError", "TruncationWarning",
-               "DistributedError"),
+               "DistributedError", "HubError"),
 }
 # Modules reached as attributes (``tlm.models.tiny()``, ``tlm.plot.save()``).
 _MODULES: dict[str, str] = {
     "models": "model.models", "evaluate": "causal.evaluate", "attribution": "causal.attribution",
     "sharing_experiments": "experiments.sharing_experiments",
     "sharing_classes": "neurons.sharing_classes", "data": "data", "prompts": "inputs.prompts",
-    "plot": "study.plot",
+    "plot": "study.plot", "hub": "hub",
 }
 _NOT_STARRED = ("plot",)  # needs matplotlib (an extra): ``import *`` leaves it out
 

@@ -109,6 +109,11 @@ class SaveError(TLMultilingualError, OSError):
     """A result could not be written or read back."""
 
 
+class HubError(TLMultilingualError, OSError):
+    """The Hugging Face Hub could not be reached, or refused a push or a download (no
+    network and not cached, no such repository or revision, no permission)."""
+
+
 class ContextLengthError(CorpusError):
     """A text longer than the model's context (or the ``max_length`` asked for), under
     ``overflow="error"``, or one that no truncation can fit."""

@@ -31,15 +31,17 @@ import torch
 
 from .. import distributed
 from ..errors import ContextLengthError, CorpusError
-from ..inputs.corpus import Corpus
+from ..inputs.corpus import Corpus, Text
 from ..inputs.languages import normalize_language
 from ..model.adapters import ModelAdapter, adapt
-from ..model.readout import last_logits, sequence_nll
+from ..model.readout import last_logits, sequence_nll, sequence_scores
 from ..model.tokens import (
+    Encoded,
     Overflow,
     TokenPolicy,
     check_overflow,
     context_limit,
+    encode,
     encode_answers,
     encode_language,
     fit,
@@ -56,7 +58,15 @@ __all__ = [
     "answer_accuracy",
     "generate",
     "option_logprobs",
+    "continuation_logprobs",
+    "rolling_logprobs",
 ]
+
+
+def _predicted(sequences: Sequence[Encoded]) -> list[Encoded]:
+    """The sequences' counted spans less what nothing predicts (a sequence's first
+    position), and the sequences left with nothing to score dropped."""
+    return [replace(seq, start=max(seq.start, 1)) for seq in sequences if seq.stop > max(seq.start, 1)]
 
 def text_nll(
     model: Any,
@@ -81,8 +91,7 @@ def text_nll(
     for lang in corpus.languages:
         encoded = encode_language(lm, lang, corpus[lang], policy=token_policy, max_length=max_length,
                                   overflow=overflow)
-        # Nothing predicts the first position: count targets from position 1.
-        predicted = [replace(seq, start=max(seq.start, 1)) for seq in encoded if seq.stop > max(seq.start, 1)]
+        predicted = _predicted(encoded)  # nothing predicts the first position
         require_tokens(lang, sum(seq.n_counted for seq in predicted), "predicted tokens")
         owners += [(lang, seq.text_index) for seq in predicted]
         sequences += predicted
@@ -165,18 +174,106 @@ def option_logprobs(
     log-likelihood of every option given the prompt (options tokenised in context:
     the log-probability of the option's tokens within ``prompt + option``) and its
     number of tokens. Prompts too long for ``max_length`` lose their oldest tokens."""
-    lm = adapt(model)
-    check_overflow(overflow, split=False)
-    prompts = [prompt for prompt, options in entries for _ in options]
-    answers = [option for _, options in entries for option in options]
-    sequences = encode_answers(lm, prompts, answers, max_length=max_length, overflow=overflow, what="option")
-    sums, counts = sequence_nll(lm, sequences, batch_size)
+    pairs = [(prompt, option) for prompt, options in entries for option in options]
+    scored = _continuations(model, pairs, batch_size=batch_size, max_length=max_length, overflow=overflow,
+                            what="option", greedy=False)
     out, at = [], 0
     for _, options in entries:
         k = len(options)
-        out.append(([-s for s in sums[at : at + k]], counts[at : at + k]))
+        out.append(([logprob for logprob, _, _ in scored[at : at + k]], [n for _, n, _ in scored[at : at + k]]))
         at += k
     return out
+
+
+def _continuations(
+    model: Any, pairs: Sequence[tuple[str, str]], *, batch_size: int, max_length: int | None, overflow: Overflow,
+    what: str, greedy: bool,
+) -> list[tuple[float, int, bool | None]]:
+    lm = adapt(model)
+    check_overflow(overflow, split=False)
+    sequences = encode_answers(lm, [c for c, _ in pairs], [a for _, a in pairs], max_length=max_length,
+                               overflow=overflow, what=what)
+    if greedy:
+        sums, counts, hits = sequence_scores(lm, sequences, batch_size)
+        return [(-s, n, h) for s, n, h in zip(sums, counts, hits)]
+    sums, counts = sequence_nll(lm, sequences, batch_size)
+    return [(-s, n, None) for s, n in zip(sums, counts)]
+
+
+def continuation_logprobs(
+    model: Any,
+    pairs: Sequence[tuple[str, str]],
+    *,
+    batch_size: int = 8,
+    max_length: int | None = None,
+    overflow: Overflow = "truncate",
+) -> list[tuple[float, int, bool]]:
+    """For each ``(context, continuation)``, the log-likelihood of the continuation
+    given the context, its number of tokens, and whether greedy decoding would produce
+    it: the scoring of [`option_logprobs()`][tl_multilingual.causal.evaluate.option_logprobs] (continuations tokenised in
+    context, contexts too long for ``max_length`` losing their oldest tokens), with
+    lm-evaluation-harness's ``is_greedy``.
+
+    Args:
+        model: a model or its adapter.
+        pairs: ``(context, continuation)`` strings; the continuation carries its own
+            leading space (``("The capital of France is", " Paris")``), and a context's
+            trailing whitespace that the continuation's first token absorbs goes to the
+            continuation (see [`tokens`][tl_multilingual.model.tokens]).
+        batch_size: sequences per forward pass.
+        max_length: the longest sequence fed (default: the model's context).
+        overflow: ``"truncate"`` or ``"error"``.
+
+    Returns:
+        Per pair, in order: ``(log-likelihood in nats, tokens, greedy)``.
+
+    Raises:
+        CorpusError: a continuation adds no token of its own after its context.
+        ContextLengthError: ``overflow="error"`` and a pair is too long, or a
+            continuation alone leaves no room for its context.
+    """
+    scored = _continuations(model, pairs, batch_size=batch_size, max_length=max_length, overflow=overflow,
+                            what="continuation", greedy=True)
+    return [(logprob, n, bool(hit)) for logprob, n, hit in scored]
+
+
+def rolling_logprobs(
+    model: Any,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 8,
+    max_length: int | None = None,
+    overflow: Overflow = "split",
+) -> list[tuple[float, int]]:
+    """The log-likelihood of each whole text and its number of scored tokens: the sums
+    that [`perplexity()`][tl_multilingual.causal.evaluate.perplexity] pools (every token after BOS; from the second token
+    when the model reads no BOS, since nothing predicts the first; padding never).
+
+    Args:
+        model: a model or its adapter.
+        texts: the texts.
+        batch_size: sequences per forward pass.
+        max_length: the longest sequence fed (default: the model's context).
+        overflow: ``"split"`` (default: a longer text is scored in pieces of
+            ``max_length`` tokens, each starting with BOS, so every token counts once),
+            ``"truncate"`` (its beginning only) or ``"error"``.
+
+    Returns:
+        Per text, in order: ``(log-likelihood in nats, scored tokens)``; ``(0.0, 0)``
+        for a text with no token to score.
+
+    Raises:
+        CorpusError: a text the tokenizer cannot take.
+        ContextLengthError: ``overflow="error"`` and a text is too long.
+    """
+    lm = adapt(model)
+    sequences = _predicted(encode(lm, [Text(t) for t in texts], max_length=max_length, overflow=overflow))
+    sums, counts = sequence_nll(lm, sequences, batch_size)
+    totals = [[0.0, 0] for _ in texts]
+    for seq, total, n in zip(sequences, sums, counts):
+        totals[seq.text_index][0] -= total
+        totals[seq.text_index][1] += n
+    return [(float(total), int(n)) for total, n in totals]
 
 
 def choice_scores(

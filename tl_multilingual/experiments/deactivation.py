@@ -27,6 +27,7 @@ from .. import resample
 from ..causal.evaluate import choice_scores, text_nll
 from ..causal.interventions import Layers, ablate
 from ..errors import IdentificationError, SaveError, StatsError, TLMultilingualError
+from ..hub import HubMixin
 from ..inputs.corpus import Corpus
 from ..model.adapters import ModelAdapter, adapt
 from ..model.tokens import Overflow
@@ -82,7 +83,7 @@ class _Evaluation:
 
 
 @dataclass
-class DeactivationResult:
+class DeactivationResult(HubMixin):
     """Outcome of [`deactivation_matrix()`][tl_multilingual.experiments.deactivation.deactivation_matrix].
 
     Attributes:

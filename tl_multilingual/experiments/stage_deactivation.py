@@ -34,6 +34,7 @@ from .. import resample
 from ..causal.evaluate import text_nll
 from ..causal.interventions import ablate
 from ..errors import IdentificationError, TLMultilingualError
+from ..hub import HubMixin
 from ..inputs.corpus import Corpus
 from ..inputs.prompts import LensPrompt
 from ..model.adapters import adapt
@@ -56,7 +57,7 @@ _KIND = "tl_multilingual.StageEffects"
 
 
 @dataclass
-class StageEffects:
+class StageEffects(HubMixin):
     """Outcome of [`stage_effects()`][tl_multilingual.experiments.stage_deactivation.stage_effects].
 
     Attributes:

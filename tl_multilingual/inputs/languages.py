@@ -40,7 +40,7 @@ from langcodes import data_dicts
 
 from ..errors import LanguageError, warn
 
-__all__ = ["normalize_language", "language_name", "flores_code", "macrolanguage", "usual_script"]
+__all__ = ["normalize_language", "language_name", "flores_code", "macrolanguage", "usual_script", "same_language"]
 
 Fold = bool | Literal["macrolanguage", "region"] | Collection[str]
 FOLDS = ("macrolanguage", "region")
@@ -204,3 +204,17 @@ def language_name(code: str) -> str:
     except (LookupError, ValueError):
         return code
     return code if name.startswith("Unknown language") else name
+
+
+def same_language(expected: str, detected: str) -> bool:
+    """Whether two codes name the same language for language identification: their
+    language subtags agree once individual languages are read as their macrolanguage
+    (``arb`` and ``ar``, ``cmn`` and ``zh``, ``nb`` and ``no``). Scripts and regions are
+    not compared (``zh-Hant`` and ``zh``, ``pt-BR`` and ``pt`` agree), since language
+    identifiers rarely report them.
+
+    Raises:
+        LanguageError: either code is not a known language.
+    """
+    first, second = (normalize_language(code, fold="macrolanguage").split("-")[0] for code in (expected, detected))
+    return first == second

@@ -14,7 +14,8 @@ The rest of the library asks this module for:
 - [`jacobian_lens_class()`][tl_multilingual.model.readout.jacobian_lens_class]: TransformerLens's
   ``JacobianLens``, or the library's refusal naming the TransformerLens release that ships it;
 - [`sequence_nll()`][tl_multilingual.model.readout.sequence_nll]: summed negative log-likelihood of the counted positions of
-  tokenised sequences, for perplexity and log-likelihood scoring;
+  tokenised sequences, for perplexity and log-likelihood scoring ([`sequence_scores()`][tl_multilingual.model.readout.sequence_scores]
+  also says whether greedy decoding would produce them);
 - [`output_weights()`][tl_multilingual.model.readout.output_weights], [`unembedding()`][tl_multilingual.model.readout.unembedding], [`centred_writes()`][tl_multilingual.model.readout.centred_writes]: the weights
   that direct logit attribution (Wang et al., 2024) multiplies.
 
@@ -55,6 +56,7 @@ __all__ = [
     "Transport",
     "jacobian_lens_class",
     "sequence_nll",
+    "sequence_scores",
     "output_weights",
     "unembedding",
     "centred_writes",
@@ -294,21 +296,38 @@ def jacobian_lens_class() -> type:
     return JacobianLens
 
 
-def _head_nll(apply: Head, resid: Tensor, gold: Tensor) -> Tensor:
-    """``-log softmax(head(resid))[gold]`` row by row, in chunks of [`HEAD_ROWS`][tl_multilingual.model.readout.HEAD_ROWS]."""
-    parts = []
+def _head_nll(apply: Head, resid: Tensor, gold: Tensor, *, greedy: bool = False) -> tuple[Tensor, Tensor | None]:
+    """``-log softmax(head(resid))[gold]`` row by row, in chunks of [`HEAD_ROWS`][tl_multilingual.model.readout.HEAD_ROWS],
+    and with ``greedy`` whether ``gold`` is each row's most probable token."""
+    parts, hits = [], []
     for rows, target in zip(resid.split(HEAD_ROWS), gold.split(HEAD_ROWS)):
         with torch.no_grad():
             logits = apply(rows).float()
         parts.append(torch.logsumexp(logits, -1) - logits.gather(-1, target[:, None]).squeeze(-1))
-    return torch.cat(parts) if parts else resid.new_zeros(0, dtype=torch.float32)
+        if greedy:
+            hits.append(logits.argmax(-1) == target)
+    if not parts:
+        empty = resid.new_zeros(0, dtype=torch.float32)
+        return empty, (empty.bool() if greedy else None)
+    return torch.cat(parts), (torch.cat(hits) if greedy else None)
 
 
 def sequence_nll(
     lm: ModelAdapter, sequences: Sequence[Encoded], batch_size: int, *, compute_dtype: torch.dtype | None = None
 ) -> tuple[list[float], list[int]]:
     """Summed negative log-likelihood (nats) and count of the counted positions of each
-    sequence.
+    sequence: [`sequence_scores()`][tl_multilingual.model.readout.sequence_scores] without the greedy check.
+    """
+    sums, counts, _ = _scores(lm, sequences, batch_size, compute_dtype=compute_dtype, greedy=False)
+    return sums, counts
+
+
+def sequence_scores(
+    lm: ModelAdapter, sequences: Sequence[Encoded], batch_size: int, *, compute_dtype: torch.dtype | None = None
+) -> tuple[list[float], list[int], list[bool]]:
+    """Summed negative log-likelihood (nats) and count of the counted positions of each
+    sequence, and whether every counted token is the model's most probable next token
+    (greedy decoding would produce the span: lm-evaluation-harness's ``is_greedy``).
 
     Position ``p`` of a sequence is scored by the model's prediction at ``p - 1``, so a
     sequence's first position is never scored, and padding never is. Only the
@@ -328,9 +347,18 @@ def sequence_nll(
             model's dtype and float32.
 
     Returns:
-        ``(sums, counts)``: per sequence, in input order, the summed NLL in nats
-        (float64 accumulation) and the number of scored tokens.
+        ``(sums, counts, greedy)``: per sequence, in input order, the summed NLL in nats
+        (float64 accumulation), the number of scored tokens, and whether each scored
+        token is the argmax of its prediction (ties go to the lowest token id, as
+        ``torch.argmax`` breaks them).
     """
+    return _scores(lm, sequences, batch_size, compute_dtype=compute_dtype, greedy=True)
+
+
+def _scores(
+    lm: ModelAdapter, sequences: Sequence[Encoded], batch_size: int, *, compute_dtype: torch.dtype | None,
+    greedy: bool,
+) -> tuple[list[float], list[int], list[bool]]:
     from .. import distributed
     from .tokens import batches
 
@@ -339,7 +367,8 @@ def sequence_nll(
     local = [sequences[i] for i in mine]
     sums = torch.zeros(len(local), dtype=torch.float64)
     counts = torch.zeros(len(local), dtype=torch.long)
-    parts: list[tuple[list[int], Tensor]] = []
+    missed = torch.zeros(len(local), dtype=torch.long)  # counted tokens that are not the argmax
+    parts: list[tuple[list[int], Tensor, Tensor | None]] = []
     resid: dict[str, Tensor] = {}
 
     def keep(tensor: Tensor, hook: Any) -> None:
@@ -355,17 +384,27 @@ def sequence_nll(
         ids = batch.input_ids.reshape(-1)
         gold = ids.index_select(0, (where + 1).to(ids.device, non_blocking=True)).to(final.device)
         picked = final.reshape(-1, final.shape[-1]).index_select(0, where.to(final.device, non_blocking=True))
-        nll = _head_nll(apply, picked, gold)
+        nll, hits = _head_nll(apply, picked, gold, greedy=greedy)
+        rows = owner.to(nll.device, non_blocking=True)
         per_row = torch.zeros(len(indices), dtype=torch.float64, device=nll.device)
-        per_row.index_add_(0, owner.to(nll.device, non_blocking=True), nll.double())
-        parts.append((indices, per_row))
+        per_row.index_add_(0, rows, nll.double())
+        misses = None
+        if hits is not None:
+            misses = torch.zeros(len(indices), dtype=torch.long, device=nll.device)
+            misses.index_add_(0, rows, (~hits).long())
+        parts.append((indices, per_row, misses))
         counts[indices] = torch.bincount(owner, minlength=len(indices))
     if parts:  # one device-to-host transfer
-        index = torch.as_tensor([i for indices, _ in parts for i in indices])
-        sums[index] = torch.cat([values.to(parts[0][1].device) for _, values in parts]).cpu()
+        index = torch.as_tensor([i for indices, _, _ in parts for i in indices])
+        device = parts[0][1].device
+        sums[index] = torch.cat([values.to(device) for _, values, _ in parts]).cpu()
+        if greedy:
+            missed[index] = torch.cat([m.to(device) for _, _, m in parts if m is not None]).cpu()
     sums = distributed.gather_rows(sums, mine, len(sequences))
     counts = distributed.gather_rows(counts, mine, len(sequences))
-    return sums.tolist(), counts.tolist()
+    if greedy:
+        missed = distributed.gather_rows(missed, mine, len(sequences))
+    return sums.tolist(), counts.tolist(), (missed == 0).tolist()
 
 
 def _predicting_positions(sequences: Sequence[Encoded], batch: Batch) -> tuple[Tensor, Tensor]:

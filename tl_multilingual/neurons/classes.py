@@ -28,6 +28,7 @@ from jaxtyping import Bool, Int, Int8
 from torch import Tensor
 
 from ..errors import IdentificationError, SaveError
+from ..hub import HubMixin
 from ..inputs.languages import normalize_language
 from ..persist import manifest_field, read_result, read_torch_file, write_result
 from ..provenance import model_record
@@ -53,7 +54,7 @@ CLASS_CODES = ("specific", "related", "general", "other", "dropped")
 """
 
 
-class LanguageNeurons:
+class LanguageNeurons(HubMixin):
     """Language-specific, language-related and general neurons of one model.
 
     Attributes:

@@ -12,6 +12,7 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 
 from ..errors import MaskError, SaveError
+from ..hub import HubMixin
 from ..persist import manifest_field, read_result, write_result
 from ..provenance import model_record
 
@@ -49,7 +50,7 @@ def parse_variant(variant: str, allowed: Sequence[str] | None = None) -> tuple[s
     return tuple(dict.fromkeys(parts))
 
 
-class NeuronMask:
+class NeuronMask(HubMixin):
     """A set of MLP neurons: boolean ``[n_layers, d_mlp]``.
 
     Supports ``&`` (both), ``|`` (either), ``-`` (in the first, not the second),

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from .. import distributed
 from ..errors import SaveError, TLMultilingualError
+from ..hub import HubMixin
 from ..inputs.items import ParallelItems
 from ..model.adapters import ModelAdapter, adapt
 from ..model.tokens import Overflow, fit
@@ -160,7 +161,7 @@ def item_activations(
 
 
 @dataclass
-class Sharing:
+class Sharing(HubMixin):
     """Sharing classes of every neuron on every parallel item.
 
     Attributes:

@@ -26,6 +26,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from ..errors import SaveError, StatsError, warn
+from ..hub import HubMixin
 from ..inputs.languages import normalize_language
 from ..model.tokens import POLICIES
 from ..persist import manifest_field, read_result, read_torch_file, write_result
@@ -39,7 +40,7 @@ KIND = "tl_multilingual.ActivationStats"
 _SETTINGS = ("languages", "shape", "token_policy", "threshold", "include_bos")
 
 
-class ActivationStats:
+class ActivationStats(HubMixin):
     """Activation statistics per layer, neuron and language.
 
     Build with [`tl_multilingual.collect_stats()`][tl_multilingual.neurons.collect.collect_stats], [`from_counts()`][tl_multilingual.neurons.stats.ActivationStats.from_counts],

@@ -44,6 +44,7 @@ from .. import distributed, resample
 from ..errors import CorpusError, SaveError, TLMultilingualError, UnsupportedModelError, warn
 from ..inputs.corpus import Corpus
 from ..inputs.languages import normalize_language
+from ..hub import HubMixin
 from ..inputs.prompts import LensPrompt
 from ..inputs.wordtokens import word_tokens
 from ..model.adapters import ModelAdapter, adapt
@@ -62,7 +63,7 @@ LOGIT_LENS: dict[str, Any] = {"kind": "logit"}
 
 
 @dataclass
-class LensResult:
+class LensResult(HubMixin):
     """Per prompt and layer: answer probabilities and ranks per language, and entropy.
 
     Attributes:

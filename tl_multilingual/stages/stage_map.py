@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import TLMultilingualError, warn
+from ..hub import HubMixin
 from ..neurons.masks import NeuronMask
 from ..persist import write_text
 
@@ -184,7 +185,7 @@ class SignalMap:
 
 
 @dataclass
-class StageMap:
+class StageMap(HubMixin):
     """Layers of each stage, each signal's own map, how well they fit, and cautions.
 
     Attributes:
