@@ -15,7 +15,7 @@ from conftest import require
 import tl_multilingual as tlm
 from tl_multilingual import hub
 from tl_multilingual.errors import HubError, SaveError
-from tl_multilingual.stages.segmentation import StageMap
+from tl_multilingual.stages.stage_map import StageMap
 from tl_multilingual.study.folder import StudyFolder
 
 huggingface_hub = require("huggingface_hub")
