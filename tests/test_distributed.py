@@ -318,3 +318,34 @@ def test_a_killed_rank_ends_the_run_cleanly_and_a_rerun_on_two_loopback_nodes_re
     assert both.count(f"[{number}/{len(STEPS)}] deactivation done") == 1, both
     same_tables(tables(out), single_study)
     assert not leftovers(out)
+
+
+# -- how units are dealt to ranks ---------------------------------------------------------
+
+
+def as_rank(monkeypatch, r: int, w: int) -> None:
+    """This process, as rank ``r`` of a group of ``w`` (no communication needed)."""
+    monkeypatch.setattr(distributed, "active", lambda: w > 1)
+    monkeypatch.setattr(distributed, "world_size", lambda: w)
+    monkeypatch.setattr(distributed, "rank", lambda: r)
+
+
+@pytest.mark.parametrize("w", [2, 3, 5])
+def test_shards_deal_the_units_in_turn_largest_first(monkeypatch, w):
+    sizes = [4, 9, 1, 9, 7, 2, 2, 8, 3, 5, 6]
+    n = len(sizes)
+    by_size = sorted(range(n), key=lambda i: (-sizes[i], i))  # largest first, ties by index
+    parts = []
+    for r in range(w):
+        as_rank(monkeypatch, r, w)
+        mine = distributed.shard(n, sizes)
+        assert mine == sorted(by_size[r::w]) and mine == sorted(mine)
+        assert distributed.shard(n) == list(range(r, n, w))  # without sizes: r, r + w, ...
+        assert distributed.show_progress(True) == (r == 0) and distributed.is_main() == (r == 0)
+        parts.append(mine)
+    assert sorted(i for part in parts for i in part) == list(range(n))  # every unit once
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    totals = [sum(sizes[i] for i in part) for part in parts]
+    assert max(totals) - min(totals) <= max(sizes)  # similar work per rank
+    monkeypatch.undo()
+    assert distributed.shard(n, sizes) == list(range(n)) and not distributed.show_progress(False)
