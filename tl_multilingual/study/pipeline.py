@@ -252,7 +252,7 @@ class Study:
         items = self._sharing_items()
         if items is not None:
             self._step(
-                "sharing", {"items": [i.id for i in items]}, (),
+                "sharing", {"items": _key([(i.id, i.texts) for i in items])}, (),
                 lambda: sharing(self.lm, items, batch_size=s.batch_size, progress=progress),
                 lambda r, p: r.save(p), Sharing.load, self.out / "sharing",
             )
