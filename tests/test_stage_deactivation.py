@@ -153,3 +153,17 @@ def test_the_lens_columns_match_the_lens_read_here(setup):
             low, high = interval(h[draws, layer].mean(1) - b[draws, layer].mean(1))
             assert close(deactivated["ci_low"].iloc[layer], low, high - low)
             assert close(deactivated["ci_high"].iloc[layer], high, high - low)
+
+
+def test_the_finding_states_the_numbers_of_the_table(setup):
+    *_, result = setup
+    frame = result.to_frame()
+    means = frame.groupby("stage")["lens_output_change"].mean()
+    worst = means.idxmin()
+    peak = frame[frame["stage"] == worst]["lens_peak_layer"].median()
+    text = result.finding()
+    assert f"when {worst.replace('_', ' ')} was hit (mean change {means[worst]:+.3g}" in text
+    assert f"largest drop around layer {peak:.0f}" in text
+    for stage in tlm.STAGES:
+        carried = int(frame[frame["stage"] == stage]["carries"].astype(bool).sum())
+        assert f"{stage.replace('_', ' ')} {carried} of 2" in text
