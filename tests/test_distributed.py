@@ -354,3 +354,32 @@ def test_shards_deal_the_units_in_turn_largest_first(monkeypatch, w):
     assert max(totals) - min(totals) <= max(sizes)  # similar work per rank
     monkeypatch.undo()
     assert distributed.shard(n, sizes) == list(range(n)) and not distributed.show_progress(False)
+
+
+class _FakeGroup:
+    """Stands in for torch.distributed on rank 0 of two: the other rank's contribution is given."""
+
+    def __init__(self, other):
+        self.other = other
+
+    def all_gather_object(self, parts, payload):
+        parts[0], parts[1] = payload, self.other
+
+    def get_backend(self):
+        return "gloo"
+
+    def all_reduce(self, tensor):
+        tensor += self.other
+
+
+def test_gathered_values_come_back_in_their_original_order_and_a_mismatched_split_is_refused(monkeypatch):
+    as_rank(monkeypatch, 0, 2)
+    monkeypatch.setattr(distributed, "_dist", lambda: _FakeGroup(([1, 3], ["b", "d"])))
+    assert distributed.gather_in_order(["a", "c", "e"], [0, 2, 4], 5) == ["a", "b", "c", "d", "e"]
+    with pytest.raises(tlm.DistributedError, match="gathered 5 of 6 values"):
+        distributed.gather_in_order(["a", "c", "e"], [0, 2, 4], 6)
+    other = torch.zeros(4, 2, dtype=torch.long)
+    other[[1, 3]] = torch.tensor([[10, 11], [30, 31]])
+    monkeypatch.setattr(distributed, "_dist", lambda: _FakeGroup(other))
+    rows = distributed.gather_rows(torch.tensor([[0, 1], [20, 21]]), [0, 2], 4)
+    assert rows.tolist() == [[0, 1], [10, 11], [20, 21], [30, 31]]
