@@ -102,8 +102,6 @@ def test_planted_shared_neurons_are_all_shared_top_attributed_and_boosting_helps
     profiles = tlm.sharing_experiments.correct_vs_incorrect(lm, items, sharing=sharing)
     assert set(profiles.columns) == {"language", "correct", "layer", "class", "percent", "n_items"}
     assert profiles.groupby(["language", "correct", "layer"])["percent"].sum().round(6).eq(100.0).all()
-
-
 def test_class_shares_of_the_top_neurons_are_counted_item_by_item():
     import numpy as np
 
@@ -111,7 +109,9 @@ def test_class_shares_of_the_top_neurons_are_counted_item_by_item():
     from tl_multilingual.neurons.sharing_classes import SHARING_CLASSES
 
     generator = torch.Generator().manual_seed(1)
-    codes = torch.randint(0, 4, (3, 2, 10), generator=generator, dtype=torch.uint8)  # 3 items, 2 languages
+    codes = torch.randint(
+        0, 4, (3, 2, 10), generator=generator, dtype=torch.uint8
+    )  # 3 items, 2 languages
     sharing = tlm.Sharing(("en", "fr"), ["a", "b", "c"], codes, 0.0, "last")
     scores = torch.randn(3, 2, 2, 10, generator=generator)
     attribution = Attribution("effective", ("en", "fr"), ["a", "b", "c"], scores)

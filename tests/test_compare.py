@@ -138,8 +138,6 @@ def test_comparison_figures(planted, tmp_path):
     for name, fig in {"classes": plot.class_changes(planted), "shared": plot.shared_by_n(planted),
                       "languages": plot.language_changes(planted)}.items():
         assert all(p.stat().st_size > 1000 for p in plot.save(fig, tmp_path / name))
-
-
 # -- every table recomputed from the neurons' own masks ------------------------------------
 
 
@@ -148,14 +146,12 @@ def test_overlap_shares_are_counted_from_the_masks(planted):
     rows = planted.overlap()
     assert len(rows) == 1 + 2 * len(LANGS) + 2
     for row in rows.itertuples():
+        cls = row[1]
         language = row.language if isinstance(row.language, str) else None  # None: every language
-
-        def of(neurons):
-            if row[1] == "general":
-                return neurons.general().tensor
-            return getattr(neurons, row[1])(language).tensor
-
-        b, a = of(planted.before), of(planted.after)
+        b, a = (
+            n.general().tensor if cls == "general" else getattr(n, cls)(language).tensor
+            for n in (planted.before, planted.after)
+        )
         shared, either = int((a & b).sum()), int((a | b).sum())
         assert (row.before, row.after, row.shared) == (int(b.sum()), int(a.sum()), shared)
         assert row.kept == pytest.approx(shared / int(b.sum())) if b.any() else math.isnan(row.kept)
@@ -167,7 +163,10 @@ def test_overlap_shares_are_counted_from_the_masks(planted):
 
 
 def test_counts_tables_are_counted_from_the_class_codes(planted):
-    codes = {name: neurons.classes() for name, neurons in (("before", planted.before), ("after", planted.after))}
+    codes = {
+        name: neurons.classes()
+        for name, neurons in (("before", planted.before), ("after", planted.after))
+    }
     names = {"specific": 0, "related": 1, "general": 2}
     for row in planted.class_changes().itertuples():
         b = int((codes["before"][row.layer] == names[row[2]]).sum())
@@ -176,11 +175,16 @@ def test_counts_tables_are_counted_from_the_class_codes(planted):
     transitions = planted.transitions()
     order = ("specific", "related", "general", "other")
     for row in transitions.itertuples():
+
         def code(c):
             return c.clamp_max(3)  # dropped counts as other
 
-        expected = int(((code(codes["before"][row.layer]) == order.index(row[2]))
-                        & (code(codes["after"][row.layer]) == order.index(row.to))).sum())
+        expected = int(
+            (
+                (code(codes["before"][row.layer]) == order.index(row[2]))
+                & (code(codes["after"][row.layer]) == order.index(row.to))
+            ).sum()
+        )
         assert row.count == expected
     groups = planted.per_group().set_index(["group", "class"])
     table = planted.per_language()
@@ -207,7 +211,9 @@ def test_the_lam_option_decides_which_checkpoints_lambda_is_used():
     assert 0 < own_base < own_aligned < 0.2  # the two sweeps differ, both inside the range
     by_base = tlm.compare(base, aligned, **kwargs)  # default: the base model's lambda for both
     assert by_base.before.lam == by_base.after.lam == own_base
-    assert torch.equal(by_base.after.membership, tlm.identify(aligned, lam=own_base, **kwargs).membership)
+    assert torch.equal(
+        by_base.after.membership, tlm.identify(aligned, lam=own_base, **kwargs).membership
+    )
     each = tlm.compare(base, aligned, lam="each", **kwargs)
     assert (each.before.lam, each.after.lam) == (own_base, own_aligned)
     fixed = tlm.compare(base, aligned, lam=0.05, **kwargs)
@@ -227,10 +233,15 @@ def test_the_lam_option_decides_which_checkpoints_lambda_is_used():
 def quantities(neurons, trained):
     """The headline quantities, counted here from the masks."""
     summary = neurons.summary().set_index("language")
-    out = {"specific": neurons.specific().count(), "related": neurons.related().count(),
-           "general": neurons.general().count()}
-    for group, langs in (("trained", [x for x in LANGS if x in trained]),
-                         ("other", [x for x in LANGS if x not in trained])):
+    out = {
+        "specific": neurons.specific().count(),
+        "related": neurons.related().count(),
+        "general": neurons.general().count(),
+    }
+    for group, langs in (
+        ("trained", [x for x in LANGS if x in trained]),
+        ("other", [x for x in LANGS if x not in trained]),
+    ):
         for cls in ("specific", "related"):
             out[f"{cls} ({group} languages)"] = float(summary.loc[langs, cls].mean())
     return out
@@ -258,6 +269,8 @@ def test_headline_intervals_are_quantiles_of_redrawn_and_reidentified_changes():
         assert row["ci_low"] == pytest.approx(np.quantile(values, 0.05))
         assert row["ci_high"] == pytest.approx(np.quantile(values, 0.95))
         if row["change"]:
-            assert row["opposite_sign_share"] == pytest.approx(np.mean(np.sign(values) != np.sign(row["change"])))
+            assert row["opposite_sign_share"] == pytest.approx(
+                np.mean(np.sign(values) != np.sign(row["change"]))
+            )
         else:
             assert math.isnan(row["opposite_sign_share"])

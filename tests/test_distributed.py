@@ -42,7 +42,8 @@ def free_port() -> int:
 def loopback_env() -> dict[str, str]:
     env = dict(os.environ)
     env.update(PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""), GLOO_SOCKET_IFNAME="lo",
-               MASTER_ADDR="127.0.0.1", OMP_NUM_THREADS="1", TQDM_DISABLE="1", TLM_DIST_TIMEOUT=str(COLLECTIVE_TIMEOUT_S))
+               MASTER_ADDR="127.0.0.1", OMP_NUM_THREADS="1", TQDM_DISABLE="1",
+               TLM_DIST_TIMEOUT=str(COLLECTIVE_TIMEOUT_S))
     return env
 
 
@@ -323,8 +324,6 @@ def test_a_killed_rank_ends_the_run_cleanly_and_a_rerun_on_two_loopback_nodes_re
     assert both.count(f"[{number}/{len(STEPS)}] deactivation done") == 1, both
     same_tables(tables(out), single_study)
     assert not leftovers(out)
-
-
 # -- how units are dealt to ranks ---------------------------------------------------------
 
 
@@ -372,7 +371,9 @@ class _FakeGroup:
         tensor += self.other
 
 
-def test_gathered_values_come_back_in_their_original_order_and_a_mismatched_split_is_refused(monkeypatch):
+def test_gathering_keeps_the_order_and_refuses_a_mismatched_split(
+    monkeypatch,
+):
     as_rank(monkeypatch, 0, 2)
     monkeypatch.setattr(distributed, "_dist", lambda: _FakeGroup(([1, 3], ["b", "d"])))
     assert distributed.gather_in_order(["a", "c", "e"], [0, 2, 4], 5) == ["a", "b", "c", "d", "e"]

@@ -302,8 +302,6 @@ def test_the_recipe_repeats_the_identification(kwargs):
     assert not [w for w in caught if "lambda search" in str(w.message)]  # the lambda is fixed: no search
     assert torch.equal(again.membership, neurons.membership) and again.lam == neurons.lam
     assert torch.equal(again.classes(), neurons.classes())
-
-
 def ternary_by_hand(probs, lam, top_rate, bar_ratio):
     """Zhang et al.'s (AAAI-26) selection written out in numpy: the selected flat indices
     and the number of languages each neuron is above the bar in."""
@@ -331,7 +329,9 @@ def test_the_automatic_lambda_is_the_largest_that_keeps_selected_neurons_out_of_
     probs[:, 10:15] = torch.tensor([0.6, 0.01, 0.01])  # specific
     probs[:, 15:18] = torch.tensor([0.6, 0.5, 0.01])  # related
     probs = (probs + 0.01 * torch.rand(probs.shape, generator=generator)).clamp(0, 1)
-    stats = tlm.ActivationStats.from_counts(["en", "zh", "de"], [1000] * 3, (probs * 1000).round().long())
+    stats = tlm.ActivationStats.from_counts(
+        ["en", "zh", "de"], [1000] * 3, (probs * 1000).round().long()
+    )
     neurons = tlm.identify(stats, top_rate=0.1, bar_ratio=0.85)
     lam = neurons.lam
     assert 0 < lam < 0.2 and neurons.params["lam_search"]["at_bound"] is None
@@ -349,5 +349,7 @@ def test_the_automatic_lambda_is_the_largest_that_keeps_selected_neurons_out_of_
     assert neurons.dropped == int((n_above[chosen] == 0).sum()) > 0
     assert neurons.specific().count() == int((n_above[chosen] == 1).sum())
     assert neurons.related().count() == int((n_above[chosen] == 2).sum())
-    assert neurons.general().count() == int((n_above == 3).sum())  # over every neuron, selected or not
+    assert neurons.general().count() == int(
+        (n_above == 3).sum()
+    )  # over every neuron, selected or not
     assert neurons.summary()["dropped"].tolist() == [neurons.dropped] * 3

@@ -77,8 +77,6 @@ def test_one_parser_reads_class_variants():
             parse_variant(bad)
     with pytest.raises(tlm.MaskError, match="unknown class 'shared'"):
         parse_variant("specific+shared", ("specific", "related"))
-
-
 def test_controls_are_distinct_random_sets_of_the_same_size_per_layer_outside_the_mask():
     hit = mask([(0, 0), (0, 1), (0, 2), (2, 3)], shape=(3, 40))
     controls = hit.controls(4, seed=7)
@@ -86,7 +84,9 @@ def test_controls_are_distinct_random_sets_of_the_same_size_per_layer_outside_th
     for control in controls:
         assert control.per_layer().tolist() == [3, 0, 1]
         assert (control & hit).count() == 0  # drawn outside the mask
-    assert len({tuple(map(tuple, c.indices().tolist())) for c in controls}) == 4  # each control its own draw
+    assert (
+        len({tuple(map(tuple, c.indices().tolist())) for c in controls}) == 4
+    )  # each control its own draw
     again = hit.controls(4, seed=7)
     assert all(a == b for a, b in zip(controls, again))  # seeded
     other = hit.controls(4, seed=8)

@@ -23,8 +23,12 @@ def dead_pid() -> int:
 
 
 def save(folder, value: float = 1.0, **manifest):
-    return persist.write_result(folder, kind="test.Kind", tensors={"x": torch.full((3, 2), value)},
-                                manifest={"note": "n", **manifest})
+    return persist.write_result(
+        folder,
+        kind="test.Kind",
+        tensors={"x": torch.full((3, 2), value)},
+        manifest={"note": "n", **manifest},
+    )
 
 
 def test_a_result_reads_back_with_its_manifest_and_both_checksums(tmp_path):
@@ -36,7 +40,11 @@ def test_a_result_reads_back_with_its_manifest_and_both_checksums(tmp_path):
     assert manifest["kind"] == "test.Kind" and manifest["format_version"] == persist.FORMAT_VERSION
     assert manifest["versions"] == persist.library_versions()
     tensor_hash = hashlib.sha256((folder / persist.TENSORS).read_bytes()).hexdigest()
-    assert manifest["files"] == {persist.TENSORS: tensor_hash} == {persist.TENSORS: persist.sha256_file(folder / persist.TENSORS)}
+    assert (
+        manifest["files"]
+        == {persist.TENSORS: tensor_hash}
+        == {persist.TENSORS: persist.sha256_file(folder / persist.TENSORS)}
+    )
     body = {k: v for k, v in manifest.items() if k != "checksum"}
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
     assert manifest["checksum"] == hashlib.sha256(text.encode()).hexdigest()
@@ -80,14 +88,19 @@ def test_a_foreign_folder_is_never_replaced(tmp_path):
     assert (foreign / "chapter.tex").read_text() == "draft"
     save(tmp_path / "r", 1.0)
     save(tmp_path / "r", 2.0)  # a previous save is replaced
-    assert torch.equal(persist.read_result(tmp_path / "r", kind="test.Kind")[0]["x"], torch.full((3, 2), 2.0))
+    assert torch.equal(
+        persist.read_result(tmp_path / "r", kind="test.Kind")[0]["x"], torch.full((3, 2), 2.0)
+    )
 
 
 def test_manifest_fields_are_typed_and_checked():
     where = "m.json"
     m = {"n": 3, "flag": True, "name": "x", "ratio": 0.5}
     assert persist.manifest_field(m, "n", int, where=where) == 3
-    assert persist.manifest_field(m, "ratio", (int, float), where=where, check=lambda v: 0 < v < 1) == 0.5
+    assert (
+        persist.manifest_field(m, "ratio", (int, float), where=where, check=lambda v: 0 < v < 1)
+        == 0.5
+    )
     assert persist.manifest_field(m, "absent", int, where=where, default=7) == 7
     with pytest.raises(SaveError, match="'flag' must be int or float"):
         persist.manifest_field(m, "flag", (int, float), where=where)  # a bool is never a number
@@ -95,7 +108,9 @@ def test_manifest_fields_are_typed_and_checked():
     with pytest.raises(SaveError, match="m.json: the manifest lacks the field 'absent'"):
         persist.manifest_field(m, "absent", int, where=where)
     with pytest.raises(SaveError, match="'ratio' must be a share"):
-        persist.manifest_field(m, "ratio", float, where=where, check=lambda v: v > 1, expect="a share")
+        persist.manifest_field(
+            m, "ratio", float, where=where, check=lambda v: v > 1, expect="a share"
+        )
     with pytest.raises(SaveError, match="'name' must be"):
         persist.manifest_field(m, "name", str, where=where, check=lambda v: v.missing_method())
 
@@ -131,8 +146,14 @@ def test_a_failed_folder_build_keeps_the_previous_version_and_removes_new_parent
 
 def test_temporary_siblings_are_recognised():
     assert persist.is_temporary(persist._sibling(persist.Path("/x/run"), "tmp"))
-    for name, expected in ((".run.tmp-12-ab", True), (".run.old-12-ab", True), ("run", False),
-                           (".run", False), (".tmp-12", False), ("x.tmp-1", False)):
+    for name, expected in (
+        (".run.tmp-12-ab", True),
+        (".run.old-12-ab", True),
+        ("run", False),
+        (".run", False),
+        (".tmp-12", False),
+        ("x.tmp-1", False),
+    ):
         assert persist.is_temporary(persist.Path(name)) is expected, name
 
 
@@ -143,7 +164,9 @@ def test_recover_puts_the_newest_complete_version_back(tmp_path):
     old.rename(tmp_path / f".run.old-{pid}-a")
     new.rename(tmp_path / f".run.tmp-{pid}-b")
     assert persist.recover(tmp_path / "run") == tmp_path / "run"
-    assert torch.equal(persist.read_result(tmp_path / "run", kind="test.Kind")[0]["x"], torch.full((3, 2), 2.0))
+    assert torch.equal(
+        persist.read_result(tmp_path / "run", kind="test.Kind")[0]["x"], torch.full((3, 2), 2.0)
+    )
     assert os.listdir(tmp_path) == ["run"]
     # A complete target is left alone; leftovers of live processes too.
     live = tmp_path / f".run.tmp-{os.getpid()}-c"

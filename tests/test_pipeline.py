@@ -13,9 +13,20 @@ from tl_multilingual import data
 from tl_multilingual.study.pipeline import Study, StudySettings
 
 STEPS = ("statistics", "neurons", "lens", "stages", "deactivation", "stage_effects", "sharing")
-BASE = StudySettings(held_out=4, min_held_out=4, min_train_texts=5, eval_texts=2, controls=1, n_boot=10,
-                     sharing_items=3, lens_pairs=1, lens_words=4, stage_words=2, top_rate=0.05,
-                     variants=("specific",))
+BASE = StudySettings(
+    held_out=4,
+    min_held_out=4,
+    min_train_texts=5,
+    eval_texts=2,
+    controls=1,
+    n_boot=10,
+    sharing_items=3,
+    lens_pairs=1,
+    lens_words=4,
+    stage_words=2,
+    top_rate=0.05,
+    variants=("specific",),
+)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +47,9 @@ def sharing_texts(settings):
 def run(folder, model, settings):
     """Run the study; returns the steps it computed and each step's key."""
     messages = []
-    study = Study(folder, model, corpus(), settings, words=data.words(["en", "fr", "zh"]), log=messages.append)
+    study = Study(
+        folder, model, corpus(), settings, words=data.words(["en", "fr", "zh"]), log=messages.append
+    )
     study.run()
     computed = {m.split("] ")[1].split(" done")[0] for m in messages if " done in " in m}
     reused = {m.split("] ")[1].split(":")[0] for m in messages if "up to date" in m}
@@ -59,12 +72,18 @@ CHANGES = [
 ]
 
 
-def test_a_changed_setting_recomputes_every_step_built_on_it_and_nothing_else(model, tmp_path, monkeypatch):
-    monkeypatch.setattr("tl_multilingual.study.report.write_report", lambda folder: None)  # not under test here
+def test_a_changed_setting_recomputes_every_step_built_on_it_and_nothing_else(
+    model, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(
+        "tl_multilingual.study.report.write_report", lambda folder: None
+    )  # not under test here
     folder = tmp_path / "study"
     computed, keys = run(folder, model, BASE)
     assert computed == set(STEPS)
-    assert sharing_texts(replace(BASE, seed=1)) != sharing_texts(BASE)  # a new seed holds out other texts
+    assert sharing_texts(replace(BASE, seed=1)) != sharing_texts(
+        BASE
+    )  # a new seed holds out other texts
     settings = BASE
     for name, value, expected in CHANGES:
         previous, settings = settings, replace(settings, **{name: value})

@@ -431,7 +431,9 @@ def test_every_value_in_the_report_is_escaped(tmp_path, monkeypatch):
 # -- fault injection: SIGKILL at every step of a save ------------------------------------------
 
 
-def _save_and_die(target: Path, version: int, kill_at: int | None, half_written: bool, report_to: int) -> None:
+def _save_and_die(
+    target: Path, version: int, kill_at: int | None, half_written: bool, report_to: int
+) -> None:
     """The child: save ``version`` of ``target``, reporting every file-system step of the
     save (folder made, tensors written, manifest written, fsync, rename, removal) before
     it runs, and kill itself (SIGKILL) instead of running step number ``kill_at``. With
@@ -472,15 +474,19 @@ def _save_and_die(target: Path, version: int, kill_at: int | None, half_written:
         pathlib.Path.rename = counted("rename", pathlib.Path.rename)
         shutil.rmtree = counted("remove", shutil.rmtree)
         persist._fsync = counted("fsync", persist._fsync)
-        persist.save_file = counted("write tensors", half(persist.save_file) if half_written else persist.save_file)
-        persist.write_result(target, kind="test", tensors={"x": torch.full((1 << 16,), float(version))},
+        write = half(persist.save_file) if half_written else persist.save_file
+        persist.save_file = counted("write tensors", write)
+        tensors = {"x": torch.full((1 << 16,), float(version))}
+        persist.write_result(target, kind="test", tensors=tensors,
                              manifest={"version": version})
         say("saved")
     finally:
         os._exit(0)
 
 
-def _run_save(target: Path, version: int, kill_at: int | None, half_written: bool = False) -> list[str]:
+def _run_save(
+    target: Path, version: int, kill_at: int | None, half_written: bool = False
+) -> list[str]:
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -493,11 +499,12 @@ def _run_save(target: Path, version: int, kill_at: int | None, half_written: boo
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_sigkill_at_every_step_of_a_save_never_leaves_a_wrong_or_stranded_save(tmp_path):
+def test_sigkill_at_every_step_of_a_save_leaves_no_wrong_or_stranded_save(tmp_path):
     """Each kill point is a counted step of the save, not a moment: the test checks the
     same points on any machine, however fast or loaded."""
     target = tmp_path / "result"
-    persist.write_result(target, kind="test", tensors={"x": torch.full((1 << 16,), 0.0)}, manifest={"version": 0})
+    zero = {"x": torch.full((1 << 16,), 0.0)}
+    persist.write_result(target, kind="test", tensors=zero, manifest={"version": 0})
     complete = _run_save(target, 1, None)  # a save that runs to the end: its steps, in order
     assert complete[-1] == "saved" and complete.count("rename") == 2, complete
     steps = complete[:-1]
@@ -518,7 +525,8 @@ def test_sigkill_at_every_step_of_a_save_never_leaves_a_wrong_or_stranded_save(t
         assert torch.equal(tensors["x"], torch.full((1 << 16,), float(expected)))
         assert _leftovers(tmp_path) == []  # the load cleaned up
         version = expected
-    assert stranded >= len(steps) - 2  # the kills left temporary siblings behind, and they were removed
+    assert stranded >= len(steps) - 2  # kills left temporary siblings; loads removed them
     persist.write_result(target, kind="test", tensors={"x": torch.zeros(4)}, manifest={"version": -1})
     assert sorted(os.listdir(tmp_path)) == ["result"]
     assert persist.read_result(target, kind="test")[1]["version"] == -1
+

@@ -91,7 +91,9 @@ def test_a_paired_interval_resamples_the_per_unit_differences():
     change, low, high = resample.mean_interval(hit, baseline=base, unit_draws=d)
     diffs = replicate_means(hit, d) - replicate_means(base, d)  # the same units in both means
     assert change == pytest.approx((hit - base).mean(), abs=1e-12)
-    assert (low, high) == pytest.approx((np.quantile(diffs, 0.025), np.quantile(diffs, 0.975)), abs=1e-12)
+    assert (low, high) == pytest.approx(
+        (np.quantile(diffs, 0.025), np.quantile(diffs, 0.975)), abs=1e-12
+    )
     assert 0.2 < low < 0.3 < high < 0.4  # the shared variation cancels
     # Drawing the baseline's units apart from the condition's would not cancel it.
     other = resample.draws(60, 2000, seed=10)
@@ -106,13 +108,19 @@ def test_nan_units_are_left_out_of_the_estimate_and_of_every_replicate():
     d = resample.draws(6, 400, seed=0)
     estimate, low, high = resample.mean_interval(values, unit_draws=d)
     assert estimate == pytest.approx(4.0)
-    means = np.array([np.nanmean(values[row]) if np.isfinite(values[row]).any() else np.nan for row in d])
-    assert (low, high) == pytest.approx((np.nanquantile(means, 0.025), np.nanquantile(means, 0.975)))
+    means = np.array(
+        [np.nanmean(values[row]) if np.isfinite(values[row]).any() else np.nan for row in d]
+    )
+    assert (low, high) == pytest.approx(
+        (np.nanquantile(means, 0.025), np.nanquantile(means, 0.975))
+    )
     assert all(np.isnan(x) for x in resample.mean_interval(np.full(5, np.nan), n_boot=50))
     assert all(np.isnan(x) for x in resample.mean_interval(np.zeros(0), n_boot=50))
 
 
-def coverage(ci: float, n_samples: int = 1000, n: int = 30, n_boot: int = 500) -> tuple[float, float]:
+def coverage(
+    ci: float, n_samples: int = 1000, n: int = 30, n_boot: int = 500
+) -> tuple[float, float]:
     """Share of seeded standard-normal samples whose interval covers the true mean 0,
     and the mean width of the intervals."""
     rng = np.random.default_rng(12345)

@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 
 import tl_multilingual as tlm
-from tl_multilingual.experiments.sharing_experiments import boost_experiment, correct_vs_incorrect, item_correctness
+from tl_multilingual.experiments.sharing_experiments import (
+    boost_experiment,
+    correct_vs_incorrect,
+    item_correctness,
+)
 from tl_multilingual.neurons.sharing_classes import SHARING_CLASSES, sharing
 
 N_BOOT = 3000
@@ -19,8 +23,14 @@ def planted():
     toy = tlm.models.planted()
     lm = tlm.adapt(toy.model)
     picks = [30, 31, 32, 33, 34, 35, 30]  # the last item repeats the first under another id
-    records = [{"id": f"q{n}", "text": {"en": toy.texts["en"][i], "ru": toy.texts["ru"][i]},
-                "answer": {"en": toy.answer, "ru": toy.answer}} for n, i in enumerate(picks)]
+    records = [
+        {
+            "id": f"q{n}",
+            "text": {"en": toy.texts["en"][i], "ru": toy.texts["ru"][i]},
+            "answer": {"en": toy.answer, "ru": toy.answer},
+        }
+        for n, i in enumerate(picks)
+    ]
     items = tlm.ParallelItems.from_records(records)
     classes = sharing(lm, items, progress=False)
     return lm, items, classes
@@ -53,8 +63,17 @@ def test_the_boosting_table_matches_runs_made_here(planted, monkeypatch):
         return masks
 
     monkeypatch.setattr(tlm.NeuronMask, "controls", recording)
-    table = boost_experiment(lm, items, classes=["all_shared"], factors=[3.0], sharing=classes, controls=2,
-                             seed=3, n_boot=N_BOOT, progress=False)
+    table = boost_experiment(
+        lm,
+        items,
+        classes=["all_shared"],
+        factors=[3.0],
+        sharing=classes,
+        controls=2,
+        seed=3,
+        n_boot=N_BOOT,
+        progress=False,
+    )
     monkeypatch.undo()
     n = len(items)
     masks = [classes.mask(i, "all_shared") for i in range(n)]
@@ -64,7 +83,9 @@ def test_the_boosting_table_matches_runs_made_here(planted, monkeypatch):
     assert masks[0] == masks[-1] and all(a != b for a, b in zip(first, repeat))
     base = [scores(lm, items, i) for i in range(n)]
     hit = [scores(lm, items, i, (masks[i], 3.0)) for i in range(n)]
-    ctrl = [[scores(lm, items, i, (c, 3.0)) for c in controls] for i, (_, controls) in enumerate(drawn)]
+    ctrl = [
+        [scores(lm, items, i, (c, 3.0)) for c in controls] for i, (_, controls) in enumerate(drawn)
+    ]
     rng = np.random.default_rng(0)
     draws = rng.integers(0, n, size=(N_BOOT, n))
     rows = table.set_index("language")
@@ -78,20 +99,32 @@ def test_the_boosting_table_matches_runs_made_here(planted, monkeypatch):
             assert row[name] == pytest.approx(h.mean())
             assert row[f"{name}_change"] == pytest.approx(h.mean() - b.mean())
             low, high = np.quantile(h[draws].mean(1) - b[draws].mean(1), [0.025, 0.975])
-            assert row[f"{name}_ci_low"] == pytest.approx(low, abs=0.02 + 0.1 * (high - low)), (lang, name)
-            assert row[f"{name}_ci_high"] == pytest.approx(high, abs=0.02 + 0.1 * (high - low)), (lang, name)
+            assert row[f"{name}_ci_low"] == pytest.approx(low, abs=0.02 + 0.1 * (high - low)), (
+                lang,
+                name,
+            )
+            assert row[f"{name}_ci_high"] == pytest.approx(high, abs=0.02 + 0.1 * (high - low)), (
+                lang,
+                name,
+            )
         assert row["mean_neurons"] == pytest.approx(np.mean([m.count() for m in masks]))
-        control_correct = np.array([[c[0][p] for c in per_item] for per_item in ctrl])  # [item, control]
+        control_correct = np.array(
+            [[c[0][p] for c in per_item] for per_item in ctrl]
+        )  # [item, control]
         control_logprob = np.array([[c[1][p] for c in per_item] for per_item in ctrl])
         base_logprob = np.array([base[i][1][p] for i in range(n)])
         assert row["control_accuracy"] == pytest.approx(control_correct.mean())
-        assert row["control_logprob_change"] == pytest.approx((control_logprob - base_logprob[:, None]).mean())
+        assert row["control_logprob_change"] == pytest.approx(
+            (control_logprob - base_logprob[:, None]).mean()
+        )
 
 
 def test_profiles_of_correct_and_incorrect_items_are_means_over_those_items(planted):
     lm, items, classes = planted
     measured = item_correctness(lm, items)
-    correctness = measured.assign(correct=[i % 3 == 0 for i in range(len(measured))])  # both groups filled
+    correctness = measured.assign(
+        correct=[i % 3 == 0 for i in range(len(measured))]
+    )  # both groups filled
     frame = correct_vs_incorrect(lm, items, sharing=classes, correctness=correctness)
     counts = classes.counts().numpy() * 100.0 / classes.d_mlp  # [item, layer, class]
     for (lang, correct), group in correctness.groupby(["language", "correct"]):
@@ -113,11 +146,13 @@ def test_item_correctness_reads_the_gold_answers_log_likelihood(planted):
 
     lm, items, _ = planted
     frame = item_correctness(lm, items)
-    assert list(frame.columns) == ["id", "language", "correct", "logprob"] and len(frame) == 2 * len(items)
+    assert list(frame.columns) == ["id", "language", "correct", "logprob"] and len(
+        frame
+    ) == 2 * len(items)
     for item in list(items)[:3]:
         for lang in items.languages:
             ids = lm.tokenize([item.texts[lang]])[0]
-            answer_ids = lm.tokenize([item.texts[lang] + item.answer(lang)])[0][len(ids):]
+            answer_ids = lm.tokenize([item.texts[lang] + item.answer(lang)])[0][len(ids) :]
             logits = last_logits(lm, lm.pad([ids], side="left"))[0].double()
             logprob = float(logits.log_softmax(-1)[answer_ids[0]])
             row = frame[(frame["id"] == item.id) & (frame["language"] == lang)].iloc[0]

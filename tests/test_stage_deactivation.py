@@ -24,14 +24,30 @@ def setup():
     membership = torch.zeros(4, lm.d_mlp, 2, dtype=torch.bool)
     membership[2, 16:20, 0] = True
     membership[2, 8:16, 1] = True
-    neurons = tlm.LanguageNeurons(("en", "ru"), membership, membership.any(-1), None, method="reference")
+    neurons = tlm.LanguageNeurons(
+        ("en", "ru"), membership, membership.any(-1), None, method="reference"
+    )
     held = tlm.Corpus.from_dict({lang: texts[30:] for lang, texts in toy.texts.items()})
     words = {lang: [w for t in texts for w in t.split()] for lang, texts in toy.texts.items()}
-    prompts = [tlm.LensPrompt(" ".join(words[lang][i : i + 8]), {lang: words[lang][i + 8]})
-               for lang in ("en", "ru") for i in range(0, 72, 9)]
-    stage_map = tlm.StageMap.from_boundaries(4, (1, 2, 3), d_mlp=lm.d_mlp)  # layer 2: output transformation
-    result = stage_effects(lm, neurons, stage_map, held, lens_prompts=prompts, controls=3, seed=4, n_boot=N_BOOT,
-                           progress=False)
+    prompts = [
+        tlm.LensPrompt(" ".join(words[lang][i : i + 8]), {lang: words[lang][i + 8]})
+        for lang in ("en", "ru")
+        for i in range(0, 72, 9)
+    ]
+    stage_map = tlm.StageMap.from_boundaries(
+        4, (1, 2, 3), d_mlp=lm.d_mlp
+    )  # layer 2: output transformation
+    result = stage_effects(
+        lm,
+        neurons,
+        stage_map,
+        held,
+        lens_prompts=prompts,
+        controls=3,
+        seed=4,
+        n_boot=N_BOOT,
+        progress=False,
+    )
     return lm, neurons, stage_map, held, prompts, result
 
 
@@ -85,10 +101,15 @@ def test_the_perplexity_columns_match_a_paired_bootstrap_written_here(setup):
         assert row["over_others"] == pytest.approx(own - others, rel=1e-9, abs=1e-12)
         # Paired intervals: every condition resampled over the same draw of texts.
         own_reps = relative_change(h, b, tokens, draws[lang])
-        ctrl_reps = np.mean([relative_change(per_text(c, lang)[0], b, tokens, draws[lang]) for c in controls], 0)
+        ctrl_reps = np.mean(
+            [relative_change(per_text(c, lang)[0], b, tokens, draws[lang]) for c in controls], 0
+        )
         other_reps = relative_change(h_other, b_other, tokens_other, draws[other])
-        for column, reps in (("own", own_reps), ("over_control", own_reps - ctrl_reps),
-                             ("over_others", own_reps - other_reps)):
+        for column, reps in (
+            ("own", own_reps),
+            ("over_control", own_reps - ctrl_reps),
+            ("over_others", own_reps - other_reps),
+        ):
             low, high = interval(reps)
             assert close(row[f"{column}_ci_low"], low, high - low), (lang, column)
             assert close(row[f"{column}_ci_high"], high, high - low), (lang, column)

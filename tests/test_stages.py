@@ -12,9 +12,15 @@ import tiny
 import torch
 
 import tl_multilingual as tlm
-from tl_multilingual.stages.lens import LensResult
 from tl_multilingual import resample
-from tl_multilingual.stages.segmentation import StageWarning, _exhaustive, lens_features, neuron_features, segment
+from tl_multilingual.stages.lens import LensResult
+from tl_multilingual.stages.segmentation import (
+    StageWarning,
+    _exhaustive,
+    lens_features,
+    neuron_features,
+    segment,
+)
 
 LANGUAGE = [12] * 4 + [1] * 6 + [12] * 4 + [6] * 2  # stages 0-3, 4-9, 10-13, 14-15
 GENERAL = [2] * 4 + [4] * 6 + [2] * 4 + [20] * 2
@@ -343,8 +349,6 @@ def test_constrained_segmentation_equals_a_plain_search():
             assert got == (expected if met else free)
             differs += met and expected != free
     assert differs > 0  # some constraints changed the answer, so they were tested
-
-
 # -- fit quality, stability and features, recomputed here --------------------------------
 
 
@@ -356,7 +360,9 @@ def standardised(frame):
 
 def split_cost(x, bounds):
     edges = (0, *bounds, len(x))
-    return sum(float(((x[lo:hi] - x[lo:hi].mean(0)) ** 2).sum()) for lo, hi in zip(edges[:-1], edges[1:]))
+    return sum(
+        float(((x[lo:hi] - x[lo:hi].mean(0)) ** 2).sum()) for lo, hi in zip(edges[:-1], edges[1:])
+    )
 
 
 def best_cost(x, k):
@@ -376,8 +382,14 @@ def wobbly_lens(n_layers=10, n_prompts=12, seed=3):
     english = 0.3 * np.exp(-((layers - 3) ** 2) / 4) + 0.05 * rng.random((n_prompts, n_layers))
     entropy = 5.0 - 3.0 * target + 0.3 * rng.random((n_prompts, n_layers))
     probability = torch.tensor(np.stack([target, english], -1)).float()
-    return LensResult(("zh", "en"), probability, torch.ones_like(probability), torch.tensor(entropy).float(),
-                      torch.zeros(n_prompts, n_layers, dtype=torch.long), tuple([None] * n_prompts))
+    return LensResult(
+        ("zh", "en"),
+        probability,
+        torch.ones_like(probability),
+        torch.tensor(entropy).float(),
+        torch.zeros(n_prompts, n_layers, dtype=torch.long),
+        tuple([None] * n_prompts),
+    )
 
 
 def test_explained_shares_are_those_of_a_plain_search():
@@ -417,15 +429,23 @@ def test_p_values_count_the_null_fits_at_least_as_good_plus_one():
             fitted[lo:hi] = x[lo:hi].mean(0)
         observed = 1 - best_cost(x, 4) / best_cost(x, k)
         order = rng.permuted(np.tile(np.arange(n), (n_null, 1)), axis=1)
-        gains = np.array([1 - best_cost(fitted + (x - fitted)[row], 4) / best_cost(fitted + (x - fitted)[row], k)
-                          for row in order])
+        gains = np.array(
+            [
+                1
+                - best_cost(fitted + (x - fitted)[row], 4)
+                / best_cost(fitted + (x - fitted)[row], k)
+                for row in order
+            ]
+        )
         assert q.beats[k] == pytest.approx((1 + np.sum(gains >= observed - 1e-12)) / (1 + n_null))
 
 
 def test_a_clear_four_stage_profile_gets_the_smallest_p_value_not_zero():
     stage_map, _ = quiet_map(lens=staged_lens((4, 10, 14)), n_boot=0, n_null=30)
     assert stage_map.quality.p_value == 1 / 31
-    assert stage_map.quality.significant(alpha=0.05) and not stage_map.quality.significant(alpha=1 / 31)
+    assert stage_map.quality.significant(alpha=0.05) and not stage_map.quality.significant(
+        alpha=1 / 31
+    )
 
 
 def test_stability_and_intervals_are_counted_from_refits_on_resampled_prompts():
@@ -440,19 +460,30 @@ def test_stability_and_intervals_are_counted_from_refits_on_resampled_prompts():
     refits = np.array(refits)
     boundaries = stage_map.boundaries
     n_layers = lens.n_layers
-    for k, name in enumerate(("understanding|shared_reasoning", "shared_reasoning|output_transformation",
-                              "output_transformation|vocabulary_output")):
+    for k, name in enumerate(
+        (
+            "understanding|shared_reasoning",
+            "shared_reasoning|output_transformation",
+            "output_transformation|vocabulary_output",
+        )
+    ):
         exact = float((refits[:, k] == boundaries[k]).mean())
         assert stage_map.stability[name] == pytest.approx(exact)
         low, high = np.quantile(refits[:, k], [0.05, 0.95])
         assert stage_map.intervals[name] == (int(np.floor(low)), int(np.ceil(high)))
         # A refit one layer off is not the same boundary.
-        assert stage_map.stability[name] <= stage_map.evidence.loc[boundaries[k], "boundary_share"] + 1e-12
+        assert (
+            stage_map.stability[name]
+            <= stage_map.evidence.loc[boundaries[k], "boundary_share"] + 1e-12
+        )
     assert any(stage_map.stability[name] < 1 for name in stage_map.stability)  # refits did move
     share = np.bincount(refits.reshape(-1), minlength=n_layers)[:n_layers] / n_boot
     assert np.allclose(stage_map.evidence["boundary_share"], share)
     stage_of = [tlm.StageMap.from_boundaries(n_layers, b).stage_of for b in refits]
-    agreement = [np.mean([f(layer) == stage_map.stage_of(layer) for f in stage_of]) for layer in range(n_layers)]
+    agreement = [
+        np.mean([f(layer) == stage_map.stage_of(layer) for f in stage_of])
+        for layer in range(n_layers)
+    ]
     assert np.allclose(stage_map.evidence["stage_agreement"], agreement)
 
 
@@ -501,18 +532,30 @@ def test_neuron_features_count_language_and_general_neurons_per_layer():
 
 def test_lens_features_average_each_prompt_at_its_own_target():
     langs = ("zh", "fr", "en")
-    prompts = (tlm.LensPrompt("a", {"zh": "x"}), tlm.LensPrompt("b", {"fr": "y", "en": "z"}),
-               tlm.LensPrompt("c", {"en": "w"}), tlm.LensPrompt("d", {"fr": "v"}))
+    prompts = (
+        tlm.LensPrompt("a", {"zh": "x"}),
+        tlm.LensPrompt("b", {"fr": "y", "en": "z"}),
+        tlm.LensPrompt("c", {"en": "w"}),
+        tlm.LensPrompt("d", {"fr": "v"}),
+    )
     rng = np.random.default_rng(0)
     probability = torch.tensor(rng.random((4, 5, 3))).float()
     probability[0, :, 1] = float("nan")  # no French answer for the first prompt
     entropy = torch.tensor(rng.random((4, 5))).float()
-    lens = LensResult(langs, probability, torch.ones_like(probability), entropy,
-                      torch.zeros(4, 5, dtype=torch.long), prompts)
+    lens = LensResult(
+        langs,
+        probability,
+        torch.ones_like(probability),
+        entropy,
+        torch.zeros(4, 5, dtype=torch.long),
+        prompts,
+    )
     p = probability.numpy()
     features = lens_features(lens)
     targets = [0, 1, 2, 1]  # each prompt's first answer language
-    assert np.allclose(features["f_target"], np.nanmean([p[i, :, t] for i, t in enumerate(targets)], 0))
+    assert np.allclose(
+        features["f_target"], np.nanmean([p[i, :, t] for i, t in enumerate(targets)], 0)
+    )
     # English is averaged over the prompts whose target is not English (prompt 2's is).
     assert np.allclose(features["f_english"], np.nanmean(p[[0, 1, 3], :, 2], 0))
     assert np.allclose(features["f_entropy"], entropy.numpy().mean(0))

@@ -62,8 +62,8 @@ def m(name: str, file: str, original: str, replacement: str, *tests: str) -> Mut
 MUTANTS: list[Mutant] = [
     # -- collect: the streaming totals --------------------------------------------------
     m("collect-float32-sums", "neurons/collect.py",
-      "torch.zeros(shape, dtype=torch.long, device=device),\n                torch.zeros(shape, dtype=torch.float64,",
-      "torch.zeros(shape, dtype=torch.long, device=device),\n                torch.zeros(shape, dtype=torch.float32,",
+      "dtype=torch.long, device=device),\n                torch.zeros(shape, dtype=torch.float64,",
+      "dtype=torch.long, device=device),\n                torch.zeros(shape, dtype=torch.float32,",
       "test_collect.py"),
     m("collect-float32-squares", "neurons/collect.py",
       "torch.zeros(shape, dtype=torch.float64, device=device),\n            )",
@@ -318,7 +318,8 @@ MUTANTS: list[Mutant] = [
     m("persist-recover-oldest", "persist.py",
       "newest = max(candidates)[1]",
       "newest = min(candidates)[1]",
-      "test_persist.py", "test_reliability.py::test_sigkill_at_every_step_of_a_save_never_leaves_a_wrong_or_stranded_save"),
+      "test_persist.py",
+      "test_reliability.py::test_sigkill_at_every_step_of_a_save_leaves_no_wrong_or_stranded_save"),
     m("persist-bool-read-as-number", "persist.py",
       "ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)",
       "ok = isinstance(value, allowed)",
@@ -351,7 +352,7 @@ MUTANTS: list[Mutant] = [
     m("distributed-gather-count-unchecked", "distributed.py",
       "if seen != n:",
       "if seen > n:",
-      "test_distributed.py::test_gathered_values_come_back_in_their_original_order_and_a_mismatched_split_is_refused"),
+      "test_distributed.py::test_gathering_keeps_the_order_and_refuses_a_mismatched_split"),
     # -- languages ------------------------------------------------------------------------
     m("languages-script-kept-before-region", "inputs/languages.py",
       "if script is not None and script == usual_script(language):",
@@ -651,7 +652,7 @@ MUTANTS: list[Mutant] = [
       "test_lens.py"),
     m("lens-summary-draws-per-quantity", "stages/lens.py",
       "mean, low, high = resample.mean_interval(values, ci=ci, unit_draws=unit_draws)",
-      "mean, low, high = resample.mean_interval(values, ci=ci, n_boot=n_boot, seed=seed + len(rows))",
+      "mean, low, high = resample.mean_interval(values, ci=ci, n_boot=n_boot, seed=len(rows))",
       "test_lens.py"),
     # -- report ----------------------------------------------------------------------------
     m("report-quarter-off-by-one", "study/report.py",
