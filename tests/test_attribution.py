@@ -102,6 +102,8 @@ def test_planted_shared_neurons_are_all_shared_top_attributed_and_boosting_helps
     profiles = tlm.sharing_experiments.correct_vs_incorrect(lm, items, sharing=sharing)
     assert set(profiles.columns) == {"language", "correct", "layer", "class", "percent", "n_items"}
     assert profiles.groupby(["language", "correct", "layer"])["percent"].sum().round(6).eq(100.0).all()
+
+
 def test_class_shares_of_the_top_neurons_are_counted_item_by_item():
     import numpy as np
 

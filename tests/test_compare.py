@@ -138,6 +138,8 @@ def test_comparison_figures(planted, tmp_path):
     for name, fig in {"classes": plot.class_changes(planted), "shared": plot.shared_by_n(planted),
                       "languages": plot.language_changes(planted)}.items():
         assert all(p.stat().st_size > 1000 for p in plot.save(fig, tmp_path / name))
+
+
 # -- every table recomputed from the neurons' own masks ------------------------------------
 
 

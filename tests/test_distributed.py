@@ -324,6 +324,8 @@ def test_a_killed_rank_ends_the_run_cleanly_and_a_rerun_on_two_loopback_nodes_re
     assert both.count(f"[{number}/{len(STEPS)}] deactivation done") == 1, both
     same_tables(tables(out), single_study)
     assert not leftovers(out)
+
+
 # -- how units are dealt to ranks ---------------------------------------------------------
 
 

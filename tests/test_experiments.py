@@ -140,6 +140,8 @@ def test_controls_are_matched_to_variants_by_their_classes(rigged):
     assert result.controls["seed"].max() == 1  # two controls: the mapping's key names the same classes
     with pytest.raises(tlm.MaskError, match="unknown class"):
         tlm.deactivation_matrix(lm, neurons, held_out, classes=["specific+shared"], progress=False)
+
+
 # -- every number of a cell, recomputed here ----------------------------------------------
 
 

@@ -302,6 +302,8 @@ def test_the_recipe_repeats_the_identification(kwargs):
     assert not [w for w in caught if "lambda search" in str(w.message)]  # the lambda is fixed: no search
     assert torch.equal(again.membership, neurons.membership) and again.lam == neurons.lam
     assert torch.equal(again.classes(), neurons.classes())
+
+
 def ternary_by_hand(probs, lam, top_rate, bar_ratio):
     """Zhang et al.'s (AAAI-26) selection written out in numpy: the selected flat indices
     and the number of languages each neuron is above the bar in."""

@@ -68,6 +68,8 @@ def test_variants_are_dropped_and_the_caller_told():
 def test_unknown_codes_are_refused(bad):
     with pytest.raises(tlm.LanguageError, match="unknown language"):
         tlm.normalize_language(bad)
+
+
 @pytest.mark.parametrize(
     "code, key, folded",
     [

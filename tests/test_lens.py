@@ -92,6 +92,8 @@ def test_prompt_builders_follow_wendler_et_al():
         tlm.prompts.cloze(WORDS, language="fr")
     with pytest.raises(tlm.CorpusError):
         tlm.prompts.translation(WORDS[:1], src="fr", tgt="zh")
+
+
 def test_summary_intervals_are_quantiles_of_prompt_resampled_means():
     import numpy as np
 

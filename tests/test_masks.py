@@ -77,6 +77,8 @@ def test_one_parser_reads_class_variants():
             parse_variant(bad)
     with pytest.raises(tlm.MaskError, match="unknown class 'shared'"):
         parse_variant("specific+shared", ("specific", "related"))
+
+
 def test_controls_are_distinct_random_sets_of_the_same_size_per_layer_outside_the_mask():
     hit = mask([(0, 0), (0, 1), (0, 2), (2, 3)], shape=(3, 40))
     controls = hit.controls(4, seed=7)

@@ -75,6 +75,8 @@ def test_all_position_alignment_needs_equal_lengths():
                           mask=tlm.NeuronMask.random([5, 5], lm.d_mlp), align="all", controls=0)
     with pytest.raises(tlm.TLMultilingualError, match="parallel"):
         tlm.patch_neurons(lm, source=same * 2, target=same, mask=tlm.NeuronMask.random([5, 5], lm.d_mlp))
+
+
 def test_the_summary_pools_the_controls_only_and_pairs_every_condition_with_the_baseline():
     import numpy as np
 

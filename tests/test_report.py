@@ -13,6 +13,8 @@ def test_a_language_whose_own_perplexity_fell_is_not_hurt_most():
     assert _hurt_most(0.20, 0.01)
     assert not _hurt_most(0.01, 0.05)
     assert not _hurt_most(0.0, -0.5)
+
+
 def _neurons(language_per_layer, d_mlp=16, langs=("en", "fr", "de")):
     import torch
 

@@ -128,6 +128,8 @@ def test_parallel_items_formats_and_missing_translations(tmp_path):
     datasets = require("datasets")
     ds = datasets.Dataset.from_list(long)
     assert len(tlm.ParallelItems.from_hf(ds)) == 3
+
+
 def test_stability_layer_profile_and_percentages_are_counted_item_by_item():
     """A neuron is stable when its class is the same on every item (all of them, not
     some); percentages are of ``d_mlp``; the profile's spread is over items."""

@@ -349,6 +349,8 @@ def test_constrained_segmentation_equals_a_plain_search():
             assert got == (expected if met else free)
             differs += met and expected != free
     assert differs > 0  # some constraints changed the answer, so they were tested
+
+
 # -- fit quality, stability and features, recomputed here --------------------------------
 
 

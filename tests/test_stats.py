@@ -198,6 +198,8 @@ def test_redraw_is_a_binomial_replicate():
     expected = (stats.tokens.double() * p * (1 - p)).mean()
     assert draws.var(0).mean().item() == pytest.approx(expected.item(), rel=0.1)
     assert stats.redraw(torch.Generator().manual_seed(1)).token_counts == stats.token_counts
+
+
 def test_counts_only_statistics_added_to_collected_ones_keep_no_partial_sums():
     """Sums over part of the tokens divided by all of them would give means that are too
     low: a sum known for one side only is dropped, and means then refuse clearly."""
