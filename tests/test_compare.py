@@ -249,9 +249,16 @@ def quantities(neurons, trained):
     return out
 
 
-def test_headline_intervals_are_quantiles_of_redrawn_and_reidentified_changes():
-    base, aligned = lam_stats(0.3), lam_stats(0.7)
-    comparison = tlm.compare(base, aligned, trained_languages=["zh"], top_rate=0.1, bar_ratio=0.85)
+@pytest.mark.parametrize("case", ["planted", "swept"])
+def test_headline_intervals_are_quantiles_of_redrawn_and_reidentified_changes(case):
+    if case == "planted":  # classes that change, with a fixed lambda
+        base, aligned = stats_from(**BASE), stats_from(**ALIGNED)
+        comparison = tlm.compare(base, aligned, trained_languages=["zh"], **PARAMS)
+    else:  # lambdas found by the search
+        base, aligned = lam_stats(0.3), lam_stats(0.7)
+        comparison = tlm.compare(
+            base, aligned, trained_languages=["zh"], top_rate=0.1, bar_ratio=0.85
+        )
     table = comparison.headlines(n_boot=40, ci=0.9, seed=3).set_index("quantity")
     # The documented replicate: both models' counts redrawn (base first), neurons
     # re-identified with their recipes (and so their lambdas).
@@ -276,3 +283,5 @@ def test_headline_intervals_are_quantiles_of_redrawn_and_reidentified_changes():
             )
         else:
             assert math.isnan(row["opposite_sign_share"])
+    if case == "planted":
+        assert table["change"].abs().sum() > 0 and table["opposite_sign_share"].notna().any()
