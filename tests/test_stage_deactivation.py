@@ -17,13 +17,15 @@ N_BOOT = 3000
 
 @pytest.fixture(scope="module")
 def setup():
-    toy = tlm.models.planted(n_layers=4, layer=2)
+    # The planted neurons sit in the last layer, so that the lens's output layer is the
+    # first to change.
+    toy = tlm.models.planted(n_layers=4, layer=3)
     lm = tlm.adapt(toy.model)
     # English gets four of the neurons both languages share (16-23: they raise the shared
     # answer "."), Russian its own planted neurons (8-15).
     membership = torch.zeros(4, lm.d_mlp, 2, dtype=torch.bool)
-    membership[2, 16:20, 0] = True
-    membership[2, 8:16, 1] = True
+    membership[3, 16:20, 0] = True
+    membership[3, 8:16, 1] = True
     neurons = tlm.LanguageNeurons(
         ("en", "ru"), membership, membership.any(-1), None, method="reference"
     )
@@ -34,9 +36,7 @@ def setup():
         for lang in ("en", "ru")
         for i in range(0, 72, 9)
     ]
-    stage_map = tlm.StageMap.from_boundaries(
-        4, (1, 2, 3), d_mlp=lm.d_mlp
-    )  # layer 2: output transformation
+    stage_map = tlm.StageMap.from_boundaries(4, (1, 2, 3), d_mlp=lm.d_mlp)  # layer 3: vocabulary output
     result = stage_effects(
         lm,
         neurons,
@@ -76,7 +76,7 @@ def test_the_perplexity_columns_match_a_paired_bootstrap_written_here(setup):
     rng = np.random.default_rng(0)
     draws = {lang: rng.integers(0, 10, size=(N_BOOT, 10)) for lang in ("en", "ru")}
     every = np.arange(10)
-    span = stage_map.layers("output_transformation")
+    span = stage_map.layers("vocabulary_output")
     for lang, other in (("en", "ru"), ("ru", "en")):
         mask = neurons.specific(lang).restrict(span)
         with tlm.ablate(lm, mask):
@@ -85,8 +85,8 @@ def test_the_perplexity_columns_match_a_paired_bootstrap_written_here(setup):
         for control in mask.controls(3, seed=4):
             with tlm.ablate(lm, control):
                 controls.append(text_nll(lm, held))
-        row = frame.loc[("output_transformation", lang)]
-        assert row["n_neurons"] == mask.count() and row["layers"] == "2-2" and row["n_texts"] == 10
+        row = frame.loc[("vocabulary_output", lang)]
+        assert row["n_neurons"] == mask.count() and row["layers"] == "3-3" and row["n_texts"] == 10
         b, tokens = per_text(base, lang)
         h, _ = per_text(hit, lang)
         own = relative_change(h, b, tokens, every)
@@ -114,7 +114,7 @@ def test_the_perplexity_columns_match_a_paired_bootstrap_written_here(setup):
             assert close(row[f"{column}_ci_low"], low, high - low), (lang, column)
             assert close(row[f"{column}_ci_high"], high, high - low), (lang, column)
     # Stages without the language's neurons change nothing.
-    for stage in ("understanding", "shared_reasoning", "vocabulary_output"):
+    for stage in ("understanding", "shared_reasoning", "output_transformation"):
         for lang in ("en", "ru"):
             row = frame.loc[(stage, lang)]
             assert row["n_neurons"] == 0 and row["own_change"] == 0 and row["control_change"] == 0
@@ -129,10 +129,10 @@ def test_a_stage_carries_a_language_only_when_both_lower_bounds_are_above_zero(s
     # comparisons; English's share of the common neurons beats the other language but
     # not random neurons.
     row = frame.set_index(["stage", "language"]).loc
-    assert row[("output_transformation", "ru")]["carries"]
-    en = row[("output_transformation", "en")]
+    assert row[("vocabulary_output", "ru")]["carries"]
+    en = row[("vocabulary_output", "en")]
     assert en["over_others_ci_low"] > 0 and en["over_control_ci_low"] <= 0 and not en["carries"]
-    assert result.carriers() == ["output_transformation"]
+    assert result.carriers() == ["vocabulary_output"]
 
 
 def test_the_lens_columns_match_the_lens_read_here(setup):
@@ -142,18 +142,18 @@ def test_the_lens_columns_match_the_lens_read_here(setup):
     rng = np.random.default_rng(1)
     for k, lang in enumerate(("en", "ru")):
         rows = [i for i, p in enumerate(prompts) if next(iter(p.answers)) == lang]
-        mask = neurons.specific(lang).restrict(stage_map.layers("output_transformation"))
+        mask = neurons.specific(lang).restrict(stage_map.layers("vocabulary_output"))
         with tlm.ablate(lm, mask):
             hit = tlm.language_lens(lm, prompts).probability.numpy().astype(float)
         controls = []
         for control in mask.controls(3, seed=4):
             with tlm.ablate(lm, control):
                 controls.append(tlm.language_lens(lm, prompts).probability.numpy().astype(float))
-        lens_k = result.lens.query("stage == 'output_transformation' and language == @lang")
+        lens_k = result.lens.query("stage == 'vocabulary_output' and language == @lang")
         b, h = base[rows, :, k], hit[rows, :, k]  # [prompt, layer]
         c = np.mean([x[rows, :, k] for x in controls], 0)
         change = (h - b).mean(0)
-        row = frame.loc[("output_transformation", lang)]
+        row = frame.loc[("vocabulary_output", lang)]
         assert row["n_prompts"] == len(rows) == 8
         assert row["lens_output_change"] == pytest.approx(change[-1], abs=1e-7)
         assert row["lens_control_change"] == pytest.approx((c - b)[:, -1].mean(), abs=1e-7)

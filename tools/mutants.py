@@ -38,8 +38,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "tl_multilingual"
-COPY_IGNORE = shutil.ignore_patterns(".git", ".venv*", "__pycache__", ".pytest_cache", "site", "runs", "study",
-                                     "*.egg-info", "build", "dist")
+_IGNORED_EVERYWHERE = shutil.ignore_patterns(".git", ".venv*", "__pycache__", ".pytest_cache", "*.egg-info")
+# Outputs beside the package (docs site, study folders, builds); never the package's own
+# subpackages of the same name (tl_multilingual/study).
+_IGNORED_AT_ROOT = {"site", "runs", "study", "build", "dist"}
+
+
+def COPY_IGNORE(directory: str, names: list[str]) -> set[str]:
+    ignored = set(_IGNORED_EVERYWHERE(directory, names))
+    if Path(directory).resolve() == ROOT:
+        ignored |= _IGNORED_AT_ROOT & set(names)
+    return ignored
 
 
 @dataclass(frozen=True)
