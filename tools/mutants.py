@@ -403,7 +403,7 @@ MUTANTS: list[Mutant] = [
     m("tokens-left-padding-shift-ignored", "model/tokens.py",
       'shift = (width - lengths) if batch.padding_side == "left" else torch.zeros_like(lengths)',
       "shift = torch.zeros_like(lengths)",
-      "test_collect.py", "test_evaluate.py"),
+      "test_tokens.py"),
     m("tokens-response-start-drops-bos", "model/tokens.py",
       "start = max(answer_from - offset + first, first)",
       "start = max(answer_from - offset, first)",
