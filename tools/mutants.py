@@ -762,6 +762,8 @@ def run_one(mutant: Mutant, workdir: Path, timeout: float) -> tuple[str, str, fl
         return "survived", last, seconds
     if done.returncode == 5:
         return "survived", "no tests collected", seconds
+    if done.returncode == 4 and "not found:" in done.stdout + done.stderr:
+        return "survived", "no such test", seconds
     failed = next((line for line in lines if line.startswith(("FAILED", "ERROR"))), last)
     return "killed", failed[:160], seconds
 
