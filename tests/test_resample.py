@@ -147,7 +147,7 @@ def test_a_95_percent_interval_covers_the_true_mean_about_95_percent_of_the_time
 
 
 def test_an_interval_of_a_null_effect_is_centred_on_zero():
-    """The issue's example: on 100 standard-normal values the interval straddles 0 and
+    """On 100 standard-normal values (a null effect) the interval straddles 0 and
     is about 4 standard errors wide."""
     values = np.random.default_rng(0).normal(size=100)
     estimate, low, high = resample.mean_interval(values, n_boot=1000, seed=0)
