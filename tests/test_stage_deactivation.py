@@ -36,7 +36,8 @@ def setup():
         for lang in ("en", "ru")
         for i in range(0, 72, 9)
     ]
-    stage_map = tlm.StageMap.from_boundaries(4, (1, 2, 3), d_mlp=lm.d_mlp)  # layer 3: vocabulary output
+    # Layer 3 is the vocabulary output stage.
+    stage_map = tlm.StageMap.from_boundaries(4, (1, 2, 3), d_mlp=lm.d_mlp)
     result = stage_effects(
         lm,
         neurons,

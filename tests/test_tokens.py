@@ -16,7 +16,8 @@ from tl_multilingual.model.tokens import batches, encode
 @pytest.mark.parametrize("policy", ["all", "last", "response"])
 def test_each_batchs_counted_positions_are_the_sequences_spans(side, policy):
     lm = tlm.adapt(tiny.bridge("llama"), padding_side=side)
-    texts = [Text("The cat", "sleeps on the warm mat."), Text("Le chat dort sur le tapis", " chaud."),
+    texts = [Text("The cat", "sleeps on the warm mat."),
+             Text("Le chat dort sur le tapis", " chaud."),
              Text("We walked", " to the market in the morning."), Text("Numbers:", " 42.")]
     sequences = encode(lm, texts, policy=policy)
     seen = []

@@ -38,7 +38,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "tl_multilingual"
-_IGNORED_EVERYWHERE = shutil.ignore_patterns(".git", ".venv*", "__pycache__", ".pytest_cache", "*.egg-info")
+_IGNORED_EVERYWHERE = shutil.ignore_patterns(
+    ".git", ".venv*", "__pycache__", ".pytest_cache", "*.egg-info"
+)
 # Outputs beside the package (docs site, study folders, builds); never the package's own
 # subpackages of the same name (tl_multilingual/study).
 _IGNORED_AT_ROOT = {"site", "runs", "study", "build", "dist"}
