@@ -99,7 +99,8 @@ def run(rank: int, world: int, port: int, results: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo",
                       TQDM_DISABLE="1")
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
+    # The timeout only stops a hang: a failing rank makes its peers' collectives fail at once.
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=600))
     try:
         _checks(rank)
         if rank == 0:

@@ -102,3 +102,41 @@ def test_planted_shared_neurons_are_all_shared_top_attributed_and_boosting_helps
     profiles = tlm.sharing_experiments.correct_vs_incorrect(lm, items, sharing=sharing)
     assert set(profiles.columns) == {"language", "correct", "layer", "class", "percent", "n_items"}
     assert profiles.groupby(["language", "correct", "layer"])["percent"].sum().round(6).eq(100.0).all()
+
+
+def test_class_shares_of_the_top_neurons_are_counted_item_by_item():
+    import numpy as np
+
+    from tl_multilingual.causal.attribution import Attribution, class_attribution
+    from tl_multilingual.neurons.sharing_classes import SHARING_CLASSES
+
+    generator = torch.Generator().manual_seed(1)
+    codes = torch.randint(
+        0, 4, (3, 2, 10), generator=generator, dtype=torch.uint8
+    )  # 3 items, 2 languages
+    sharing = tlm.Sharing(("en", "fr"), ["a", "b", "c"], codes, 0.0, "last")
+    scores = torch.randn(3, 2, 2, 10, generator=generator)
+    attribution = Attribution("effective", ("en", "fr"), ["a", "b", "c"], scores)
+    frame = class_attribution(sharing, attribution, top_k=4)
+    assert frame.attrs["top_k"] == 4
+    classes = sharing.classes().numpy()  # [item, layer, neuron]
+    for p, lang in enumerate(("en", "fr")):
+        share = np.zeros((3, 2, 4))  # [item, layer, class]
+        base = np.zeros((3, 2, 4))
+        for i in range(3):
+            for layer in range(2):
+                top = np.argsort(-scores[i, p, layer].numpy(), kind="stable")[:4]
+                for c in range(4):
+                    share[i, layer, c] = np.mean(classes[i, layer, top] == c)
+                    base[i, layer, c] = np.mean(classes[i, layer] == c)
+        for layer in (0, 1, "all"):
+            s = share.mean((0, 1)) if layer == "all" else share[:, layer].mean(0)
+            b = base.mean((0, 1)) if layer == "all" else base[:, layer].mean(0)
+            rows = frame[(frame["language"] == lang) & (frame["layer"].astype(str) == str(layer))]
+            for c, cls in enumerate(SHARING_CLASSES):
+                row = rows[rows["class"] == cls].iloc[0]
+                assert row["share"] == pytest.approx(s[c]) and row["base"] == pytest.approx(b[c])
+                if b[c] > 0:
+                    assert row["enrichment"] == pytest.approx(s[c] / b[c])
+                else:
+                    assert np.isnan(row["enrichment"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import tiny
 import torch
@@ -152,3 +153,117 @@ def test_controls_are_matched_to_variants_by_their_classes(rigged):
     assert result.controls["seed"].max() == 1  # two controls: the mapping's key names the same classes
     with pytest.raises(tlm.MaskError, match="unknown class"):
         tlm.deactivation_matrix(lm, neurons, held_out, classes=["specific+shared"], progress=False)
+
+
+# -- every number of a cell, recomputed here ----------------------------------------------
+
+
+def _pooled_perplexity(nll, tokens, index):
+    """Perplexity of the texts ``index`` (rows of draws) pooled: exp(sum nll / sum tokens)."""
+    return np.exp(nll[index].sum(-1) / tokens[index].sum(-1))
+
+
+def test_every_cell_of_the_matrix_matches_a_paired_bootstrap_written_here(rigged):
+    """Baseline, value, change, relative change and the paired interval of every cell, from
+    per-text NLLs measured here with and without the deactivation; the controls' columns
+    from the per-seed control table."""
+    from tl_multilingual.causal.evaluate import text_nll
+
+    lm, neurons, held_out, _ = rigged
+    result = tlm.deactivation_matrix(
+        lm, neurons, held_out, classes=["specific"], controls=3, n_boot=4000, seed=5, progress=False
+    )
+    frame = result.to_frame().set_index(["ablated", "evaluated"])
+    base = text_nll(lm, held_out)
+    rng = np.random.default_rng(0)
+    for ablated in ("en", "ru"):
+        with tlm.ablate(lm, neurons.specific(ablated)):
+            hit = text_nll(lm, held_out)
+        for evaluated in ("en", "ru"):
+            b = base[base["language"] == evaluated].sort_values("text")
+            h = hit[hit["language"] == evaluated].sort_values("text")
+            tokens, b_nll, h_nll = (
+                b["tokens"].to_numpy(float),
+                b["nll"].to_numpy(),
+                h["nll"].to_numpy(),
+            )
+            every = np.arange(len(b))
+            row = frame.loc[(ablated, evaluated)]
+            assert row["baseline"] == pytest.approx(
+                _pooled_perplexity(b_nll, tokens, every), rel=1e-9
+            )
+            assert row["value"] == pytest.approx(_pooled_perplexity(h_nll, tokens, every), rel=1e-9)
+            assert row["change"] == pytest.approx(row["value"] - row["baseline"], rel=1e-9)
+            assert row["relative_change"] == pytest.approx(
+                row["change"] / row["baseline"], rel=1e-9
+            )
+            # The paired bootstrap: one draw of texts for both conditions.
+            draws = rng.integers(0, len(b), size=(4000, len(b)))
+            changes = _pooled_perplexity(h_nll, tokens, draws) - _pooled_perplexity(
+                b_nll, tokens, draws
+            )
+            low, high = np.quantile(changes, [0.025, 0.975])
+            width = high - low
+            assert row["ci_low"] == pytest.approx(low, abs=0.1 * width), (ablated, evaluated)
+            assert row["ci_high"] == pytest.approx(high, abs=0.1 * width), (ablated, evaluated)
+            # Controls: per-seed values, their mean change and spread.
+            ctrl = result.controls.query("ablated == @ablated and evaluated == @evaluated")
+            assert sorted(ctrl["seed"]) == [0, 1, 2]
+            changes = ctrl["value"].to_numpy() - row["baseline"]
+            assert len(set(ctrl["value"].round(9))) == 3  # three different random sets
+            assert row["control_change"] == pytest.approx(changes.mean(), rel=1e-9)
+            assert row["control_change_sd"] == pytest.approx(changes.std(ddof=1), rel=1e-9)
+            assert row["control_value"] == pytest.approx(row["baseline"] + changes.mean(), rel=1e-9)
+            assert row["effect_over_control"] == pytest.approx(
+                row["change"] - changes.mean(), rel=1e-9
+            )
+    # A cross-language cell changes little and varies with the texts much: unpaired draws
+    # (the baseline's texts drawn apart from the condition's) would give an interval
+    # several times as wide as the paired one above.
+    cross = frame.loc[("en", "ru")]
+    b = base[base["language"] == "ru"].sort_values("text")
+    tokens, b_nll = b["tokens"].to_numpy(float), b["nll"].to_numpy()
+    draws, others = rng.integers(0, len(b), size=(2, 4000, len(b)))
+    spread = _pooled_perplexity(b_nll, tokens, draws) - _pooled_perplexity(b_nll, tokens, others)
+    assert np.quantile(spread, 0.975) - np.quantile(spread, 0.025) > 2 * (
+        cross["ci_high"] - cross["ci_low"]
+    )
+
+
+def test_accuracy_cells_are_shares_of_correct_items_with_a_paired_interval(rigged):
+    from tl_multilingual.causal.evaluate import choice_scores
+
+    lm, neurons, _, toy = rigged
+    items = {
+        lang: [
+            {
+                "prompt": " ".join(text.split()[:-1]),
+                "options": [" " + text.split()[-1], " ."],
+                "answer": 0,
+            }
+            for text in toy.texts[lang][30:40]
+        ]
+        for lang in ("en", "ru")
+    }
+    result = tlm.deactivation_matrix(
+        lm, neurons, items, classes=["specific"], controls=0, n_boot=4000, progress=False
+    )
+    assert result.metric == "accuracy" and len(result.controls) == 0
+    frame = result.to_frame().set_index(["ablated", "evaluated"])
+    base = choice_scores(lm, items)
+    rng = np.random.default_rng(1)
+    for ablated in ("en", "ru"):
+        with tlm.ablate(lm, neurons.specific(ablated)):
+            hit = choice_scores(lm, items)
+        for evaluated in ("en", "ru"):
+            b = base[base["language"] == evaluated].sort_values("item")["correct"].to_numpy(float)
+            h = hit[hit["language"] == evaluated].sort_values("item")["correct"].to_numpy(float)
+            row = frame.loc[(ablated, evaluated)]
+            assert (row["baseline"], row["value"]) == pytest.approx((b.mean(), h.mean()))
+            assert row["change"] == pytest.approx(h.mean() - b.mean())
+            assert np.isnan(row["control_change"])
+            draws = rng.integers(0, len(b), size=(4000, len(b)))
+            changes = h[draws].mean(1) - b[draws].mean(1)
+            low, high = np.quantile(changes, [0.025, 0.975])
+            assert row["ci_low"] == pytest.approx(low, abs=0.05 + 0.1 * (high - low))
+            assert row["ci_high"] == pytest.approx(high, abs=0.05 + 0.1 * (high - low))

@@ -26,6 +26,11 @@ from tl_multilingual.study.steps import STEPS
 
 REPO = Path(__file__).resolve().parent.parent
 TORCHRUN = Path(sys.executable).with_name("torchrun")
+# No test here waits on a time budget: a failing rank ends its run at once (its peers' collectives
+# fail, see tl_multilingual.distributed). These limits only stop a run that hangs, and lie far
+# beyond what any machine, however slow or loaded, takes for these seconds-long runs.
+HANG_GUARD_S = 1800.0
+COLLECTIVE_TIMEOUT_S = 600
 
 
 def free_port() -> int:
@@ -37,7 +42,8 @@ def free_port() -> int:
 def loopback_env() -> dict[str, str]:
     env = dict(os.environ)
     env.update(PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""), GLOO_SOCKET_IFNAME="lo",
-               MASTER_ADDR="127.0.0.1", OMP_NUM_THREADS="1", TQDM_DISABLE="1", TLM_DIST_TIMEOUT="60")
+               MASTER_ADDR="127.0.0.1", OMP_NUM_THREADS="1", TQDM_DISABLE="1",
+               TLM_DIST_TIMEOUT=str(COLLECTIVE_TIMEOUT_S))
     return env
 
 
@@ -64,12 +70,12 @@ def test_every_step_on_two_gloo_processes_equals_one_process(tmp_path):
     results = tmp_path / "ok"
     context = mp.start_processes(dist_worker.run, args=(2, free_port(), str(results)), nprocs=2, join=False,
                                  start_method="spawn")
-    deadline = time.monotonic() + 240
-    while not context.join(timeout=5):
+    deadline = time.monotonic() + HANG_GUARD_S
+    while not context.join(timeout=5):  # a worker that fails raises here at once
         if time.monotonic() > deadline:
             for process in context.processes:
                 process.kill()
-            pytest.fail("the distributed workers did not finish in time")
+            pytest.fail("the distributed workers hung")
     assert results.read_text() == "ok"
 
 
@@ -233,7 +239,7 @@ FAST = ["--languages", "en,fr,de", "--eval-texts", "2", "--controls", "1", "--ba
 FAULT = REPO / "tests" / "dist_fault.py"
 
 
-def torchrun(args: list[str], *, nproc: int = 2, extra: list[str] | None = None, timeout: float = 240):
+def torchrun(args: list[str], *, nproc: int = 2, extra: list[str] | None = None):
     launcher = [str(TORCHRUN), f"--nproc-per-node={nproc}", "--max-restarts=0", *(extra or [])]
     if extra is None:
         launcher += ["--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}", "--local-addr=127.0.0.1"]
@@ -241,13 +247,13 @@ def torchrun(args: list[str], *, nproc: int = 2, extra: list[str] | None = None,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def finish(process: subprocess.Popen, timeout: float = 240) -> tuple[int, str]:
+def finish(process: subprocess.Popen) -> tuple[int, str]:
     try:
-        output, _ = process.communicate(timeout=timeout)
+        output, _ = process.communicate(timeout=HANG_GUARD_S)
     except subprocess.TimeoutExpired:
         process.kill()
         output, _ = process.communicate()
-        pytest.fail(f"torchrun did not finish in time:\n{output}")
+        pytest.fail(f"torchrun hung:\n{output}")
     return process.returncode, output
 
 
@@ -319,3 +325,65 @@ def test_a_killed_rank_ends_the_run_cleanly_and_a_rerun_on_two_loopback_nodes_re
     assert both.count(f"[{number}/{total}] deactivation done") == 1, both
     same_tables(tables(out), single_study)
     assert not leftovers(out)
+
+
+# -- how units are dealt to ranks ---------------------------------------------------------
+
+
+def as_rank(monkeypatch, r: int, w: int) -> None:
+    """This process, as rank ``r`` of a group of ``w`` (no communication needed)."""
+    monkeypatch.setattr(distributed, "active", lambda: w > 1)
+    monkeypatch.setattr(distributed, "world_size", lambda: w)
+    monkeypatch.setattr(distributed, "rank", lambda: r)
+
+
+@pytest.mark.parametrize("w", [2, 3, 5])
+def test_shards_deal_the_units_in_turn_largest_first(monkeypatch, w):
+    sizes = [4, 9, 1, 9, 7, 2, 2, 8, 3, 5, 6]
+    n = len(sizes)
+    by_size = sorted(range(n), key=lambda i: (-sizes[i], i))  # largest first, ties by index
+    parts = []
+    for r in range(w):
+        as_rank(monkeypatch, r, w)
+        mine = distributed.shard(n, sizes)
+        assert mine == sorted(by_size[r::w]) and mine == sorted(mine)
+        assert distributed.shard(n) == list(range(r, n, w))  # without sizes: r, r + w, ...
+        assert distributed.show_progress(True) == (r == 0) and distributed.is_main() == (r == 0)
+        parts.append(mine)
+    assert sorted(i for part in parts for i in part) == list(range(n))  # every unit once
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    totals = [sum(sizes[i] for i in part) for part in parts]
+    assert max(totals) - min(totals) <= max(sizes)  # similar work per rank
+    monkeypatch.undo()
+    assert distributed.shard(n, sizes) == list(range(n)) and not distributed.show_progress(False)
+
+
+class _FakeGroup:
+    """Stands in for torch.distributed on rank 0 of two: the other rank's contribution is given."""
+
+    def __init__(self, other):
+        self.other = other
+
+    def all_gather_object(self, parts, payload):
+        parts[0], parts[1] = payload, self.other
+
+    def get_backend(self):
+        return "gloo"
+
+    def all_reduce(self, tensor):
+        tensor += self.other
+
+
+def test_gathering_keeps_the_order_and_refuses_a_mismatched_split(
+    monkeypatch,
+):
+    as_rank(monkeypatch, 0, 2)
+    monkeypatch.setattr(distributed, "_dist", lambda: _FakeGroup(([1, 3], ["b", "d"])))
+    assert distributed.gather_in_order(["a", "c", "e"], [0, 2, 4], 5) == ["a", "b", "c", "d", "e"]
+    with pytest.raises(tlm.DistributedError, match="gathered 5 of 6 values"):
+        distributed.gather_in_order(["a", "c", "e"], [0, 2, 4], 6)
+    other = torch.zeros(4, 2, dtype=torch.long)
+    other[[1, 3]] = torch.tensor([[10, 11], [30, 31]])
+    monkeypatch.setattr(distributed, "_dist", lambda: _FakeGroup(other))
+    rows = distributed.gather_rows(torch.tensor([[0, 1], [20, 21]]), [0, 2], 4)
+    assert rows.tolist() == [[0, 1], [10, 11], [20, 21], [30, 31]]

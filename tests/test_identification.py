@@ -363,3 +363,56 @@ def test_a_new_method_is_one_table_entry(monkeypatch):
     assert torch.equal(tlm.identify(stats, **neurons.recipe).membership, neurons.membership)
     with pytest.raises(tlm.IdentificationError, match="'most_active' takes no parameter"):
         tlm.identify(stats, method="most_active", top_rate=0.5)
+
+
+def ternary_by_hand(probs, lam, top_rate, bar_ratio):
+    """Zhang et al.'s (AAAI-26) selection written out in numpy: the selected flat indices
+    and the number of languages each neuron is above the bar in."""
+    import numpy as np
+
+    p = probs.numpy().astype(float)
+    k_langs = p.shape[-1]
+    total = p.sum(-1, keepdims=True)
+    normed = np.where(total > 0, p / np.where(total > 0, total, 1), 1.0 / k_langs)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ent = -np.where(normed > 0, normed * np.log(normed), 0.0).sum(-1) / np.log(k_langs)
+    norm = sum(1 / i for i in range(1, k_langs + 1)) / k_langs
+    score = (ent - lam * p.max(-1) / norm).reshape(-1)
+    chosen = np.sort(np.argsort(score, kind="stable")[: round(top_rate * score.size)])
+    bar = np.sort(p.reshape(-1))[round(bar_ratio * p.size) - 1]
+    return chosen, (p > bar).sum(-1).reshape(-1)
+
+
+def test_the_automatic_lambda_is_the_largest_that_keeps_selected_neurons_out_of_some_language():
+    import numpy as np
+
+    generator = torch.Generator().manual_seed(0)
+    probs = torch.tensor([0.1, 0.1, 0.02]).repeat(2, 100, 1)
+    probs[:, :10] = torch.tensor([0.95, 0.95, 0.5])  # nearly general
+    probs[:, 10:15] = torch.tensor([0.6, 0.01, 0.01])  # specific
+    probs[:, 15:18] = torch.tensor([0.6, 0.5, 0.01])  # related
+    probs = (probs + 0.01 * torch.rand(probs.shape, generator=generator)).clamp(0, 1)
+    stats = tlm.ActivationStats.from_counts(
+        ["en", "zh", "de"], [1000] * 3, (probs * 1000).round().long()
+    )
+    neurons = tlm.identify(stats, top_rate=0.1, bar_ratio=0.85)
+    lam = neurons.lam
+    assert 0 < lam < 0.2 and neurons.params["lam_search"]["at_bound"] is None
+    p = stats.probabilities()
+
+    def in_all(value):
+        chosen, n_above = ternary_by_hand(p, value, 0.1, 0.85)
+        return int((n_above[chosen] == 3).sum())
+
+    assert in_all(lam) == 0 and in_all(lam + 1e-3) > 0  # the largest such lambda, to the tolerance
+    chosen, n_above = ternary_by_hand(p, lam, 0.1, 0.85)
+    selected = neurons.selected().tensor.reshape(-1).nonzero().squeeze(1).numpy()
+    assert np.array_equal(selected, chosen)
+    assert neurons.histogram == np.bincount(n_above[chosen], minlength=4).tolist()
+    assert neurons.dropped == int((n_above[chosen] == 0).sum()) > 0
+    assert neurons.specific().count() == int((n_above[chosen] == 1).sum())
+    assert neurons.related().count() == int((n_above[chosen] == 2).sum())
+    assert neurons.general().count() == int(
+        (n_above == 3).sum()
+    )  # over every neuron, selected or not
+    assert neurons.summary()["dropped"].tolist() == [neurons.dropped] * 3

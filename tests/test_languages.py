@@ -68,3 +68,35 @@ def test_variants_are_dropped_and_the_caller_told():
 def test_unknown_codes_are_refused(bad):
     with pytest.raises(tlm.LanguageError, match="unknown language"):
         tlm.normalize_language(bad)
+
+
+@pytest.mark.parametrize(
+    "code, key, folded",
+    [
+        ("zh-Hans-CN", "zh-CN", "zh"),  # the usual script goes, the region stays
+        ("zh-Hant-TW", "zh-Hant-TW", "zh-Hant"),
+        ("sr-Cyrl-RS", "sr-RS", "sr"),
+        ("sr-Latn-RS", "sr-Latn-RS", "sr-Latn"),
+        ("en-Latn-US", "en-US", "en"),
+        ("pt-Latn-BR", "pt-BR", "pt"),
+    ],
+)
+def test_a_usual_script_is_dropped_also_before_a_region(code, key, folded):
+    assert tlm.normalize_language(code) == key
+    assert tlm.normalize_language(code, fold="region") == folded
+    assert tlm.normalize_language(key) == key  # keys are fixed points
+
+
+@pytest.mark.parametrize(
+    "withdrawn, current, region",
+    [
+        ("iw", "he", "IL"),
+        ("in", "id", "ID"),
+        ("ji", "yi", "US"),
+        ("jw", "jv", "ID"),
+        ("mo", "ro", "MD"),
+    ],
+)
+def test_withdrawn_iso_639_1_codes_read_as_their_replacements(withdrawn, current, region):
+    assert tlm.normalize_language(withdrawn) == current
+    assert tlm.normalize_language(f"{withdrawn}-{region}") == f"{current}-{region}"

@@ -92,3 +92,40 @@ def test_prompt_builders_follow_wendler_et_al():
         tlm.prompts.cloze(WORDS, language="fr")
     with pytest.raises(tlm.CorpusError):
         tlm.prompts.translation(WORDS[:1], src="fr", tgt="zh")
+
+
+def test_summary_intervals_are_quantiles_of_prompt_resampled_means():
+    import numpy as np
+
+    from tl_multilingual import resample
+
+    rng = np.random.default_rng(0)
+    probability = torch.tensor(rng.random((9, 3, 2))).float()
+    probability[2, :, 1] = float("nan")  # no answer in the second language
+    entropy = torch.tensor(rng.random((9, 3)) * 4).float()
+    lens = LensResult(
+        ("de", "en"),
+        probability,
+        torch.ones_like(probability),
+        entropy,
+        torch.zeros(9, 3, dtype=torch.long),
+        tuple([None] * 9),
+    )
+    summary = lens.summary(ci=0.9, n_boot=500, seed=4)
+    draws = resample.draws(9, 500, 4)  # every quantity: the same draws of prompts
+    series = {
+        ("probability", "de"): probability[:, :, 0].numpy(),
+        ("probability", "en"): probability[:, :, 1].numpy(),
+        ("entropy", None): entropy.numpy(),
+    }
+    for (quantity, lang), values in series.items():
+        means = np.array([np.nanmean(values[row], 0) for row in draws])  # [n_boot, layer]
+        rows = summary[
+            (summary["quantity"] == quantity)
+            & (summary["language"].isna() if lang is None else summary["language"] == lang)
+        ]
+        for layer in range(3):
+            row = rows[rows["layer"] == layer].iloc[0]
+            assert row["mean"] == pytest.approx(np.nanmean(values[:, layer]), rel=1e-6)
+            assert row["ci_low"] == pytest.approx(np.nanquantile(means[:, layer], 0.05), rel=1e-6)
+            assert row["ci_high"] == pytest.approx(np.nanquantile(means[:, layer], 0.95), rel=1e-6)

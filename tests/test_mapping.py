@@ -12,8 +12,18 @@ import tiny
 import torch
 
 import tl_multilingual as tlm
+from tl_multilingual import resample
 from tl_multilingual.stages.lens import LensResult
 from tl_multilingual.stages.signatures import StageWarning
+
+
+from tl_multilingual.stages.segmentation import (
+    StageWarning,
+    _exhaustive,
+    lens_features,
+    neuron_features,
+    segment,
+)
 
 LANGUAGE = [12] * 4 + [1] * 6 + [12] * 4 + [6] * 2  # stages 0-3, 4-9, 10-13, 14-15
 GENERAL = [2] * 4 + [4] * 6 + [2] * 4 + [20] * 2
@@ -274,3 +284,263 @@ def test_a_hand_made_map_checks_its_boundaries():
     assert stage_map.layers("output_transformation") == range(5, 7) and stage_map.warnings == ()
     with pytest.raises(tlm.TLMultilingualError, match="boundaries"):
         tlm.StageMap.from_boundaries(8, (2, 2, 7))
+
+
+
+
+
+def plain_segment(x, constraints):
+    """Every split into four non-empty contiguous segments, scored one at a time."""
+    n = len(x)
+    best = None
+    for b1 in range(1, n):
+        for b2 in range(b1 + 1, n):
+            for b3 in range(b2 + 1, n):
+                parts = [x[lo:hi] for lo, hi in zip((0, b1, b2, b3), (b1, b2, b3, n))]
+                means = [part.mean(0) for part in parts]
+                ok = True
+                for column, rule in constraints:
+                    m = [mean[column] for mean in means]
+                    if rule == "min_second":
+                        ok &= m[1] <= m[0] and m[1] <= m[2]
+                    else:
+                        ok &= m[3] >= max(m)
+                if ok:
+                    cost = sum(float(((part - mean) ** 2).sum()) for part, mean in zip(parts, means))
+                    if best is None or cost < best[0] - 1e-12:
+                        best = (cost, (b1, b2, b3))
+    return best[1] if best else None
+
+
+def test_constrained_segmentation_equals_a_plain_search():
+    rng = np.random.default_rng(1)
+    rules = [[], [(0, "max_last")], [(0, "min_second")], [(0, "min_second"), (1, "max_last")]]
+    differs = 0
+    for _ in range(12):
+        x = rng.normal(size=(9, 2))
+        free = plain_segment(x, [])
+        assert segment(x)[0] == free
+        for constraints in rules[1:]:
+            expected = plain_segment(x, constraints)
+            got, met = segment(x, constraints)
+            assert met == (expected is not None)
+            assert got == (expected if met else free)
+            differs += met and expected != free
+    assert differs > 0  # some constraints changed the answer, so they were tested
+
+
+# -- fit quality, stability and features, recomputed here --------------------------------
+
+
+def standardised(frame):
+    x = frame[[c for c in frame.columns if c.startswith("f_")]].to_numpy(float)
+    scale = x.std(0)
+    return (x - x.mean(0)) / np.where(scale > 0, scale, 1.0)
+
+
+def split_cost(x, bounds):
+    edges = (0, *bounds, len(x))
+    return sum(
+        float(((x[lo:hi] - x[lo:hi].mean(0)) ** 2).sum()) for lo, hi in zip(edges[:-1], edges[1:])
+    )
+
+
+def best_cost(x, k):
+    """The smallest squared error of any split of ``x`` into ``k`` contiguous segments."""
+    import itertools
+
+    return min(split_cost(x, bounds) for bounds in itertools.combinations(range(1, len(x)), k - 1))
+
+
+def wobbly_lens(n_layers=10, n_prompts=12, seed=3):
+    """Prompts whose target answer rises over a few layers, each prompt at its own pace:
+    refits on resampled prompts move the boundaries by a layer or so."""
+    rng = np.random.default_rng(seed)
+    layers = np.arange(n_layers)
+    start = rng.uniform(3.0, 6.0, size=(n_prompts, 1))
+    target = 0.9 / (1 + np.exp(-(layers - start) * 1.5)) + 0.05 * rng.random((n_prompts, n_layers))
+    english = 0.3 * np.exp(-((layers - 3) ** 2) / 4) + 0.05 * rng.random((n_prompts, n_layers))
+    entropy = 5.0 - 3.0 * target + 0.3 * rng.random((n_prompts, n_layers))
+    probability = torch.tensor(np.stack([target, english], -1)).float()
+    return LensResult(
+        ("zh", "en"),
+        probability,
+        torch.ones_like(probability),
+        torch.tensor(entropy).float(),
+        torch.zeros(n_prompts, n_layers, dtype=torch.long),
+        tuple([None] * n_prompts),
+    )
+
+
+def test_explained_shares_are_those_of_a_plain_search():
+    lens = wobbly_lens()
+    stage_map, _ = quiet_map(lens=lens, n_boot=0, n_null=0)
+    x = standardised(lens_features(lens))
+    total = float((x**2).sum())
+    q = stage_map.quality
+    assert q.explained == pytest.approx(1 - split_cost(x, stage_map.boundaries) / total)
+    assert q.explained_unconstrained == pytest.approx(1 - best_cost(x, 4) / total)
+    for k in (2, 3, 4):
+        assert q.explained_by_stages[k] == pytest.approx(1 - best_cost(x, k) / total)
+    assert q.n_null == 0 and np.isnan(q.p_value)
+
+
+def test_p_values_count_the_null_fits_at_least_as_good_plus_one():
+    """The p-value is (1 + #null >= observed) / (1 + n_null): never 0. Recomputed from
+    layer shuffles drawn as the documented null, with a plain search per shuffle."""
+    lens = wobbly_lens()
+    n_null, seed = 40, 5
+    stage_map, _ = quiet_map(lens=lens, n_boot=0, n_null=n_null, seed=seed)
+    q = stage_map.quality
+    x = standardised(lens_features(lens))
+    n, total = len(x), float((x**2).sum())
+    rng = np.random.default_rng(seed)
+    order = rng.permuted(np.tile(np.arange(n), (n_null, 1)), axis=1)
+    null = np.array([1 - best_cost(x[row], 4) / total for row in order])
+    assert q.p_value == pytest.approx((1 + np.sum(null >= q.explained - 1e-12)) / (1 + n_null))
+    assert q.p_value >= 1 / (1 + n_null)  # a fit better than every shuffle still gets p > 0
+    for k in (3, 2):
+        import itertools
+
+        bounds = min(itertools.combinations(range(1, n), k - 1), key=lambda b: split_cost(x, b))
+        fitted = np.empty_like(x)
+        edges = (0, *bounds, n)
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            fitted[lo:hi] = x[lo:hi].mean(0)
+        observed = 1 - best_cost(x, 4) / best_cost(x, k)
+        order = rng.permuted(np.tile(np.arange(n), (n_null, 1)), axis=1)
+        gains = np.array(
+            [
+                1
+                - best_cost(fitted + (x - fitted)[row], 4)
+                / best_cost(fitted + (x - fitted)[row], k)
+                for row in order
+            ]
+        )
+        assert q.beats[k] == pytest.approx((1 + np.sum(gains >= observed - 1e-12)) / (1 + n_null))
+
+
+def test_a_clear_four_stage_profile_gets_the_smallest_p_value_not_zero():
+    stage_map, _ = quiet_map(lens=staged_lens((4, 10, 14)), n_boot=0, n_null=30)
+    assert stage_map.quality.p_value == 1 / 31
+    assert stage_map.quality.significant(alpha=0.05) and not stage_map.quality.significant(
+        alpha=1 / 31
+    )
+
+
+@pytest.mark.parametrize("lens_seed", [3, 5])  # 5: the refits' 5% and 10% quantiles differ
+def test_stability_and_intervals_are_counted_from_refits_on_resampled_prompts(lens_seed):
+    lens = wobbly_lens(seed=lens_seed)
+    n_boot, seed = 30, 2
+    stage_map, _ = quiet_map(lens=lens, n_boot=n_boot, n_null=0, seed=seed)
+    draws = resample.draws(lens.probability.shape[0], n_boot, seed)
+    refits = []
+    for row in draws:
+        x = standardised(lens_features(lens.select(row)))
+        refits.append(plain_segment(x, [(0, "max_last")]) or plain_segment(x, []))
+    refits = np.array(refits)
+    boundaries = stage_map.boundaries
+    n_layers = lens.n_layers
+    for k, name in enumerate(
+        (
+            "understanding|shared_reasoning",
+            "shared_reasoning|output_transformation",
+            "output_transformation|vocabulary_output",
+        )
+    ):
+        exact = float((refits[:, k] == boundaries[k]).mean())
+        assert stage_map.stability[name] == pytest.approx(exact)
+        low, high = np.quantile(refits[:, k], [0.05, 0.95])
+        assert stage_map.intervals[name] == (int(np.floor(low)), int(np.ceil(high)))
+        # A refit one layer off is not the same boundary.
+        assert (
+            stage_map.stability[name]
+            <= stage_map.evidence.loc[boundaries[k], "boundary_share"] + 1e-12
+        )
+    assert any(stage_map.stability[name] < 1 for name in stage_map.stability)  # refits did move
+    share = np.bincount(refits.reshape(-1), minlength=n_layers)[:n_layers] / n_boot
+    assert np.allclose(stage_map.evidence["boundary_share"], share)
+    stage_of = [tlm.StageMap.from_boundaries(n_layers, b).stage_of for b in refits]
+    agreement = [
+        np.mean([f(layer) == stage_map.stage_of(layer) for f in stage_of])
+        for layer in range(n_layers)
+    ]
+    assert np.allclose(stage_map.evidence["stage_agreement"], agreement)
+
+
+def neurons_with(language_per_layer, general_per_layer, d_mlp=64, langs=("en", "fr")):
+    """Identified neurons with these many language-specific and general neurons per layer."""
+    n_layers = len(language_per_layer)
+    membership = torch.zeros(n_layers, d_mlp, len(langs), dtype=torch.bool)
+    general = torch.zeros(n_layers, d_mlp, dtype=torch.bool)
+    for layer, (n_lang, n_gen) in enumerate(zip(language_per_layer, general_per_layer)):
+        for j in range(n_lang):
+            membership[layer, j, j % len(langs)] = True
+        general[layer, d_mlp - n_gen :] = True
+    return tlm.LanguageNeurons(langs, membership, membership.any(-1), general, method="reference")
+
+
+def test_the_shared_reasoning_signature_compares_it_with_both_neighbours():
+    """Language neurons fall stage by stage (20, 10, 2, then 30): shared reasoning has
+    fewer than understanding but more than output transformation, so "fewest of the
+    first three stages" does not hold."""
+    language = [20, 21, 20, 10, 11, 10, 2, 3, 2, 30, 31, 30]
+    neurons = neurons_with(language, [5] * 12)
+    stage_map, _ = quiet_map(neurons, signatures=False, n_boot=0, n_null=0)
+    fit = stage_map.by_signal["neurons"]
+    assert fit.unconstrained == (3, 6, 9)
+    check = {c.name: c for c in fit.checks}["fewest_language_neurons_in_shared_reasoning"]
+    values = np.log1p(np.array(language, float))
+    means = [values[lo:hi].mean() for lo, hi in ((0, 3), (3, 6), (6, 9), (9, 12))]
+    assert means[1] < means[0] and means[1] > means[2]
+    assert not check.holds and not check.met
+    assert "fewest in output transformation (layers 6-8)" in check.detail
+    imposed, _ = quiet_map(neurons, n_boot=0, n_null=0)
+    b1, b2, b3 = imposed.boundaries
+    m = [values[lo:hi].mean() for lo, hi in ((0, b1), (b1, b2), (b2, b3), (b3, 12))]
+    assert m[1] <= m[0] and m[1] <= m[2]  # the imposed map meets both comparisons
+    assert {c.name: c for c in imposed.by_signal["neurons"].checks}[check.name].met
+
+
+def test_neuron_features_count_language_and_general_neurons_per_layer():
+    neurons = neurons_with([3, 0, 7, 1], [2, 9, 0, 4], d_mlp=20)
+    features = neuron_features(neurons)
+    assert features["language_neurons"].tolist() == [3, 0, 7, 1]
+    assert features["general_neurons"].tolist() == [2, 9, 0, 4]
+    assert np.allclose(features["f_language"], np.log1p([3, 0, 7, 1]))
+    assert np.allclose(features["f_general"], np.array([2, 9, 0, 4]) / 20)
+
+
+def test_lens_features_average_each_prompt_at_its_own_target():
+    langs = ("zh", "fr", "en")
+    prompts = (
+        tlm.LensPrompt("a", {"zh": "x"}),
+        tlm.LensPrompt("b", {"fr": "y", "en": "z"}),
+        tlm.LensPrompt("c", {"en": "w"}),
+        tlm.LensPrompt("d", {"fr": "v"}),
+    )
+    rng = np.random.default_rng(0)
+    probability = torch.tensor(rng.random((4, 5, 3))).float()
+    probability[0, :, 1] = float("nan")  # no French answer for the first prompt
+    entropy = torch.tensor(rng.random((4, 5))).float()
+    lens = LensResult(
+        langs,
+        probability,
+        torch.ones_like(probability),
+        entropy,
+        torch.zeros(4, 5, dtype=torch.long),
+        prompts,
+    )
+    p = probability.numpy()
+    features = lens_features(lens)
+    targets = [0, 1, 2, 1]  # each prompt's first answer language
+    assert np.allclose(
+        features["f_target"], np.nanmean([p[i, :, t] for i, t in enumerate(targets)], 0)
+    )
+    # English is averaged over the prompts whose target is not English (prompt 2's is).
+    assert np.allclose(features["f_english"], np.nanmean(p[[0, 1, 3], :, 2], 0))
+    assert np.allclose(features["f_entropy"], entropy.numpy().mean(0))
+    fixed = lens_features(lens, target="fr")
+    assert np.allclose(fixed["f_target"], np.nanmean(p[:, :, 1], 0))
+    assert np.allclose(fixed["f_english"], np.nanmean(p[:, :, 2], 0))
+    assert "f_english" not in lens_features(lens, target="en")

@@ -77,3 +77,26 @@ def test_one_parser_reads_class_variants():
             parse_variant(bad)
     with pytest.raises(tlm.MaskError, match="unknown class 'shared'"):
         parse_variant("specific+shared", ("specific", "related"))
+
+
+def test_controls_are_distinct_random_sets_of_the_same_size_per_layer_outside_the_mask():
+    hit = mask([(0, 0), (0, 1), (0, 2), (2, 3)], shape=(3, 40))
+    controls = hit.controls(4, seed=7)
+    assert len(controls) == 4
+    for control in controls:
+        assert control.per_layer().tolist() == [3, 0, 1]
+        assert (control & hit).count() == 0  # drawn outside the mask
+    assert (
+        len({tuple(map(tuple, c.indices().tolist())) for c in controls}) == 4
+    )  # each control its own draw
+    again = hit.controls(4, seed=7)
+    assert all(a == b for a, b in zip(controls, again))  # seeded
+    other = hit.controls(4, seed=8)
+    assert any(a != b for a, b in zip(controls, other))
+    # Over many seeds every neuron outside the mask is drawn, about equally often.
+    drawn = sum(c.tensor.long() for s in range(200) for c in hit.controls(1, seed=s))
+    assert drawn[0, :3].sum() == 0 and (drawn[0, 3:] > 0).all()
+    assert drawn[0, 3:].float().mean() == pytest.approx(200 * 3 / 37)
+    with pytest.raises(tlm.MaskError, match="use controls=0"):
+        mask([(1, j) for j in range(21)], shape=(3, 40)).controls(1)
+    assert mask([(1, j) for j in range(21)], shape=(3, 40)).controls(0) == []

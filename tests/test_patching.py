@@ -75,3 +75,43 @@ def test_all_position_alignment_needs_equal_lengths():
                           mask=tlm.NeuronMask.random([5, 5], lm.d_mlp), align="all", controls=0)
     with pytest.raises(tlm.TLMultilingualError, match="parallel"):
         tlm.patch_neurons(lm, source=same * 2, target=same, mask=tlm.NeuronMask.random([5, 5], lm.d_mlp))
+
+
+def test_the_summary_pools_the_controls_only_and_pairs_every_condition_with_the_baseline():
+    import numpy as np
+
+    from tl_multilingual import resample
+    from tl_multilingual.causal.patching import PatchResult
+
+    rng = np.random.default_rng(0)
+    probability = torch.tensor(rng.random((5, 7, 3, 2)))  # baseline, patched, three controls
+    probability[1] += 0.5  # the patched run far above the controls: pooling it in would show
+    result = PatchResult(
+        ("baseline", "patched", "control_0", "control_1", "control_2"), ("de", "en"), probability, 4
+    )
+    summary = result.summary(ci=0.9, n_boot=400, seed=2).set_index(
+        ["condition", "layer", "language"]
+    )
+    p = probability.numpy()
+    draws = resample.draws(7, 400, 2)
+    for name, runs in (("baseline", [0]), ("patched", [1]), ("control", [2, 3, 4])):
+        values = p[runs].mean(0)  # [prompt, layer, lang]
+        changes = np.array([values[row].mean(0) - p[0][row].mean(0) for row in draws])
+        for layer in range(3):
+            for k, lang in enumerate(("de", "en")):
+                row = summary.loc[(name, layer, lang)]
+                assert row["probability"] == pytest.approx(values[:, layer, k].mean())
+                assert row["change"] == pytest.approx(
+                    (values - p[0])[:, layer, k].mean(), abs=1e-12
+                )
+                assert row["ci_low"] == pytest.approx(
+                    np.quantile(changes[:, layer, k], 0.05), abs=1e-12
+                )
+                assert row["ci_high"] == pytest.approx(
+                    np.quantile(changes[:, layer, k], 0.95), abs=1e-12
+                )
+    assert (
+        summary.loc["control", "change"] < 0.2
+    ).all()  # the patched run is not among the controls
+    output = result.output()
+    assert set(output["layer"]) == {2} and len(output) == 3 * 2

@@ -7,11 +7,9 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -430,53 +428,105 @@ def test_every_value_in_the_report_is_escaped(tmp_path, monkeypatch):
     assert "<script>alert" not in text and "&lt;script&gt;" in text
 
 
-# -- fault injection: SIGKILL during repeated saves --------------------------------------------
+# -- fault injection: SIGKILL at every step of a save ------------------------------------------
 
 
-def _saver(target: Path, start: int, report_to: int) -> None:
-    """The child: save versions start+1, start+2, ... until killed, reporting each."""
+def _save_and_die(
+    target: Path, version: int, kill_at: int | None, half_written: bool, report_to: int
+) -> None:
+    """The child: save ``version`` of ``target``, reporting every file-system step of the
+    save (folder made, tensors written, manifest written, fsync, rename, removal) before
+    it runs, and kill itself (SIGKILL) instead of running step number ``kill_at``. With
+    ``half_written``, it kills itself once the tensor file holds half its bytes."""
+    import pathlib
+    import shutil
+
+    def say(line: str) -> None:
+        os.write(report_to, f"{line}\n".encode())
+
     try:
         torch.set_num_threads(1)
-        version = start
-        while True:
-            version += 1
-            persist.write_result(target, kind="test", tensors={"x": torch.full((1 << 20,), float(version))},
-                                 manifest={"version": version})
-            os.write(report_to, f"{version}\n".encode())
+        done = []
+
+        def counted(name, fn):
+            def step(*args, **kwargs):
+                if len(done) == kill_at:
+                    say(f"kill {name}")
+                    os.kill(os.getpid(), signal.SIGKILL)
+                done.append(name)
+                say(name)
+                return fn(*args, **kwargs)
+
+            return step
+
+        def half(fn):
+            def write(tensors, path, *args, **kwargs):
+                fn(tensors, path, *args, **kwargs)
+                size = os.path.getsize(path)
+                os.truncate(path, size // 2)
+                say("kill halfway through the tensors")
+                os.kill(os.getpid(), signal.SIGKILL)
+
+            return write
+
+        pathlib.Path.mkdir = counted("mkdir", pathlib.Path.mkdir)
+        pathlib.Path.write_text = counted("write manifest", pathlib.Path.write_text)
+        pathlib.Path.rename = counted("rename", pathlib.Path.rename)
+        shutil.rmtree = counted("remove", shutil.rmtree)
+        persist._fsync = counted("fsync", persist._fsync)
+        write = half(persist.save_file) if half_written else persist.save_file
+        persist.save_file = counted("write tensors", write)
+        tensors = {"x": torch.full((1 << 16,), float(version))}
+        persist.write_result(target, kind="test", tensors=tensors,
+                             manifest={"version": version})
+        say("saved")
     finally:
         os._exit(0)
 
 
+def _run_save(
+    target: Path, version: int, kill_at: int | None, half_written: bool = False
+) -> list[str]:
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        _save_and_die(target, version, kill_at, half_written, write)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read) as pipe:
+        return pipe.read().splitlines()
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_sigkill_at_random_points_never_leaves_a_wrong_or_stranded_save(tmp_path):
+def test_sigkill_at_every_step_of_a_save_leaves_no_wrong_or_stranded_save(tmp_path):
+    """Each kill point is a counted step of the save, not a moment: the test checks the
+    same points on any machine, however fast or loaded."""
     target = tmp_path / "result"
-    persist.write_result(target, kind="test", tensors={"x": torch.full((1 << 20,), 0.0)}, manifest={"version": 0})
-    rng = random.Random(1234)
-    completed, budget, kills, stranded = 0, 3.0, 0, 0
-    while budget > 0 and kills < 15:
-        read, write = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            os.close(read)
-            _saver(target, completed, write)
-        os.close(write)
-        delay = rng.uniform(0.02, 0.4)
-        time.sleep(delay)
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        with os.fdopen(read) as pipe:
-            lines = pipe.read().split()
-        kills += 1
-        budget -= delay
-        done = int(lines[-1]) if lines else completed
+    zero = {"x": torch.full((1 << 16,), 0.0)}
+    persist.write_result(target, kind="test", tensors=zero, manifest={"version": 0})
+    complete = _run_save(target, 1, None)  # a save that runs to the end: its steps, in order
+    assert complete[-1] == "saved" and complete.count("rename") == 2, complete
+    steps = complete[:-1]
+    moved_aside = steps.index("rename")  # the previous version leaves the target's name here
+    persist.read_result(target, kind="test")
+    plans = [(k, False) for k in range(len(steps))] + [(steps.index("write tensors"), True)]
+    version, stranded = 1, 0
+    for kill_at, half_written in plans:
+        lines = _run_save(target, version + 1, kill_at, half_written)
+        assert lines[-1].startswith("kill") and lines[:-1] == steps[: len(lines) - 1], lines
+        killed_at = len(lines) - 1  # steps that ran before the kill
         stranded += len(_leftovers(tmp_path))
-        tensors, manifest = persist.read_result(target, kind="test")  # the old or the new complete version
-        version = manifest["version"]
-        assert version in (done, done + 1), (version, done)
-        assert torch.equal(tensors["x"], torch.full((1 << 20,), float(version)))
+        tensors, manifest = persist.read_result(target, kind="test")  # recovers first
+        # The new version is in place once the previous one has moved aside with the new
+        # one complete; before that the previous version stays.
+        expected = version + 1 if killed_at > moved_aside and not half_written else version
+        assert manifest["version"] == expected, (lines, manifest["version"])
+        assert torch.equal(tensors["x"], torch.full((1 << 16,), float(expected)))
         assert _leftovers(tmp_path) == []  # the load cleaned up
-        completed = version
-    assert completed > kills and stranded > 0  # saves ran, and kills hit them mid-way
+        version = expected
+    assert stranded >= len(steps) - 2  # kills left temporary siblings; loads removed them
     persist.write_result(target, kind="test", tensors={"x": torch.zeros(4)}, manifest={"version": -1})
     assert sorted(os.listdir(tmp_path)) == ["result"]
     assert persist.read_result(target, kind="test")[1]["version"] == -1
+

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import tiny
 import torch
@@ -127,3 +128,48 @@ def test_parallel_items_formats_and_missing_translations(tmp_path):
     datasets = require("datasets")
     ds = datasets.Dataset.from_list(long)
     assert len(tlm.ParallelItems.from_hf(ds)) == 3
+
+
+def test_stability_layer_profile_and_percentages_are_counted_item_by_item():
+    """A neuron is stable when its class is the same on every item (all of them, not
+    some); percentages are of ``d_mlp``; the profile's spread is over items."""
+    generator = torch.Generator().manual_seed(0)
+    codes = torch.randint(
+        0, 8, (5, 3, 16), generator=generator, dtype=torch.uint8
+    )  # 5 items, 3 languages
+    codes[:, 0, :6] = codes[0, 0, :6]  # neurons 0-5 of layer 0: the same on every item
+    codes[1:, 2, :] = codes[0, 2, :]
+    codes[3, 2, 0] = 7 if codes[0, 2, 0] != 7 else 0  # one item differs: not stable
+    result = tlm.Sharing(("en", "fr", "de"), [f"q{i}" for i in range(5)], codes, 0.0, "last")
+    names = [
+        [
+            loop_classes(torch.stack([(codes[i, layer] >> p) & 1 for p in range(3)]).bool(), 0.5)
+            for layer in range(3)
+        ]
+        for i in range(5)
+    ]  # [item][layer][neuron] -> class
+    stability = result.stability().set_index(["layer", "class"])["percent"]
+    for layer in range(3):
+        same = [all(names[i][layer][j] == names[0][layer][j] for i in range(5)) for j in range(16)]
+        assert stability[(layer, "any")] == pytest.approx(100 * sum(same) / 16)
+        for cls in SHARING_CLASSES:
+            count = sum(s and names[0][layer][j] == cls for j, s in enumerate(same))
+            assert stability[(layer, cls)] == pytest.approx(100 * count / 16)
+    assert stability[(0, "any")] >= 100 * 6 / 16 and stability[(2, "any")] == pytest.approx(
+        100 * 15 / 16
+    )
+    assert stability[(1, "any")] < 50  # random classes: few neurons keep theirs on all five items
+    profile = result.layer_profile().set_index(["layer", "class"])
+    frame = result.to_frame().set_index(["item", "layer", "class"])
+    for layer in range(3):
+        for cls in SHARING_CLASSES:
+            percents = [100 * sum(c == cls for c in names[i][layer]) / 16 for i in range(5)]
+            assert profile.loc[(layer, cls), "percent"] == pytest.approx(np.mean(percents))
+            assert profile.loc[(layer, cls), "sd"] == pytest.approx(np.std(percents, ddof=1))
+            for i in range(5):
+                assert frame.loc[(f"q{i}", layer, cls), "percent"] == pytest.approx(percents[i])
+    two = result.layer_profile(items=[1, 3]).set_index(["layer", "class"])
+    for cls in SHARING_CLASSES:
+        assert two.loc[(0, cls), "percent"] == pytest.approx(
+            np.mean([100 * sum(c == cls for c in names[i][0]) / 16 for i in (1, 3)])
+        )

@@ -198,3 +198,27 @@ def test_redraw_is_a_binomial_replicate():
     expected = (stats.tokens.double() * p * (1 - p)).mean()
     assert draws.var(0).mean().item() == pytest.approx(expected.item(), rel=0.1)
     assert stats.redraw(torch.Generator().manual_seed(1)).token_counts == stats.token_counts
+
+
+def test_counts_only_statistics_added_to_collected_ones_keep_no_partial_sums():
+    """Sums over part of the tokens divided by all of them would give means that are too
+    low: a sum known for one side only is dropped, and means then refuse clearly."""
+    collected = make(seed=1)
+    counts_only = tlm.ActivationStats.from_counts(
+        ["en", "fr"], collected.tokens, collected.active_counts
+    )
+    for total in (
+        collected + counts_only,
+        counts_only + collected,
+        tlm.ActivationStats.merge([collected, counts_only]),
+    ):
+        assert torch.equal(total.tokens, 2 * collected.tokens)
+        assert torch.equal(total.active_counts, 2 * collected.active_counts)
+        assert total.sums is None and total.sum_squares is None
+        with pytest.raises(tlm.StatsError, match="no sums"):
+            total.means()
+    both = collected + collected
+    torch.testing.assert_close(
+        both.means(), collected.means()
+    )  # the same texts twice: the same means
+    torch.testing.assert_close(both.variances(), collected.variances())

@@ -1,0 +1,142 @@
+"""The one compatibility rule between a model and a result, or two results: which
+fields must agree, which may differ on purpose, and what is never compared."""
+
+from __future__ import annotations
+
+import pytest
+import tiny
+import torch
+
+import tl_multilingual as tlm
+from tl_multilingual.errors import MaskError, StatsError
+from tl_multilingual.provenance import (
+    MODEL_FIELDS,
+    OVERRIDABLE,
+    check_compatible,
+    check_fits,
+    model_record,
+    record_of,
+)
+
+A = {"name": "org/base", "architecture": "LlamaForCausalLM", "shape": (4, 48)}
+
+
+def test_the_record_holds_name_architecture_and_shape():
+    assert model_record({"name": "m", "architecture": "X", "extra": 1}, 4, 48) == {
+        "name": "m",
+        "architecture": "X",
+        "shape": (4, 48),
+    }
+    assert model_record(None, 2, 8) == {"name": None, "architecture": None, "shape": (2, 8)}
+    assert MODEL_FIELDS == ("shape", "name", "architecture") and OVERRIDABLE == (
+        "name",
+        "architecture",
+    )
+
+
+def test_equal_records_pass_and_unknown_fields_are_not_compared():
+    check_compatible(A, dict(A))
+    check_compatible(A, {"name": None, "shape": (4, 48)})  # architecture unknown on one side
+    check_compatible(A, {"shape": (None, 48)})  # a side may know only some dimensions
+    check_compatible(
+        {"languages": ["en", "fr"]}, {"languages": ("en", "fr")}, fields=("languages",)
+    )
+
+
+@pytest.mark.parametrize(
+    "field, value", [("name", "org/other"), ("architecture", "GPT2LMHeadModel")]
+)
+def test_another_model_is_refused_unless_allowed(field, value):
+    other = {**A, field: value}
+    with pytest.raises(tlm.TLMultilingualError, match=f"different models \\({field}:") as caught:
+        check_compatible(A, other, labels=("the model", "the mask"))
+    assert "allow_mismatch=True" in str(caught.value) and "the mask" in str(caught.value)
+    check_compatible(A, other, allow_mismatch=True)
+    check_compatible(
+        A, other, fields=tuple(f for f in MODEL_FIELDS if f != field)
+    )  # not asked: not compared
+
+
+@pytest.mark.parametrize("shape", [(4, 64), (5, 48), (None, 64), (4, None, 1)])
+def test_a_different_shape_is_refused_even_with_allow_mismatch(shape):
+    with pytest.raises(StatsError, match="differ in shape"):
+        check_compatible(A, {**A, "shape": shape}, error=StatsError, allow_mismatch=True)
+
+
+@pytest.mark.parametrize(
+    "field, x, y",
+    [
+        ("languages", ("en", "fr"), ("fr", "en")),
+        ("threshold", 0.0, 0.1),
+        ("token_policy", "all", "last"),
+        ("include_bos", False, True),
+    ],
+)
+def test_settings_must_agree_and_cannot_be_overridden(field, x, y):
+    with pytest.raises(tlm.TLMultilingualError, match=f"differ in {field}"):
+        check_compatible({field: x}, {field: y}, fields=(field,), allow_mismatch=True)
+
+
+def test_the_error_class_is_the_callers():
+    with pytest.raises(MaskError):
+        check_compatible(A, {**A, "name": "b"}, error=MaskError)
+
+
+def test_check_fits_compares_a_model_with_a_result():
+    lm = tlm.adapt(tiny.bridge("llama"))
+    record = record_of(lm)
+    assert record["shape"] == (lm.n_layers, lm.d_mlp) and record["name"] == lm.describe().get(
+        "name"
+    )
+    mine = tlm.NeuronMask.empty(lm.n_layers, lm.d_mlp)
+    mine.model = {"name": record["name"], "architecture": record["architecture"]}
+    check_fits(lm, mine, what="the mask", error=MaskError)
+    foreign = tlm.NeuronMask.empty(lm.n_layers, lm.d_mlp)
+    foreign.model = {"name": "org/another-model", "architecture": record["architecture"]}
+    with pytest.raises(MaskError, match="the model and the mask come from different models"):
+        check_fits(lm, foreign, what="the mask", error=MaskError)
+    check_fits(lm, foreign, what="the mask", error=MaskError, allow_mismatch=True)
+    wrong = tlm.NeuronMask.empty(lm.n_layers, lm.d_mlp + 1)
+    with pytest.raises(MaskError, match="differ in shape"):
+        check_fits(lm, wrong, what="the mask", error=MaskError, allow_mismatch=True)
+
+
+def stats(
+    name: str, architecture: str, *, include_bos: bool = False, sums: bool = False
+) -> tlm.ActivationStats:
+    counts = torch.tensor([[[1, 2], [3, 0]]])
+    extra = {
+        "sums": torch.ones(1, 2, 2, dtype=torch.float64),
+        "sum_squares": torch.ones(1, 2, 2, dtype=torch.float64),
+    }
+    return tlm.ActivationStats(
+        ("en", "fr"),
+        torch.tensor([5, 5]),
+        counts,
+        include_bos=include_bos,
+        model={"name": name, "architecture": architecture},
+        **(extra if sums else {}),
+    )
+
+
+def test_statistics_of_another_architecture_are_refused_even_across_checkpoints():
+    base = stats("org/base", "LlamaForCausalLM")
+    tuned = stats("org/base-aligned", "LlamaForCausalLM")
+    base.check_compatible(tuned, same_model=False)  # a fine-tuned checkpoint: another name
+    with pytest.raises(StatsError, match="different models \\(name"):
+        base.check_compatible(tuned)
+    other = stats("org/other", "MistralForCausalLM")  # same shape, another architecture
+    with pytest.raises(StatsError, match="architecture"):
+        base.check_compatible(other, same_model=False)
+    with pytest.raises(StatsError, match="architecture"):
+        tlm.compare(base, other)
+    assert tlm.compare(base, tuned, lam=0.0, top_rate=0.5).labels == ("before", "after")
+
+
+def test_shards_counted_with_and_without_bos_are_not_merged():
+    with pytest.raises(StatsError, match="include_bos"):
+        tlm.ActivationStats.merge(
+            [stats("m", "A", include_bos=True), stats("m", "A", include_bos=False)]
+        )
+    with pytest.raises(StatsError, match="include_bos"):
+        stats("m", "A", include_bos=True) + stats("m", "A")
