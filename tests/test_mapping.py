@@ -14,16 +14,9 @@ import torch
 import tl_multilingual as tlm
 from tl_multilingual import resample
 from tl_multilingual.stages.lens import LensResult
+from tl_multilingual.stages.features import lens_features, neuron_features
+from tl_multilingual.stages.segmentation import _exhaustive, segment
 from tl_multilingual.stages.signatures import StageWarning
-
-
-from tl_multilingual.stages.segmentation import (
-    StageWarning,
-    _exhaustive,
-    lens_features,
-    neuron_features,
-    segment,
-)
 
 LANGUAGE = [12] * 4 + [1] * 6 + [12] * 4 + [6] * 2  # stages 0-3, 4-9, 10-13, 14-15
 GENERAL = [2] * 4 + [4] * 6 + [2] * 4 + [20] * 2
