@@ -77,15 +77,19 @@ def text_nll(
     max_length: int | None = None,
     overflow: Overflow = "truncate",
     compute_dtype: torch.dtype | None = None,
+    head_dtype: torch.dtype | None = None,
 ) -> pd.DataFrame:
     """Per-text negative log-likelihood: one row per text with ``language``, ``text``
     (index), ``tokens`` (predicted tokens counted) and ``nll`` (their summed NLL).
     Texts of all languages share batches. Texts longer than ``max_length`` (default:
     the model's context) keep their beginning, are split into pieces each starting
     with BOS (``overflow="split"``), or are refused (``"error"``). ``compute_dtype``
-    (``torch.bfloat16`` or ``torch.float16``) runs the model body under autocast in
-    that dtype, keeping the output head and the loss in float32 (see docs/scaling.md
-    for its effect)."""
+    (``torch.bfloat16`` or ``torch.float16``) runs the matrix multiplications of the
+    model body in that dtype, and ``head_dtype`` those of the unembedding, each with
+    weights cast once per call (the body under autocast on a GPU), keeping the norms
+    and the loss in the model's dtype and float32: see
+    [`sequence_scores()`][tl_multilingual.model.readout.sequence_scores], and
+    docs/scaling.md for their measured effect."""
     lm = adapt(model)
     owners, sequences = [], []
     for lang in corpus.languages:
@@ -95,7 +99,8 @@ def text_nll(
         require_tokens(lang, sum(seq.n_counted for seq in predicted), "predicted tokens")
         owners += [(lang, seq.text_index) for seq in predicted]
         sequences += predicted
-    sums, counts = sequence_nll(lm, sequences, batch_size, compute_dtype=compute_dtype)
+    sums, counts = sequence_nll(lm, sequences, batch_size, compute_dtype=compute_dtype,
+                                head_dtype=head_dtype)
     totals: dict[tuple[str, int], list[float]] = {}
     for owner, total, n in zip(owners, sums, counts):
         acc = totals.setdefault(owner, [0.0, 0])
@@ -119,13 +124,14 @@ def perplexity(
     max_length: int | None = None,
     overflow: Overflow = "truncate",
     compute_dtype: torch.dtype | None = None,
+    head_dtype: torch.dtype | None = None,
 ) -> pd.DataFrame:
     """Perplexity per language (``exp`` of the mean token NLL, pooled over texts), or per
     text with ``per_text``. Use ``token_policy="response"`` to score only responses
-    (tokenised in context). ``max_length``, ``overflow`` and ``compute_dtype`` as in
+    (tokenised in context). ``max_length``, ``overflow``, ``compute_dtype`` and ``head_dtype`` as in
     [`text_nll()`][tl_multilingual.causal.evaluate.text_nll]."""
     frame = text_nll(model, corpus, token_policy=token_policy, batch_size=batch_size, max_length=max_length,
-                     overflow=overflow, compute_dtype=compute_dtype)
+                     overflow=overflow, compute_dtype=compute_dtype, head_dtype=head_dtype)
     if per_text:
         frame = frame.copy()
         frame["perplexity"] = (frame["nll"] / frame["tokens"]).map(math.exp)

@@ -28,22 +28,33 @@ Statistics collection never needs the head, so such a model can still be studied
 there.
 
 The head is applied to the rows that need it only (last positions, counted
-positions), in chunks, so a full ``[batch, pos, vocab]`` tensor is never built.
+positions), in chunks, so a full ``[batch, pos, vocab]`` tensor is never built; scoring
+also splits the vocabulary ([`VOCAB_CHUNK`][tl_multilingual.model.readout.VOCAB_CHUNK]),
+so its peak memory does not grow with the vocabulary.
+
+**Half precision.** ``compute_dtype`` runs the matrix multiplications of the model body
+in bfloat16 or float16, and ``head_dtype`` those of the unembedding. Both use copies of
+the weights cast once per call and dropped after it (the model's own weights are never
+changed); on a GPU the body runs under ``torch.autocast`` instead. A CPU without native
+half-precision arithmetic (oneDNN reports none: no AVX512-BF16 or AMX) emulates it,
+which is several times slower than float32: the library says so with a warning.
 """
 
 from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from jaxtyping import Float
 from torch import Tensor
 
-from ..errors import UnsupportedModelError
+from ..errors import TLMultilingualError, UnsupportedModelError, warn
 
 if TYPE_CHECKING:
     from .adapters import Batch, ModelAdapter
@@ -64,6 +75,14 @@ __all__ = [
 
 HEAD_ROWS = 256
 """Positions sent through the output head at once."""
+
+VOCAB_CHUNK = 32768
+"""Vocabulary entries whose logits scoring computes at once: with
+[`HEAD_ROWS`][tl_multilingual.model.readout.HEAD_ROWS] rows, at most 32 MiB of float32
+logits whatever the vocabulary (a 262k vocabulary would take 256 MiB in one piece)."""
+
+HALF_DTYPES = (torch.bfloat16, torch.float16)
+"""The dtypes accepted by ``compute_dtype`` and ``head_dtype``."""
 
 Head = Callable[[Tensor], Tensor]
 Transport = Callable[[Tensor, int], Tensor]
@@ -296,34 +315,136 @@ def jacobian_lens_class() -> type:
     return JacobianLens
 
 
-def _head_nll(apply: Head, resid: Tensor, gold: Tensor, *, greedy: bool = False) -> tuple[Tensor, Tensor | None]:
-    """``-log softmax(head(resid))[gold]`` row by row, in chunks of [`HEAD_ROWS`][tl_multilingual.model.readout.HEAD_ROWS],
-    and with ``greedy`` whether ``gold`` is each row's most probable token."""
+@dataclass(frozen=True)
+class _Pieces:
+    """The output head taken apart for scoring: final norm, unembedding rows
+    ``weight [d_vocab, d_model]`` and bias, final-logit transform."""
+
+    norm: Callable[[Tensor], Tensor]
+    weight: Tensor
+    bias: Tensor | None
+    transform: Callable[[Tensor], Tensor]
+
+    def cast(self, dtype: torch.dtype | None) -> _Pieces:
+        """These pieces with the unembedding cast once to ``dtype`` (None: as they are)."""
+        if dtype is None or dtype == self.weight.dtype:
+            return self
+        bias = None if self.bias is None else self.bias.to(dtype)
+        return _Pieces(self.norm, self.weight.to(dtype), bias, self.transform)
+
+
+def _pieces_of(lm: ModelAdapter) -> _Pieces:
+    """The head's pieces, read afresh (a weight replaced since the last call is seen)."""
+    model = lm.model
+    weight = model.W_U.detach().T  # a view of the unembedding's own [d_vocab, d_model] rows
+    bias = getattr(model, "b_U", None)
+    bias = None if bias is None else bias.detach()
+
+    def norm(resid: Tensor) -> Tensor:
+        return model.ln_final(resid[:, None, :])[:, 0]
+
+    return _Pieces(norm, weight, bias, _final_transform(model))
+
+
+_PIECES_CHECKED: dict[int, bool] = {}  # per live adapter: whether the pieces reproduce head()
+
+
+def _chunkable(lm: ModelAdapter, apply: Head) -> bool:
+    """Whether final norm, ``W_U``, ``b_U`` and the transform taken apart reproduce
+    [`head()`][tl_multilingual.model.readout.head] (checked once per adapter on random rows); when
+    they do not, scoring uses the whole head, a row chunk at a time."""
+    known = _PIECES_CHECKED.get(id(lm))
+    if known is None:
+        generator = torch.Generator().manual_seed(0)
+        rows = torch.randn(4, lm.model.cfg.d_model, generator=generator).to(lm.device, lm.dtype)
+        with torch.no_grad():
+            whole = apply(rows).float()
+            try:
+                pieces = _pieces_of(lm)
+                parts = pieces.transform(F.linear(pieces.norm(rows), pieces.weight, pieces.bias)).float()
+                gap = float((parts - whole).abs().max()) if parts.shape == whole.shape else float("inf")
+            except (AttributeError, RuntimeError, TypeError):
+                gap = float("inf")
+        known = gap <= _tolerance(lm.dtype) * (float(whole.abs().max()) + 1.0)
+        _PIECES_CHECKED[id(lm)] = known
+        weakref.finalize(lm, _PIECES_CHECKED.pop, id(lm), None)
+    return known
+
+
+def _head_nll(
+    apply: Head | _Pieces, resid: Tensor, gold: Tensor, *, greedy: bool = False
+) -> tuple[Tensor, Tensor | None]:
+    """``-log softmax(head(resid))[gold]`` row by row, in chunks of
+    [`HEAD_ROWS`][tl_multilingual.model.readout.HEAD_ROWS] rows, and with ``greedy`` whether
+    ``gold`` is each row's most probable token (ties to the lowest token id).
+
+    Given the head's pieces, the vocabulary is also taken
+    [`VOCAB_CHUNK`][tl_multilingual.model.readout.VOCAB_CHUNK] entries at a time: the
+    log-sum-exp of the chunks' log-sum-exps, equal to the whole one up to float32
+    rounding. The final norm runs in the residual stream's dtype, the unembedding in the
+    dtype of the pieces' weight (its input is cast to it), the final-logit transform in
+    the residual stream's dtype and the loss in float32.
+    """
     parts, hits = [], []
     for rows, target in zip(resid.split(HEAD_ROWS), gold.split(HEAD_ROWS)):
         with torch.no_grad():
-            logits = apply(rows).float()
-        parts.append(torch.logsumexp(logits, -1) - logits.gather(-1, target[:, None]).squeeze(-1))
+            if isinstance(apply, _Pieces):
+                nll, hit = _chunked_nll(apply, rows, target, greedy)
+            else:
+                logits = apply(rows).float()
+                nll = torch.logsumexp(logits, -1) - logits.gather(-1, target[:, None]).squeeze(-1)
+                hit = logits.argmax(-1) == target if greedy else None
+        parts.append(nll)
         if greedy:
-            hits.append(logits.argmax(-1) == target)
+            hits.append(hit)
     if not parts:
         empty = resid.new_zeros(0, dtype=torch.float32)
         return empty, (empty.bool() if greedy else None)
     return torch.cat(parts), (torch.cat(hits) if greedy else None)
 
 
+def _chunked_nll(pieces: _Pieces, rows: Tensor, target: Tensor, greedy: bool) -> tuple[Tensor, Tensor | None]:
+    normed = pieces.norm(rows)
+    x = normed.to(pieces.weight.dtype)
+    vocab = pieces.weight.shape[0]
+    lse = gold = best = best_id = None
+    for lo in range(0, vocab, VOCAB_CHUNK):
+        hi = min(lo + VOCAB_CHUNK, vocab)
+        bias = None if pieces.bias is None else pieces.bias[lo:hi]
+        logits = pieces.transform(F.linear(x, pieces.weight[lo:hi], bias).to(normed.dtype)).float()
+        chunk = torch.logsumexp(logits, -1)
+        lse = chunk if lse is None else torch.logaddexp(lse, chunk)
+        inside = (target >= lo) & (target < hi)
+        at = logits.gather(-1, (target - lo).clamp(0, hi - lo - 1)[:, None]).squeeze(-1)
+        gold = torch.where(inside, at, at.new_zeros(()) if gold is None else gold)
+        if greedy:
+            index = logits.argmax(-1)
+            top = logits.gather(-1, index[:, None]).squeeze(-1)
+            if best is None:
+                best, best_id = top, index
+            else:  # strictly greater: a tie keeps the earlier, lower token id
+                better = top > best
+                best = torch.where(better, top, best)
+                best_id = torch.where(better, index + lo, best_id)
+    assert lse is not None and gold is not None
+    return lse - gold, (best_id == target if greedy else None)
+
+
 def sequence_nll(
-    lm: ModelAdapter, sequences: Sequence[Encoded], batch_size: int, *, compute_dtype: torch.dtype | None = None
+    lm: ModelAdapter, sequences: Sequence[Encoded], batch_size: int, *,
+    compute_dtype: torch.dtype | None = None, head_dtype: torch.dtype | None = None,
 ) -> tuple[list[float], list[int]]:
     """Summed negative log-likelihood (nats) and count of the counted positions of each
     sequence: [`sequence_scores()`][tl_multilingual.model.readout.sequence_scores] without the greedy check.
     """
-    sums, counts, _ = _scores(lm, sequences, batch_size, compute_dtype=compute_dtype, greedy=False)
+    sums, counts, _ = _scores(lm, sequences, batch_size, compute_dtype=compute_dtype,
+                              head_dtype=head_dtype, greedy=False)
     return sums, counts
 
 
 def sequence_scores(
-    lm: ModelAdapter, sequences: Sequence[Encoded], batch_size: int, *, compute_dtype: torch.dtype | None = None
+    lm: ModelAdapter, sequences: Sequence[Encoded], batch_size: int, *,
+    compute_dtype: torch.dtype | None = None, head_dtype: torch.dtype | None = None,
 ) -> tuple[list[float], list[int], list[bool]]:
     """Summed negative log-likelihood (nats) and count of the counted positions of each
     sequence, and whether every counted token is the model's most probable next token
@@ -331,8 +452,13 @@ def sequence_scores(
 
     Position ``p`` of a sequence is scored by the model's prediction at ``p - 1``, so a
     sequence's first position is never scored, and padding never is. Only the
-    positions that predict a counted token go through [`head()`][tl_multilingual.model.readout.head], a chunk at a
-    time: the full ``[batch, pos, vocab]`` logits are never built. Which positions
+    positions that predict a counted token go through the final norm and the
+    unembedding, [`HEAD_ROWS`][tl_multilingual.model.readout.HEAD_ROWS] positions by
+    [`VOCAB_CHUNK`][tl_multilingual.model.readout.VOCAB_CHUNK] vocabulary entries at a
+    time: the full ``[batch, pos, vocab]`` logits are never built, nor a row's whole
+    vocabulary (the log-sum-exp of the chunks' log-sum-exps equals the whole one up to
+    float32 rounding; a family whose head cannot be taken apart this way is scored
+    with the whole [`head()`][tl_multilingual.model.readout.head]). Which positions
     those are is worked out on the host from the sequences, and the per-sequence sums
     stay on the device until one transfer at the end: nothing waits for the device
     per batch. Under ``torch.distributed`` each rank scores its share of the sequences
@@ -342,27 +468,51 @@ def sequence_scores(
         lm: the model's adapter.
         sequences: encoded sequences with their counted span (see [`tokens`][tl_multilingual.model.tokens]).
         batch_size: sequences per forward pass.
-        compute_dtype: run the model body under autocast in this dtype
-            (``torch.bfloat16``, ``torch.float16``); the head and the loss stay in the
-            model's dtype and float32.
+        compute_dtype: ``torch.bfloat16`` or ``torch.float16``: the matrix
+            multiplications of the model body in that dtype. On a CPU with weights
+            cast once for the call (each linear layer's input is cast to the dtype and
+            its output back, so the residual stream, the norms and attention stay in
+            the model's dtype); elsewhere under ``torch.autocast``. The head and the
+            loss stay in the model's dtype and float32. None: the model's dtype.
+        head_dtype: ``torch.bfloat16`` or ``torch.float16``: the unembedding's matrix
+            multiplication in that dtype, with its weights cast once for the call; the
+            final norm, the final-logit transform and the loss stay in the model's
+            dtype and float32. None: the model's dtype. See docs/scaling.md for the
+            measured effect of both on the mean NLL and on speed.
 
     Returns:
         ``(sums, counts, greedy)``: per sequence, in input order, the summed NLL in nats
         (float64 accumulation), the number of scored tokens, and whether each scored
         token is the argmax of its prediction (ties go to the lowest token id, as
         ``torch.argmax`` breaks them).
+
+    Raises:
+        TLMultilingualError: ``compute_dtype`` or ``head_dtype`` is not one of
+            [`HALF_DTYPES`][tl_multilingual.model.readout.HALF_DTYPES].
+        UnsupportedModelError: ``compute_dtype`` on a CPU for a model with no linear
+            layer to cast (a HookedTransformer, whose weights enter ``einsum``).
     """
-    return _scores(lm, sequences, batch_size, compute_dtype=compute_dtype, greedy=True)
+    return _scores(lm, sequences, batch_size, compute_dtype=compute_dtype, head_dtype=head_dtype,
+                   greedy=True)
 
 
 def _scores(
     lm: ModelAdapter, sequences: Sequence[Encoded], batch_size: int, *, compute_dtype: torch.dtype | None,
-    greedy: bool,
+    greedy: bool, head_dtype: torch.dtype | None = None,
 ) -> tuple[list[float], list[int], list[bool]]:
     from .. import distributed
     from .tokens import batches
 
-    apply = head(lm)
+    _check_half(lm, compute_dtype, "compute_dtype")
+    _check_half(lm, head_dtype, "head_dtype")
+    apply: Head | _Pieces = head(lm)
+    if _chunkable(lm, apply):
+        apply = _pieces_of(lm).cast(head_dtype)  # cast once for the whole call
+    elif head_dtype is not None:
+        raise UnsupportedModelError(
+            f"{lm.name}: head_dtype needs the output head as final norm, W_U and b_U, which do "
+            "not reproduce this model's logits; leave head_dtype=None"
+        )
     mine = distributed.shard(len(sequences), [len(s.ids) for s in sequences])
     local = [sequences[i] for i in mine]
     sums = torch.zeros(len(local), dtype=torch.float64)
@@ -374,26 +524,28 @@ def _scores(
     def keep(tensor: Tensor, hook: Any) -> None:
         resid["final"] = tensor
 
-    for indices, batch, _ in batches(lm, local, batch_size):
-        with _autocast(lm, compute_dtype):
-            lm.forward(batch, fwd_hooks=[(lm.final_hook, keep)], logits=False, stop_at=lm.final_hook)
-        final = resid.pop("final")
-        if compute_dtype is not None:
-            final = final.to(lm.dtype)
-        where, owner = _predicting_positions([local[i] for i in indices], batch)
-        ids = batch.input_ids.reshape(-1)
-        gold = ids.index_select(0, (where + 1).to(ids.device, non_blocking=True)).to(final.device)
-        picked = final.reshape(-1, final.shape[-1]).index_select(0, where.to(final.device, non_blocking=True))
-        nll, hits = _head_nll(apply, picked, gold, greedy=greedy)
-        rows = owner.to(nll.device, non_blocking=True)
-        per_row = torch.zeros(len(indices), dtype=torch.float64, device=nll.device)
-        per_row.index_add_(0, rows, nll.double())
-        misses = None
-        if hits is not None:
-            misses = torch.zeros(len(indices), dtype=torch.long, device=nll.device)
-            misses.index_add_(0, rows, (~hits).long())
-        parts.append((indices, per_row, misses))
-        counts[indices] = torch.bincount(owner, minlength=len(indices))
+    with _half_body(lm, compute_dtype) as body:
+        for indices, batch, _ in batches(lm, local, batch_size):
+            with body():
+                lm.forward(batch, fwd_hooks=[(lm.final_hook, keep)], logits=False, stop_at=lm.final_hook)
+            final = resid.pop("final")
+            if compute_dtype is not None:
+                final = final.to(lm.dtype)
+            where, owner = _predicting_positions([local[i] for i in indices], batch)
+            ids = batch.input_ids.reshape(-1)
+            gold = ids.index_select(0, (where + 1).to(ids.device, non_blocking=True)).to(final.device)
+            picked = final.reshape(-1, final.shape[-1]).index_select(
+                0, where.to(final.device, non_blocking=True))
+            nll, hits = _head_nll(apply, picked, gold, greedy=greedy)
+            rows = owner.to(nll.device, non_blocking=True)
+            per_row = torch.zeros(len(indices), dtype=torch.float64, device=nll.device)
+            per_row.index_add_(0, rows, nll.double())
+            misses = None
+            if hits is not None:
+                misses = torch.zeros(len(indices), dtype=torch.long, device=nll.device)
+                misses.index_add_(0, rows, (~hits).long())
+            parts.append((indices, per_row, misses))
+            counts[indices] = torch.bincount(owner, minlength=len(indices))
     if parts:  # one device-to-host transfer
         index = torch.as_tensor([i for indices, _, _ in parts for i in indices])
         device = parts[0][1].device
@@ -425,10 +577,95 @@ def _predicting_positions(sequences: Sequence[Encoded], batch: Batch) -> tuple[T
     return torch.cat(where), torch.cat(owner)
 
 
-def _autocast(lm: ModelAdapter, dtype: torch.dtype | None) -> Any:
+def _native_half(dtype: torch.dtype) -> bool:
+    """Whether this CPU multiplies ``dtype`` matrices natively (oneDNN's own check)."""
+    check = {torch.bfloat16: "_is_mkldnn_bf16_supported", torch.float16: "_is_mkldnn_fp16_supported"}[dtype]
+    try:
+        return bool(getattr(torch.ops.mkldnn, check)())
+    except (AttributeError, RuntimeError):  # pragma: no cover - torch without oneDNN
+        return False
+
+
+_SLOW_WARNED: set[torch.dtype] = set()
+
+
+def _check_half(lm: ModelAdapter, dtype: torch.dtype | None, name: str) -> None:
+    """Refuse a ``dtype`` other than the half-precision ones, and say once per dtype when
+    this CPU would emulate it (slower than float32, not faster)."""
     if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=lm.device.type, dtype=dtype)
+        return
+    if dtype not in HALF_DTYPES:
+        raise TLMultilingualError(f"{name} must be torch.bfloat16, torch.float16 or None, got {dtype!r:.40}")
+    if lm.device.type == "cpu" and not _native_half(dtype) and dtype not in _SLOW_WARNED:
+        _SLOW_WARNED.add(dtype)
+        warn(f"this CPU has no native {dtype} matrix multiplication (no AVX512-BF16/FP16 or AMX): "
+             f"{name}={dtype} is emulated and runs several times slower than float32 here "
+             "(see docs/scaling.md); it changes the precision, not the speed, on this machine")
+
+
+def _linear_layers(lm: ModelAdapter) -> list[torch.nn.Module]:
+    """The model's linear layers (``nn.Linear`` and Hugging Face's ``Conv1D``) that run
+    through their own ``forward``, without the unembedding (the head has its own cast)."""
+    head_weight = lm.model.W_U.detach().T.data_ptr()
+    found: dict[int, torch.nn.Module] = {}
+    roots = [lm.model, getattr(lm.model, "original_model", None)]
+    for root in (r for r in roots if isinstance(r, torch.nn.Module)):
+        for module in root.modules():
+            linear = type(module) is torch.nn.Linear or type(module).__name__ == "Conv1D"
+            weight = getattr(module, "weight", None)
+            if (linear and isinstance(weight, Tensor) and weight.is_floating_point()
+                    and "forward" not in vars(module) and weight.data_ptr() != head_weight):
+                found[id(module)] = module
+    return list(found.values())
+
+
+def _cast_forward(module: torch.nn.Module, dtype: torch.dtype) -> Callable[[Tensor], Tensor]:
+    """``module``'s linear map with its weights cast to ``dtype`` now, once: each call
+    casts its input to ``dtype`` and its output back to the input's dtype."""
+    weight = module.weight.detach()
+    bias = module.bias.detach().to(dtype) if module.bias is not None else None
+    weight = (weight.T if type(module) is not torch.nn.Linear else weight).contiguous().to(dtype)
+
+    def forward(x: Tensor) -> Tensor:
+        return F.linear(x.to(dtype), weight, bias).to(x.dtype)
+
+    return forward
+
+
+@contextlib.contextmanager
+def _half_body(lm: ModelAdapter, dtype: torch.dtype | None) -> Iterator[Callable[[], Any]]:
+    """The body's matrix multiplications in ``dtype`` for the block: yields the context
+    to enter around each forward pass.
+
+    On a CPU every linear layer gets, for the block only, a ``forward`` with its weights
+    cast once (an instance attribute shadowing the class's, deleted on exit, also when
+    the block raises: no weight of the model is changed and no hook is attached).
+    ``torch.autocast`` on a CPU would cast every weight again on every call. On other
+    devices the passes run under ``torch.autocast``, the fast path of bf16 tensor cores.
+    """
+    if dtype is None:
+        yield contextlib.nullcontext
+        return
+    if lm.device.type != "cpu":
+        yield lambda: torch.autocast(device_type=lm.device.type, dtype=dtype)
+        return
+    layers = _linear_layers(lm)
+    if not layers:
+        raise UnsupportedModelError(
+            f"{lm.name}: compute_dtype on a CPU casts the weights of the model's linear layers "
+            "once, and this model has none (a HookedTransformer's weights enter einsum, which "
+            "autocast would re-cast on every call, slower than float32); load the model in "
+            f"{dtype} instead, or leave compute_dtype=None"
+        )
+    with torch.no_grad():
+        forwards = [_cast_forward(module, dtype) for module in layers]
+    try:
+        for module, forward in zip(layers, forwards):
+            module.forward = forward
+        yield contextlib.nullcontext
+    finally:
+        for module in layers:
+            vars(module).pop("forward", None)
 
 
 def output_weights(lm: ModelAdapter, layer: int) -> Float[Tensor, "d_mlp d_model"]:
