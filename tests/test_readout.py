@@ -93,7 +93,8 @@ def test_the_checked_head_is_kept_by_the_readout_once_per_adapter():
 
 def _hooks(model) -> int:
     roots = [model, model.original_model]
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for r in roots for m in r.modules())
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks)
+               for r in roots for m in r.modules())
 
 
 def _by_hand(model, sequences, linear=None):
@@ -112,7 +113,8 @@ def _by_hand(model, sequences, linear=None):
             ids = torch.tensor([seq])
             with torch.no_grad():
                 logits = hf(ids).logits[0, :-1].double()
-            sums.append(float(torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum")))
+            nll = torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum")
+            sums.append(float(nll))
             greedy.append(bool((logits.argmax(-1) == ids[0, 1:]).all()))
         return sums, greedy
     finally:
@@ -170,7 +172,8 @@ def _linear_layers_run(lm, encoded):
     layers = {id(m): m for r in (model, model.original_model) for m in r.modules()
               if type(m) is torch.nn.Linear or type(m).__name__ == "Conv1D"}
     ran = {}
-    handles = [m.register_forward_hook(lambda m, i, o: ran.update({id(m): m})) for m in layers.values()]
+    handles = [m.register_forward_hook(lambda m, i, o: ran.update({id(m): m}))
+               for m in layers.values()]
     try:
         readout.sequence_nll(lm, encoded, batch_size=1)
     finally:
@@ -212,8 +215,9 @@ def test_compute_dtype_on_a_cpu_casts_the_linear_weights_once(arch, monkeypatch)
         return lambda x: calls.append(module) or forward(x)
 
     monkeypatch.setattr(readout, "_cast_forward", counted)
-    with pytest.warns(tlm.errors.TLMultilingualWarning, match="no native") if not readout._native_half(
-            torch.bfloat16) else contextlib.nullcontext():
+    slow = not readout._native_half(torch.bfloat16)
+    warned = pytest.warns(tlm.errors.TLMultilingualWarning, match="no native")
+    with warned if slow else contextlib.nullcontext():
         readout._SLOW_WARNED.clear()
         half, _ = readout.sequence_nll(lm, encoded, batch_size=1, compute_dtype=torch.bfloat16)
     assert len(casts) == len({id(m) for m in casts})  # once per call, not per batch
@@ -223,7 +227,8 @@ def test_compute_dtype_on_a_cpu_casts_the_linear_weights_once(arch, monkeypatch)
     assert half != pytest.approx(exact, rel=1e-6)  # the body did run in bfloat16
     assert half == pytest.approx(exact, rel=2e-2)
     after = model.original_model.state_dict()
-    assert all(torch.equal(before[k], after[k]) and after[k].dtype == before[k].dtype for k in before)
+    assert all(torch.equal(before[k], after[k]) and after[k].dtype == before[k].dtype
+               for k in before)
     assert not any("forward" in vars(m) for r in (model, model.original_model) for m in r.modules())
     assert _hooks(model) == hooks
 
@@ -235,7 +240,8 @@ def test_compute_dtype_restores_the_forwards_when_a_pass_fails(monkeypatch):
     readout.head(lm)
 
     def fail(*args, **kwargs):
-        assert any("forward" in vars(m) for m in model.original_model.modules())  # cast during the pass
+        # cast during the pass
+        assert any("forward" in vars(m) for m in model.original_model.modules())
         raise RuntimeError("boom")
 
     monkeypatch.setattr(lm, "forward", fail)
@@ -255,7 +261,8 @@ def test_head_dtype_runs_the_unembedding_on_a_copy_cast_once(monkeypatch):
     exact, _ = readout.sequence_nll(lm, encoded, batch_size=2)
     casts = []
     real_cast = readout._Pieces.cast
-    monkeypatch.setattr(readout._Pieces, "cast", lambda self, dtype: casts.append(dtype) or real_cast(self, dtype))
+    monkeypatch.setattr(readout._Pieces, "cast",
+                        lambda self, dtype: casts.append(dtype) or real_cast(self, dtype))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         half, _ = readout.sequence_nll(lm, encoded, batch_size=1, head_dtype=torch.bfloat16)
@@ -266,7 +273,8 @@ def test_head_dtype_runs_the_unembedding_on_a_copy_cast_once(monkeypatch):
         with torch.no_grad():
             final = model.original_model.model(ids).last_hidden_state[0, :-1]
             logits = (final.bfloat16() @ model.original_model.lm_head.weight.bfloat16().T).double()
-        expected.append(float(torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum")))
+        nll = torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum")
+        expected.append(float(nll))
     assert half == pytest.approx(expected, rel=1e-4)
     assert half == pytest.approx(exact, rel=1e-2)
     assert model.original_model.lm_head.weight.dtype == torch.float32

@@ -361,8 +361,10 @@ def _chunkable(lm: ModelAdapter, apply: Head) -> bool:
             whole = apply(rows).float()
             try:
                 pieces = _pieces_of(lm)
-                parts = pieces.transform(F.linear(pieces.norm(rows), pieces.weight, pieces.bias)).float()
-                gap = float((parts - whole).abs().max()) if parts.shape == whole.shape else float("inf")
+                unembedded = F.linear(pieces.norm(rows), pieces.weight, pieces.bias)
+                parts = pieces.transform(unembedded).float()
+                same = parts.shape == whole.shape
+                gap = float((parts - whole).abs().max()) if same else float("inf")
             except (AttributeError, RuntimeError, TypeError):
                 gap = float("inf")
         known = gap <= _tolerance(lm.dtype) * (float(whole.abs().max()) + 1.0)
@@ -403,7 +405,9 @@ def _head_nll(
     return torch.cat(parts), (torch.cat(hits) if greedy else None)
 
 
-def _chunked_nll(pieces: _Pieces, rows: Tensor, target: Tensor, greedy: bool) -> tuple[Tensor, Tensor | None]:
+def _chunked_nll(
+    pieces: _Pieces, rows: Tensor, target: Tensor, greedy: bool
+) -> tuple[Tensor, Tensor | None]:
     normed = pieces.norm(rows)
     x = normed.to(pieces.weight.dtype)
     vocab = pieces.weight.shape[0]
@@ -527,13 +531,15 @@ def _scores(
     with _half_body(lm, compute_dtype) as body:
         for indices, batch, _ in batches(lm, local, batch_size):
             with body():
-                lm.forward(batch, fwd_hooks=[(lm.final_hook, keep)], logits=False, stop_at=lm.final_hook)
+                lm.forward(batch, fwd_hooks=[(lm.final_hook, keep)], logits=False,
+                           stop_at=lm.final_hook)
             final = resid.pop("final")
             if compute_dtype is not None:
                 final = final.to(lm.dtype)
             where, owner = _predicting_positions([local[i] for i in indices], batch)
             ids = batch.input_ids.reshape(-1)
-            gold = ids.index_select(0, (where + 1).to(ids.device, non_blocking=True)).to(final.device)
+            after = (where + 1).to(ids.device, non_blocking=True)
+            gold = ids.index_select(0, after).to(final.device)
             picked = final.reshape(-1, final.shape[-1]).index_select(
                 0, where.to(final.device, non_blocking=True))
             nll, hits = _head_nll(apply, picked, gold, greedy=greedy)
@@ -579,7 +585,8 @@ def _predicting_positions(sequences: Sequence[Encoded], batch: Batch) -> tuple[T
 
 def _native_half(dtype: torch.dtype) -> bool:
     """Whether this CPU multiplies ``dtype`` matrices natively (oneDNN's own check)."""
-    check = {torch.bfloat16: "_is_mkldnn_bf16_supported", torch.float16: "_is_mkldnn_fp16_supported"}[dtype]
+    check = {torch.bfloat16: "_is_mkldnn_bf16_supported",
+             torch.float16: "_is_mkldnn_fp16_supported"}[dtype]
     try:
         return bool(getattr(torch.ops.mkldnn, check)())
     except (AttributeError, RuntimeError):  # pragma: no cover - torch without oneDNN
@@ -595,7 +602,8 @@ def _check_half(lm: ModelAdapter, dtype: torch.dtype | None, name: str) -> None:
     if dtype is None:
         return
     if dtype not in HALF_DTYPES:
-        raise TLMultilingualError(f"{name} must be torch.bfloat16, torch.float16 or None, got {dtype!r:.40}")
+        raise TLMultilingualError(
+            f"{name} must be torch.bfloat16, torch.float16 or None, got {dtype!r:.40}")
     if lm.device.type == "cpu" and not _native_half(dtype) and dtype not in _SLOW_WARNED:
         _SLOW_WARNED.add(dtype)
         warn(f"this CPU has no native {dtype} matrix multiplication (no AVX512-BF16/FP16 or AMX): "
