@@ -9,8 +9,10 @@ gemma3-270m``) and times, on the same padded batches:
 - ``HF loss``: ``hf_model(..., labels=...)``, Hugging Face's own mean token loss
   (full ``[batch, pos, vocab]`` logits);
 - ``perplexity``: ``tlm.perplexity`` (head on the predicting positions only), in the
-  model's dtype and with ``compute_dtype=torch.bfloat16`` (body under autocast,
-  head and loss in float32), with the change of the mean NLL that causes;
+  model's dtype and with ``compute_dtype=torch.bfloat16`` (the body's linear weights
+  cast once on a CPU, autocast on a GPU; head and loss in float32), with the change of
+  the mean NLL that causes (``half_precision.py`` compares the half-precision options
+  in interleaved rounds);
 - peak memory: ``torch.cuda.max_memory_allocated`` on a GPU, the peak resident set
   on a CPU.
 
