@@ -460,12 +460,15 @@ def intervene(model: Any, edits: Iterable[Edit], *, allow_mismatch: bool = False
     Raises:
         MaskError: a mask of another shape, or (unless ``allow_mismatch``) identified on
             another model.
+        TLMultilingualError: an item that is not an [`Edit`][tl_multilingual.causal.interventions.Edit] (edits validate
+            their values and positions when they are made).
     """
     lm = adapt(model)
     edits = list(edits)
     for edit in edits:
-        if isinstance(edit, Edit):
-            check_fits(lm, edit.mask, what="the mask", error=MaskError, allow_mismatch=allow_mismatch)
+        if not isinstance(edit, Edit):
+            raise TLMultilingualError(f"intervene takes Edit objects, got {type(edit).__name__}")
+        check_fits(lm, edit.mask, what="the mask", error=MaskError, allow_mismatch=allow_mismatch)
     return Interventions(lm, edits)
 
 
@@ -501,9 +504,13 @@ def ablate(
     ``allow_mismatch=True`` accepts a mask or statistics of another model of the same
     shape (e.g. a base model's, on its fine-tuned version).
 
+    ``positions`` count each text's real tokens (see the module docstring).
+
     Raises:
         StatsError, MaskError: statistics or a mask of another shape, or of another
             model (unless ``allow_mismatch``).
+        TLMultilingualError: a value that is not a finite number, ``"zero"`` or
+            ``"mean"``; mean activations that are not finite; bad ``positions``.
     """
     lm = adapt(model)
     mask = _restricted(lm, mask, layers)
@@ -532,7 +539,15 @@ def boost(
     allow_mismatch: bool = False,
 ) -> Interventions:
     """Scale the neurons of ``mask`` by ``factor`` (Wang et al.'s (2024) strengthening).
-    ``allow_mismatch`` as in [`ablate()`][tl_multilingual.causal.interventions.ablate]."""
+    ``positions`` count each text's real tokens (``[-1]``: each text's last token; see
+    the module docstring). ``allow_mismatch`` as in [`ablate()`][tl_multilingual.causal.interventions.ablate].
+
+    Raises:
+        TLMultilingualError: a factor that is not a finite number (or a tensor of
+            finite values at the edited neurons); bad ``positions``.
+        MaskError: a mask of another shape, or of another model (unless
+            ``allow_mismatch``).
+    """
     lm = adapt(model)
     return intervene(lm, [Edit(_restricted(lm, mask, layers), "scale", factor, positions)],
                      allow_mismatch=allow_mismatch)
@@ -555,11 +570,14 @@ def steer(
 
     ``mode="set"`` sets them to ``to``'s mean activation; ``mode="add"`` adds
     ``strength * (mean[to] - mean[source])``, the steering vector between the languages.
+    ``positions`` count each text's real tokens (see the module docstring).
     ``allow_mismatch`` as in [`ablate()`][tl_multilingual.causal.interventions.ablate].
 
     Raises:
         StatsError, MaskError: statistics or a mask of another shape, or of another
             model (unless ``allow_mismatch``).
+        TLMultilingualError: a steering vector that is NaN or infinite at an edited
+            neuron (a NaN ``strength``, a language without tokens); bad ``positions``.
     """
     lm = adapt(model)
     stats = _checked_stats(lm, stats, "steering", allow_mismatch)
@@ -582,8 +600,16 @@ def patch(
     """Copy the neurons of ``mask`` from a source run's write-hook values (see [`record()`][tl_multilingual.causal.interventions.record]).
 
     ``source`` is ``[n_layers, d_mlp]`` (one vector broadcast to every position),
-    ``[pos, n_layers, d_mlp]`` or ``[batch, pos, n_layers, d_mlp]`` (per position).
+    ``[pos, n_layers, d_mlp]`` or ``[batch, pos, n_layers, d_mlp]`` (per position, in
+    the padded layout of the batch it is run on, as [`record()`][tl_multilingual.causal.interventions.record] gives it).
+    ``positions`` count each text's real tokens (see the module docstring).
     ``allow_mismatch`` as in [`ablate()`][tl_multilingual.causal.interventions.ablate].
+
+    Raises:
+        TLMultilingualError: a source that is NaN or infinite at an edited neuron, or
+            on the ``meta`` device; bad ``positions``.
+        MaskError: a mask of another shape, or of another model (unless
+            ``allow_mismatch``).
     """
     lm = adapt(model)
     return intervene(lm, [Edit(_restricted(lm, mask, layers), "patch", source, positions)],
