@@ -96,7 +96,8 @@ def _measurements(lm):
     """One result of each entry point that runs the model, as tensors."""
     corpus = tlm.Corpus.from_dict({k: tiny.SAMPLE_TEXT[k] for k in ("en", "fr", "zh")})
     stats = tlm.collect_stats(lm, corpus, batch_size=2, progress=False)
-    words = [{"en": "cat", "fr": "chat"}, {"en": "mat", "fr": "tapis"}, {"en": "market", "fr": "marché"}]
+    words = [{"en": "cat", "fr": "chat"}, {"en": "mat", "fr": "tapis"},
+             {"en": "market", "fr": "marché"}]
     prompts = tlm.prompts.translation(words, src="fr", tgt="en", shots=1)
     mask = tlm.NeuronMask.from_pairs([(1, 0), (1, 5), (0, 3)], lm.n_layers, lm.d_mlp)
     batch = lm.pad(lm.tokenize(tiny.SAMPLE_TEXT["en"]))
@@ -106,11 +107,12 @@ def _measurements(lm):
         "perplexity": torch.tensor(tlm.perplexity(lm, corpus, batch_size=2)["perplexity"].tolist()),
         "lens": tlm.language_lens(lm, prompts).probability,
         "record": tlm.record(lm, batch),
-        "attribution": tlm.attribute(lm, tlm.ParallelItems.from_records(_PAIRS), method="grad_x_act",
-                                     progress=False).scores,
+        "attribution": tlm.attribute(lm, tlm.ParallelItems.from_records(_PAIRS),
+                                     method="grad_x_act", progress=False).scores,
     }
     with tlm.ablate(lm, mask) + tlm.boost(lm, mask, factor=3.0, positions=[-1]):
-        out["ablated"] = torch.tensor(tlm.perplexity(lm, corpus, batch_size=2)["perplexity"].tolist())
+        ablated = tlm.perplexity(lm, corpus, batch_size=2)["perplexity"]
+        out["ablated"] = torch.tensor(ablated.tolist())
         out["logits"] = lm.forward(batch)
     out["generated"] = tlm.generate(lm, tiny.SAMPLE_TEXT["en"][:2], max_new_tokens=4, stop=())
     return out

@@ -391,7 +391,8 @@ def _bad_edits(lm, stats):
         "boost factor string": lambda: tlm.boost(lm, mask, factor="2"),
         "positions floats": lambda: tlm.boost(lm, mask, positions=[1.5]),
         "positions float tensor": lambda: tlm.ablate(lm, mask, positions=torch.tensor([1.0])),
-        "positions on meta": lambda: tlm.ablate(lm, mask, positions=torch.tensor([1], device="meta")),
+        "positions on meta": lambda: tlm.ablate(
+            lm, mask, positions=torch.tensor([1], device="meta")),
         "boolean positions on meta": lambda: tlm.ablate(
             lm, mask, positions=torch.ones(4, dtype=torch.bool, device="meta")),
         "positions slice of floats": lambda: tlm.ablate(lm, mask, positions=slice(0.5, 2)),
@@ -465,3 +466,19 @@ def test_a_nan_outside_the_edited_neurons_is_not_an_edit_value(setup):
     with tlm.patch(lm, mask, other):
         got = lm.forward(batch)
     assert torch.equal(got, expected) and torch.isfinite(got).all()
+
+
+def test_numpy_values_and_zero_dimensional_tensors_mean_what_plain_numbers_do(setup):
+    import numpy as np
+
+    model, lm, stats, batch = setup
+    mask = layer1_mask(lm)
+    with tlm.boost(lm, mask, factor=2.0, positions=[0, -1]):
+        expected = lm.forward(batch)
+    for factor, positions in ((np.float32(2.0), np.array([0, -1])),
+                              (torch.tensor(2.0), torch.tensor([0, -1])),
+                              (2, (0, torch.tensor(-1)))):
+        with tlm.boost(lm, mask, factor=factor, positions=positions):
+            assert torch.equal(lm.forward(batch), expected)
+    with tlm.boost(lm, mask, factor=2.0):
+        assert not torch.equal(lm.forward(batch), expected)

@@ -151,7 +151,7 @@ class Interventions:
             if edit.mask.shape != (lm.n_layers, lm.d_mlp):
                 raise MaskError(f"mask shape {edit.mask.shape} does not fit {lm.n_layers}x{lm.d_mlp}")
         hooks: list[tuple[str, Callable[..., Any]]] = []
-        where = [_Where(edit.positions) for edit in self.edits]  # one per edit, shared by its layers
+        where = [_Where(edit.positions) for edit in self.edits]  # one per edit, for all layers
         for layer in range(lm.n_layers):
             plans = [_LayerEdit.build(lm, edit, layer, w) for edit, w in zip(self.edits, where)]
             plans = [p for p in plans if p is not None]
@@ -263,7 +263,9 @@ def _broadcast_source(source: Tensor, like: Tensor) -> Tensor:
 
 # -- validation --------------------------------------------------------------------
 
-_VALUE_NAMES = {"set": "value set", "add": "value added", "scale": "scale factor", "patch": "patch source"}
+_VALUE_NAMES = {
+    "set": "value set", "add": "value added", "scale": "scale factor", "patch": "patch source",
+}
 
 
 def check_value(op: str, value: Any, mask: NeuronMask) -> float | Tensor:
@@ -276,7 +278,8 @@ def check_value(op: str, value: Any, mask: NeuronMask) -> float | Tensor:
         mask: the neurons edited; only their values must be finite.
 
     Returns:
-        The value: a ``float`` for a number, the tensor unchanged otherwise.
+        The value: a ``float`` for a number or a 0-d tensor, the tensor unchanged
+        otherwise (a NumPy array becomes a tensor).
 
     Raises:
         TLMultilingualError: not a real number or tensor; a tensor on the ``meta``
@@ -285,6 +288,8 @@ def check_value(op: str, value: Any, mask: NeuronMask) -> float | Tensor:
             into NaN).
     """
     what = _VALUE_NAMES.get(op, "value")
+    if hasattr(value, "__array__") and not isinstance(value, (Tensor, numbers.Number)):
+        value = torch.as_tensor(value)  # a NumPy array
     if isinstance(value, Tensor):
         if value.is_meta:
             raise TLMultilingualError(f"the {what} is on the meta device and holds no values")
@@ -299,7 +304,7 @@ def check_value(op: str, value: Any, mask: NeuronMask) -> float | Tensor:
                 f"the {what} holds {int(bad.sum())} NaN or infinite values at the edited neurons; "
                 "edits must be finite"
             )
-        return value
+        return float(value) if value.ndim == 0 else value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TLMultilingualError(f"the {what} must be a number or a tensor, got {value!r:.60}")
     if not math.isfinite(value):
@@ -349,7 +354,8 @@ def check_positions(positions: Any) -> Positions:
         if positions.dtype == torch.bool:
             if positions.ndim not in (1, 2):
                 raise TLMultilingualError(
-                    f"a boolean positions mask is [pos] or [batch, pos], got {tuple(positions.shape)}"
+                    "a boolean positions mask is [pos] or [batch, pos], got "
+                    f"{tuple(positions.shape)}"
                 )
             return positions.detach()
         if positions.is_floating_point() or positions.is_complex():
@@ -362,13 +368,17 @@ def check_positions(positions: Any) -> Positions:
             )
         return int(positions) if positions.ndim == 0 else tuple(positions.tolist())
     if isinstance(positions, (str, bytes)) or isinstance(positions, bool):
-        raise TLMultilingualError(f"{what} must be whole numbers or a boolean mask, got {positions!r:.60}")
+        raise TLMultilingualError(
+            f"{what} must be whole numbers or a boolean mask, got {positions!r:.60}"
+        )
     if isinstance(positions, numbers.Integral):
         return int(positions)
     if hasattr(positions, "__array__") and not isinstance(positions, Sequence):
         return check_positions(torch.as_tensor(positions))
     if not isinstance(positions, Iterable):
-        raise TLMultilingualError(f"{what} must be whole numbers or a boolean mask, got {positions!r:.60}")
+        raise TLMultilingualError(
+            f"{what} must be whole numbers or a boolean mask, got {positions!r:.60}"
+        )
     return tuple(_index(item, what) for item in positions)
 
 

@@ -383,7 +383,10 @@ def _raise_stop(tensor: Tensor, hook: Any) -> None:
     raise _StopForward
 
 
-_RUNNING: ContextVar[tuple[tuple[Any, Batch], ...]] = ContextVar("tl_multilingual_running", default=())
+# (model, batch) of the passes running now, innermost last
+_RUNNING: ContextVar[tuple[tuple[Any, Batch], ...]] = ContextVar(
+    "tl_multilingual_running", default=()
+)
 
 
 def running_batch(model: Any) -> Batch | None:
