@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import tiny
 import torch
@@ -9,6 +11,7 @@ import transformers as T
 from torch import Tensor
 
 import tl_multilingual as tlm
+from tl_multilingual.stages.similarity import representation_similarity
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma3", "qwen3"])
@@ -96,8 +99,8 @@ def _measurements(lm):
     """One result of each entry point that runs the model, as tensors."""
     corpus = tlm.Corpus.from_dict({k: tiny.SAMPLE_TEXT[k] for k in ("en", "fr", "zh")})
     stats = tlm.collect_stats(lm, corpus, batch_size=2, progress=False)
-    words = [{"en": "cat", "fr": "chat"}, {"en": "mat", "fr": "tapis"},
-             {"en": "market", "fr": "marché"}]
+    words = [{"en": "cat", "fr": "chat", "de": "Katze"}, {"en": "mat", "fr": "tapis", "de": "Matte"},
+             {"en": "market", "fr": "marché", "de": "Markt"}]
     prompts = tlm.prompts.translation(words, src="fr", tgt="en", shots=1)
     mask = tlm.NeuronMask.from_pairs([(1, 0), (1, 5), (0, 3)], lm.n_layers, lm.d_mlp)
     batch = lm.pad(lm.tokenize(tiny.SAMPLE_TEXT["en"]))
@@ -110,6 +113,12 @@ def _measurements(lm):
         "attribution": tlm.attribute(lm, tlm.ParallelItems.from_records(_PAIRS),
                                      method="grad_x_act", progress=False).scores,
     }
+    with warnings.catch_warnings():  # three parallel items: few for intervals, enough here
+        warnings.simplefilter("ignore", tlm.TLMultilingualWarning)
+        out["similarity"] = representation_similarity(lm, corpus, n_shuffles=2).values
+    targets = tlm.prompts.translation(words, src="fr", tgt="de", shots=1)
+    out["patching"] = tlm.patch_neurons(lm, source=prompts, target=targets, mask=mask,
+                                        controls=1).probability
     with tlm.ablate(lm, mask) + tlm.boost(lm, mask, factor=3.0, positions=[-1]):
         ablated = tlm.perplexity(lm, corpus, batch_size=2)["perplexity"]
         out["ablated"] = torch.tensor(ablated.tolist())
