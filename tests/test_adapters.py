@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import tiny
 import torch
 import transformers as T
+from torch import Tensor
 
 import tl_multilingual as tlm
+from tl_multilingual.stages.similarity import representation_similarity
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma3", "qwen3"])
@@ -82,3 +86,81 @@ def test_other_objects_are_refused_with_a_pointer():
         tlm.adapt(model)
     with pytest.raises(tlm.TLMultilingualError):
         tlm.adapt(tiny.bridge("llama"), padding_side="middle")
+
+
+# -- eval mode on every pass ------------------------------------------------------------
+
+_PAIRS = [{"id": str(i), "text": {"en": en, "fr": fr}, "answer": {"en": " mat", "fr": " tapis"}}
+          for i, (en, fr) in enumerate([("The cat sleeps on the", "Le chat dort sur le"),
+                                        ("We walked to the", "Nous avons marché au")])]
+
+
+def _measurements(lm):
+    """One result of each entry point that runs the model, as tensors."""
+    corpus = tlm.Corpus.from_dict({k: tiny.SAMPLE_TEXT[k] for k in ("en", "fr", "zh")})
+    stats = tlm.collect_stats(lm, corpus, batch_size=2, progress=False)
+    words = [{"en": "cat", "fr": "chat", "de": "Katze"}, {"en": "mat", "fr": "tapis", "de": "Matte"},
+             {"en": "market", "fr": "marché", "de": "Markt"}]
+    prompts = tlm.prompts.translation(words, src="fr", tgt="en", shots=1)
+    mask = tlm.NeuronMask.from_pairs([(1, 0), (1, 5), (0, 3)], lm.n_layers, lm.d_mlp)
+    batch = lm.pad(lm.tokenize(tiny.SAMPLE_TEXT["en"]))
+    out = {
+        "active": stats.active_counts.double(),
+        "sums": stats.sums,
+        "perplexity": torch.tensor(tlm.perplexity(lm, corpus, batch_size=2)["perplexity"].tolist()),
+        "lens": tlm.language_lens(lm, prompts).probability,
+        "record": tlm.record(lm, batch),
+        "attribution": tlm.attribute(lm, tlm.ParallelItems.from_records(_PAIRS),
+                                     method="grad_x_act", progress=False).scores,
+    }
+    with warnings.catch_warnings():  # three parallel items: few for intervals, enough here
+        warnings.simplefilter("ignore", tlm.TLMultilingualWarning)
+        out["similarity"] = representation_similarity(lm, corpus, n_shuffles=2).values
+    targets = tlm.prompts.translation(words, src="fr", tgt="de", shots=1)
+    out["patching"] = tlm.patch_neurons(lm, source=prompts, target=targets, mask=mask,
+                                        controls=1).probability
+    with tlm.ablate(lm, mask) + tlm.boost(lm, mask, factor=3.0, positions=[-1]):
+        ablated = tlm.perplexity(lm, corpus, batch_size=2)["perplexity"]
+        out["ablated"] = torch.tensor(ablated.tolist())
+        out["logits"] = lm.forward(batch)
+    out["generated"] = tlm.generate(lm, tiny.SAMPLE_TEXT["en"][:2], max_new_tokens=4, stop=())
+    return out
+
+
+def test_every_pass_runs_in_eval_mode_after_model_train_and_the_mode_is_restored():
+    model = tiny.bridge("gpt2")  # GPT-2's dropout is 0.1: train mode changes every value
+    lm = tlm.adapt(model)
+    expected = _measurements(lm)
+    model.train()
+    batch = lm.pad(lm.tokenize(tiny.SAMPLE_TEXT["en"]))
+    with torch.no_grad():  # the model really drops out in train mode: the check can fail
+        noisy = model(batch.input_ids, attention_mask=batch.attention_mask)
+    with torch.no_grad():
+        again = model(batch.input_ids, attention_mask=batch.attention_mask)
+    assert not torch.allclose(noisy, again, atol=1e-3)
+    frozen = model.blocks[0].attn  # a module the caller keeps in eval mode keeps it
+    frozen.eval()
+    flags = {id(m): m.training for m in [*model.modules(), *model.original_model.modules()]}
+    got = _measurements(lm)
+    for name, value in expected.items():
+        if isinstance(value, Tensor):
+            torch.testing.assert_close(got[name], value, rtol=0, atol=0, equal_nan=True, msg=name)
+        else:
+            assert got[name] == value, name
+    assert model.training and model.original_model.training and not frozen.training
+    assert flags == {id(m): m.training for m in [*model.modules(), *model.original_model.modules()]}
+
+
+def test_a_pass_that_raises_still_restores_the_training_mode():
+    model = tiny.bridge("gpt2")
+    lm = tlm.adapt(model)
+    model.train()
+    batch = lm.pad(lm.tokenize(tiny.SAMPLE_TEXT["en"]))
+
+    def fail(tensor, hook):
+        assert not model.training and not model.original_model.training  # inside: eval mode
+        raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError, match="stop"):
+        lm.forward(batch, fwd_hooks=[(lm.write_hook(0), fail)])
+    assert all(m.training for m in [*model.modules(), *model.original_model.modules()])

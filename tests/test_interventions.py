@@ -272,3 +272,213 @@ def test_bad_interventions_are_refused(setup):
         tlm.steer(lm, layer1_mask(lm), to="fr", stats=stats, mode="add")
     with pytest.raises(tlm.TLMultilingualError):
         tlm.Edit(layer1_mask(lm), "explode", 1.0)
+
+
+# -- positions count each text's real tokens ------------------------------------------
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_boost_at_the_last_position_edits_each_texts_last_real_token(arch, side):
+    """The tutorial's ``boost(..., positions=[-1])`` on a padded batch: a short text's
+    last-token logits are those of the text run alone, next to a longer text."""
+    lm = tlm.adapt(tiny.bridge(arch), padding_side=side)
+    mask = tlm.NeuronMask.full(lm.n_layers, lm.d_mlp)
+    ids = lm.tokenize([tiny.SAMPLE_TEXT["en"][1], tiny.SAMPLE_TEXT["en"][0]])
+    assert len(ids[0]) > len(ids[1])
+    batch, alone = lm.pad(ids), lm.pad(ids[1:])
+    clean = lm.forward(alone)[0, -1]
+    with tlm.boost(lm, mask, factor=3.0, positions=[-1]):
+        boosted_alone = lm.forward(alone)[0, -1]
+        logits = lm.forward(batch)
+    assert not torch.allclose(boosted_alone, clean, atol=1e-2)  # the edit does something
+    last = [len(ids[0]) - 1, (len(ids[1]) - 1) if side == "right" else batch.input_ids.shape[1] - 1]
+    torch.testing.assert_close(logits[1, last[1]], boosted_alone, rtol=1e-5, atol=1e-5)
+    with tlm.boost(lm, mask, factor=3.0, positions=[-1]):
+        longer_alone = lm.forward(lm.pad(ids[:1]))[0, -1]
+    torch.testing.assert_close(logits[0, last[0]], longer_alone, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_perplexity_under_an_edit_at_position_minus_2_does_not_depend_on_the_batch(side):
+    lm = tlm.adapt(tiny.bridge("gpt2"), padding_side=side)
+    corpus = tlm.Corpus.from_dict({"en": tiny.SAMPLE_TEXT["en"], "zh": tiny.SAMPLE_TEXT["zh"]})
+    mask = tlm.NeuronMask.full(lm.n_layers, lm.d_mlp)
+    clean = tlm.perplexity(lm, corpus, per_text=True, batch_size=1)["perplexity"]
+    frames = []
+    for size in (3, 1):
+        with tlm.boost(lm, mask, factor=4.0, positions=[-2]):
+            frames.append(tlm.perplexity(lm, corpus, per_text=True, batch_size=size)["perplexity"])
+    assert (frames[1] - clean).abs().min() > 1e-3  # every text's score changes
+    torch.testing.assert_close(torch.tensor(frames[0].values), torch.tensor(frames[1].values),
+                               rtol=1e-5, atol=0)
+
+
+def test_positions_of_every_kind_mark_the_same_real_tokens():
+    """Indices, negative indices, slices, integer and boolean tensors all count a
+    text's real tokens; a ``[batch, pos]`` mask marks the padded batch itself."""
+    from tl_multilingual.causal.interventions import _position_mask, check_positions
+
+    lm = tlm.adapt(tiny.bridge("gpt2"), padding_side="left")
+    batch = lm.pad([[5, 6, 7, 8, 9], [5, 6, 7]])  # row 1 is padded on the left by 2
+    cpu = torch.device("cpu")
+
+    def marked(positions):
+        rows = _position_mask(check_positions(positions), (2, 5), cpu, batch)
+        return [r.nonzero().squeeze(1).tolist() for r in rows]
+
+    assert marked([-1]) == [[4], [4]]
+    assert marked(0) == [[0], [2]]
+    assert marked([0, -2]) == [[0, 3], [2, 3]]
+    assert marked(slice(1, None)) == [[1, 2, 3, 4], [3, 4]]
+    assert marked(slice(None, None, -2)) == [[0, 2, 4], [2, 4]]
+    assert marked(torch.tensor([1])) == [[1], [3]]
+    assert marked(torch.tensor([False, True])) == [[1], [3]]
+    two_d = torch.zeros(2, 5, dtype=torch.bool)
+    two_d[1, 3] = True
+    assert marked(two_d) == [[], [3]]
+
+
+# -- edits never write into the hooked tensor -------------------------------------------
+
+
+@pytest.mark.parametrize("verb", ["ablate", "boost", "steer", "patch"])
+def test_a_reference_kept_by_an_earlier_hook_still_holds_the_clean_values(setup, verb):
+    model, lm, stats, batch = setup
+    mask = layer1_mask(lm)
+    clean = capture(lm, batch)[lm.write_hook(1)]
+    kept = {}
+
+    def cache(tensor, hook):  # keeps the tensor itself, as a cache does
+        kept["post"] = tensor
+
+    interventions = {
+        "ablate": lambda: tlm.ablate(lm, mask),
+        "boost": lambda: tlm.boost(lm, mask, factor=3.0),
+        "steer": lambda: tlm.steer(lm, mask, to="fr", source="en", stats=stats, mode="add"),
+        "patch": lambda: tlm.patch(lm, mask, torch.zeros(lm.n_layers, lm.d_mlp)),
+    }[verb]()
+    with lm.hooks([(lm.write_hook(1), cache)]), interventions:
+        lm.forward(batch)
+        edited = capture(lm, batch)[lm.write_hook(1)]
+    assert not torch.equal(edited, clean)
+    assert torch.equal(kept["post"], clean)
+
+
+# -- one validation of values, positions and masks --------------------------------------
+
+NAN, INF = float("nan"), float("inf")
+
+
+def _bad_edits(lm, stats):
+    mask = layer1_mask(lm)
+    nan_source = torch.zeros(lm.n_layers, lm.d_mlp)
+    nan_source[1, 3] = NAN
+    meta_mask = layer1_mask(lm)
+    meta_mask.tensor = meta_mask.tensor.to("meta")
+    return {
+        "boost factor nan": lambda: tlm.boost(lm, mask, factor=NAN),
+        "boost factor inf": lambda: tlm.boost(lm, mask, factor=INF),
+        "scale -inf": lambda: tlm.intervene(lm, [tlm.Edit(mask, "scale", -INF)]),
+        "patch source nan": lambda: tlm.patch(lm, mask, nan_source),
+        "steer strength nan": lambda: tlm.steer(lm, mask, to="fr", source="en", stats=stats,
+                                                mode="add", strength=NAN),
+        "steer strength inf": lambda: tlm.steer(lm, mask, to="fr", source="en", stats=stats,
+                                                mode="add", strength=INF),
+        "ablate value nan": lambda: tlm.ablate(lm, mask, value=NAN),
+        "set value inf tensor": lambda: tlm.intervene(
+            lm, [tlm.Edit(mask, "set", torch.full((lm.n_layers, lm.d_mlp), INF))]),
+        "boost factor string": lambda: tlm.boost(lm, mask, factor="2"),
+        "positions floats": lambda: tlm.boost(lm, mask, positions=[1.5]),
+        "positions float tensor": lambda: tlm.ablate(lm, mask, positions=torch.tensor([1.0])),
+        "positions on meta": lambda: tlm.ablate(
+            lm, mask, positions=torch.tensor([1], device="meta")),
+        "boolean positions on meta": lambda: tlm.ablate(
+            lm, mask, positions=torch.ones(4, dtype=torch.bool, device="meta")),
+        "positions slice of floats": lambda: tlm.ablate(lm, mask, positions=slice(0.5, 2)),
+        "positions True": lambda: tlm.ablate(lm, mask, positions=True),
+        "patch source on meta": lambda: tlm.patch(lm, mask, torch.zeros(lm.n_layers, lm.d_mlp,
+                                                                        device="meta")),
+        "mask moved to meta": lambda: tlm.ablate(lm, meta_mask),
+    }
+
+
+BAD_EDITS = [
+    "boost factor nan", "boost factor inf", "scale -inf", "patch source nan", "steer strength nan",
+    "steer strength inf", "ablate value nan", "set value inf tensor", "boost factor string",
+    "positions floats", "positions float tensor", "positions on meta", "boolean positions on meta",
+    "positions slice of floats", "positions True", "patch source on meta", "mask moved to meta",
+]
+
+
+@pytest.mark.parametrize("case", BAD_EDITS)
+def test_bad_values_positions_and_masks_are_refused_before_any_hook(setup, case):
+    model, lm, stats, batch = setup
+    before = hook_count(model)
+    with pytest.raises(tlm.TLMultilingualError) as caught:
+        with _bad_edits(lm, stats)[case]():
+            lm.forward(batch)
+    assert hook_count(model) == before
+    if "meta" in case:
+        assert "meta" in str(caught.value)
+    if "nan" in case or "inf" in case:
+        assert "finite" in str(caught.value)
+
+
+@pytest.mark.parametrize("positions", [[50], [-50], 12, torch.tensor([0, 13]), [-13]])
+def test_positions_beyond_a_texts_real_tokens_are_refused_during_the_pass(setup, positions):
+    """The shortest text of the batch has 12 real tokens: 11 and -12 are its first and
+    last, 12, 13 and -13 are beyond it (though inside the padded batch). The pass
+    stops with the library's error and leaves no hook."""
+    model, lm, stats, batch = setup
+    assert sorted(batch.attention_mask.sum(1).tolist())[:2] == [12, 13]
+    before = hook_count(model)
+    with pytest.raises(tlm.TLMultilingualError, match="outside text"):
+        with tlm.ablate(lm, layer1_mask(lm), positions=positions):
+            lm.forward(batch)
+    assert hook_count(model) == before
+    with tlm.ablate(lm, layer1_mask(lm), positions=[11, -12]):  # the shortest text's ends
+        lm.forward(batch)
+
+
+def test_a_boolean_mask_that_marks_padding_or_misfits_the_batch_is_refused(setup):
+    model, lm, stats, batch = setup
+    before = hook_count(model)
+    padding = ~batch.attention_mask.bool()
+    assert padding.any()
+    for bad, message in ((padding, "marks padding"), (torch.ones(2, 3, dtype=torch.bool), "shape")):
+        with pytest.raises(tlm.TLMultilingualError, match=message):
+            with tlm.ablate(lm, layer1_mask(lm), positions=bad):
+                lm.forward(batch)
+        assert hook_count(model) == before
+
+
+def test_a_nan_outside_the_edited_neurons_is_not_an_edit_value(setup):
+    """Only the values an edit writes must be finite: a source whose other neurons are
+    NaN patches the same as one whose other neurons are zero."""
+    model, lm, stats, batch = setup
+    mask = layer1_mask(lm)
+    source = torch.randn(lm.n_layers, lm.d_mlp)
+    other = source.clone()
+    other[~mask.tensor] = NAN
+    with tlm.patch(lm, mask, source):
+        expected = lm.forward(batch)
+    with tlm.patch(lm, mask, other):
+        got = lm.forward(batch)
+    assert torch.equal(got, expected) and torch.isfinite(got).all()
+
+
+def test_numpy_values_and_zero_dimensional_tensors_mean_what_plain_numbers_do(setup):
+    import numpy as np
+
+    model, lm, stats, batch = setup
+    mask = layer1_mask(lm)
+    with tlm.boost(lm, mask, factor=2.0, positions=[0, -1]):
+        expected = lm.forward(batch)
+    for factor, positions in ((np.float32(2.0), np.array([0, -1])),
+                              (torch.tensor(2.0), torch.tensor([0, -1])),
+                              (2, (0, torch.tensor(-1)))):
+        with tlm.boost(lm, mask, factor=factor, positions=positions):
+            assert torch.equal(lm.forward(batch), expected)
+    with tlm.boost(lm, mask, factor=2.0):
+        assert not torch.equal(lm.forward(batch), expected)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -26,7 +27,7 @@ from torch import Tensor
 
 from ..errors import CorpusError, GradientError, TLMultilingualError, UnsupportedModelError, warn
 
-__all__ = ["ModelAdapter", "adapt", "Batch"]
+__all__ = ["ModelAdapter", "adapt", "Batch", "running_batch"]
 
 HookFn = Callable[..., Any]
 PaddingSide = Literal["left", "right"]
@@ -335,11 +336,41 @@ class ModelAdapter:
     def call(self, batch: Batch) -> Tensor:
         """The model's logits on a batch, with whatever hooks are attached (no
         ``no_grad``: gradients flow; see [`gradients()`][tl_multilingual.model.adapters.ModelAdapter.gradients] to take them under
-        ``inference_mode``)."""
+        ``inference_mode``).
+
+        Every forward pass of the library goes through this method, which runs it
+        under [`running()`][tl_multilingual.model.adapters.ModelAdapter.running]: in eval mode, with the batch
+        known to the hooks."""
         kwargs: dict[str, Any] = {"attention_mask": batch.attention_mask}
         if self.kind == "bridge":
             kwargs["use_cache"] = False
-        return self.model(batch.input_ids, **kwargs)
+        with self.running(batch):
+            return self.model(batch.input_ids, **kwargs)
+
+    @contextmanager
+    def running(self, batch: Batch) -> Iterator[None]:
+        """The conditions of every forward pass of the library on ``batch``.
+
+        - **Eval mode.** Every module of the model (and of the Hugging Face model a
+          bridge wraps) that is in training mode is put in eval mode for the block,
+          and put back in training mode after it, also when the block raises. A model
+          switched to ``model.train()`` after it was adapted (a fine-tuning step, then
+          measuring the next checkpoint with the same object) is measured without
+          dropout, and the caller's modes, module by module, are left as they were.
+        - **The batch.** [`running_batch()`][tl_multilingual.model.adapters.running_batch] gives hooks the batch being run
+          (its attention mask and padding side), so that an intervention's
+          ``positions=`` count each text's real tokens.
+        """
+        token = _RUNNING.set((*_RUNNING.get(), (self.model, batch)))
+        training = [module for module in _modules(self.model) if module.training]
+        try:
+            for module in training:
+                module.training = False
+            yield
+        finally:
+            for module in training:
+                module.training = True
+            _RUNNING.reset(token)
 
     def __repr__(self) -> str:
         return (
@@ -350,6 +381,38 @@ class ModelAdapter:
 
 def _raise_stop(tensor: Tensor, hook: Any) -> None:
     raise _StopForward
+
+
+# (model, batch) of the passes running now, innermost last
+_RUNNING: ContextVar[tuple[tuple[Any, Batch], ...]] = ContextVar(
+    "tl_multilingual_running", default=()
+)
+
+
+def running_batch(model: Any) -> Batch | None:
+    """The batch that the library is running through ``model`` at this moment (inside
+    [`ModelAdapter.call()`][tl_multilingual.model.adapters.ModelAdapter.call]), for hooks that need its attention mask; ``None``
+    outside the library's passes (e.g. in TransformerLens's own ``run_with_hooks``).
+
+    Args:
+        model: the TransformerLens model, or its adapter.
+    """
+    model = model.model if isinstance(model, ModelAdapter) else model
+    for owner, batch in reversed(_RUNNING.get()):
+        if owner is model:
+            return batch
+    return None
+
+
+def _modules(model: Any) -> list[torch.nn.Module]:
+    """Every module of the model, and of the Hugging Face model a bridge wraps (kept
+    outside the bridge's module tree), once each."""
+    found: dict[int, torch.nn.Module] = {}
+    for root in (model, getattr(model, "original_model", None)):
+        if isinstance(root, torch.nn.Module):
+            for module in root.modules():
+                found.setdefault(id(module), module)
+    return list(found.values())
 
 
 def _activation_fns(model: Any, kind: str, n_layers: int) -> list[Callable[[Tensor], Tensor]]:
@@ -480,6 +543,11 @@ def adapt(
     prepend_bos: bool | None = None,
 ) -> ModelAdapter:
     """Wrap a TransformerLens model for the library (puts the model in eval mode).
+
+    Every pass the library runs is in eval mode whatever mode the model is in at the
+    time (the caller's mode is restored after each pass; see
+    [`ModelAdapter.running()`][tl_multilingual.model.adapters.ModelAdapter.running]), so switching the model to ``train()``
+    after adapting it never lets dropout into a measurement.
 
     The adapter of a model is made once per setting and reused: what it measured (the
     MLP width, the activation functions) and the output head checked against the model
