@@ -76,6 +76,11 @@ def test_a_clean_four_stage_profile_gives_its_boundaries_without_warnings():
     stage_map, raised = quiet_map(neurons, stats=stats, n_boot=5)
     assert stage_map.boundaries == (4, 10, 14)
     assert stage_map.warnings == () and raised == []
+    assert stage_map.verdict.level == "supported" and stage_map.verdict.reasons == ()
+    assert stage_map.choice == "constrained" and stage_map.constrained_map() is stage_map
+    assert repr(stage_map).endswith("vocabulary_output=14-15, supported)")
+    assert stage_map.describe().endswith("(supported)")
+    assert (stage_map.summary()["verdict"] == "supported").all()
     fit = stage_map.by_signal["neurons"]
     assert fit.unconstrained == fit.boundaries and fit.constrained
     assert all(check.holds and check.met for check in fit.checks)
@@ -87,10 +92,12 @@ def test_a_clean_four_stage_profile_gives_its_boundaries_without_warnings():
                                         "output_transformation|vocabulary_output"}
 
 
+EARLY_GENERAL = [5, 8, 15, 150, 100, 70, 50, 40, 30, 20, 15, 10, 8, 5, 5, 5]
+
+
 def test_general_neurons_that_peak_early_are_a_failed_signature_not_a_silent_force():
     # The picture of a small real model: general neurons peak at layer 3 and vanish late.
-    general = [5, 8, 15, 150, 100, 70, 50, 40, 30, 20, 15, 10, 8, 5, 5, 5]
-    stats, neurons = planted_neurons(LANGUAGE, general, d_mlp=600)
+    stats, neurons = planted_neurons(LANGUAGE, EARLY_GENERAL, d_mlp=600)
     with pytest.warns(StageWarning, match="vocabulary output has the most general neurons"):
         stage_map = tlm.map_stages(neurons, stats=stats, n_boot=5)
     text = " ".join(stage_map.warnings)
@@ -98,26 +105,55 @@ def test_general_neurons_that_peak_early_are_a_failed_signature_not_a_silent_for
     fit = stage_map.by_signal["neurons"]
     failed = [c for c in fit.checks if not c.holds]
     assert "most_general_neurons_in_vocabulary_output" in {c.name for c in failed}
-    # The signatures force a degenerate map; the unconstrained one is kept beside it.
-    assert stage_map.boundaries == (1, 2, 3)
-    free = stage_map.unconstrained()
-    assert free.boundaries == fit.unconstrained != stage_map.boundaries
-    assert free.layers("vocabulary_output") == range(fit.unconstrained[2], 16)
-    # A perfectly stable forced boundary never stands without a warning that says so.
-    assert any(v == 1.0 for v in stage_map.stability.values())
+    # The signatures would force a degenerate map; the default is the best-supported one.
+    assert fit.imposed == (1, 2, 3)
+    assert stage_map.boundaries == fit.unconstrained != (1, 2, 3)
+    assert stage_map.choice == "unconstrained" and not stage_map.constrained
+    assert stage_map.quality.significant()
+    assert stage_map.verdict.level == "weak"
+    assert any("signatures that do not hold" in r for r in stage_map.verdict.reasons)
+    assert "which the data reject" in text and "StageMap.constrained_map()" in text
+    assert "only because the signatures force it" not in text  # the default forces nothing
+    # The constrained map stays reachable, with its own verdict saying why it is rejected.
+    forced = stage_map.constrained_map()
+    assert forced.boundaries == (1, 2, 3) and forced.choice == "constrained"
+    assert forced.verdict.level == "not supported"
+    reasons = " ".join(forced.verdict.reasons)
+    assert "only the signatures force" in reasons and "no better than layer-shuffled features" in reasons
+    assert "less than the best three stages" in reasons
+    assert not forced.quality.significant()
+    assert forced.quality.explained < forced.quality.explained_unconstrained
+    assert "not supported" in repr(forced) and "not supported" in forced.describe()
+    with pytest.raises(tlm.TLMultilingualError, match="allow_unsupported=True"):
+        forced.mask("shared_reasoning")
+    assert forced.mask("shared_reasoning", allow_unsupported=True).count() == 600
+    assert stage_map.mask("shared_reasoning").count() == 600 * len(stage_map.layers("shared_reasoning"))
+    assert stage_map.constrained_map().unconstrained().boundaries == stage_map.boundaries
+
+
+def test_imposing_the_signatures_by_name_gives_the_forced_map_and_says_so():
+    stats, neurons = planted_neurons(LANGUAGE, EARLY_GENERAL, d_mlp=600)
+    stage_map, raised = quiet_map(neurons, stats=stats, n_boot=5, signatures=True)
+    assert stage_map.boundaries == (1, 2, 3) and stage_map.choice == "constrained"
+    assert stage_map.verdict.level == "not supported"
+    text = " ".join(raised)
     assert "only because the signatures force it" in text and "not that the data support it" in text
-    # ... and the forced fit explains less than chance allows.
-    assert not stage_map.quality.significant()
-    assert stage_map.quality.explained < stage_map.quality.explained_unconstrained
+    assert any(v == 1.0 for v in stage_map.stability.values())  # perfectly stable, yet forced
+    assert "StageMap.unconstrained()" in text and "which the data reject" not in text
+    assert stage_map.unconstrained().verdict.level == "weak"
 
 
 def test_the_signatures_can_be_checked_without_being_imposed():
-    general = [5, 8, 15, 150, 100, 70, 50, 40, 30, 20, 15, 10, 8, 5, 5, 5]
-    stats, neurons = planted_neurons(LANGUAGE, general, d_mlp=600)
+    stats, neurons = planted_neurons(LANGUAGE, EARLY_GENERAL, d_mlp=600)
     stage_map, raised = quiet_map(neurons, signatures=False, n_boot=0)
     fit = stage_map.by_signal["neurons"]
     assert stage_map.boundaries == fit.unconstrained and not stage_map.constrained
     assert any("does not hold in the data" in w for w in raised)
+    # A segmentation meeting the signatures exists: the warning says they were not
+    # imposed, never that none exists.
+    assert fit.imposed == (1, 2, 3)
+    assert any("the signatures were not imposed (signatures=False)" in w for w in raised)
+    assert not any("no four-stage segmentation meets" in w for w in raised)
 
 
 def test_a_flat_random_profile_is_not_significant_and_is_warned():
@@ -202,8 +238,12 @@ def paper_a(njunlp_stats):
 
 def test_class_profiles_of_paper_a_give_its_stages(paper_a):
     stats, neurons = paper_a
-    stage_map, _ = quiet_map(neurons, stats=stats, n_boot=10)
+    stage_map, raised = quiet_map(neurons, stats=stats, n_boot=10)
     assert stage_map.signals == ("neurons",) and stage_map.constrained
+    # Zhang et al.'s map is the default, supported, without a caution.
+    assert stage_map.boundaries == (5, 18, 31) and stage_map.choice == "constrained"
+    assert stage_map.verdict.level == "supported", stage_map.verdict
+    assert stage_map.warnings == () and raised == []
     assert stage_map.layers("understanding").stop - 1 in (3, 4, 5)
     assert stage_map.layers("shared_reasoning").stop - 1 in (16, 17, 18, 19)
     assert stage_map.layers("vocabulary_output") in (range(31, 32), range(30, 32))
@@ -233,7 +273,12 @@ def test_experiments_take_a_stage_map_explicitly():
     spans = [stages.layers(s) for s in tlm.STAGES]
     assert [layer for span in spans for layer in span] == list(range(6))
     first = stages.layers("understanding")
-    assert stages.mask("understanding").per_layer().tolist() == [lm.d_mlp if l in first else 0 for l in range(6)]
+    # A tiny random model's map is no better than chance: masks of it need the override.
+    assert stages.verdict.level == "not supported"
+    with pytest.raises(tlm.TLMultilingualError, match="allow_unsupported=True"):
+        stages.mask("understanding")
+    mask = stages.mask("understanding", allow_unsupported=True)
+    assert mask.per_layer().tolist() == [lm.d_mlp if l in first else 0 for l in range(6)]
     specific = neurons.specific()
     with tlm.ablate(lm, specific, layers=first) as edits:
         (edit,) = edits.edits

@@ -20,7 +20,7 @@ perfectly stable.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -34,7 +34,7 @@ from ..neurons.stats import ActivationStats
 from ..provenance import check_compatible
 from .features import _standardise, lens_features, neuron_features
 from .segmentation import _constrained, _costs, _dp, _means, _meets, _quality
-from .signatures import StageWarning, _check, _signatures_for, _warnings
+from .signatures import StageWarning, _check, _choose, _signatures_for, _verdict, _warnings
 from .stage_map import _BOUNDARIES, STAGES, SignalMap, StageMap, _spans
 
 if TYPE_CHECKING:
@@ -53,32 +53,45 @@ def _columns(frames: dict[str, pd.DataFrame]) -> tuple[np.ndarray, list[str]]:
     return _standardise(np.hstack(parts)), names
 
 
-def _fit(frames: dict[str, pd.DataFrame], signatures: bool) -> tuple[tuple[int, int, int], tuple[int, int, int], bool]:
-    """(map boundaries, unconstrained boundaries, whether the map meets the signatures)."""
+def _fit(frames: dict[str, pd.DataFrame]) -> tuple[tuple[int, int, int], tuple[int, int, int] | None]:
+    """(the best unconstrained boundaries, the best boundaries meeting the signatures or
+    None when none do)."""
     x, names = _columns(frames)
     cost, sums = _costs(x[None])
     free = tuple(int(b) for b in _dp(cost, 4)[1][0])
     constraints = [(col, s.rule) for s, col in _signatures_for(list(frames), names)]
     if not constraints:
-        return free, free, True  # type: ignore[return-value]
+        return free, free  # type: ignore[return-value]
     found, _ = _constrained(cost[0], sums[0], constraints, free)  # type: ignore[arg-type]
-    if not signatures:
-        met = bool(_meets([_means(sums[0], c) for c, _ in constraints], [r for _, r in constraints], *free, len(x)))
-        return free, free, met  # type: ignore[return-value]
-    if found is None:
-        return free, free, False  # type: ignore[return-value]
-    return found, free, True  # type: ignore[return-value]
+    return free, found  # type: ignore[return-value]
+
+
+def _refit(frames: dict[str, pd.DataFrame], choice: str) -> tuple[int, int, int]:
+    """A refit's boundaries, by the same choice as the map's (the constrained fit, or the
+    unconstrained one where none meets the signatures)."""
+    free, imposed = _fit(frames)
+    return imposed if choice == "constrained" and imposed is not None else free
 
 
 def _signal_map(
-    signal: str, frames: dict[str, pd.DataFrame], evidence: pd.DataFrame, n: int, signatures: bool,
-    n_null: int, seed: int,
+    signal: str, frames: dict[str, pd.DataFrame], evidence: pd.DataFrame, n: int, signatures: Any,
+    n_null: int, seed: int, alpha: float,
 ) -> SignalMap:
-    chosen, free, met = _fit(frames, signatures)
+    free, imposed = _fit(frames)
     x, names = _columns(frames)
-    checks = tuple(_check(s, evidence, free, chosen, n) for s, _ in _signatures_for(list(frames), names))
-    quality = _quality(x, chosen, n_null, seed)
-    return SignalMap(signal, n, chosen, free, all(c.met for c in checks), checks, quality)
+    free_quality = _quality(x, free, n_null, seed)
+    imposed_quality = (None if imposed is None else free_quality if imposed == free
+                       else _quality(x, imposed, n_null, seed))
+    fit = SignalMap(signal, n, free, free, imposed == free, (), free_quality, imposed=imposed,
+                    imposed_quality=imposed_quality, unconstrained_quality=free_quality)
+    choice, reason = _choose(signatures, fit, alpha)
+    chosen = imposed if choice == "constrained" else free
+    checks = tuple(_check(s, evidence, free, chosen, n) for s, _ in _signatures_for(list(frames), names))  # type: ignore[arg-type]
+    fit.boundaries, fit.checks = chosen, checks  # type: ignore[assignment]
+    fit.constrained = all(c.met for c in checks)
+    fit.quality = fit.quality_of(chosen)
+    fit.choice, fit.choice_reason = choice, reason
+    return fit
 
 
 def _stability(fit: SignalMap, replicates: np.ndarray) -> None:
@@ -110,7 +123,7 @@ def map_stages(
     *,
     stats: ActivationStats | None = None,
     target: str | None = None,
-    signatures: bool = True,
+    signatures: bool | Literal["auto"] = "auto",
     n_boot: int = 100,
     n_null: int = 1000,
     alpha: float = 0.05,
@@ -131,11 +144,15 @@ def map_stages(
         stats: the statistics ``neurons`` came from, for the stability refits of the
             neuron signal (redrawn counts, neurons re-identified with the same recipe).
         target: the lens language to follow (default: each prompt's target).
-        signatures: impose Zhang et al.'s (AAAI-26) signatures on the fit (they are checked and
-            reported either way).
+        signatures: ``"auto"``: impose Zhang et al.'s (AAAI-26) signatures unless the
+            evidence rejects the constrained fit (the rule of the module docstring);
+            True: impose them whatever the evidence (the constrained map by name, also
+            ``StageMap.constrained_map()``); False: never impose them. They are checked
+            and reported either way.
         n_boot: bootstrap refits for stability (0: none).
         n_null: null draws for each p-value of the fit quality (0: none).
-        alpha: level below which a p-value counts as significant in the warnings.
+        alpha: level below which a p-value counts as significant in the default rule,
+            the verdict and the warnings.
         tolerance: layers by which the neuron and lens maps may disagree on a boundary
             before a warning.
         seed: seed of the refits and null draws.
@@ -144,9 +161,11 @@ def map_stages(
         [`StageMap`][tl_multilingual.stages.stage_map.StageMap].
 
     Raises:
-        TLMultilingualError: without any signal, with fewer than four layers, or with
-            a lens and neurons of different layer counts.
+        TLMultilingualError: without any signal, with fewer than four layers, with
+            a lens and neurons of different layer counts, or an unknown ``signatures``.
     """
+    if signatures not in (True, False, "auto"):
+        raise TLMultilingualError(f"signatures must be 'auto', True or False, got {signatures!r}")
     neurons, lens = _legacy_arguments(neurons, lens)
     if neurons is None and lens is None:
         raise TLMultilingualError("map_stages needs neurons, a lens result, or both")
@@ -170,7 +189,7 @@ def map_stages(
     groups = {s: {s: frames[s]} for s in signals}
     if len(signals) > 1:
         groups["+".join(signals)] = frames
-    maps = {name: _signal_map(name, group, evidence, n_layers, signatures, n_null, seed)
+    maps = {name: _signal_map(name, group, evidence, n_layers, signatures, n_null, seed, alpha)
             for name, group in groups.items()}
     combined = maps["+".join(signals)]
 
@@ -186,7 +205,7 @@ def map_stages(
             if prompt_draws is not None:
                 boot["lens"] = lens_features(lens.select(prompt_draws[r]), target)  # type: ignore[union-attr]
             for name in maps:
-                replicates[name].append(_fit({s: boot[s] for s in groups[name]}, signatures)[0])
+                replicates[name].append(_refit({s: boot[s] for s in groups[name]}, maps[name].choice))
         for name, fit in maps.items():
             _stability(fit, np.array(replicates[name]))
         reps = np.array(replicates["+".join(signals)])
@@ -217,6 +236,7 @@ def map_stages(
     return StageMap(
         n_layers, combined.boundaries, evidence, dict(combined.stability), dict(combined.intervals),
         combined.constrained, signals, neurons.d_mlp if neurons is not None else None, maps, agreement, cautions,
+        _verdict(combined, combined.boundaries, agreement, alpha), combined.choice, alpha, tolerance,
     )
 
 

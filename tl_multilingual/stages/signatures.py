@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,6 +32,7 @@ from .stage_map import (
     STAGES,
     SignalMap,
     SignatureCheck,
+    Verdict,
     _layers_text,
     _span_text,
     _spans,
@@ -123,12 +125,24 @@ def _warnings(maps: dict[str, SignalMap], agreement: pd.DataFrame | None, alpha:
         for check in failed if "+" not in name else ():
             out.append(f"{label}: Zhang et al.'s (AAAI-26) signature \"{check.text}\" does not hold in the data: {check.detail}.")
         if failed:
-            if fit.boundaries != fit.unconstrained:
-                out.append(f"{label}: imposing Zhang et al.'s (AAAI-26) signatures gives {_span_text(fit.boundaries, n)}; the best "
-                           f"fit without them is {_span_text(fit.unconstrained, n)} (StageMap.unconstrained()).")
-            elif not fit.constrained:
-                out.append(f"{label}: no four-stage segmentation meets Zhang et al.'s (AAAI-26) signatures; the map is the best "
-                           f"fit without them.")
+            free = _span_text(fit.unconstrained, n)
+            if fit.choice == "constrained" and fit.boundaries != fit.unconstrained:
+                out.append(f"{label}: imposing Zhang et al.'s (AAAI-26) signatures gives "
+                           f"{_span_text(fit.boundaries, n)}; the best fit without them is {free} "
+                           "(StageMap.unconstrained()).")
+            elif fit.imposed is None:
+                out.append(f"{label}: no four-stage segmentation meets Zhang et al.'s (AAAI-26) "
+                           "signatures; the map is the best fit without them.")
+            elif fit.choice_reason.startswith("the signatures were not imposed"):
+                out.append(f"{label}: the signatures were not imposed (signatures=False); the map is the "
+                           f"best fit without them, and imposing them would give "
+                           f"{_span_text(fit.imposed, n)}.")
+            else:
+                why = fit.choice_reason.split(": ", 1)[-1]
+                out.append(f"{label}: imposing Zhang et al.'s (AAAI-26) signatures gives "
+                           f"{_span_text(fit.imposed, n)}, which the data reject ({why}); the map is the "
+                           f"best fit without them, {free} (the constrained map: "
+                           "StageMap.constrained_map() or signatures=True).")
         if fit.boundaries != fit.unconstrained:
             for stage in STAGES:
                 span, free = fit.layers(stage), fit.layers(stage, unconstrained=True)
@@ -162,3 +176,84 @@ def _warnings(maps: dict[str, SignalMap], agreement: pd.DataFrame | None, alpha:
                            f"{row.neurons} by the neurons, layer {row.lens} by the lens ({abs(row.difference)} "
                            f"layers apart).")
     return out
+
+
+_COUNT = {3: "three", 2: "two"}
+
+
+def _stage_names(stages: Sequence[str]) -> str:
+    return ", ".join(s.replace("_", " ") for s in stages)
+
+
+def _rejections(fit: SignalMap, boundaries: Sequence[int], alpha: float) -> list[str]:
+    """Why the data reject ``boundaries`` (one of ``fit``'s maps); empty when they do not.
+
+    The rule (the module docstring of `mapping` states it): a map is rejected when its
+    fit is no better than layer-shuffled features (p >= alpha), when a stage is a
+    single layer only because the signatures force it, or, for a map the signatures
+    moved away from the unconstrained fit, when it explains less of the features'
+    variation than the best fit with three stages (imposing the signatures costs more
+    than losing a stage)."""
+    b = tuple(boundaries)
+    out = []
+    forced = fit.forced(b)
+    if forced:
+        out.append(f"one-layer {_stage_names(forced)} only the signatures force")
+    q = fit.quality_of(b)
+    if q is not None and np.isfinite(q.p_value) and q.p_value >= alpha:
+        out.append(f"no better than layer-shuffled features (p = {q.p_value:.2g})")
+    if q is not None and b != tuple(fit.unconstrained) and np.isfinite(q.explained):
+        three = q.explained_by_stages.get(3, np.nan)
+        if np.isfinite(three) and q.explained < three - 1e-12:
+            out.append(f"explains {q.explained:.0%} of the variation, less than the best three stages "
+                       f"({three:.0%})")
+    return out
+
+
+def _verdict(fit: SignalMap, boundaries: Sequence[int], agreement: pd.DataFrame | None,
+             alpha: float) -> Verdict:
+    """The verdict on ``boundaries`` (one of ``fit``'s maps): ``"not supported"`` with
+    the reasons ``_rejections`` gives (or four layers, where nothing can be tested);
+    ``"weak"`` when four stages are no better than three or two, a signature does not
+    hold in the data, the signals disagree beyond the tolerance, or no null was drawn;
+    else ``"supported"``."""
+    b = tuple(boundaries)
+    bad = _rejections(fit, b, alpha)
+    if fit.n_layers == 4:
+        bad.insert(0, "four layers: the only segmentation there is")
+    weak: list[str] = []
+    q = fit.quality_of(b)
+    if fit.n_layers > 4 and (q is None or not np.isfinite(q.p_value)):
+        weak.append("not tested against layer-shuffled features")
+    elif q is not None and not bad:
+        for k in (3, 2):
+            p = q.beats.get(k, np.nan)
+            if np.isfinite(p) and p >= alpha:
+                weak.append(f"four stages no better than {_COUNT[k]} (p = {p:.2g})")
+    failed = [c for c in fit.checks if not c.holds]
+    if failed and not bad:
+        if b == tuple(fit.unconstrained):
+            weak.append("signatures that do not hold: " + "; ".join(c.text for c in failed))
+        else:
+            weak.append("signatures that hold only when imposed: " + "; ".join(c.text for c in failed))
+    if agreement is not None and len(agreement) and not bool(agreement["agree"].all()):
+        weak.append(f"signals disagree by {int(agreement['difference'].abs().max())} layers")
+    level = "not supported" if bad else "weak" if weak else "supported"
+    return Verdict(level, tuple(bad + weak))
+
+
+def _choose(mode: Any, fit: SignalMap, alpha: float) -> tuple[str, str]:
+    """Which of ``fit``'s maps is the default (``"constrained"`` or ``"unconstrained"``)
+    and why, by ``map_stages``'s ``signatures`` argument ``mode``."""
+    if mode is False:
+        return "unconstrained", "the signatures were not imposed (signatures=False)"
+    if fit.imposed is None:
+        return "unconstrained", "no four-stage segmentation meets the signatures"
+    if fit.imposed == fit.unconstrained:
+        return "constrained", "the best fit meets the signatures"
+    if mode is True:
+        return "constrained", "the signatures were imposed (signatures=True)"
+    rejected = _rejections(fit, fit.imposed, alpha)
+    if rejected:
+        return "unconstrained", "the data reject the signature-constrained fit: " + "; ".join(rejected)
+    return "constrained", "the signature-constrained fit beats chance, beats three stages and forces no stage"

@@ -247,8 +247,12 @@ def _deactivation(study: Any, done: Mapping[str, Any]) -> DeactivationResult:
                                n_boot=s.n_boot, batch_size=s.batch_size, progress=study.progress)
 
 
-def _stage_effects(study: Any, done: Mapping[str, Any]) -> StageEffects:
+def _stage_effects(study: Any, done: Mapping[str, Any]) -> StageEffects | Skip:
     s = study.settings
+    stages = done["stages"]
+    if not stages.supported:
+        return Skip(f"the data do not support the stage map ({stages.describe()}), so no stage was "
+                    "deactivated; stage_effects(..., allow_unsupported=True) runs it on that map anyway")
     prompts = stage_prompts(study.words, study.corpus.languages, s)
     return stage_effects(study.lm, done["neurons"][s.method], done["stages"], study.evaluation,
                          lens_prompts=prompts, variant=s.stage_variant, controls=s.controls,
@@ -298,7 +302,7 @@ STEPS: dict[str, Step] = {
              path="lens", result=LensResult, run=_lens,
              settings=("lens_pairs", "lens_words", "seed", "words"),
              tables=lambda r, s: {"lens": r.summary(n_boot=500)}),
-        Step("stages", "the four-stage map of the layers",
+        Step("stages", "the four-stage map of the layers the evidence supports, with its verdict",
              path="stages.json", result=StageMap, run=_stages,
              depends=("statistics", "neurons", "lens"), settings=("method", "n_boot", "seed"),
              tables=_stage_tables, required=True),
