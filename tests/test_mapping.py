@@ -533,7 +533,7 @@ def test_the_shared_reasoning_signature_compares_it_with_both_neighbours():
     assert means[1] < means[0] and means[1] > means[2]
     assert not check.holds and not check.met
     assert "fewest in output transformation (layers 6-8)" in check.detail
-    imposed, _ = quiet_map(neurons, n_boot=0, n_null=0)
+    imposed, _ = quiet_map(neurons, signatures=True, n_boot=0, n_null=0)
     b1, b2, b3 = imposed.boundaries
     m = [values[lo:hi].mean() for lo, hi in ((0, b1), (b1, b2), (b2, b3), (b3, 12))]
     assert m[1] <= m[0] and m[1] <= m[2]  # the imposed map meets both comparisons

@@ -132,7 +132,8 @@ class StageEffects(HubMixin):
                 continue
             done = rows[measured[rows.index]]
             n = int(done["carries"].astype(bool).sum())
-            parts.append(f"{stage.replace('_', ' ')} {n} of {len(done)}")
+            parts.append(f"{stage.replace('_', ' ')} {n} of {len(done)}" if len(done)
+                         else f"{stage.replace('_', ' ')} not measured")
             if len(done) < len(rows):
                 unmeasured.append(f"{stage.replace('_', ' ')} ({', '.join(rows[~measured[rows.index]]['language'])})")
         carriers = self.carriers()

@@ -456,13 +456,20 @@ class StageMap(HubMixin):
         return f"{_span_text(self.boundaries, self.n_layers)} ({self.verdict})"
 
     def label(self) -> str:
-        """Which map this is, its stages and verdict, for captions and results:
-        ``combined map, unconstrained: understanding 0-10, ... (weak: ...)``."""
+        """Which map this is, its stages and verdict, for captions and results, e.g.
+        ``combined neuron-class and logit-lens map, the best fit without Zhang et al.'s
+        (AAAI-26) signatures: understanding 0-10, ... (weak: ...)``."""
+        if self.choice == "given" or not self.signals:
+            if self.verdict.level != "given":
+                return f"stage map given by hand: {self.describe()}"
+            return f"stage map given by hand: {_span_text(self.boundaries, self.n_layers)} (not tested against data)"
         which = {"constrained": "with Zhang et al.'s (AAAI-26) signatures imposed",
-                 "unconstrained": "the best fit without Zhang et al.'s (AAAI-26) signatures",
-                 "given": "given by hand"}.get(self.choice, self.choice)
-        source = "+".join(self.signals) if self.signals else "no data"
-        return f"stage map from {source}, {which}: {self.describe()}"
+                 "unconstrained": "the best fit without Zhang et al.'s (AAAI-26) signatures"}.get(self.choice,
+                                                                                                 self.choice)
+        names = {"neurons": "neuron-class", "lens": "logit-lens"}
+        source = " and ".join(names.get(s, s) for s in self.signals)
+        combined = "combined " if len(self.signals) > 1 else ""
+        return f"{combined}{source} map, {which}: {self.describe()}"
 
     def summary(self) -> pd.DataFrame:
         """One row per map (each signal alone, then combined): its stages, which fit it
