@@ -5,9 +5,35 @@ signals ([`tl_multilingual.stages.features`][tl_multilingual.stages.features]): 
 lens. Each signal is fitted alone and, when both are given, together; the combined
 fit gives the map's boundaries. The fit is exact
 ([`tl_multilingual.stages.segmentation`][tl_multilingual.stages.segmentation]); Zhang et al.'s (AAAI-26) signatures
-are checked on every fit and imposed unless ``signatures=False``
-([`tl_multilingual.stages.signatures`][tl_multilingual.stages.signatures]); each fit's quality is tested against
-layer-shuffled features.
+are checked on every fit ([`tl_multilingual.stages.signatures`][tl_multilingual.stages.signatures]); each fit's
+quality is tested against layer-shuffled features.
+
+The default map is the one the evidence supports. Each fit has two candidates: ``C``,
+the best segmentation meeting the signatures, and ``U``, the best without them. With
+``signatures="auto"`` the map is ``C`` unless the evidence rejects it, which it does
+when
+
+1. ``C`` is no better than the best four-stage fit to layer-shuffled features
+   (``p >= alpha``), or
+2. a stage of ``C`` is a single layer only because the signatures force it (it is not
+   one in ``U``), or
+3. ``C`` differs from ``U`` and explains less of the features' variation than the
+   best three-stage fit (imposing the signatures costs more than losing a stage).
+
+A rejected ``C`` gives way to ``U``, as does a ``C`` that does not exist. Where the
+signatures hold in the data's own fit, ``C = U``: Zhang et al.'s map of their released
+Mistral-7B statistics (0-4 | 5-17 | 18-30 | 31) stays the default, supported and
+without a warning. ``signatures=True`` imposes ``C`` whatever the evidence (the
+constrained map by name; also ``StageMap.constrained_map()``), ``signatures=False``
+never imposes it.
+
+The verdict ([`Verdict`][tl_multilingual.stages.stage_map.Verdict]) on the map: *not supported* for any
+reason of the rule above, or with four layers; *weak* when it beats chance but four
+stages are no better than three or two, a signature does not hold in the data (or
+only when imposed), the neuron and lens maps disagree beyond ``tolerance``, or no null
+was drawn; *supported* otherwise. The rule and the verdict use only what the fit
+already computes: the null, the comparison of the two candidates and the forced
+stages.
 
 Stability: refits on bootstrap replicates, the lens prompts resampled and the
 activation counts redrawn with the neurons re-identified by their recipe

@@ -8,13 +8,17 @@ neurons (neuron signal); the target answer is most probable in vocabulary output
 (lens signal). They are *checks*: each is tested on the best unconstrained fit (does
 it hold in the data?) and on the map's boundaries (does the map meet it?), and a
 signature the data break is named with where it breaks
-([`SignatureCheck`][tl_multilingual.stages.stage_map.SignatureCheck]). With ``signatures=True`` (the default of
-[`map_stages()`][tl_multilingual.stages.mapping.map_stages]) the map is the best fit that meets them.
+([`SignatureCheck`][tl_multilingual.stages.stage_map.SignatureCheck]). With ``signatures="auto"`` (the default of
+[`map_stages()`][tl_multilingual.stages.mapping.map_stages]) the map is the best fit that meets them unless the
+evidence rejects it (the rule is stated in [`tl_multilingual.stages.mapping`][tl_multilingual.stages.mapping]).
 
 Every caution about a map is a plain sentence in `StageMap.warnings`, also raised
-as a [`StageWarning`][tl_multilingual.stages.signatures.StageWarning]: a signature the data break, a stage that is a
+as a [`StageWarning`][tl_multilingual.stages.signatures.StageWarning]: a signature the data break, the fit the
+signatures impose when the data reject it (and the map used instead), signatures not
+imposed at the caller's request, no segmentation meeting them, a stage that is a
 single layer only because a signature forces it, a fit no better than chance, four
-stages no better than three or two, and neuron and lens maps that disagree.
+stages no better than three or two, and neuron and lens maps that disagree. Each
+sentence is said only when it is true of the map.
 """
 
 from __future__ import annotations

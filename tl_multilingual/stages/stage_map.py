@@ -13,14 +13,17 @@ made by [`map_stages()`][tl_multilingual.stages.mapping.map_stages] also keeps i
 ([`SignalMap`][tl_multilingual.stages.stage_map.SignalMap]) beside its unconstrained optimum, the signature checks
 ([`SignatureCheck`][tl_multilingual.stages.stage_map.SignatureCheck]), the fit quality against a null
 ([`FitQuality`][tl_multilingual.stages.stage_map.FitQuality]), the stability of each boundary under resampling, where
-the signals agree, and every caution as a sentence. A map can also be given by hand
+the signals agree, every caution as a sentence, which fit it is (``choice``) and a
+[`Verdict`][tl_multilingual.stages.stage_map.Verdict] (supported, weak or not supported, with its reasons; the
+rule is in [`tl_multilingual.stages.mapping`][tl_multilingual.stages.mapping]). A map can also be given by hand
 ([`StageMap.from_boundaries()`][tl_multilingual.stages.stage_map.StageMap.from_boundaries], e.g. a paper's stages for a
 model). Maps save as JSON, and every field is checked when one is read back.
 
 Experiments take a stage map explicitly: restrict them with
 ``layers=stage_map.layers("shared_reasoning")`` (or a mask with
 ``stage_map.mask("shared_reasoning")``). [`stage_effects()`][tl_multilingual.experiments.stage_deactivation.stage_effects] gives the
-causal evidence per stage.
+causal evidence per stage. Both refuse a map whose verdict is ``"not supported"``
+unless told ``allow_unsupported=True``.
 """
 
 from __future__ import annotations

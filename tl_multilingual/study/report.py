@@ -61,6 +61,10 @@ def findings(results: dict[str, Any]) -> dict[str, Any]:
         facts.update(_stage_facts(results["stages"]))
     if results.get("deactivation") is not None:
         facts["deactivation"] = _deactivation_facts(results)
+        variants = list(dict.fromkeys(results["deactivation"].frame["variant"]))
+        same = _same_variants(_neurons(results), variants)
+        if same:
+            facts["same_variants"] = same
     if results.get("stage_effects") is not None:
         effects = results["stage_effects"]
         facts["stage_effects"] = {
@@ -92,10 +96,42 @@ def _neuron_facts(neurons: LanguageNeurons) -> dict[str, Any]:
         "general": neurons.general().count(),
         "dropped": neurons.dropped,
         "lambda_at_bound": (neurons.params.get("lam_search") or {}).get("at_bound"),
+        "lambda_identified": neurons.lambda_identified(),
+        "lambda_sensitivity": _sensitivity_ranges(neurons),
         "specific_per_language": summary["specific"].to_dict(),
         "languages_without_specific": [lang for lang, n in summary["specific"].items() if n == 0],
         "language_neurons_by_quarter": {"first": first, "middle": middle, "last": last},
     }
+
+
+def _sensitivity_ranges(neurons: LanguageNeurons) -> dict[str, Any] | None:
+    """Over the lambda grid, the fewest and most neurons of each class (None when lambda
+    was identified or given)."""
+    grid = neurons.lambda_sensitivity()
+    if grid.empty:
+        return None
+    spans = grid.groupby("class")["count"].agg(["min", "max"])
+    return {"lambdas": sorted(set(grid["lambda"])),
+            "counts": {c: [int(spans.loc[c, "min"]), int(spans.loc[c, "max"])] for c in spans.index}}
+
+
+def _same_variants(neurons: LanguageNeurons | None, variants: list[str]) -> dict[str, str]:
+    """Variants that select exactly the neurons of an earlier one (e.g. ``specific+related``
+    when no neuron is related), mapped to that earlier variant."""
+    if neurons is None:
+        return {}
+    from ..experiments.deactivation import variant_mask
+
+    same: dict[str, str] = {}
+    for k, variant in enumerate(variants):
+        for earlier in variants[:k]:
+            if earlier in same:
+                continue
+            if all(variant_mask(neurons, variant, lang) == variant_mask(neurons, earlier, lang)
+                   for lang in neurons.languages):
+                same[variant] = earlier
+                break
+    return same
 
 
 def _stage_facts(stages: StageMap) -> dict[str, Any]:
@@ -186,10 +222,19 @@ def _figures(results: dict[str, Any], folder: Path) -> dict[str, str]:
         keep("neurons_per_language", plot.language_counts(neurons),
              "Specific and related neurons of each language.")
     deactivation = results.get("deactivation")
-    for variant in dict.fromkeys(deactivation.frame["variant"]) if deactivation is not None else ():
+    variants = list(dict.fromkeys(deactivation.frame["variant"])) if deactivation is not None else []
+    same = _same_variants(neurons, variants)
+    for variant in variants:
+        if variant in same:
+            continue
+        twins = [v for v, earlier in same.items() if earlier == variant]
         keep(f"deactivation_{variant.replace('+', '_')}", plot.deactivation_heatmap(deactivation, variant),
              f"Change in perplexity of each evaluated language when the '{variant}' neurons of one "
-             "language are deactivated (Zhang et al. (AAAI-26) Fig. 2); colour: log of the perplexity ratio.")
+             "language are deactivated (Zhang et al. (AAAI-26) Fig. 2); colour: log of the perplexity ratio."
+             + (f" The variant{'s' if len(twins) > 1 else ''} {', '.join(repr(t) for t in twins)} select"
+                f"{'' if len(twins) > 1 else 's'} exactly these neurons, so "
+                f"{'their' if len(twins) > 1 else 'its'} figure would be the same."
+                if twins else ""))
     lens = results.get("tables", {}).get("lens")  # the lens step's summary, drawn as written
     if lens is not None:
         keep("lens", plot.lens_curves(lens, stages=stages),
@@ -300,6 +345,26 @@ def _stages_html(stage_map: StageMap) -> list[str]:
     return out
 
 
+def _lambda_sentence(facts: dict[str, Any]) -> str:
+    """What the report says about lambda: identified, at a bound, or not identified by the
+    data with the range of each class over the grid of lambdas."""
+    if facts.get("lambda_identified") is False:
+        grid = facts.get("lambda_sensitivity") or {}
+        spans = "; ".join(f"{c} {lo}-{hi}" if lo != hi else f"{c} {lo}"
+                          for c, (lo, hi) in (grid.get("counts") or {}).items()
+                          if c in ("specific", "related", "general", "dropped"))
+        lambdas = ", ".join(f"{x:g}" for x in grid.get("lambdas", []))
+        return (" The data do not identify lambda: at no lambda does a selected neuron reach every "
+                f"language, so Zhang et al.'s (AAAI-26) criterion never binds; lambda = {facts['lambda']:g} "
+                f"by the default rule (the upper bound of the search range). Over lambda = {lambdas} the "
+                f"classes range {spans} (tables/lambda_sensitivity.csv): a conclusion that depends on "
+                "these counts depends on lambda.")
+    if facts.get("lambda_at_bound"):
+        return (f" The lambda search ended at the {facts['lambda_at_bound']} bound of its range: the lambda "
+                "lies outside it (see lam_range).")
+    return ""
+
+
 def _finding_lines(facts: dict[str, Any]) -> list[str]:
     """The findings as sentences (those of the finished steps)."""
     lines = []
@@ -311,8 +376,7 @@ def _finding_lines(facts: dict[str, Any]) -> list[str]:
             f"{facts['general']} neurons are general (active above the bar in every language)."
             + (f" {facts['dropped']} of the selected neurons ({100 * facts['dropped'] / facts['selected']:.0f}%) "
                "are above the bar in no language and were dropped." if facts.get("dropped") else "")
-            + (f" The lambda search ended at the {facts['lambda_at_bound']} bound of its range: the lambda may "
-               "lie outside it (see lam_range)." if facts.get("lambda_at_bound") else ""),
+            + _lambda_sentence(facts),
             "Every language has specific neurons." if not facts["languages_without_specific"] else
             f"Languages without specific neurons: {', '.join(facts['languages_without_specific'])}.",
             f"Language neurons per layer: {q['first']:.1f} in the first quarter of the layers, {q['middle']:.1f} "
@@ -328,6 +392,10 @@ def _finding_lines(facts: dict[str, Any]) -> list[str]:
             + (f" {len(facts['stage_warnings'])} cautions about this map are listed below."
                if facts.get("stage_warnings") else "")
         )
+    for variant, earlier in (facts.get("same_variants") or {}).items():
+        lines.append(f"The '{variant}' neurons are exactly the '{earlier}' neurons (no neuron of the other "
+                     f"classes it adds was found), so their deactivation results are the same and one heatmap "
+                     "shows both.")
     if "deactivation" in facts:
         d = facts["deactivation"]
         lines.append(

@@ -274,6 +274,9 @@ def _neuron_tables(result: dict[str, LanguageNeurons],
               "neurons_per_language": chosen.summary()}
     tables.update({f"{method}_per_language": neurons.summary()
                    for method, neurons in result.items() if method != settings.method})
+    sensitivity = chosen.lambda_sensitivity()
+    if not sensitivity.empty:
+        tables["lambda_sensitivity"] = sensitivity
     return tables
 
 
