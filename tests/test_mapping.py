@@ -582,3 +582,84 @@ def test_lens_features_average_each_prompt_at_its_own_target():
     assert np.allclose(fixed["f_target"], np.nanmean(p[:, :, 1], 0))
     assert np.allclose(fixed["f_english"], np.nanmean(p[:, :, 2], 0))
     assert "f_english" not in lens_features(lens, target="en")
+
+
+# -- every caution: a case that says it and one that must not ------------------------------
+
+
+def _warned(case):
+    """The cautions of the map of a named profile (cached: several sentences share one)."""
+    if case not in _CASES:
+        language, general, kwargs, lens = {
+            "clean": (LANGUAGE, GENERAL, {}, None),
+            "clean_free": (LANGUAGE, GENERAL, {"signatures": False}, None),
+            "early": (LANGUAGE, EARLY_GENERAL, {}, None),
+            "early_imposed": (LANGUAGE, EARLY_GENERAL, {"signatures": True}, None),
+            "early_free": (LANGUAGE, EARLY_GENERAL, {"signatures": False}, None),
+            "falling": (LANGUAGE, list(range(40, 8, -2)), {}, None),
+            "four_layers": ([12, 1, 12, 6], [2, 4, 2, 20], {}, None),
+            "three_stages": ([12] * 5 + [1] * 6 + [12] * 5, [3] * 16, {}, None),
+            "agree": (LANGUAGE, GENERAL, {}, (4, 10, 14)),
+            "disagree": (LANGUAGE, GENERAL, {}, (8, 12, 14)),
+        }[case]
+        d_mlp = 600 if general is EARLY_GENERAL else 200
+        stats, neurons = planted_neurons(language, general, d_mlp=d_mlp)
+        lens_result = staged_lens(lens) if lens is not None else None
+        _CASES[case] = quiet_map(neurons, lens_result, n_boot=0, n_null=200, **kwargs)
+    return _CASES[case]
+
+
+_CASES: dict = {}
+
+SENTENCES = [
+    # (words of the sentence, a profile that must raise it, one that must not)
+    ("does not hold in the data", "early", "clean"),
+    ("gives understanding 0, shared reasoning 1, output transformation 2, vocabulary output 3-15; the best fit "
+     "without them is", "early_imposed", "early"),
+    ("which the data reject", "early", "early_imposed"),
+    ("no four-stage segmentation meets", "falling", "early"),
+    ("the signatures were not imposed (signatures=False)", "early_free", "clean_free"),
+    ("only because the signatures force it", "early_imposed", "early"),
+    ("with four layers every stage is one layer", "four_layers", "clean"),
+    ("the data do not show four stages", "four_layers_never", "clean"),
+    ("four stages fit the layers no better than 3 stages", "three_stages", "clean"),
+    ("disagree on where", "disagree", "agree"),
+    ("signatures that do not hold in the data:", "early_with_lens", "agree"),
+]
+
+
+@pytest.mark.parametrize("words, raises, silent", [s for s in SENTENCES if "never" not in s[1]
+                                                   and "with_lens" not in s[1]])
+def test_each_caution_is_said_when_true_and_only_then(words, raises, silent):
+    stage_map, raised = _warned(raises)
+    assert any(words in w for w in raised), (words, raised)
+    assert raised == list(stage_map.warnings)
+    quiet, raised_quiet = _warned(silent)
+    assert not any(words in w for w in raised_quiet), (words, raised_quiet)
+
+
+def test_the_fit_no_better_than_chance_and_the_combined_signatures_are_said_only_when_true():
+    rng = np.random.default_rng(1)
+    stats, neurons = planted_neurons(list(rng.integers(4, 8, 16)), list(rng.integers(3, 6, 16)))
+    flat, raised = quiet_map(neurons, n_boot=0, n_null=200)
+    assert any("the data do not show four stages" in w for w in raised)
+    assert flat.verdict.level == "not supported"
+    assert not any("do not show four stages" in w for w in _warned("clean")[1])
+    stats, neurons = planted_neurons(LANGUAGE, EARLY_GENERAL, d_mlp=600)
+    both, raised = quiet_map(neurons, staged_lens((4, 10, 14)), n_boot=0, n_null=200)
+    assert any(w.startswith("Combined map: Zhang et al.'s (AAAI-26) signatures that do not hold") for w in raised)
+    assert not any(w.startswith("Combined map: Zhang et al.'s") for w in _warned("agree")[1])
+
+
+def test_the_verdicts_of_the_profiles():
+    assert _warned("clean")[0].verdict.level == "supported"
+    three = _warned("three_stages")[0]
+    assert three.verdict.level == "weak" and any("no better than three" in r for r in three.verdict.reasons)
+    disagree = _warned("disagree")[0]
+    assert disagree.verdict.level == "weak"
+    assert "signals disagree by 4 layers" in disagree.verdict.reasons
+    assert _warned("four_layers")[0].verdict.level == "not supported"
+    falling = _warned("falling")[0]
+    assert falling.by_signal["neurons"].imposed is None and falling.choice == "unconstrained"
+    with pytest.raises(tlm.TLMultilingualError, match="no four-stage segmentation"):
+        falling.constrained_map()

@@ -71,7 +71,7 @@ def test_the_findings_are_the_numbers_of_the_results_computed_here():
     }
     facts = findings(
         {
-            "ternary": neurons,
+            "neurons": {"ternary": neurons},
             "stages": stage_map,
             "deactivation": deactivation,
             "sharing": shared,
