@@ -14,7 +14,8 @@ import tl_multilingual as tlm
 from tl_multilingual import cli, data
 from tl_multilingual.study.pipeline import Study, StudySettings, check_study
 
-FAST = ["--languages", "en,fr,zh", "--eval-texts", "2", "--controls", "1", "--quiet"]
+FAST = ["--languages", "en,fr,zh", "--eval-texts", "2", "--controls", "1", "--quiet",
+        "--allow-unsupported-stages"]  # a tiny random model's stages: run the stage experiment anyway
 
 
 def small_corpus(folder, n=30, extra=None):
