@@ -164,7 +164,7 @@ def test_the_lambda_sentence_says_when_the_data_do_not_identify_lambda():
     text = _lambda_sentence(facts)
     assert "The data do not identify lambda" in text and "lambda = 0.2 by the default rule" in text
     assert "specific 130-165" in text and "general 7;" in text and "dropped 6-141" in text
-    assert "selected" not in text and "lam_range" not in text
+    assert "selected 300" not in text and "lam_range" not in text
     assert _lambda_sentence({"lambda": 0.1, "lambda_identified": True, "lambda_at_bound": None}) == ""
     assert "upper bound" in _lambda_sentence({"lambda": 0.2, "lambda_identified": True,
                                               "lambda_at_bound": "upper"})
