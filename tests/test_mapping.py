@@ -663,3 +663,75 @@ def test_the_verdicts_of_the_profiles():
     assert falling.by_signal["neurons"].imposed is None and falling.choice == "unconstrained"
     with pytest.raises(tlm.TLMultilingualError, match="no four-stage segmentation"):
         falling.constrained_map()
+
+
+# -- a third signal: cross-lingual representation similarity ----------------------------
+
+
+def planted_similarity(boundaries, n_layers=16, n_items=20, levels=(0.05, 0.6, 0.2, 0.05), seed=0):
+    """Per-layer similarity of translations (minus its null) at four levels, with noise
+    per item: highest in shared reasoning when ``levels`` says so."""
+    from tl_multilingual.stages.similarity import SimilarityResult
+
+    rng = np.random.default_rng(seed)
+    edges = (0, *boundaries, n_layers)
+    curve = np.concatenate([[levels[k]] * (edges[k + 1] - edges[k]) for k in range(4)])
+    pairs = (("en", "fr"), ("en", "zh"), ("fr", "zh"))
+    null = 0.01 * rng.standard_normal((3, n_items, len(pairs), n_layers))
+    values = null + curve + 0.02 * rng.standard_normal((3, n_items, len(pairs), n_layers))
+    values[2] = np.clip(values[2], 0, 1)  # retrieval is a share
+    shuffles = torch.tensor([list(range(1, n_items)) + [0]])
+    return SimilarityResult(("en", "fr", "zh"), pairs, torch.tensor(values), torch.tensor(null), shuffles, "mean")
+
+
+def test_three_signals_that_agree_give_one_supported_map():
+    stats, neurons = planted_neurons(LANGUAGE, GENERAL)
+    similarity = planted_similarity((4, 10, 14))
+    stage_map, raised = quiet_map(neurons, staged_lens((4, 10, 14)), similarity=similarity, stats=stats,
+                                  n_boot=5)
+    assert set(stage_map.by_signal) == {"neurons", "lens", "similarity", "neurons+lens+similarity"}
+    assert stage_map.signals == ("neurons", "lens", "similarity")
+    assert all(fit.boundaries == (4, 10, 14) for fit in stage_map.by_signal.values())
+    assert stage_map.boundaries == (4, 10, 14) and raised == [] and stage_map.warnings == ()
+    assert stage_map.verdict.level == "supported"
+    check = {c.name: c for c in stage_map.by_signal["similarity"].checks}
+    assert check["highest_similarity_in_shared_reasoning"].holds
+    assert list(stage_map.agreement.columns) == ["boundary", "neurons", "lens", "similarity", "difference",
+                                                 "agree"]
+    assert (stage_map.agreement["difference"] == 0).all()
+    assert "stage_similarity" in stage_map.to_frame().columns
+    assert "representation-similarity" in stage_map.label()
+    # The similarity features are the mean over items and pairs of value - null.
+    features = stage_map.to_frame()["f_similarity"].to_numpy()
+    expected = (similarity.values[0] - similarity.null[0]).mean(dim=(0, 1)).numpy()
+    assert np.allclose(features, expected)
+    assert set(stage_map.by_signal["similarity"].stability) == set(stage_map.stability)
+
+
+def test_a_similarity_map_that_disagrees_is_said_and_weakens_the_verdict():
+    stats, neurons = planted_neurons(LANGUAGE, GENERAL)
+    stage_map, raised = quiet_map(neurons, staged_lens((4, 10, 14)), similarity=planted_similarity((7, 12, 14)),
+                                  stats=stats, n_boot=0, n_null=200)
+    assert stage_map.by_signal["similarity"].boundaries == (7, 12, 14)
+    assert stage_map.agreement["difference"].tolist() == [3, 2, 0]  # the spread of the three
+    assert stage_map.agreement["agree"].tolist() == [False, True, True]
+    (sentence,) = [w for w in raised if "disagree" in w]
+    assert sentence.startswith("The neuron-class, logit-lens and similarity maps disagree on where shared "
+                               "reasoning begins: layer 4 by the neurons, layer 4 by the lens, layer 7 by "
+                               "the similarity (3 layers apart)")
+    assert stage_map.verdict.level == "weak" and "signals disagree by 3 layers" in stage_map.verdict.reasons
+
+
+def test_similarity_highest_outside_shared_reasoning_breaks_its_signature():
+    similarity = planted_similarity((4, 10, 14), levels=(0.05, 0.2, 0.4, 0.8))
+    stage_map, raised = quiet_map(similarity=similarity, n_boot=0, n_null=200)
+    fit = stage_map.by_signal["similarity"]
+    check = {c.name: c for c in fit.checks}["highest_similarity_in_shared_reasoning"]
+    assert not check.holds
+    assert "in the best unconstrained fit the similarity is highest in vocabulary output" in check.detail
+    assert any('"shared reasoning holds the highest cross-lingual similarity" does not hold' in w
+               for w in raised)
+    # Where the similarity signal holds its signature alone, the map is its own.
+    alone, raised = quiet_map(similarity=planted_similarity((3, 9, 13)), n_boot=10)
+    assert alone.boundaries == (3, 9, 13) and alone.verdict.level == "supported" and raised == []
+    assert alone.stability["understanding|shared_reasoning"] == 1.0

@@ -58,13 +58,14 @@ from ..neurons.classes import LanguageNeurons
 from ..neurons.identification import identify_replicate
 from ..neurons.stats import ActivationStats
 from ..provenance import check_compatible
-from .features import _standardise, lens_features, neuron_features
+from .features import _standardise, lens_features, neuron_features, similarity_features
 from .segmentation import _constrained, _costs, _dp, _means, _meets, _quality
 from .signatures import StageWarning, _check, _choose, _signatures_for, _verdict, _warnings
 from .stage_map import _BOUNDARIES, STAGES, SignalMap, StageMap, _spans
 
 if TYPE_CHECKING:
     from .lens import LensResult
+    from .similarity import SimilarityResult
 
 __all__ = ["map_stages"]
 
@@ -147,6 +148,7 @@ def map_stages(
     neurons: LanguageNeurons | None = None,
     lens: LensResult | None = None,
     *,
+    similarity: SimilarityResult | None = None,
     stats: ActivationStats | None = None,
     target: str | None = None,
     signatures: bool | Literal["auto"] = "auto",
@@ -167,6 +169,9 @@ def map_stages(
     Args:
         neurons: identified neurons (the class-profile signal).
         lens: a `LensResult` (the logit-lens signal).
+        similarity: a [`SimilarityResult`][tl_multilingual.stages.similarity.SimilarityResult] (the
+            cross-lingual representation-similarity signal; its refits resample the
+            items).
         stats: the statistics ``neurons`` came from, for the stability refits of the
             neuron signal (redrawn counts, neurons re-identified with the same recipe).
         target: the lens language to follow (default: each prompt's target).
@@ -179,8 +184,8 @@ def map_stages(
         n_null: null draws for each p-value of the fit quality (0: none).
         alpha: level below which a p-value counts as significant in the default rule,
             the verdict and the warnings.
-        tolerance: layers by which the neuron and lens maps may disagree on a boundary
-            before a warning.
+        tolerance: layers by which the signals' maps may disagree on a boundary before
+            a warning.
         seed: seed of the refits and null draws.
 
     Returns:
@@ -193,8 +198,8 @@ def map_stages(
     if signatures not in (True, False, "auto"):
         raise TLMultilingualError(f"signatures must be 'auto', True or False, got {signatures!r}")
     neurons, lens = _legacy_arguments(neurons, lens)
-    if neurons is None and lens is None:
-        raise TLMultilingualError("map_stages needs neurons, a lens result, or both")
+    if neurons is None and lens is None and similarity is None:
+        raise TLMultilingualError("map_stages needs neurons, a lens result, a similarity result, or several")
     if neurons is not None and stats is not None:
         check_compatible(stats.provenance, neurons.provenance, labels=("the statistics", "the neurons"))
         if tuple(stats.languages) != tuple(neurons.languages):
@@ -204,9 +209,12 @@ def map_stages(
         frames["neurons"] = neuron_features(neurons)
     if lens is not None:
         frames["lens"] = lens_features(lens, target)
+    if similarity is not None:
+        frames["similarity"] = similarity_features(similarity)
     n_layers = len(next(iter(frames.values())))
     if any(len(f) != n_layers for f in frames.values()):
-        raise TLMultilingualError("the lens and the neurons come from models with different layer counts")
+        counts = ", ".join(f"{name} {len(f)}" for name, f in frames.items())
+        raise TLMultilingualError(f"the signals come from models with different layer counts ({counts})")
     if n_layers < 4:
         raise TLMultilingualError(f"four stages need at least four layers, got {n_layers}")
     evidence = pd.concat(list(frames.values()), axis=1)
@@ -220,9 +228,11 @@ def map_stages(
     combined = maps["+".join(signals)]
 
     can_redraw = neurons is not None and stats is not None
-    if n_boot > 0 and (can_redraw or lens is not None):
+    if n_boot > 0 and (can_redraw or lens is not None or similarity is not None):
         generator = torch.Generator().manual_seed(seed)
         prompt_draws = resample.draws(lens.probability.shape[0], n_boot, seed) if lens is not None else None
+        item_draws = (resample.draws(similarity.n_items, n_boot, seed + 1)
+                      if similarity is not None else None)
         replicates: dict[str, list[tuple[int, int, int]]] = {name: [] for name in maps}
         for r in range(n_boot):
             boot = dict(frames)
@@ -230,6 +240,9 @@ def map_stages(
                 boot["neurons"] = neuron_features(identify_replicate(stats, neurons, generator))  # type: ignore[arg-type]
             if prompt_draws is not None:
                 boot["lens"] = lens_features(lens.select(prompt_draws[r]), target)  # type: ignore[union-attr]
+            if item_draws is not None:
+                boot["similarity"] = similarity_features(similarity,  # type: ignore[arg-type]
+                                                         torch.as_tensor(item_draws[r]))
             for name in maps:
                 replicates[name].append(_refit({s: boot[s] for s in groups[name]}, maps[name].choice))
         for name, fit in maps.items():
@@ -248,13 +261,14 @@ def map_stages(
         for s in signals:
             evidence[f"stage_{s}"] = [_stage_at(maps[s].boundaries, n_layers, layer) for layer in range(n_layers)]
     agreement = None
-    if "neurons" in maps and "lens" in maps:
-        agreement = pd.DataFrame({
-            "boundary": list(_BOUNDARIES),
-            "neurons": list(maps["neurons"].boundaries),
-            "lens": list(maps["lens"].boundaries),
-        })
-        agreement["difference"] = agreement["lens"] - agreement["neurons"]
+    if len(signals) > 1:
+        agreement = pd.DataFrame({"boundary": list(_BOUNDARIES),
+                                  **{s: list(maps[s].boundaries) for s in signals}})
+        if signals == ("neurons", "lens"):
+            agreement["difference"] = agreement["lens"] - agreement["neurons"]
+        else:  # the spread: the largest distance between two signals
+            spread = agreement[list(signals)]
+            agreement["difference"] = spread.max(axis=1) - spread.min(axis=1)
         agreement["agree"] = agreement["difference"].abs() <= tolerance
     cautions = tuple(_warnings(maps, agreement, alpha, tolerance))
     for sentence in cautions:

@@ -44,7 +44,9 @@ from .stage_map import (
 
 __all__ = ["SIGNATURES", "StageWarning"]
 
-_LABELS = {"neurons": "Neuron-class map", "lens": "Logit-lens map", "neurons+lens": "Combined map"}
+_LABELS = {"neurons": "Neuron-class map", "lens": "Logit-lens map", "similarity": "Similarity map"}
+_NAMES = {"neurons": "neuron-class", "lens": "logit-lens", "similarity": "similarity"}
+_BY = {"neurons": "the neurons", "lens": "the lens", "similarity": "the similarity"}
 
 
 class StageWarning(TLMultilingualWarning):
@@ -57,7 +59,7 @@ class _Signature:
     name: str
     signal: str
     column: str  # feature column
-    rule: str  # "min_second" or "max_last"
+    rule: str  # "min_second", "max_last" or "max_second"
     text: str
 
 
@@ -68,6 +70,8 @@ SIGNATURES = (
                "vocabulary output has the most general neurons"),
     _Signature("target_most_probable_in_vocabulary_output", "lens", "f_target", "max_last",
                "the target answer is most probable in vocabulary output"),
+    _Signature("highest_similarity_in_shared_reasoning", "similarity", "f_similarity", "max_second",
+               "shared reasoning holds the highest cross-lingual similarity"),
 )
 """Zhang et al.'s (AAAI-26) stage signatures, checked on every map (and imposed with ``signatures=True``)."""
 
@@ -89,6 +93,8 @@ def _check(sig: _Signature, evidence: pd.DataFrame, free: tuple[int, int, int], 
         m = stage_means(bounds)
         if sig.rule == "min_second":
             return m[1] <= m[0] + 1e-9 * scale and m[1] <= m[2] + 1e-9 * scale
+        if sig.rule == "max_second":
+            return m[1] + 1e-9 * scale >= max(m)
         return m[3] + 1e-9 * scale >= max(m)
 
     def where(stage: str) -> str:
@@ -102,6 +108,12 @@ def _check(sig: _Signature, evidence: pd.DataFrame, free: tuple[int, int, int], 
             low = STAGES[int(np.argmin(m[:3]))]
             detail = (f"in the best unconstrained fit, language neurons are fewest in {where(low)}, "
                       f"not in {where('shared_reasoning')}")
+        elif sig.rule == "max_second":
+            high = STAGES[int(np.argmax(m))]
+            peak = int(np.nanargmax(values))
+            detail = (f"translations are most alike at layer {peak} (excess over the shuffled pairs "
+                      f"{values[peak]:.2g}); in the best unconstrained fit the similarity is highest in "
+                      f"{where(high)}, not in {where('shared_reasoning')}")
         else:
             high = STAGES[int(np.argmax(m))]
             peak = int(np.nanargmax(values))
@@ -120,7 +132,7 @@ def _check(sig: _Signature, evidence: pd.DataFrame, free: tuple[int, int, int], 
 def _warnings(maps: dict[str, SignalMap], agreement: pd.DataFrame | None, alpha: float, tolerance: int) -> list[str]:
     out = []
     for name, fit in maps.items():
-        label = _LABELS.get(name, name)
+        label = _LABELS.get(name, "Combined map")
         n = fit.n_layers
         failed = [c for c in fit.checks if not c.holds]
         if "+" in name and failed:  # each signal's own map has already said where
@@ -173,12 +185,15 @@ def _warnings(maps: dict[str, SignalMap], agreement: pd.DataFrame | None, alpha:
                 three = "; three are Wendler et al.'s three phases" if 3 in weak else ""
                 out.append(f"{label}: four stages fit the layers no better than {which} beyond chance{three}.")
     if agreement is not None:
-        for row in agreement.itertuples():
-            if abs(row.difference) > tolerance:
-                stage = row.boundary.split("|")[1].replace("_", " ")
-                out.append(f"The neuron-class and logit-lens maps disagree on where {stage} begins: layer "
-                           f"{row.neurons} by the neurons, layer {row.lens} by the lens ({abs(row.difference)} "
-                           f"layers apart).")
+        signals = [c for c in agreement.columns if c in _NAMES]
+        names = " and ".join(_NAMES[s] for s in signals) if len(signals) == 2 else \
+            ", ".join(_NAMES[s] for s in signals[:-1]) + f" and {_NAMES[signals[-1]]}"
+        for _, row in agreement.iterrows():
+            if abs(row["difference"]) > tolerance:
+                stage = row["boundary"].split("|")[1].replace("_", " ")
+                where = ", ".join(f"layer {row[s]} by {_BY[s]}" for s in signals)
+                out.append(f"The {names} maps disagree on where {stage} begins: {where} "
+                           f"({abs(row['difference'])} layers apart).")
     return out
 
 

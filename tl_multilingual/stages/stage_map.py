@@ -285,7 +285,7 @@ class StageMap(HubMixin):
         boundaries: first layer of the 2nd, 3rd and 4th stage (of the map fitted on
             every signal given).
         evidence: one row per layer: the raw features, the ``stage``, each signal's
-            stage (``stage_neurons``, ``stage_lens``) and, with refits,
+            stage (``stage_neurons``, ``stage_lens``, ``stage_similarity``) and, with refits,
             ``stage_agreement`` (share of refits giving the layer the same stage) and
             ``boundary_share`` (share of refits in which some stage starts there).
         stability: per boundary, the share of bootstrap refits that put it at exactly
@@ -293,12 +293,15 @@ class StageMap(HubMixin):
             not whether the data support it (see [`quality`][tl_multilingual.stages.stage_map.StageMap.quality]).
         intervals: per boundary, the 5th-95th percentile of its layer over refits.
         constrained: whether the boundaries meet Zhang et al.'s (AAAI-26) signatures.
-        signals: which signals were used (``"neurons"``, ``"lens"``).
+        signals: which signals were used (``"neurons"``, ``"lens"``, ``"similarity"``).
         d_mlp: neurons per layer (for [`mask()`][tl_multilingual.stages.stage_map.StageMap.mask]).
-        by_signal: each signal's own map ([`SignalMap`][tl_multilingual.stages.stage_map.SignalMap]), and ``"neurons+lens"``
-            for the combined one when both were given.
-        agreement: per boundary, where the neuron and lens maps put it and how far
-            apart (None unless both signals were given).
+        by_signal: each signal's own map ([`SignalMap`][tl_multilingual.stages.stage_map.SignalMap]), and the combined
+            one (``"neurons+lens"``, ``"neurons+lens+similarity"``, ...) when several were
+            given.
+        agreement: per boundary, where each signal's map puts it and how far apart
+            (``difference``: lens - neurons with those two signals, else the largest
+            distance between two signals; ``agree``: within ``tolerance``); None with
+            one signal.
         warnings: every caution, as plain sentences (empty when all is well); each was
             also raised as a [`StageWarning`][tl_multilingual.stages.signatures.StageWarning] when the map was made.
         verdict: what the data say about this map ([`Verdict`][tl_multilingual.stages.stage_map.Verdict]):
@@ -469,7 +472,7 @@ class StageMap(HubMixin):
         which = {"constrained": "with Zhang et al.'s (AAAI-26) signatures imposed",
                  "unconstrained": "the best fit without Zhang et al.'s (AAAI-26) signatures"}.get(self.choice,
                                                                                                  self.choice)
-        names = {"neurons": "neuron-class", "lens": "logit-lens"}
+        names = {"neurons": "neuron-class", "lens": "logit-lens", "similarity": "representation-similarity"}
         source = " and ".join(names.get(s, s) for s in self.signals)
         combined = "combined " if len(self.signals) > 1 else ""
         return f"{combined}{source} map, {which}: {self.describe()}"
