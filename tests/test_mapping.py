@@ -13,9 +13,9 @@ import torch
 
 import tl_multilingual as tlm
 from tl_multilingual import resample
-from tl_multilingual.stages.lens import LensResult
 from tl_multilingual.stages.features import lens_features, neuron_features
-from tl_multilingual.stages.segmentation import _exhaustive, segment
+from tl_multilingual.stages.lens import LensResult
+from tl_multilingual.stages.segmentation import segment
 from tl_multilingual.stages.signatures import StageWarning
 
 LANGUAGE = [12] * 4 + [1] * 6 + [12] * 4 + [6] * 2  # stages 0-3, 4-9, 10-13, 14-15
