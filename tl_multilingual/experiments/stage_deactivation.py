@@ -135,7 +135,8 @@ class StageEffects(HubMixin):
             parts.append(f"{stage.replace('_', ' ')} {n} of {len(done)}" if len(done)
                          else f"{stage.replace('_', ' ')} not measured")
             if len(done) < len(rows):
-                unmeasured.append(f"{stage.replace('_', ' ')} ({', '.join(rows[~measured[rows.index]]['language'])})")
+                missing = ", ".join(rows[~measured[rows.index]]["language"])
+                unmeasured.append(f"{stage.replace('_', ' ')} ({missing})")
         carriers = self.carriers()
         if carriers:
             head = (f"Deactivating a language's '{self.variant}' neurons inside one stage raised that language's "
@@ -170,9 +171,9 @@ class StageEffects(HubMixin):
         folder = Path(path)
         write_text(folder / "cells.csv", self.frame.to_csv(index=False))
         write_text(folder / "lens.csv", self.lens.to_csv(index=False))
-        write_text(folder / "result.json", json.dumps({"kind": _KIND, "variant": self.variant, "ci": self.ci,
-                                                        "stage_map": self.stage_map,
-                                                        "evaluated": list(self.evaluated)}))
+        meta = {"kind": _KIND, "variant": self.variant, "ci": self.ci, "stage_map": self.stage_map,
+                "evaluated": list(self.evaluated)}
+        write_text(folder / "result.json", json.dumps(meta))
         return folder
 
     @classmethod
@@ -187,7 +188,7 @@ class StageEffects(HubMixin):
             meta = json.loads((folder / "result.json").read_text(encoding="utf-8"))
             if meta.get("kind") != _KIND:
                 raise ValueError(f"kind {meta.get('kind')!r}")
-            return cls(pd.read_csv(folder / "cells.csv", keep_default_na=True), pd.read_csv(folder / "lens.csv"),
+            return cls(pd.read_csv(folder / "cells.csv"), pd.read_csv(folder / "lens.csv"),
                        meta["variant"], float(meta.get("ci", 0.95)), str(meta.get("stage_map", "")),
                        tuple(meta.get("evaluated", ())))
         except (OSError, ValueError, KeyError) as err:
@@ -298,7 +299,8 @@ def stage_effects(
              for stage in stages for lang in langs}
     cells = {key: mask for key, mask in every.items() if mask.count() > 0}
     if not cells:
-        raise TLMultilingualError(f"no stage holds any '{variant}' neuron of {langs}: nothing to deactivate")
+        raise TLMultilingualError(
+            f"no stage holds any '{variant}' neuron of {langs}: nothing to deactivate")
 
     def intervene(key: tuple[str, str], mask: NeuronMask) -> Any:
         return ablate(lm, mask, allow_mismatch=allow_mismatch)
@@ -319,7 +321,8 @@ def stage_effects(
         if (stage, lang) not in cells:
             rows.append({"stage": stage, "language": lang, "layers": layers, "n_neurons": 0,
                          "measured": False, "carries": False,
-                         "note": f"not measured: no '{variant}' neurons of {lang} in layers {layers}"})
+                         "note": f"not measured: no '{variant}' neurons of {lang} in layers "
+                                 f"{layers}"})
             continue
         run = runs.conditions[(stage, lang)]
         (hit,), ctrl = run.hit, [c[0] for c in run.controls]

@@ -194,7 +194,8 @@ class _TernaryScorer:
         """Class counts of the selection at ``lam`` (selected, specific, related,
         general, dropped)."""
         chosen = self.select(lam)
-        neurons = LanguageNeurons.from_selection(languages, chosen.selected, chosen.above, method="ternary")
+        neurons = LanguageNeurons.from_selection(languages, chosen.selected, chosen.above,
+                                                 method="ternary")
         return {"selected": int(chosen.selected.numel()), "specific": neurons.specific().count(),
                 "related": neurons.related().count(), "general": neurons.general().count(),
                 "dropped": neurons.dropped}
@@ -231,19 +232,20 @@ when the data do not identify lambda: `LanguageNeurons.lambda_sensitivity()`."""
 
 
 def _warn_bound(
-    lam: float, bound: str | None, low: float, high: float, n_languages: int, *, argument: bool = True,
-    binds: float | None = None,
+    lam: float, bound: str | None, low: float, high: float, n_languages: int, *,
+    argument: bool = True, binds: float | None = None,
 ) -> None:
     """Say so when the lambda search ended at a bound of its range (``argument``: the
     range was given as identify's ``lam_range``, else as ``low`` and ``high``; ``binds``:
     where the criterion binds above the range, or None where it never does)."""
     if bound == "upper" and binds is None:
         warn(
-            f"the data do not identify lambda: no selected neuron is above the bar in all {n_languages} "
-            f"languages at any lambda (tried up to {high * 2.0**_PROBES:g} and the limit of ranking by the "
-            "largest probability alone), so Zhang et al.'s (AAAI-26) criterion never binds and no wider "
-            f"range would change that; lambda = {lam:g}, the upper bound of the range (the default rule). "
-            "How the classes move with lambda: LanguageNeurons.lambda_sensitivity()",
+            f"the data do not identify lambda: no selected neuron is above the bar in all "
+            f"{n_languages} languages at any lambda (tried up to {high * 2.0**_PROBES:g} and the "
+            "limit of ranking by the largest probability alone), so Zhang et al.'s (AAAI-26) "
+            "criterion never binds and no wider range would change that; lambda = "
+            f"{lam:g}, the upper bound of the range (the default rule). How the classes move "
+            "with lambda: LanguageNeurons.lambda_sensitivity()",
         )
     elif bound == "upper":
         top = binds if math.isfinite(binds) else high * 2.0**_PROBES
@@ -251,9 +253,10 @@ def _warn_bound(
         where = (f"it binds at lambda = {binds:g}" if math.isfinite(binds)
                  else "it binds only when neurons are ranked by their largest probability alone")
         warn(
-            f"the lambda search ended at the upper bound {high:g} of lam_range=({low:g}, {high:g}): there "
-            f"no selected neuron is above the bar in all {n_languages} languages, but {where}, so the "
-            f"largest such lambda lies above the range; pass {offer} to find it, or lam= to fix it",
+            f"the lambda search ended at the upper bound {high:g} of lam_range=({low:g}, "
+            f"{high:g}): there no selected neuron is above the bar in all {n_languages} "
+            f"languages, but {where}, so the largest such lambda lies above the range; pass "
+            f"{offer} to find it, or lam= to fix it",
         )
     elif bound == "lower":
         warn(
@@ -409,11 +412,13 @@ def _run_ternary(
         identified = not (bound == "upper" and binds is None)
         params["lam_search"] = {"range": [low, high], "tol": tol, "at_bound": bound,
                                 "identified": identified,
-                                "binds_at": binds if binds is not None and math.isfinite(binds) else None}
+                                "binds_at": (binds if binds is not None and math.isfinite(binds)
+                                             else None)}
         if not identified:
             languages = [str(k) for k in range(probs.shape[-1])]
             grid = sorted({*LAMBDA_GRID, chosen})
-            params["lam_search"]["sensitivity"] = [{"lambda": g, **scorer.counts(g, languages)} for g in grid]
+            params["lam_search"]["sensitivity"] = [{"lambda": g, **scorer.counts(g, languages)}
+                                                   for g in grid]
     else:
         chosen = float(lam)
     return Identified(scorer.select(chosen), chosen, params)

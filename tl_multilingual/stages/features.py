@@ -82,7 +82,9 @@ def lens_features(lens: LensResult, target: str | None = None) -> pd.DataFrame:
     return frame
 
 
-def similarity_features(similarity: SimilarityResult, items: torch.Tensor | None = None) -> pd.DataFrame:
+def similarity_features(
+    similarity: SimilarityResult, items: torch.Tensor | None = None
+) -> pd.DataFrame:
     """Per layer: the mean over items and language pairs of the translation similarity
     and of translation retrieval, each minus its shuffled-pair null (``translation``,
     ``retrieval``, and the segmentation features ``f_similarity`` and ``f_retrieval``,

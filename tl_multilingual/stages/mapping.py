@@ -80,7 +80,9 @@ def _columns(frames: dict[str, pd.DataFrame]) -> tuple[np.ndarray, list[str]]:
     return _standardise(np.hstack(parts)), names
 
 
-def _fit(frames: dict[str, pd.DataFrame]) -> tuple[tuple[int, int, int], tuple[int, int, int] | None]:
+def _fit(
+    frames: dict[str, pd.DataFrame],
+) -> tuple[tuple[int, int, int], tuple[int, int, int] | None]:
     """(the best unconstrained boundaries, the best boundaries meeting the signatures or
     None when none do)."""
     x, names = _columns(frames)
@@ -113,7 +115,8 @@ def _signal_map(
                     imposed_quality=imposed_quality, unconstrained_quality=free_quality)
     choice, reason = _choose(signatures, fit, alpha)
     chosen = imposed if choice == "constrained" else free
-    checks = tuple(_check(s, evidence, free, chosen, n) for s, _ in _signatures_for(list(frames), names))  # type: ignore[arg-type]
+    checks = tuple(_check(s, evidence, free, chosen, n)  # type: ignore[arg-type]
+                   for s, _ in _signatures_for(list(frames), names))
     fit.boundaries, fit.checks = chosen, checks  # type: ignore[assignment]
     fit.constrained = all(c.met for c in checks)
     fit.quality = fit.quality_of(chosen)
@@ -199,7 +202,8 @@ def map_stages(
         raise TLMultilingualError(f"signatures must be 'auto', True or False, got {signatures!r}")
     neurons, lens = _legacy_arguments(neurons, lens)
     if neurons is None and lens is None and similarity is None:
-        raise TLMultilingualError("map_stages needs neurons, a lens result, a similarity result, or several")
+        raise TLMultilingualError(
+            "map_stages needs neurons, a lens result, a similarity result, or several")
     if neurons is not None and stats is not None:
         check_compatible(stats.provenance, neurons.provenance, labels=("the statistics", "the neurons"))
         if tuple(stats.languages) != tuple(neurons.languages):
@@ -214,7 +218,8 @@ def map_stages(
     n_layers = len(next(iter(frames.values())))
     if any(len(f) != n_layers for f in frames.values()):
         counts = ", ".join(f"{name} {len(f)}" for name, f in frames.items())
-        raise TLMultilingualError(f"the signals come from models with different layer counts ({counts})")
+        raise TLMultilingualError(
+            f"the signals come from models with different layer counts ({counts})")
     if n_layers < 4:
         raise TLMultilingualError(f"four stages need at least four layers, got {n_layers}")
     evidence = pd.concat(list(frames.values()), axis=1)
@@ -244,7 +249,8 @@ def map_stages(
                 boot["similarity"] = similarity_features(similarity,  # type: ignore[arg-type]
                                                          torch.as_tensor(item_draws[r]))
             for name in maps:
-                replicates[name].append(_refit({s: boot[s] for s in groups[name]}, maps[name].choice))
+                group = {s: boot[s] for s in groups[name]}
+                replicates[name].append(_refit(group, maps[name].choice))
         for name, fit in maps.items():
             _stability(fit, np.array(replicates[name]))
         reps = np.array(replicates["+".join(signals)])
@@ -276,7 +282,8 @@ def map_stages(
     return StageMap(
         n_layers, combined.boundaries, evidence, dict(combined.stability), dict(combined.intervals),
         combined.constrained, signals, neurons.d_mlp if neurons is not None else None, maps, agreement, cautions,
-        _verdict(combined, combined.boundaries, agreement, alpha), combined.choice, alpha, tolerance,
+        _verdict(combined, combined.boundaries, agreement, alpha), combined.choice, alpha,
+        tolerance,
     )
 
 

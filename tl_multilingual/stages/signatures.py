@@ -111,9 +111,9 @@ def _check(sig: _Signature, evidence: pd.DataFrame, free: tuple[int, int, int], 
         elif sig.rule == "max_second":
             high = STAGES[int(np.argmax(m))]
             peak = int(np.nanargmax(values))
-            detail = (f"translations are most alike at layer {peak} (excess over the shuffled pairs "
-                      f"{values[peak]:.2g}); in the best unconstrained fit the similarity is highest in "
-                      f"{where(high)}, not in {where('shared_reasoning')}")
+            detail = (f"translations are most alike at layer {peak} (excess over the shuffled "
+                      f"pairs {values[peak]:.2g}); in the best unconstrained fit the similarity "
+                      f"is highest in {where(high)}, not in {where('shared_reasoning')}")
         else:
             high = STAGES[int(np.argmax(m))]
             peak = int(np.nanargmax(values))
@@ -150,14 +150,14 @@ def _warnings(maps: dict[str, SignalMap], agreement: pd.DataFrame | None, alpha:
                 out.append(f"{label}: no four-stage segmentation meets Zhang et al.'s (AAAI-26) "
                            "signatures; the map is the best fit without them.")
             elif fit.choice_reason.startswith("the signatures were not imposed"):
-                out.append(f"{label}: the signatures were not imposed (signatures=False); the map is the "
-                           f"best fit without them, and imposing them would give "
+                out.append(f"{label}: the signatures were not imposed (signatures=False); the map "
+                           f"is the best fit without them, and imposing them would give "
                            f"{_span_text(fit.imposed, n)}.")
             else:
                 why = fit.choice_reason.split(": ", 1)[-1]
                 out.append(f"{label}: imposing Zhang et al.'s (AAAI-26) signatures gives "
-                           f"{_span_text(fit.imposed, n)}, which the data reject ({why}); the map is the "
-                           f"best fit without them, {free} (the constrained map: "
+                           f"{_span_text(fit.imposed, n)}, which the data reject ({why}); the map "
+                           f"is the best fit without them, {free} (the constrained map: "
                            "StageMap.constrained_map() or signatures=True).")
         if fit.boundaries != fit.unconstrained:
             for stage in STAGES:
@@ -224,8 +224,8 @@ def _rejections(fit: SignalMap, boundaries: Sequence[int], alpha: float) -> list
     if q is not None and b != tuple(fit.unconstrained) and np.isfinite(q.explained):
         three = q.explained_by_stages.get(3, np.nan)
         if np.isfinite(three) and q.explained < three - 1e-12:
-            out.append(f"explains {q.explained:.0%} of the variation, less than the best three stages "
-                       f"({three:.0%})")
+            out.append(f"explains {q.explained:.0%} of the variation, less than the best three "
+                       f"stages ({three:.0%})")
     return out
 
 
@@ -254,7 +254,8 @@ def _verdict(fit: SignalMap, boundaries: Sequence[int], agreement: pd.DataFrame 
         if b == tuple(fit.unconstrained):
             weak.append("signatures that do not hold: " + "; ".join(c.text for c in failed))
         else:
-            weak.append("signatures that hold only when imposed: " + "; ".join(c.text for c in failed))
+            weak.append("signatures that hold only when imposed: "
+                        + "; ".join(c.text for c in failed))
     if agreement is not None and len(agreement) and not bool(agreement["agree"].all()):
         weak.append(f"signals disagree by {int(agreement['difference'].abs().max())} layers")
     level = "not supported" if bad else "weak" if weak else "supported"
@@ -274,5 +275,7 @@ def _choose(mode: Any, fit: SignalMap, alpha: float) -> tuple[str, str]:
         return "constrained", "the signatures were imposed (signatures=True)"
     rejected = _rejections(fit, fit.imposed, alpha)
     if rejected:
-        return "unconstrained", "the data reject the signature-constrained fit: " + "; ".join(rejected)
-    return "constrained", "the signature-constrained fit beats chance, beats three stages and forces no stage"
+        return ("unconstrained",
+                "the data reject the signature-constrained fit: " + "; ".join(rejected))
+    return ("constrained",
+            "the signature-constrained fit beats chance, beats three stages and forces no stage")

@@ -167,7 +167,8 @@ class Verdict:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Verdict:
         if data.get("level") not in VERDICTS:
-            raise TLMultilingualError(f"unknown verdict {data.get('level')!r}; verdicts are {VERDICTS}")
+            raise TLMultilingualError(
+                f"unknown verdict {data.get('level')!r}; verdicts are {VERDICTS}")
         return cls(str(data["level"]), tuple(str(r) for r in data.get("reasons", ())))
 
 
@@ -252,7 +253,8 @@ class SignalMap:
             "quality": self.quality.to_dict() if self.quality is not None else None,
             "stability": self.stability, "intervals": {k: list(v) for k, v in self.intervals.items()},
             "imposed": list(self.imposed) if self.imposed is not None else None,
-            "imposed_quality": self.imposed_quality.to_dict() if self.imposed_quality is not None else None,
+            "imposed_quality": (self.imposed_quality.to_dict()
+                                if self.imposed_quality is not None else None),
             "unconstrained_quality": (self.unconstrained_quality.to_dict()
                                       if self.unconstrained_quality is not None else None),
             "choice": self.choice, "choice_reason": self.choice_reason,
@@ -374,10 +376,12 @@ class StageMap(HubMixin):
         better = ""
         fit = self.fit
         if fit is not None and fit.boundaries != self.boundaries:
-            better = f" The map the evidence supports is {_span_text(fit.boundaries, self.n_layers)}."
+            better = (" The map the evidence supports is "
+                      f"{_span_text(fit.boundaries, self.n_layers)}.")
         raise TLMultilingualError(
-            f"{what}: the data do not support this stage map ({_span_text(self.boundaries, self.n_layers)}; "
-            f"verdict: {self.verdict}).{better} Pass {override} to proceed with it anyway."
+            f"{what}: the data do not support this stage map "
+            f"({_span_text(self.boundaries, self.n_layers)}; verdict: {self.verdict}).{better} "
+            f"Pass {override} to proceed with it anyway."
         )
 
     @property
@@ -404,7 +408,9 @@ class StageMap(HubMixin):
                 return stage
         raise TLMultilingualError(f"layer {layer} is outside [0, {self.n_layers})")
 
-    def mask(self, stage: str, d_mlp: int | None = None, *, allow_unsupported: bool = False) -> NeuronMask:
+    def mask(
+        self, stage: str, d_mlp: int | None = None, *, allow_unsupported: bool = False
+    ) -> NeuronMask:
         """Every neuron of the stage's layers (combine with ``&`` to restrict a class).
 
         Raises:
@@ -453,7 +459,8 @@ class StageMap(HubMixin):
         if fit is None:
             return self
         if fit.imposed is None:
-            raise TLMultilingualError("no four-stage segmentation meets Zhang et al.'s (AAAI-26) signatures")
+            raise TLMultilingualError(
+                "no four-stage segmentation meets Zhang et al.'s (AAAI-26) signatures")
         return self._other(fit.imposed, "constrained", True)
 
     def describe(self) -> str:
@@ -468,11 +475,13 @@ class StageMap(HubMixin):
         if self.choice == "given" or not self.signals:
             if self.verdict.level != "given":
                 return f"stage map given by hand: {self.describe()}"
-            return f"stage map given by hand: {_span_text(self.boundaries, self.n_layers)} (not tested against data)"
-        which = {"constrained": "with Zhang et al.'s (AAAI-26) signatures imposed",
-                 "unconstrained": "the best fit without Zhang et al.'s (AAAI-26) signatures"}.get(self.choice,
-                                                                                                 self.choice)
-        names = {"neurons": "neuron-class", "lens": "logit-lens", "similarity": "representation-similarity"}
+            spans = _span_text(self.boundaries, self.n_layers)
+            return f"stage map given by hand: {spans} (not tested against data)"
+        fits = {"constrained": "with Zhang et al.'s (AAAI-26) signatures imposed",
+                "unconstrained": "the best fit without Zhang et al.'s (AAAI-26) signatures"}
+        which = fits.get(self.choice, self.choice)
+        names = {"neurons": "neuron-class", "lens": "logit-lens",
+                 "similarity": "representation-similarity"}
         source = " and ".join(names.get(s, s) for s in self.signals)
         combined = "combined " if len(self.signals) > 1 else ""
         return f"{combined}{source} map, {which}: {self.describe()}"

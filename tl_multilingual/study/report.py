@@ -112,7 +112,8 @@ def _sensitivity_ranges(neurons: LanguageNeurons) -> dict[str, Any] | None:
         return None
     spans = grid.groupby("class")["count"].agg(["min", "max"])
     return {"lambdas": sorted(set(grid["lambda"])),
-            "counts": {c: [int(spans.loc[c, "min"]), int(spans.loc[c, "max"])] for c in spans.index}}
+            "counts": {c: [int(spans.loc[c, "min"]), int(spans.loc[c, "max"])]
+                       for c in spans.index}}
 
 
 def _same_variants(neurons: LanguageNeurons | None, variants: list[str]) -> dict[str, str]:
@@ -222,7 +223,8 @@ def _figures(results: dict[str, Any], folder: Path) -> dict[str, str]:
         keep("neurons_per_language", plot.language_counts(neurons),
              "Specific and related neurons of each language.")
     deactivation = results.get("deactivation")
-    variants = list(dict.fromkeys(deactivation.frame["variant"])) if deactivation is not None else []
+    variants = (list(dict.fromkeys(deactivation.frame["variant"])) if deactivation is not None
+                else [])
     same = _same_variants(neurons, variants)
     for variant in variants:
         if variant in same:
@@ -231,7 +233,8 @@ def _figures(results: dict[str, Any], folder: Path) -> dict[str, str]:
         keep(f"deactivation_{variant.replace('+', '_')}", plot.deactivation_heatmap(deactivation, variant),
              f"Change in perplexity of each evaluated language when the '{variant}' neurons of one "
              "language are deactivated (Zhang et al. (AAAI-26) Fig. 2); colour: log of the perplexity ratio."
-             + (f" The variant{'s' if len(twins) > 1 else ''} {', '.join(repr(t) for t in twins)} select"
+             + (f" The variant{'s' if len(twins) > 1 else ''} "
+                f"{', '.join(repr(t) for t in twins)} select"
                 f"{'' if len(twins) > 1 else 's'} exactly these neurons, so "
                 f"{'their' if len(twins) > 1 else 'its'} figure would be the same."
                 if twins else ""))
@@ -245,14 +248,17 @@ def _figures(results: dict[str, Any], folder: Path) -> dict[str, str]:
              f"Deactivating each language's '{results['stage_effects'].variant}' neurons inside one stage only: "
              "relative change of that language's own perplexity minus the change under random neurons of the "
              "same number per layer; * marks cells whose change exceeds both the controls and the other "
-             "languages (paired bootstrap intervals above zero); n/m: not measured (no neurons of the language "
-             "in the stage)."
-             + (f" Stages: the {results['stage_effects'].stage_map}." if results["stage_effects"].stage_map
-                else ""))
+             "languages (paired bootstrap intervals above zero); n/m: not measured (no neurons of the "
+             "language in the stage)." + _used(results["stage_effects"].stage_map))
     if results.get("sharing") is not None:
         keep("sharing_profile", plot.sharing_profile(results["sharing"]),
              "Neurons per sharing class and layer on held-out parallel sentences (Wang et al., 2024).")
     return figures
+
+
+def _used(label: str) -> str:
+    """The caption's sentence naming the stage map a result used (empty when unknown)."""
+    return f" Stages: the {label}." if label else ""
 
 
 def _shading(stages: StageMap | None) -> str:
@@ -314,9 +320,9 @@ def _stages_html(stage_map: StageMap) -> list[str]:
         + (f"{_e(stage_map.fit.choice_reason[0].upper() + stage_map.fit.choice_reason[1:])}.</p>"
            if stage_map.fit is not None and stage_map.fit.choice_reason else "</p>"),
         "<p>Each signal is fitted alone (neuron classes, logit lens) and together (combined, the map used "
-        "above). Each map is the signature-constrained fit unless the data reject it (a fit no better than "
-        "chance, a stage only the signatures make, or one explaining less than three stages); the other fit "
-        "stays in the table. <em>Verdict</em>: supported, weak or not supported, with the reasons. "
+        "above). Each map is the signature-constrained fit unless the data reject it (a fit no "
+        "better than chance, a stage only the signatures make, or one explaining less than three "
+        "stages); the other fit stays in the table. <em>Verdict</em>: supported, weak or not supported, with the reasons. "
         "<em>Explained</em>: share of the features' variation across layers the four stages explain; "
         "<em>p</em>: against the best four-stage fit to layer-shuffled features; <em>4 vs 3</em>, <em>4 vs 2</em>: "
         "p-values that four stages explain more than three (Wendler et al.'s phases) or two. <em>Stability</em>: "
@@ -355,13 +361,13 @@ def _lambda_sentence(facts: dict[str, Any]) -> str:
                           if c in ("specific", "related", "general", "dropped"))
         lambdas = ", ".join(f"{x:g}" for x in grid.get("lambdas", []))
         return (" The data do not identify lambda: at no lambda does a selected neuron reach every "
-                f"language, so Zhang et al.'s (AAAI-26) criterion never binds; lambda = {facts['lambda']:g} "
-                f"by the default rule (the upper bound of the search range). Over lambda = {lambdas} the "
-                f"classes range {spans} (tables/lambda_sensitivity.csv): a conclusion that depends on "
-                "these counts depends on lambda.")
+                "language, so Zhang et al.'s (AAAI-26) criterion never binds; lambda = "
+                f"{facts['lambda']:g} by the default rule (the upper bound of the search range). Over "
+                f"lambda = {lambdas} the classes range {spans} (tables/lambda_sensitivity.csv): a "
+                "conclusion that depends on these counts depends on lambda.")
     if facts.get("lambda_at_bound"):
-        return (f" The lambda search ended at the {facts['lambda_at_bound']} bound of its range: the lambda "
-                "lies outside it (see lam_range).")
+        return (f" The lambda search ended at the {facts['lambda_at_bound']} bound of its range: "
+                "the lambda lies outside it (see lam_range).")
     return ""
 
 
@@ -388,14 +394,15 @@ def _finding_lines(facts: dict[str, Any]) -> list[str]:
             f"{s.replace('_', ' ')} {a}-{b}" for s, (a, b) in facts["stages"].items())
         lines.append(
             f"Stages: the {label}."
-            + (" No experiment or figure uses these stages." if verdict["level"] == "not supported" else "")
+            + (" No experiment or figure uses these stages."
+               if verdict["level"] == "not supported" else "")
             + (f" {len(facts['stage_warnings'])} cautions about this map are listed below."
                if facts.get("stage_warnings") else "")
         )
     for variant, earlier in (facts.get("same_variants") or {}).items():
-        lines.append(f"The '{variant}' neurons are exactly the '{earlier}' neurons (no neuron of the other "
-                     f"classes it adds was found), so their deactivation results are the same and one heatmap "
-                     "shows both.")
+        lines.append(f"The '{variant}' neurons are exactly the '{earlier}' neurons (no neuron of "
+                     "the other classes it adds was found), so their deactivation results are the "
+                     "same and one heatmap shows both.")
     if "deactivation" in facts:
         d = facts["deactivation"]
         lines.append(

@@ -252,9 +252,9 @@ def _stage_effects(study: Any, done: Mapping[str, Any]) -> StageEffects | Skip:
     s = study.settings
     stages = done["stages"]
     if not stages.supported and not s.allow_unsupported_stages:
-        return Skip(f"the data do not support the stage map ({stages.describe()}), so no stage was "
-                    "deactivated; the setting allow_unsupported_stages (--allow-unsupported-stages) "
-                    "runs it on that map anyway")
+        return Skip(f"the data do not support the stage map ({stages.describe()}), so no stage "
+                    "was deactivated; the setting allow_unsupported_stages "
+                    "(--allow-unsupported-stages) runs it on that map anyway")
     prompts = stage_prompts(study.words, study.corpus.languages, s)
     return stage_effects(study.lm, done["neurons"][s.method], done["stages"], study.evaluation,
                          lens_prompts=prompts, variant=s.stage_variant, controls=s.controls,
