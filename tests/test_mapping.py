@@ -735,3 +735,16 @@ def test_similarity_highest_outside_shared_reasoning_breaks_its_signature():
     alone, raised = quiet_map(similarity=planted_similarity((3, 9, 13)), n_boot=10)
     assert alone.boundaries == (3, 9, 13) and alone.verdict.level == "supported" and raised == []
     assert alone.stability["understanding|shared_reasoning"] == 1.0
+
+
+def test_a_saved_map_keeps_its_verdict_and_an_older_file_is_judged_on_load(tmp_path):
+    stats, neurons = planted_neurons(LANGUAGE, EARLY_GENERAL, d_mlp=600)
+    stage_map, _ = quiet_map(neurons, stats=stats, n_boot=0, n_null=200)
+    loaded = tlm.StageMap.load(stage_map.save(tmp_path / "stages.json"))
+    assert loaded.verdict == stage_map.verdict and loaded.choice == "unconstrained"
+    assert loaded.by_signal["neurons"].imposed == (1, 2, 3)
+    assert loaded.constrained_map().verdict.level == "not supported"
+    older = stage_map.to_dict()
+    for key in ("verdict", "choice", "alpha", "tolerance"):
+        del older[key]
+    assert tlm.StageMap.from_dict(older).verdict == stage_map.verdict

@@ -42,7 +42,7 @@ from ..hub import HubMixin
 from ..neurons.masks import NeuronMask
 from ..persist import write_text
 
-__all__ = ["STAGES", "StageMap", "SignalMap", "FitQuality", "SignatureCheck", "Verdict"]
+__all__ = ["STAGES", "StageMap", "SignalMap", "FitQuality", "SignatureCheck", "Verdict", "VERDICTS"]
 
 STAGES = ("understanding", "shared_reasoning", "output_transformation", "vocabulary_output")
 """The four stages of multilingual inference, in order (Zhang et al., AAAI-26)."""
@@ -548,7 +548,7 @@ class StageMap(HubMixin):
         """
         _check_fields(data)
         stability = data.get("stability", data.get("confidence", {}))  # "confidence": older files
-        return cls(
+        out = cls(
             int(data["n_layers"]), tuple(data["boundaries"]), pd.DataFrame(data["evidence"]),
             dict(stability), {k: tuple(v) for k, v in data.get("intervals", {}).items()},
             bool(data.get("constrained", True)), tuple(data.get("signals", ())), data.get("d_mlp"),
@@ -559,6 +559,11 @@ class StageMap(HubMixin):
             str(data.get("choice", "given" if not data.get("by_signal") else "constrained")),
             float(data.get("alpha", 0.05)), int(data.get("tolerance", 2)),
         )
+        if not data.get("verdict") and out.fit is not None:  # saved before verdicts: judge it now
+            from .signatures import _verdict
+
+            out.verdict = _verdict(out.fit, out.boundaries, out.agreement, out.alpha)
+        return out
 
     def save(self, path: str | Path) -> Path:
         """Save as JSON."""
