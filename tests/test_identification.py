@@ -269,6 +269,7 @@ def test_a_lambda_the_data_do_not_identify_is_said_once_with_its_sensitivity():
     assert len(messages) == 1 and "the data do not identify lambda" in messages[0]
     assert "lam_range=(" not in messages[0] and "search further" not in messages[0]
     assert neurons.lam == 0.2 and neurons.lambda_identified() is False
+    assert "lam=0.2 (not identified by the data)" in repr(neurons)
     grid = neurons.lambda_sensitivity()
     assert sorted(set(grid["lambda"])) == sorted(LAMBDA_GRID)
     assert set(grid["class"]) == {"selected", "specific", "related", "general", "dropped"}

@@ -342,6 +342,8 @@ class LanguageNeurons(HubMixin):
 
     def __repr__(self) -> str:
         lam = f", lam={self.lam:g}" if self.lam is not None else ""
+        if self.lambda_identified() is False:
+            lam += " (not identified by the data)"
         counts = torch.bincount(self.classes().flatten().long(), minlength=len(CLASS_CODES)).tolist()
         general = counts[GENERAL] if self._general is not None else "?"
         return (
