@@ -257,7 +257,7 @@ def test_lambda_search_ending_at_its_upper_bound_warns_and_a_wider_range_is_offe
         importlib.import_module("tl_multilingual.neurons.identification").sweep_lambda(stats.probabilities(), top_rate=0.1)
 
 
-def test_a_lambda_the_data_do_not_identify_is_said_once_with_its_sensitivity():
+def test_a_lambda_the_data_do_not_identify_is_said_once_with_its_sensitivity(tmp_path):
     # Neuron 2 is active in both languages but less than the one-language neurons are
     # in theirs: no lambda, however large, selects it, so the criterion never binds.
     stats = two_language_stats({0: (9600, 100), 1: (100, 9600), 2: (9200, 9200), 3: (5000, 100)}, width=100)
@@ -281,7 +281,9 @@ def test_a_lambda_the_data_do_not_identify_is_said_once_with_its_sensitivity():
                           "related": fixed.related().count(), "general": fixed.general().count(),
                           "dropped": fixed.dropped}
     # Saved and loaded, the sensitivity stays.
-    assert neurons.params["lam_search"]["sensitivity"]
+    loaded = tlm.LanguageNeurons.load(neurons.save(tmp_path / "neurons"))
+    assert loaded.lambda_identified() is False
+    assert loaded.lambda_sensitivity().equals(grid)
 
 
 def test_no_neuron_active_in_every_language_leaves_lambda_unidentified():
