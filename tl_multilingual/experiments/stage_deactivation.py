@@ -20,9 +20,10 @@ controls' and the other languages' (both interval lower bounds above zero). A st
 that holds none of a language's neurons is *not measured* for it: its values are
 missing (NaN) with a ``note``, never a measured zero.
 
-The experiment follows the map's [`verdict`][tl_multilingual.stages.stage_map.StageMap.verdict]: a map the data do
-not support (``"not supported"``) is refused unless ``allow_unsupported=True``, and
-the result records which map it used (`StageEffects.stage_map`).
+The experiment follows the map's verdict
+([`Verdict`][tl_multilingual.stages.stage_map.Verdict]): a map the data do not support
+(``"not supported"``) is refused unless ``allow_unsupported=True``, and the result
+records which map it used (`StageEffects.stage_map`).
 """
 
 from __future__ import annotations
