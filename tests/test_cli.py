@@ -14,7 +14,8 @@ import tl_multilingual as tlm
 from tl_multilingual import cli, data
 from tl_multilingual.study.pipeline import Study, StudySettings, check_study
 
-FAST = ["--languages", "en,fr,zh", "--eval-texts", "2", "--controls", "1", "--quiet"]
+FAST = ["--languages", "en,fr,zh", "--eval-texts", "2", "--controls", "1", "--quiet",
+        "--allow-unsupported-stages"]  # a tiny random model's stages: run the stage experiment anyway
 
 
 def small_corpus(folder, n=30, extra=None):
@@ -34,9 +35,20 @@ def test_run_writes_the_whole_study_and_resumes(model_dir, tmp_path, monkeypatch
                  "neurons/ternary/manifest.json", "neurons/lape/manifest.json", "lens/manifest.json",
                  "deactivation/cells.csv", "sharing/manifest.json", "tables/findings.json",
                  "figures/neuron_classes.png", "figures/neuron_classes.pdf", "figures/lens.png",
-                 "figures/sharing_profile.png", "figures/deactivation_specific_related.png",
+                 "figures/sharing_profile.png", "figures/deactivation_specific.png",
                  "stage_effects/cells.csv", "figures/stage_effects.png", "tables/stage_maps.csv"):
         assert (out / name).is_file(), name
+    # A variant that selects exactly another's neurons (no related neuron found) is said to
+    # be so and drawn once; otherwise it has its own heatmap.
+    facts = json.loads((out / "tables" / "findings.json").read_text())
+    neurons = tlm.LanguageNeurons.load(out / "neurons" / "ternary")
+    if neurons.related().count() == 0:
+        assert facts["same_variants"]["specific+related"] == "specific"
+        assert not (out / "figures" / "deactivation_specific_related.png").exists()
+        assert "are exactly the &#x27;specific&#x27; neurons" in (out / "report.html").read_text()
+    else:
+        assert "same_variants" not in facts
+        assert (out / "figures" / "deactivation_specific_related.png").is_file()
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model"]["n_layers"] == 4 and manifest["data"]["languages"] == ["en", "fr", "zh"]
     assert set(manifest["steps"]) == {"statistics", "neurons", "lens", "stages", "deactivation", "stage_effects",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import re
 import typing
 import warnings
 
@@ -13,6 +14,7 @@ import torch
 from conftest import NJUNLP_TAG
 
 import tl_multilingual as tlm
+from tl_multilingual.neurons.identification import LAMBDA_GRID, ternary
 
 
 @pytest.fixture(scope="module")
@@ -230,18 +232,65 @@ def two_language_stats(pairs, width=20, tokens=10_000, quiet=100):
 
 def test_lambda_search_ending_at_its_upper_bound_warns_and_a_wider_range_is_offered():
     stats = two_language_stats({0: (3000, 100), 1: (100, 3000), 2: (9000, 9000), 3: (5000, 100)})
-    with pytest.warns(UserWarning, match=r"upper bound 0\.2 of lam_range=\(0, 0\.2\).*lam_range=\(0, 0\.4\)"):
+    with pytest.warns(UserWarning, match=r"upper bound 0\.2 of lam_range=\(0, 0\.2\).*binds at lambda") as caught:
         neurons = tlm.identify(stats, top_rate=0.1)
     assert neurons.lam == 0.2
     assert neurons.params["lam_search"]["at_bound"] == "upper"
+    assert neurons.params["lam_search"]["identified"] and neurons.lambda_identified()
+    assert "do not identify" not in str(caught[0].message)
+    assert neurons.lambda_sensitivity().empty
+    # The advice names a range that holds the binding lambda: following it converges.
+    (offer,) = re.findall(r"pass lam_range=\(0, ([0-9.]+)\)", str(caught[0].message))
+    binds = float(offer)
+    assert binds == neurons.params["lam_search"]["binds_at"]
+    probs = stats.probabilities()
+    both = lambda lam: int((ternary(probs, lam, top_rate=0.1).above.flatten(0, 1)[  # noqa: E731
+        ternary(probs, lam, top_rate=0.1).selected].all(-1)).sum())
+    assert both(binds) > 0 and both(binds / 2) == 0  # the first doubling of 0.2 that binds
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        wider = tlm.identify(stats, top_rate=0.1, lam_range=(0.0, 50.0))
-    assert 0.2 < wider.lam < 50.0
-    assert wider.params["lam_search"]["at_bound"] is None
-    assert wider.histogram[2] == 0  # still no selected neuron in both languages
-    with pytest.warns(UserWarning, match=r"upper bound 0\.2 .*high=0\.4"):
+        followed = tlm.identify(stats, top_rate=0.1, lam_range=(0.0, binds))
+    assert 0.2 < followed.lam < binds and followed.params["lam_search"]["at_bound"] is None
+    assert followed.histogram[2] == 0  # still no selected neuron in both languages
+    assert both(followed.lam) == 0 and both(followed.lam + 2e-3) > 0
+    with pytest.warns(UserWarning, match=rf"upper bound 0\.2 .*high={offer}"):
         importlib.import_module("tl_multilingual.neurons.identification").sweep_lambda(stats.probabilities(), top_rate=0.1)
+
+
+def test_a_lambda_the_data_do_not_identify_is_said_once_with_its_sensitivity(tmp_path):
+    # Neuron 2 is active in both languages but less than the one-language neurons are
+    # in theirs: no lambda, however large, selects it, so the criterion never binds.
+    stats = two_language_stats({0: (9600, 100), 1: (100, 9600), 2: (9200, 9200), 3: (5000, 100)}, width=100)
+    assert stats.probabilities()[0, 2].gt(0.01).all()  # above the bar in both languages
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        neurons = tlm.identify(stats, top_rate=0.02)
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and "the data do not identify lambda" in messages[0]
+    assert "lam_range=(" not in messages[0] and "search further" not in messages[0]
+    assert neurons.lam == 0.2 and neurons.lambda_identified() is False
+    assert "lam=0.2 (not identified by the data)" in repr(neurons)
+    grid = neurons.lambda_sensitivity()
+    assert sorted(set(grid["lambda"])) == sorted(LAMBDA_GRID)
+    assert set(grid["class"]) == {"selected", "specific", "related", "general", "dropped"}
+    assert grid.query("chosen")["lambda"].unique().tolist() == [0.2]
+    for lam, rows in grid.groupby("lambda"):
+        fixed = tlm.identify(stats, top_rate=0.02, lam=lam)
+        counts = dict(zip(rows["class"], rows["count"]))
+        assert counts == {"selected": fixed.selected().count(), "specific": fixed.specific().count(),
+                          "related": fixed.related().count(), "general": fixed.general().count(),
+                          "dropped": fixed.dropped}
+    # Saved and loaded, the sensitivity stays.
+    loaded = tlm.LanguageNeurons.load(neurons.save(tmp_path / "neurons"))
+    assert loaded.lambda_identified() is False
+    assert loaded.lambda_sensitivity().equals(grid)
+
+
+def test_no_neuron_active_in_every_language_leaves_lambda_unidentified():
+    stats = two_language_stats({0: (6000, 0), 1: (0, 6000)}, quiet=0)
+    with pytest.warns(UserWarning, match="the data do not identify lambda") as caught:
+        neurons = tlm.identify(stats, top_rate=0.1)
+    assert len(caught) == 1 and neurons.lambda_identified() is False
 
 
 def test_lambda_search_ending_at_its_lower_bound_warns():

@@ -13,9 +13,9 @@ import torch
 
 import tl_multilingual as tlm
 from tl_multilingual import resample
-from tl_multilingual.stages.lens import LensResult
 from tl_multilingual.stages.features import lens_features, neuron_features
-from tl_multilingual.stages.segmentation import _exhaustive, segment
+from tl_multilingual.stages.lens import LensResult
+from tl_multilingual.stages.segmentation import segment
 from tl_multilingual.stages.signatures import StageWarning
 
 LANGUAGE = [12] * 4 + [1] * 6 + [12] * 4 + [6] * 2  # stages 0-3, 4-9, 10-13, 14-15
@@ -76,6 +76,11 @@ def test_a_clean_four_stage_profile_gives_its_boundaries_without_warnings():
     stage_map, raised = quiet_map(neurons, stats=stats, n_boot=5)
     assert stage_map.boundaries == (4, 10, 14)
     assert stage_map.warnings == () and raised == []
+    assert stage_map.verdict.level == "supported" and stage_map.verdict.reasons == ()
+    assert stage_map.choice == "constrained" and stage_map.constrained_map() is stage_map
+    assert repr(stage_map).endswith("vocabulary_output=14-15, supported)")
+    assert stage_map.describe().endswith("(supported)")
+    assert (stage_map.summary()["verdict"] == "supported").all()
     fit = stage_map.by_signal["neurons"]
     assert fit.unconstrained == fit.boundaries and fit.constrained
     assert all(check.holds and check.met for check in fit.checks)
@@ -87,10 +92,12 @@ def test_a_clean_four_stage_profile_gives_its_boundaries_without_warnings():
                                         "output_transformation|vocabulary_output"}
 
 
+EARLY_GENERAL = [5, 8, 15, 150, 100, 70, 50, 40, 30, 20, 15, 10, 8, 5, 5, 5]
+
+
 def test_general_neurons_that_peak_early_are_a_failed_signature_not_a_silent_force():
     # The picture of a small real model: general neurons peak at layer 3 and vanish late.
-    general = [5, 8, 15, 150, 100, 70, 50, 40, 30, 20, 15, 10, 8, 5, 5, 5]
-    stats, neurons = planted_neurons(LANGUAGE, general, d_mlp=600)
+    stats, neurons = planted_neurons(LANGUAGE, EARLY_GENERAL, d_mlp=600)
     with pytest.warns(StageWarning, match="vocabulary output has the most general neurons"):
         stage_map = tlm.map_stages(neurons, stats=stats, n_boot=5)
     text = " ".join(stage_map.warnings)
@@ -98,26 +105,55 @@ def test_general_neurons_that_peak_early_are_a_failed_signature_not_a_silent_for
     fit = stage_map.by_signal["neurons"]
     failed = [c for c in fit.checks if not c.holds]
     assert "most_general_neurons_in_vocabulary_output" in {c.name for c in failed}
-    # The signatures force a degenerate map; the unconstrained one is kept beside it.
-    assert stage_map.boundaries == (1, 2, 3)
-    free = stage_map.unconstrained()
-    assert free.boundaries == fit.unconstrained != stage_map.boundaries
-    assert free.layers("vocabulary_output") == range(fit.unconstrained[2], 16)
-    # A perfectly stable forced boundary never stands without a warning that says so.
-    assert any(v == 1.0 for v in stage_map.stability.values())
+    # The signatures would force a degenerate map; the default is the best-supported one.
+    assert fit.imposed == (1, 2, 3)
+    assert stage_map.boundaries == fit.unconstrained != (1, 2, 3)
+    assert stage_map.choice == "unconstrained" and not stage_map.constrained
+    assert stage_map.quality.significant()
+    assert stage_map.verdict.level == "weak"
+    assert any("signatures that do not hold" in r for r in stage_map.verdict.reasons)
+    assert "which the data reject" in text and "StageMap.constrained_map()" in text
+    assert "only because the signatures force it" not in text  # the default forces nothing
+    # The constrained map stays reachable, with its own verdict saying why it is rejected.
+    forced = stage_map.constrained_map()
+    assert forced.boundaries == (1, 2, 3) and forced.choice == "constrained"
+    assert forced.verdict.level == "not supported"
+    reasons = " ".join(forced.verdict.reasons)
+    assert "only the signatures force" in reasons and "no better than layer-shuffled features" in reasons
+    assert "less than the best three stages" in reasons
+    assert not forced.quality.significant()
+    assert forced.quality.explained < forced.quality.explained_unconstrained
+    assert "not supported" in repr(forced) and "not supported" in forced.describe()
+    with pytest.raises(tlm.TLMultilingualError, match="allow_unsupported=True"):
+        forced.mask("shared_reasoning")
+    assert forced.mask("shared_reasoning", allow_unsupported=True).count() == 600
+    assert stage_map.mask("shared_reasoning").count() == 600 * len(stage_map.layers("shared_reasoning"))
+    assert stage_map.constrained_map().unconstrained().boundaries == stage_map.boundaries
+
+
+def test_imposing_the_signatures_by_name_gives_the_forced_map_and_says_so():
+    stats, neurons = planted_neurons(LANGUAGE, EARLY_GENERAL, d_mlp=600)
+    stage_map, raised = quiet_map(neurons, stats=stats, n_boot=5, signatures=True)
+    assert stage_map.boundaries == (1, 2, 3) and stage_map.choice == "constrained"
+    assert stage_map.verdict.level == "not supported"
+    text = " ".join(raised)
     assert "only because the signatures force it" in text and "not that the data support it" in text
-    # ... and the forced fit explains less than chance allows.
-    assert not stage_map.quality.significant()
-    assert stage_map.quality.explained < stage_map.quality.explained_unconstrained
+    assert any(v == 1.0 for v in stage_map.stability.values())  # perfectly stable, yet forced
+    assert "StageMap.unconstrained()" in text and "which the data reject" not in text
+    assert stage_map.unconstrained().verdict.level == "weak"
 
 
 def test_the_signatures_can_be_checked_without_being_imposed():
-    general = [5, 8, 15, 150, 100, 70, 50, 40, 30, 20, 15, 10, 8, 5, 5, 5]
-    stats, neurons = planted_neurons(LANGUAGE, general, d_mlp=600)
+    stats, neurons = planted_neurons(LANGUAGE, EARLY_GENERAL, d_mlp=600)
     stage_map, raised = quiet_map(neurons, signatures=False, n_boot=0)
     fit = stage_map.by_signal["neurons"]
     assert stage_map.boundaries == fit.unconstrained and not stage_map.constrained
     assert any("does not hold in the data" in w for w in raised)
+    # A segmentation meeting the signatures exists: the warning says they were not
+    # imposed, never that none exists.
+    assert fit.imposed == (1, 2, 3)
+    assert any("the signatures were not imposed (signatures=False)" in w for w in raised)
+    assert not any("no four-stage segmentation meets" in w for w in raised)
 
 
 def test_a_flat_random_profile_is_not_significant_and_is_warned():
@@ -202,8 +238,12 @@ def paper_a(njunlp_stats):
 
 def test_class_profiles_of_paper_a_give_its_stages(paper_a):
     stats, neurons = paper_a
-    stage_map, _ = quiet_map(neurons, stats=stats, n_boot=10)
+    stage_map, raised = quiet_map(neurons, stats=stats, n_boot=10)
     assert stage_map.signals == ("neurons",) and stage_map.constrained
+    # Zhang et al.'s map is the default, supported, without a caution.
+    assert stage_map.boundaries == (5, 18, 31) and stage_map.choice == "constrained"
+    assert stage_map.verdict.level == "supported", stage_map.verdict
+    assert stage_map.warnings == () and raised == []
     assert stage_map.layers("understanding").stop - 1 in (3, 4, 5)
     assert stage_map.layers("shared_reasoning").stop - 1 in (16, 17, 18, 19)
     assert stage_map.layers("vocabulary_output") in (range(31, 32), range(30, 32))
@@ -233,7 +273,12 @@ def test_experiments_take_a_stage_map_explicitly():
     spans = [stages.layers(s) for s in tlm.STAGES]
     assert [layer for span in spans for layer in span] == list(range(6))
     first = stages.layers("understanding")
-    assert stages.mask("understanding").per_layer().tolist() == [lm.d_mlp if l in first else 0 for l in range(6)]
+    # A tiny random model's map is no better than chance: masks of it need the override.
+    assert stages.verdict.level == "not supported"
+    with pytest.raises(tlm.TLMultilingualError, match="allow_unsupported=True"):
+        stages.mask("understanding")
+    mask = stages.mask("understanding", allow_unsupported=True)
+    assert mask.per_layer().tolist() == [lm.d_mlp if l in first else 0 for l in range(6)]
     specific = neurons.specific()
     with tlm.ablate(lm, specific, layers=first) as edits:
         (edit,) = edits.edits
@@ -488,7 +533,7 @@ def test_the_shared_reasoning_signature_compares_it_with_both_neighbours():
     assert means[1] < means[0] and means[1] > means[2]
     assert not check.holds and not check.met
     assert "fewest in output transformation (layers 6-8)" in check.detail
-    imposed, _ = quiet_map(neurons, n_boot=0, n_null=0)
+    imposed, _ = quiet_map(neurons, signatures=True, n_boot=0, n_null=0)
     b1, b2, b3 = imposed.boundaries
     m = [values[lo:hi].mean() for lo, hi in ((0, b1), (b1, b2), (b2, b3), (b3, 12))]
     assert m[1] <= m[0] and m[1] <= m[2]  # the imposed map meets both comparisons
@@ -537,3 +582,169 @@ def test_lens_features_average_each_prompt_at_its_own_target():
     assert np.allclose(fixed["f_target"], np.nanmean(p[:, :, 1], 0))
     assert np.allclose(fixed["f_english"], np.nanmean(p[:, :, 2], 0))
     assert "f_english" not in lens_features(lens, target="en")
+
+
+# -- every caution: a case that says it and one that must not ------------------------------
+
+
+def _warned(case):
+    """The cautions of the map of a named profile (cached: several sentences share one)."""
+    if case not in _CASES:
+        language, general, kwargs, lens = {
+            "clean": (LANGUAGE, GENERAL, {}, None),
+            "clean_free": (LANGUAGE, GENERAL, {"signatures": False}, None),
+            "early": (LANGUAGE, EARLY_GENERAL, {}, None),
+            "early_imposed": (LANGUAGE, EARLY_GENERAL, {"signatures": True}, None),
+            "early_free": (LANGUAGE, EARLY_GENERAL, {"signatures": False}, None),
+            "falling": (LANGUAGE, list(range(40, 8, -2)), {}, None),
+            "four_layers": ([12, 1, 12, 6], [2, 4, 2, 20], {}, None),
+            "three_stages": ([12] * 5 + [1] * 6 + [12] * 5, [3] * 16, {}, None),
+            "agree": (LANGUAGE, GENERAL, {}, (4, 10, 14)),
+            "disagree": (LANGUAGE, GENERAL, {}, (8, 12, 14)),
+        }[case]
+        d_mlp = 600 if general is EARLY_GENERAL else 200
+        stats, neurons = planted_neurons(language, general, d_mlp=d_mlp)
+        lens_result = staged_lens(lens) if lens is not None else None
+        _CASES[case] = quiet_map(neurons, lens_result, n_boot=0, n_null=200, **kwargs)
+    return _CASES[case]
+
+
+_CASES: dict = {}
+
+SENTENCES = [
+    # (words of the sentence, a profile that must raise it, one that must not)
+    ("does not hold in the data", "early", "clean"),
+    ("gives understanding 0, shared reasoning 1, output transformation 2, vocabulary output 3-15; the best fit "
+     "without them is", "early_imposed", "early"),
+    ("which the data reject", "early", "early_imposed"),
+    ("no four-stage segmentation meets", "falling", "early"),
+    ("the signatures were not imposed (signatures=False)", "early_free", "clean_free"),
+    ("only because the signatures force it", "early_imposed", "early"),
+    ("with four layers every stage is one layer", "four_layers", "clean"),
+    ("the data do not show four stages", "four_layers_never", "clean"),
+    ("four stages fit the layers no better than 3 stages", "three_stages", "clean"),
+    ("disagree on where", "disagree", "agree"),
+    ("signatures that do not hold in the data:", "early_with_lens", "agree"),
+]
+
+
+@pytest.mark.parametrize("words, raises, silent", [s for s in SENTENCES if "never" not in s[1]
+                                                   and "with_lens" not in s[1]])
+def test_each_caution_is_said_when_true_and_only_then(words, raises, silent):
+    stage_map, raised = _warned(raises)
+    assert any(words in w for w in raised), (words, raised)
+    assert raised == list(stage_map.warnings)
+    quiet, raised_quiet = _warned(silent)
+    assert not any(words in w for w in raised_quiet), (words, raised_quiet)
+
+
+def test_the_fit_no_better_than_chance_and_the_combined_signatures_are_said_only_when_true():
+    rng = np.random.default_rng(1)
+    stats, neurons = planted_neurons(list(rng.integers(4, 8, 16)), list(rng.integers(3, 6, 16)))
+    flat, raised = quiet_map(neurons, n_boot=0, n_null=200)
+    assert any("the data do not show four stages" in w for w in raised)
+    assert flat.verdict.level == "not supported"
+    assert not any("do not show four stages" in w for w in _warned("clean")[1])
+    stats, neurons = planted_neurons(LANGUAGE, EARLY_GENERAL, d_mlp=600)
+    both, raised = quiet_map(neurons, staged_lens((4, 10, 14)), n_boot=0, n_null=200)
+    assert any(w.startswith("Combined map: Zhang et al.'s (AAAI-26) signatures that do not hold") for w in raised)
+    assert not any(w.startswith("Combined map: Zhang et al.'s") for w in _warned("agree")[1])
+
+
+def test_the_verdicts_of_the_profiles():
+    assert _warned("clean")[0].verdict.level == "supported"
+    three = _warned("three_stages")[0]
+    assert three.verdict.level == "weak" and any("no better than three" in r for r in three.verdict.reasons)
+    disagree = _warned("disagree")[0]
+    assert disagree.verdict.level == "weak"
+    assert "signals disagree by 4 layers" in disagree.verdict.reasons
+    assert _warned("four_layers")[0].verdict.level == "not supported"
+    falling = _warned("falling")[0]
+    assert falling.by_signal["neurons"].imposed is None and falling.choice == "unconstrained"
+    with pytest.raises(tlm.TLMultilingualError, match="no four-stage segmentation"):
+        falling.constrained_map()
+
+
+# -- a third signal: cross-lingual representation similarity ----------------------------
+
+
+def planted_similarity(boundaries, n_layers=16, n_items=20, levels=(0.05, 0.6, 0.2, 0.05), seed=0):
+    """Per-layer similarity of translations (minus its null) at four levels, with noise
+    per item: highest in shared reasoning when ``levels`` says so."""
+    from tl_multilingual.stages.similarity import SimilarityResult
+
+    rng = np.random.default_rng(seed)
+    edges = (0, *boundaries, n_layers)
+    curve = np.concatenate([[levels[k]] * (edges[k + 1] - edges[k]) for k in range(4)])
+    pairs = (("en", "fr"), ("en", "zh"), ("fr", "zh"))
+    null = 0.01 * rng.standard_normal((3, n_items, len(pairs), n_layers))
+    values = null + curve + 0.02 * rng.standard_normal((3, n_items, len(pairs), n_layers))
+    values[2] = np.clip(values[2], 0, 1)  # retrieval is a share
+    shuffles = torch.tensor([list(range(1, n_items)) + [0]])
+    return SimilarityResult(("en", "fr", "zh"), pairs, torch.tensor(values), torch.tensor(null), shuffles, "mean")
+
+
+def test_three_signals_that_agree_give_one_supported_map():
+    stats, neurons = planted_neurons(LANGUAGE, GENERAL)
+    similarity = planted_similarity((4, 10, 14))
+    stage_map, raised = quiet_map(neurons, staged_lens((4, 10, 14)), similarity=similarity, stats=stats,
+                                  n_boot=5)
+    assert set(stage_map.by_signal) == {"neurons", "lens", "similarity", "neurons+lens+similarity"}
+    assert stage_map.signals == ("neurons", "lens", "similarity")
+    assert all(fit.boundaries == (4, 10, 14) for fit in stage_map.by_signal.values())
+    assert stage_map.boundaries == (4, 10, 14) and raised == [] and stage_map.warnings == ()
+    assert stage_map.verdict.level == "supported"
+    check = {c.name: c for c in stage_map.by_signal["similarity"].checks}
+    assert check["highest_similarity_in_shared_reasoning"].holds
+    assert list(stage_map.agreement.columns) == ["boundary", "neurons", "lens", "similarity", "difference",
+                                                 "agree"]
+    assert (stage_map.agreement["difference"] == 0).all()
+    assert "stage_similarity" in stage_map.to_frame().columns
+    assert "representation-similarity" in stage_map.label()
+    # The similarity features are the mean over items and pairs of value - null.
+    features = stage_map.to_frame()["f_similarity"].to_numpy()
+    expected = (similarity.values[0] - similarity.null[0]).mean(dim=(0, 1)).numpy()
+    assert np.allclose(features, expected)
+    assert set(stage_map.by_signal["similarity"].stability) == set(stage_map.stability)
+
+
+def test_a_similarity_map_that_disagrees_is_said_and_weakens_the_verdict():
+    stats, neurons = planted_neurons(LANGUAGE, GENERAL)
+    stage_map, raised = quiet_map(neurons, staged_lens((4, 10, 14)), similarity=planted_similarity((7, 12, 14)),
+                                  stats=stats, n_boot=0, n_null=200)
+    assert stage_map.by_signal["similarity"].boundaries == (7, 12, 14)
+    assert stage_map.agreement["difference"].tolist() == [3, 2, 0]  # the spread of the three
+    assert stage_map.agreement["agree"].tolist() == [False, True, True]
+    (sentence,) = [w for w in raised if "disagree" in w]
+    assert sentence.startswith("The neuron-class, logit-lens and similarity maps disagree on where shared "
+                               "reasoning begins: layer 4 by the neurons, layer 4 by the lens, layer 7 by "
+                               "the similarity (3 layers apart)")
+    assert stage_map.verdict.level == "weak" and "signals disagree by 3 layers" in stage_map.verdict.reasons
+
+
+def test_similarity_highest_outside_shared_reasoning_breaks_its_signature():
+    similarity = planted_similarity((4, 10, 14), levels=(0.05, 0.2, 0.4, 0.8))
+    stage_map, raised = quiet_map(similarity=similarity, n_boot=0, n_null=200)
+    fit = stage_map.by_signal["similarity"]
+    check = {c.name: c for c in fit.checks}["highest_similarity_in_shared_reasoning"]
+    assert not check.holds
+    assert "in the best unconstrained fit the similarity is highest in vocabulary output" in check.detail
+    assert any('"shared reasoning holds the highest cross-lingual similarity" does not hold' in w
+               for w in raised)
+    # Where the similarity signal holds its signature alone, the map is its own.
+    alone, raised = quiet_map(similarity=planted_similarity((3, 9, 13)), n_boot=10)
+    assert alone.boundaries == (3, 9, 13) and alone.verdict.level == "supported" and raised == []
+    assert alone.stability["understanding|shared_reasoning"] == 1.0
+
+
+def test_a_saved_map_keeps_its_verdict_and_an_older_file_is_judged_on_load(tmp_path):
+    stats, neurons = planted_neurons(LANGUAGE, EARLY_GENERAL, d_mlp=600)
+    stage_map, _ = quiet_map(neurons, stats=stats, n_boot=0, n_null=200)
+    loaded = tlm.StageMap.load(stage_map.save(tmp_path / "stages.json"))
+    assert loaded.verdict == stage_map.verdict and loaded.choice == "unconstrained"
+    assert loaded.by_signal["neurons"].imposed == (1, 2, 3)
+    assert loaded.constrained_map().verdict.level == "not supported"
+    older = stage_map.to_dict()
+    for key in ("verdict", "choice", "alpha", "tolerance"):
+        del older[key]
+    assert tlm.StageMap.from_dict(older).verdict == stage_map.verdict

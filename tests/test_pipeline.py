@@ -26,6 +26,7 @@ BASE = StudySettings(
     stage_words=2,
     top_rate=0.05,
     variants=("specific",),
+    allow_unsupported_stages=True,  # a tiny random model's stages are not supported: run them anyway
 )
 
 
@@ -93,3 +94,19 @@ def test_a_changed_setting_recomputes_every_step_built_on_it_and_nothing_else(
         assert computed == expected, name
         assert {step for step in STEPS if new_keys[step] != keys[step]} == expected, name
         keys = new_keys
+
+
+def test_a_stage_map_the_data_do_not_support_skips_the_stage_experiment_with_a_sentence(model, tmp_path):
+    folder = tmp_path / "study"
+    messages = []
+    settings = replace(BASE, allow_unsupported_stages=False)
+    Study(folder, model, corpus(), settings, words=data.words(["en", "fr", "zh"]), log=messages.append).run()
+    stages = tlm.StageMap.load(folder / "stages.json")
+    assert stages.verdict.level == "not supported"  # four layers: the only segmentation there is
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert "stage_effects" not in manifest["steps"] and not (folder / "stage_effects").exists()
+    assert "do not support the stage map" in manifest["skipped"]["stage_effects"]
+    html = (folder / "report.html").read_text()
+    assert "The step &#x27;stage_effects&#x27; was skipped: the data do not support the stage map" in html
+    assert "no stages are shaded: the data do not support" in html
+    assert "No experiment or figure uses these stages." in html

@@ -165,3 +165,27 @@ def test_a_backend_already_chosen_is_kept():
     done = subprocess.run([sys.executable, "-W", "ignore", "-c", headless], capture_output=True,
                           text=True, env={**os.environ, "MPLBACKEND": ""}, timeout=300)
     assert done.stdout.strip().splitlines()[-1].lower() == "agg"
+
+
+@pytest.mark.parametrize("level, spans, hatched, note", [
+    ("supported", 4, False, None),
+    ("weak", 4, True, "weak stages (hatched)"),
+    ("not supported", 0, False, "stages not shown: not supported by the data"),
+])
+def test_stages_are_shaded_by_their_verdict(level, spans, hatched, note):
+    import dataclasses
+
+    from tl_multilingual.stages.stage_map import Verdict
+    from tl_multilingual.study import plot
+
+    stages = dataclasses.replace(tlm.StageMap.from_boundaries(16, (4, 10, 14)), verdict=Verdict(level, ("x",)))
+    frame = pd.DataFrame({"layer": range(16), "class": "specific", "change": 1.0})
+    fig = plot.class_changes(frame, stages=stages)
+    ax = fig.axes[0]
+    shaded = [p for p in ax.patches if p.get_zorder() == 0]
+    assert len(shaded) == spans
+    assert all(bool(p.get_hatch()) == hatched for p in shaded)
+    notes = [t.get_text() for t in ax.texts if t.get_gid() == "stage-verdict"]
+    assert notes == ([note] if note else [])
+    assert len(_boxes(fig)) == spans  # stage numbers only where stages are drawn
+    plot.save(fig, "/dev/null", formats=())

@@ -71,7 +71,7 @@ def test_the_findings_are_the_numbers_of_the_results_computed_here():
     }
     facts = findings(
         {
-            "ternary": neurons,
+            "neurons": {"ternary": neurons},
             "stages": stage_map,
             "deactivation": deactivation,
             "sharing": shared,
@@ -121,5 +121,50 @@ def test_the_findings_are_the_numbers_of_the_results_computed_here():
 def test_the_first_quarter_of_six_layers_is_one_layer():
     from tl_multilingual.study.report import findings
 
-    facts = findings({"ternary": _neurons([6, 1, 1, 1, 1, 4])})
+    facts = findings({"neurons": {"ternary": _neurons([6, 1, 1, 1, 1, 4])}})
     assert facts["language_neurons_by_quarter"] == {"first": 6.0, "middle": 1.0, "last": 4.0}
+
+
+def test_identical_variants_are_said_once_and_drawn_once(tmp_path):
+    import pandas as pd
+
+    from tl_multilingual.experiments.deactivation import DeactivationResult
+    from tl_multilingual.study.report import _figures, _finding_lines, findings
+
+    neurons = _neurons([3, 1, 0, 2])  # no neuron is related: specific+related == specific
+    assert neurons.related().count() == 0
+    rows = [{"variant": v, "ablated": a, "evaluated": e, "baseline": 10.0,
+             "relative_change": 0.2 if a == e else 0.01, "control_change": 0.0}
+            for v in ("specific", "specific+related", "general") for a in ("en", "fr") for e in ("en", "fr")]
+    deactivation = DeactivationResult(pd.DataFrame(rows), pd.DataFrame(), "perplexity")
+    results = {"neurons": {"ternary": neurons}, "deactivation": deactivation, "manifest": {}}
+    facts = findings(results)
+    assert facts["same_variants"] == {"specific+related": "specific"}
+    lines = " ".join(_finding_lines(facts))
+    assert "The 'specific+related' neurons are exactly the 'specific' neurons" in lines
+    figures = _figures(results, tmp_path)
+    drawn = [name for name in figures if name.startswith("deactivation_")]
+    assert drawn == ["deactivation_specific", "deactivation_general"]
+    assert "'specific+related' selects exactly these neurons" in figures["deactivation_specific"]
+    # With a related neuron the two variants differ, and both are drawn.
+    related = _neurons([3, 1, 0, 2])
+    related.membership[0, 5, :2] = True
+    related._selected[0, 5] = True
+    assert related.related().count() > 0
+    assert "same_variants" not in findings({**results, "neurons": {"ternary": related}})
+
+
+def test_the_lambda_sentence_says_when_the_data_do_not_identify_lambda():
+    from tl_multilingual.study.report import _lambda_sentence
+
+    facts = {"lambda": 0.2, "lambda_identified": False,
+             "lambda_sensitivity": {"lambdas": [0.0, 0.2, 1.0],
+                                    "counts": {"specific": [130, 165], "related": [0, 4], "general": [7, 7],
+                                               "dropped": [6, 141], "selected": [300, 300]}}}
+    text = _lambda_sentence(facts)
+    assert "The data do not identify lambda" in text and "lambda = 0.2 by the default rule" in text
+    assert "specific 130-165" in text and "general 7;" in text and "dropped 6-141" in text
+    assert "selected 300" not in text and "lam_range" not in text
+    assert _lambda_sentence({"lambda": 0.1, "lambda_identified": True, "lambda_at_bound": None}) == ""
+    assert "upper bound" in _lambda_sentence({"lambda": 0.2, "lambda_identified": True,
+                                              "lambda_at_bound": "upper"})

@@ -114,11 +114,13 @@ def test_the_perplexity_columns_match_a_paired_bootstrap_written_here(setup):
             low, high = interval(reps)
             assert close(row[f"{column}_ci_low"], low, high - low), (lang, column)
             assert close(row[f"{column}_ci_high"], high, high - low), (lang, column)
-    # Stages without the language's neurons change nothing.
+    # Stages without the language's neurons deactivate nothing: not measured, not zero.
     for stage in ("understanding", "shared_reasoning", "output_transformation"):
         for lang in ("en", "ru"):
             row = frame.loc[(stage, lang)]
-            assert row["n_neurons"] == 0 and row["own_change"] == 0 and row["control_change"] == 0
+            assert row["n_neurons"] == 0 and not row["measured"] and not row["carries"]
+            assert np.isnan(row["own_change"]) and np.isnan(row["control_change"])
+            assert np.isnan(row["own_ci_low"]) and np.isnan(row["own_ci_high"])
 
 
 def test_a_stage_carries_a_language_only_when_both_lower_bounds_are_above_zero(setup):
@@ -187,5 +189,9 @@ def test_the_finding_states_the_numbers_of_the_table(setup):
     assert f"when {worst.replace('_', ' ')} was hit (mean change {means[worst]:+.3g}" in text
     assert f"largest drop around layer {peak:.0f}" in text
     for stage in tlm.STAGES:
-        carried = int(frame[frame["stage"] == stage]["carries"].astype(bool).sum())
-        assert f"{stage.replace('_', ' ')} {carried} of 2" in text
+        rows = frame[(frame["stage"] == stage) & frame["measured"].astype(bool)]
+        if len(rows):
+            assert f"{stage.replace('_', ' ')} {int(rows['carries'].astype(bool).sum())} of {len(rows)}" in text
+        else:
+            assert f"{stage.replace('_', ' ')} not measured" in text
+    assert "Not measured, for want of the languages' neurons in those layers: understanding (en, ru)" in text

@@ -59,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
                             "a fraction (default 0.2, at least 5 texts) or a count")
     study.add_argument("--eval-texts", type=int, default=None, help="held-out texts per language for deactivation (run: 10, demo: 4)")
     study.add_argument("--controls", type=int, default=None, help="random control sets per deactivation (run: 3, demo: 1)")
+    study.add_argument("--allow-unsupported-stages", action="store_true",
+                       help="run the stage experiment even on a stage map the data do not support")
     common.add_argument("--quiet", action="store_true", help="no progress output")
     common.add_argument("--dist-timeout", type=float, default=None,
                         help="under torchrun: seconds a rank waits for the others before failing (default 1800)")
@@ -205,6 +207,8 @@ def _settings(args: argparse.Namespace, base: Any) -> Any:
     for name in ("controls", "eval_texts", "held_out"):
         if getattr(args, name, None) is not None:
             updates[name] = getattr(args, name)
+    if getattr(args, "allow_unsupported_stages", False):
+        updates["allow_unsupported_stages"] = True
     return replace(base, **updates)
 
 

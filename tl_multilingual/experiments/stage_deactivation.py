@@ -16,7 +16,14 @@ percentile bootstraps over texts or prompts ([`tl_multilingual.resample`][tl_mul
 same draw of units for the deactivated, control and unmodified runs.
 
 A stage *carries* a language's effect when the own-language change exceeds both the
-controls' and the other languages' (both interval lower bounds above zero).
+controls' and the other languages' (both interval lower bounds above zero). A stage
+that holds none of a language's neurons is *not measured* for it: its values are
+missing (NaN) with a ``note``, never a measured zero.
+
+The experiment follows the map's verdict
+([`Verdict`][tl_multilingual.stages.stage_map.Verdict]): a map the data do not support
+(``"not supported"``) is refused unless ``allow_unsupported=True``, and the result
+records which map it used (`StageEffects.stage_map`).
 """
 
 from __future__ import annotations
@@ -71,18 +78,24 @@ class StageEffects(HubMixin):
             answer's probability at the last layer) with its interval,
             ``lens_control_change``, ``lens_peak_layer`` and ``lens_peak_change``
             (the layer where the probability falls most, and by how much); ``n_texts``
-            and ``n_prompts``.
+            and ``n_prompts``; ``measured`` (False where the stage holds none of the
+            language's neurons: every value is then missing) and ``note``.
         lens: one row per (stage, language, condition, layer): mean change of the
             answer probability, with a paired interval (``condition``: ``deactivated``
             or ``control``).
         variant: the neuron class variant deactivated.
         ci: the intervals' coverage.
+        stage_map: which stage map was used, its stages and verdict
+            ([`StageMap.label()`][tl_multilingual.stages.stage_map.StageMap.label]).
+        evaluated: the languages whose perplexity was read.
     """
 
     frame: pd.DataFrame
     lens: pd.DataFrame
     variant: str
     ci: float = 0.95
+    stage_map: str = ""
+    evaluated: tuple[str, ...] = ()
 
     def to_frame(self) -> pd.DataFrame:
         return self.frame.copy()
@@ -97,24 +110,34 @@ class StageEffects(HubMixin):
 
     def carriers(self) -> list[str]:
         """Stages that carry the language-specific effect for at least one language."""
-        carried = self.frame[self.frame["carries"].astype(bool)]
+        carried = self.frame[self.frame["carries"].fillna(False).astype(bool)]
         return [s for s in STAGES if s in set(carried["stage"])]
 
     def few_units(self) -> bool:
         """Whether some interval rests on fewer than [`resample.MIN_UNITS`][tl_multilingual.resample.MIN_UNITS] texts."""
         return bool(self.frame["n_texts"].min() < resample.MIN_UNITS)
 
+    def _measured(self) -> pd.Series:
+        if "measured" not in self.frame:
+            return pd.Series(True, index=self.frame.index)
+        return self.frame["measured"].astype(bool)
+
     def finding(self) -> str:
         """The result in plain words."""
         frame = self.frame
-        languages = list(dict.fromkeys(frame["language"]))
-        parts = []
+        measured = self._measured()
+        parts, unmeasured = [], []
         for stage in STAGES:
             rows = frame[frame["stage"] == stage]
             if rows.empty:
                 continue
-            n = int(rows["carries"].astype(bool).sum())
-            parts.append(f"{stage.replace('_', ' ')} {n} of {len(rows)}")
+            done = rows[measured[rows.index]]
+            n = int(done["carries"].astype(bool).sum())
+            parts.append(f"{stage.replace('_', ' ')} {n} of {len(done)}" if len(done)
+                         else f"{stage.replace('_', ' ')} not measured")
+            if len(done) < len(rows):
+                missing = ", ".join(rows[~measured[rows.index]]["language"])
+                unmeasured.append(f"{stage.replace('_', ' ')} ({missing})")
         carriers = self.carriers()
         if carriers:
             head = (f"Deactivating a language's '{self.variant}' neurons inside one stage raised that language's "
@@ -124,6 +147,9 @@ class StageEffects(HubMixin):
             head = (f"Deactivating a language's '{self.variant}' neurons inside any one stage did not raise its own "
                     "perplexity beyond both random neurons and the other languages")
         text = head + f" (languages per stage: {'; '.join(parts)})."
+        if unmeasured:
+            text += (" Not measured, for want of the languages' neurons in those layers: "
+                     + "; ".join(unmeasured) + ".")
         if frame["lens_output_change"].notna().any():
             means = frame.groupby("stage", sort=False)["lens_output_change"].mean()
             worst = means.idxmin()
@@ -134,8 +160,11 @@ class StageEffects(HubMixin):
         if self.few_units():
             text += (f" Intervals rest on fewer than {resample.MIN_UNITS} texts per language "
                      f"({int(frame['n_texts'].min())}): read them with caution.")
-        if len(languages) < 2:
-            text += " With one language there is no other-language comparison."
+        evaluated = self.evaluated or tuple(dict.fromkeys(frame["language"]))
+        if len(evaluated) < 2:
+            text += " With one language evaluated there is no other-language comparison."
+        if self.stage_map:
+            text += f" Stages: the {self.stage_map}."
         return text
 
     def save(self, path: str | Path) -> Path:
@@ -143,7 +172,9 @@ class StageEffects(HubMixin):
         folder = Path(path)
         write_text(folder / "cells.csv", self.frame.to_csv(index=False))
         write_text(folder / "lens.csv", self.lens.to_csv(index=False))
-        write_text(folder / "result.json", json.dumps({"kind": _KIND, "variant": self.variant, "ci": self.ci}))
+        meta = {"kind": _KIND, "variant": self.variant, "ci": self.ci, "stage_map": self.stage_map,
+                "evaluated": list(self.evaluated)}
+        write_text(folder / "result.json", json.dumps(meta))
         return folder
 
     @classmethod
@@ -158,8 +189,9 @@ class StageEffects(HubMixin):
             meta = json.loads((folder / "result.json").read_text(encoding="utf-8"))
             if meta.get("kind") != _KIND:
                 raise ValueError(f"kind {meta.get('kind')!r}")
-            return cls(pd.read_csv(folder / "cells.csv"), pd.read_csv(folder / "lens.csv"), meta["variant"],
-                       float(meta.get("ci", 0.95)))
+            return cls(pd.read_csv(folder / "cells.csv"), pd.read_csv(folder / "lens.csv"),
+                       meta["variant"], float(meta.get("ci", 0.95)), str(meta.get("stage_map", "")),
+                       tuple(meta.get("evaluated", ())))
         except (OSError, ValueError, KeyError) as err:
             raise TLMultilingualError(f"{folder} is not a saved stage-effects result: {err}") from None
 
@@ -197,6 +229,7 @@ def stage_effects(
     allow_mismatch: bool = False,
     max_length: int | None = None,
     overflow: Overflow = "truncate",
+    allow_unsupported: bool = False,
 ) -> StageEffects:
     """Which stages carry the language-specific effect of a language's neurons.
 
@@ -204,7 +237,8 @@ def stage_effects(
         model: a model or `ModelAdapter`.
         neurons: identified neurons.
         stage_map: the stages (from [`tl_multilingual.map_stages()`][tl_multilingual.stages.mapping.map_stages], or
-            [`StageMap.from_boundaries()`][tl_multilingual.stages.stage_map.StageMap.from_boundaries]).
+            [`StageMap.from_boundaries()`][tl_multilingual.stages.stage_map.StageMap.from_boundaries]); the default map of
+            ``map_stages`` is the one the evidence supports.
         eval_texts: held-out texts per language (perplexity).
         lens_prompts: prompts ending before an answer ([`tl_multilingual.inputs.prompts`][tl_multilingual.inputs.prompts]);
             a prompt's first answer language is its target. None: no lens readout.
@@ -223,6 +257,7 @@ def stage_effects(
         max_length: longest sequence fed to the model (default: its context size).
         overflow: ``"truncate"``, ``"split"`` (texts only; prompts are truncated) or
             ``"error"``; see [`tl_multilingual.model.tokens`][tl_multilingual.model.tokens].
+        allow_unsupported: run on a stage map whose verdict is ``"not supported"``.
 
     Returns:
         [`StageEffects`][tl_multilingual.experiments.stage_deactivation.StageEffects] (``to_frame()``, ``matrix()``, ``finding()``).
@@ -230,9 +265,12 @@ def stage_effects(
     Raises:
         IdentificationError: neurons of another shape, or of another model (unless
             ``allow_mismatch``).
-        TLMultilingualError: when the stage map does not fit the model or a stage or
-            language is unknown.
+        TLMultilingualError: when the stage map does not fit the model, the data do
+            not support it (unless ``allow_unsupported``), or a stage or language is
+            unknown.
     """
+    if not allow_unsupported:
+        stage_map.require_support("stage_effects")
     lm = adapt(model)
     if stage_map.n_layers != lm.n_layers or neurons.n_layers != lm.n_layers:
         raise TLMultilingualError(
@@ -258,8 +296,13 @@ def stage_effects(
         return nll, language_lens(lm, prompts, batch_size=batch_size, max_length=max_length,
                                   overflow=lens_overflow)
 
-    cells = {(stage, lang): variant_mask(neurons, variant, lang).restrict(stage_map.layers(stage))
+    every = {(stage, lang): variant_mask(neurons, variant, lang).restrict(stage_map.layers(stage))
              for stage in stages for lang in langs}
+    cells = {key: mask for key, mask in every.items() if mask.count() > 0}
+    if not cells:
+        raise TLMultilingualError(
+            f"no stage holds any '{variant}' neuron of {langs}: nothing to deactivate")
+
     def intervene(key: tuple[str, str], mask: NeuronMask) -> Any:
         return ablate(lm, mask, allow_mismatch=allow_mismatch)
 
@@ -273,12 +316,20 @@ def stage_effects(
     text_draws = {lang: resample.draws(len(texts[lang]), n_boot, rng) for lang in evaluated}
     targets = [_target(p) for p in prompts]
     rows, lens_rows = [], []
-    for (stage, lang), run in runs.conditions.items():
+    for stage, lang in every:
         span = stage_map.layers(stage)
+        layers = f"{span.start}-{span.stop - 1}"
+        if (stage, lang) not in cells:
+            rows.append({"stage": stage, "language": lang, "layers": layers, "n_neurons": 0,
+                         "measured": False, "carries": False,
+                         "note": f"not measured: no '{variant}' neurons of {lang} in layers "
+                                 f"{layers}"})
+            continue
+        run = runs.conditions[(stage, lang)]
         (hit,), ctrl = run.hit, [c[0] for c in run.controls]
         row = _perplexity_row(texts, hit[0], [c[0] for c in ctrl], lang, text_draws, ci)
-        row.update({"stage": stage, "language": lang, "layers": f"{span.start}-{span.stop - 1}",
-                    "n_neurons": run.sizes[0]})
+        row.update({"stage": stage, "language": lang, "layers": layers, "n_neurons": run.sizes[0],
+                    "measured": True, "note": ""})
         row.update(_lens_row(base_lens, hit[1], [c[1] for c in ctrl], targets, lang, stage, n_boot,
                              ci, rng, lens_rows))
         rows.append(row)
@@ -286,9 +337,11 @@ def stage_effects(
                "others_change", "control_change", "over_control", "over_control_ci_low", "over_control_ci_high",
                "over_others", "over_others_ci_low", "over_others_ci_high", "carries", "n_prompts",
                "lens_output_change", "lens_output_ci_low", "lens_output_ci_high", "lens_control_change",
-               "lens_peak_layer", "lens_peak_change"]
+               "lens_peak_layer", "lens_peak_change", "measured", "note"]
     lens_columns = ["stage", "language", "condition", "layer", "change", "ci_low", "ci_high"]
-    return StageEffects(pd.DataFrame(rows)[columns], pd.DataFrame(lens_rows, columns=lens_columns), variant, ci)
+    frame = pd.DataFrame(rows).reindex(columns=columns)
+    return StageEffects(frame, pd.DataFrame(lens_rows, columns=lens_columns), variant, ci,
+                        stage_map.label(), tuple(evaluated))
 
 
 def _perplexity_row(

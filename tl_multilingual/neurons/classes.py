@@ -290,6 +290,27 @@ class LanguageNeurons(HubMixin):
             }
         )
 
+    def lambda_identified(self) -> bool | None:
+        """Whether the data identify Zhang et al.'s (AAAI-26) lambda: False when the automatic
+        search found that no selected neuron is above the bar in every language at any
+        lambda (the criterion never binds), True when it binds, None without a search."""
+        search = self.params.get("lam_search") or {}
+        if "identified" not in search:
+            return None
+        return bool(search["identified"])
+
+    def lambda_sensitivity(self) -> pd.DataFrame:
+        """How the class counts move with lambda, when the data do not identify it: tidy,
+        one row per (``lambda``, ``class``) with ``count`` (classes ``selected``,
+        ``specific``, ``related``, ``general``, ``dropped``) and ``chosen`` (the lambda
+        used). Empty when lambda was identified or given."""
+        rows = []
+        for entry in (self.params.get("lam_search") or {}).get("sensitivity") or []:
+            lam = float(entry["lambda"])
+            for cls in ("selected", "specific", "related", "general", "dropped"):
+                rows.append((lam, cls, int(entry[cls]), self.lam is not None and lam == self.lam))
+        return pd.DataFrame(rows, columns=["lambda", "class", "count", "chosen"])
+
     def to_frame(self) -> pd.DataFrame:
         """Tidy DataFrame, one row per (neuron, class, language): ``layer``, ``neuron``,
         ``class`` (``specific``, ``related``, ``general`` or ``dropped``), ``language``
@@ -321,6 +342,8 @@ class LanguageNeurons(HubMixin):
 
     def __repr__(self) -> str:
         lam = f", lam={self.lam:g}" if self.lam is not None else ""
+        if self.lambda_identified() is False:
+            lam += " (not identified by the data)"
         counts = torch.bincount(self.classes().flatten().long(), minlength=len(CLASS_CODES)).tolist()
         general = counts[GENERAL] if self._general is not None else "?"
         return (

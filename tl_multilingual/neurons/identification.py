@@ -37,6 +37,7 @@ __all__ = [
     "lape",
     "ternary",
     "sweep_lambda",
+    "LAMBDA_GRID",
     "norm_max",
     "METHODS",
     "Method",
@@ -167,8 +168,37 @@ class _TernaryScorer:
         return Selection(lowest(self.ent - lam * self.peak, self.k), self.above, self.bar)
 
     def all_languages(self, lam: float) -> int:
-        """Selected neurons above the bar in every language."""
-        return int((self.n_above[self.select(lam).selected] == self.n_languages).sum())
+        """Selected neurons above the bar in every language (``lam=inf``: the selection
+        by the largest probability alone, the limit of a large lambda)."""
+        if math.isinf(lam):
+            selected = lowest(-self.peak, self.k)
+        else:
+            selected = self.select(lam).selected
+        return int((self.n_above[selected] == self.n_languages).sum())
+
+    def binds_above(self, high: float) -> float | None:
+        """The first lambda above ``high`` at which Zhang et al.'s criterion binds (some
+        selected neuron is above the bar in every language), trying ``high * 2**j`` for
+        ``j = 1..PROBES`` and then the limit of ranking by the largest probability alone
+        (returned as ``inf``); None when it never binds: the data do not identify lambda."""
+        if not bool((self.n_above == self.n_languages).any()):
+            return None  # no neuron at all is above the bar in every language
+        start = high if high > 0 else 0.1
+        for j in range(1, _PROBES + 1):
+            lam = start * 2.0**j
+            if self.all_languages(lam) > 0:
+                return lam
+        return math.inf if self.all_languages(math.inf) > 0 else None
+
+    def counts(self, lam: float, languages: Any) -> dict[str, int]:
+        """Class counts of the selection at ``lam`` (selected, specific, related,
+        general, dropped)."""
+        chosen = self.select(lam)
+        neurons = LanguageNeurons.from_selection(languages, chosen.selected, chosen.above,
+                                                 method="ternary")
+        return {"selected": int(chosen.selected.numel()), "specific": neurons.specific().count(),
+                "related": neurons.related().count(), "general": neurons.general().count(),
+                "dropped": neurons.dropped}
 
     def sweep(self, low: float, high: float, tol: float, max_steps: int) -> tuple[float, str | None]:
         """The largest lambda in ``[low, high]`` (bisection to ``tol``) at which no
@@ -194,18 +224,39 @@ class _TernaryScorer:
         return best, ("lower" if best == low else None)
 
 
+_PROBES = 12  # doublings of the upper bound tried before the large-lambda limit
+
+LAMBDA_GRID = (0.0, 0.05, 0.1, 0.2, 0.4, 1.0, 2.0)
+"""The lambdas at which `identify` records the class counts (with the lambda it chose)
+when the data do not identify lambda: `LanguageNeurons.lambda_sensitivity()`."""
+
+
 def _warn_bound(
-    lam: float, bound: str | None, low: float, high: float, n_languages: int, *, argument: bool = True
+    lam: float, bound: str | None, low: float, high: float, n_languages: int, *,
+    argument: bool = True, binds: float | None = None,
 ) -> None:
     """Say so when the lambda search ended at a bound of its range (``argument``: the
-    range was given as identify's ``lam_range``, else as ``low`` and ``high``)."""
-    if bound == "upper":
-        wider = high + max(high - low, 0.1)
-        offer = f"lam_range=({low:g}, {wider:g})" if argument else f"high={wider:g}"
+    range was given as identify's ``lam_range``, else as ``low`` and ``high``; ``binds``:
+    where the criterion binds above the range, or None where it never does)."""
+    if bound == "upper" and binds is None:
         warn(
-            f"the lambda search ended at the upper bound {high:g} of lam_range=({low:g}, {high:g}): even there "
-            f"no selected neuron is above the bar in all {n_languages} languages, so the largest such lambda "
-            f"may lie above the range; pass {offer} to search further, or lam= to fix it",
+            f"the data do not identify lambda: no selected neuron is above the bar in all "
+            f"{n_languages} languages at any lambda (tried up to {high * 2.0**_PROBES:g} and the "
+            "limit of ranking by the largest probability alone), so Zhang et al.'s (AAAI-26) "
+            "criterion never binds and no wider range would change that; lambda = "
+            f"{lam:g}, the upper bound of the range (the default rule). How the classes move "
+            "with lambda: LanguageNeurons.lambda_sensitivity()",
+        )
+    elif bound == "upper":
+        top = binds if math.isfinite(binds) else high * 2.0**_PROBES
+        offer = f"lam_range=({low:g}, {top:g})" if argument else f"high={top:g}"
+        where = (f"it binds at lambda = {binds:g}" if math.isfinite(binds)
+                 else "it binds only when neurons are ranked by their largest probability alone")
+        warn(
+            f"the lambda search ended at the upper bound {high:g} of lam_range=({low:g}, "
+            f"{high:g}): there no selected neuron is above the bar in all {n_languages} "
+            f"languages, but {where}, so the largest such lambda lies above the range; pass "
+            f"{offer} to find it, or lam= to fix it",
         )
     elif bound == "lower":
         warn(
@@ -232,8 +283,10 @@ def sweep_lambda(
 
     Warns (`TLMultilingualWarning`) when the search ends at ``low`` or
     ``high``: the answer may then lie outside the range."""
-    lam, bound = _TernaryScorer(probs, top_rate, bar_ratio, filter_rate).sweep(low, high, tol, max_steps)
-    _warn_bound(lam, bound, low, high, probs.shape[-1], argument=False)
+    scorer = _TernaryScorer(probs, top_rate, bar_ratio, filter_rate)
+    lam, bound = scorer.sweep(low, high, tol, max_steps)
+    binds = scorer.binds_above(high) if bound == "upper" else None
+    _warn_bound(lam, bound, low, high, probs.shape[-1], argument=False, binds=binds)
     return lam
 
 
@@ -354,8 +407,18 @@ def _run_ternary(
     if lam == "auto":
         low, high = (float(x) for x in lam_range)
         chosen, bound = scorer.sweep(low, high, tol, max_steps=64)
-        _warn_bound(chosen, bound, low, high, probs.shape[-1])
-        params["lam_search"] = {"range": [low, high], "tol": tol, "at_bound": bound}
+        binds = scorer.binds_above(high) if bound == "upper" else None
+        _warn_bound(chosen, bound, low, high, probs.shape[-1], binds=binds)
+        identified = not (bound == "upper" and binds is None)
+        params["lam_search"] = {"range": [low, high], "tol": tol, "at_bound": bound,
+                                "identified": identified,
+                                "binds_at": (binds if binds is not None and math.isfinite(binds)
+                                             else None)}
+        if not identified:
+            languages = [str(k) for k in range(probs.shape[-1])]
+            grid = sorted({*LAMBDA_GRID, chosen})
+            params["lam_search"]["sensitivity"] = [{"lambda": g, **scorer.counts(g, languages)}
+                                                   for g in grid]
     else:
         chosen = float(lam)
     return Identified(scorer.select(chosen), chosen, params)
@@ -438,8 +501,12 @@ def identify(stats: ActivationStats, method: Method = "ternary", **params: Any) 
               [0.001]. Lambda weighs the largest language probability against the
               entropy in the ternary score (0: entropy alone); the search returns the
               largest lambda in the range at which no selected neuron is above the
-              bar in every language. When it ends at a bound, the answer may lie
-              outside: a warning says so and names a wider range to pass.
+              bar in every language. When it ends at the upper bound, two cases are
+              told apart: the criterion binds at a larger lambda (a warning names a
+              range that contains it), or it binds at no lambda at all (the data do
+              not identify lambda: one warning, lambda is the upper bound of the
+              range, and the class counts over [`LAMBDA_GRID`][tl_multilingual.neurons.identification.LAMBDA_GRID] are
+              kept: `LanguageNeurons.lambda_sensitivity()`).
 
     Returns:
         [`LanguageNeurons`][tl_multilingual.neurons.classes.LanguageNeurons] with the masks, the lambda, the diagnostics and the
@@ -453,7 +520,8 @@ def identify(stats: ActivationStats, method: Method = "ternary", **params: Any) 
             lambda search that finds no admissible lambda.
 
     Warns:
-        TLMultilingualWarning: when the lambda search ends at a bound of ``lam_range``; when LAPE
+        TLMultilingualWarning: when the lambda search ends at a bound of ``lam_range`` (or
+            the data do not identify lambda); when LAPE
             selects neurons that are above the bar in no language (they are dropped:
             ``LanguageNeurons.dropped``).
     """

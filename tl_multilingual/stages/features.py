@@ -11,6 +11,13 @@
   entropy of the next-token distribution ``f_entropy``
   ([`lens_features()`][tl_multilingual.stages.features.lens_features]).
 
+- Cross-lingual representation similarity of a
+  [`SimilarityResult`][tl_multilingual.stages.similarity.SimilarityResult] (Wu et al., 2024; Lim, Aji and Cohn,
+  2025): per layer the mean over items and language pairs of the translation
+  similarity minus its shuffled-pair null, ``f_similarity``, and the same for
+  translation retrieval, ``f_retrieval``
+  ([`similarity_features()`][tl_multilingual.stages.features.similarity_features]).
+
 Before a fit every feature is standardised across layers (mean 0, standard
 deviation 1; a constant feature stays 0, a missing value takes the feature's mean),
 so that each feature weighs the same whatever its unit.
@@ -29,8 +36,9 @@ from ..neurons.classes import LanguageNeurons
 
 if TYPE_CHECKING:
     from .lens import LensResult
+    from .similarity import SimilarityResult
 
-__all__ = ["neuron_features", "lens_features"]
+__all__ = ["neuron_features", "lens_features", "similarity_features"]
 
 
 def neuron_features(neurons: LanguageNeurons) -> pd.DataFrame:
@@ -72,6 +80,31 @@ def lens_features(lens: LensResult, target: str | None = None) -> pd.DataFrame:
         frame["f_english"] = torch.nanmean(torch.where(not_target, english, torch.nan), dim=0).numpy()
     frame["f_entropy"] = lens.entropy.mean(0).numpy()
     return frame
+
+
+def similarity_features(
+    similarity: SimilarityResult, items: torch.Tensor | None = None
+) -> pd.DataFrame:
+    """Per layer: the mean over items and language pairs of the translation similarity
+    and of translation retrieval, each minus its shuffled-pair null (``translation``,
+    ``retrieval``, and the segmentation features ``f_similarity`` and ``f_retrieval``,
+    the same numbers).
+
+    Args:
+        similarity: a [`SimilarityResult`][tl_multilingual.stages.similarity.SimilarityResult].
+        items: indices of the items to use (a bootstrap draw; default: every item).
+    """
+    from .similarity import MEASURES
+
+    out = {}
+    for measure, column in (("translation", "similarity"), ("retrieval", "retrieval")):
+        m = MEASURES.index(measure)
+        values, null = similarity.values[m], similarity.null[m]  # [item, pair, layer]
+        if items is not None:
+            values, null = values[items], null[items]
+        out[measure] = (values - null).mean(dim=(0, 1)).numpy().astype(float)
+        out[f"f_{column}"] = out[measure]
+    return pd.DataFrame(out)
 
 
 def _standardise(features: np.ndarray) -> np.ndarray:

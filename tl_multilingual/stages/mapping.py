@@ -5,9 +5,35 @@ signals ([`tl_multilingual.stages.features`][tl_multilingual.stages.features]): 
 lens. Each signal is fitted alone and, when both are given, together; the combined
 fit gives the map's boundaries. The fit is exact
 ([`tl_multilingual.stages.segmentation`][tl_multilingual.stages.segmentation]); Zhang et al.'s (AAAI-26) signatures
-are checked on every fit and imposed unless ``signatures=False``
-([`tl_multilingual.stages.signatures`][tl_multilingual.stages.signatures]); each fit's quality is tested against
-layer-shuffled features.
+are checked on every fit ([`tl_multilingual.stages.signatures`][tl_multilingual.stages.signatures]); each fit's
+quality is tested against layer-shuffled features.
+
+The default map is the one the evidence supports. Each fit has two candidates: ``C``,
+the best segmentation meeting the signatures, and ``U``, the best without them. With
+``signatures="auto"`` the map is ``C`` unless the evidence rejects it, which it does
+when
+
+1. ``C`` is no better than the best four-stage fit to layer-shuffled features
+   (``p >= alpha``), or
+2. a stage of ``C`` is a single layer only because the signatures force it (it is not
+   one in ``U``), or
+3. ``C`` differs from ``U`` and explains less of the features' variation than the
+   best three-stage fit (imposing the signatures costs more than losing a stage).
+
+A rejected ``C`` gives way to ``U``, as does a ``C`` that does not exist. Where the
+signatures hold in the data's own fit, ``C = U``: Zhang et al.'s map of their released
+Mistral-7B statistics (0-4 | 5-17 | 18-30 | 31) stays the default, supported and
+without a warning. ``signatures=True`` imposes ``C`` whatever the evidence (the
+constrained map by name; also ``StageMap.constrained_map()``), ``signatures=False``
+never imposes it.
+
+The verdict ([`Verdict`][tl_multilingual.stages.stage_map.Verdict]) on the map: *not supported* for any
+reason of the rule above, or with four layers; *weak* when it beats chance but four
+stages are no better than three or two, a signature does not hold in the data (or
+only when imposed), the neuron and lens maps disagree beyond ``tolerance``, or no null
+was drawn; *supported* otherwise. The rule and the verdict use only what the fit
+already computes: the null, the comparison of the two candidates and the forced
+stages.
 
 Stability: refits on bootstrap replicates, the lens prompts resampled and the
 activation counts redrawn with the neurons re-identified by their recipe
@@ -20,7 +46,7 @@ perfectly stable.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -32,13 +58,14 @@ from ..neurons.classes import LanguageNeurons
 from ..neurons.identification import identify_replicate
 from ..neurons.stats import ActivationStats
 from ..provenance import check_compatible
-from .features import _standardise, lens_features, neuron_features
-from .segmentation import _constrained, _costs, _dp, _means, _meets, _quality
-from .signatures import StageWarning, _check, _signatures_for, _warnings
+from .features import _standardise, lens_features, neuron_features, similarity_features
+from .segmentation import _constrained, _costs, _dp, _quality
+from .signatures import StageWarning, _check, _choose, _signatures_for, _verdict, _warnings
 from .stage_map import _BOUNDARIES, STAGES, SignalMap, StageMap, _spans
 
 if TYPE_CHECKING:
     from .lens import LensResult
+    from .similarity import SimilarityResult
 
 __all__ = ["map_stages"]
 
@@ -53,32 +80,48 @@ def _columns(frames: dict[str, pd.DataFrame]) -> tuple[np.ndarray, list[str]]:
     return _standardise(np.hstack(parts)), names
 
 
-def _fit(frames: dict[str, pd.DataFrame], signatures: bool) -> tuple[tuple[int, int, int], tuple[int, int, int], bool]:
-    """(map boundaries, unconstrained boundaries, whether the map meets the signatures)."""
+def _fit(
+    frames: dict[str, pd.DataFrame],
+) -> tuple[tuple[int, int, int], tuple[int, int, int] | None]:
+    """(the best unconstrained boundaries, the best boundaries meeting the signatures or
+    None when none do)."""
     x, names = _columns(frames)
     cost, sums = _costs(x[None])
     free = tuple(int(b) for b in _dp(cost, 4)[1][0])
     constraints = [(col, s.rule) for s, col in _signatures_for(list(frames), names)]
     if not constraints:
-        return free, free, True  # type: ignore[return-value]
+        return free, free  # type: ignore[return-value]
     found, _ = _constrained(cost[0], sums[0], constraints, free)  # type: ignore[arg-type]
-    if not signatures:
-        met = bool(_meets([_means(sums[0], c) for c, _ in constraints], [r for _, r in constraints], *free, len(x)))
-        return free, free, met  # type: ignore[return-value]
-    if found is None:
-        return free, free, False  # type: ignore[return-value]
-    return found, free, True  # type: ignore[return-value]
+    return free, found  # type: ignore[return-value]
+
+
+def _refit(frames: dict[str, pd.DataFrame], choice: str) -> tuple[int, int, int]:
+    """A refit's boundaries, by the same choice as the map's (the constrained fit, or the
+    unconstrained one where none meets the signatures)."""
+    free, imposed = _fit(frames)
+    return imposed if choice == "constrained" and imposed is not None else free
 
 
 def _signal_map(
-    signal: str, frames: dict[str, pd.DataFrame], evidence: pd.DataFrame, n: int, signatures: bool,
-    n_null: int, seed: int,
+    signal: str, frames: dict[str, pd.DataFrame], evidence: pd.DataFrame, n: int, signatures: Any,
+    n_null: int, seed: int, alpha: float,
 ) -> SignalMap:
-    chosen, free, met = _fit(frames, signatures)
+    free, imposed = _fit(frames)
     x, names = _columns(frames)
-    checks = tuple(_check(s, evidence, free, chosen, n) for s, _ in _signatures_for(list(frames), names))
-    quality = _quality(x, chosen, n_null, seed)
-    return SignalMap(signal, n, chosen, free, all(c.met for c in checks), checks, quality)
+    free_quality = _quality(x, free, n_null, seed)
+    imposed_quality = (None if imposed is None else free_quality if imposed == free
+                       else _quality(x, imposed, n_null, seed))
+    fit = SignalMap(signal, n, free, free, imposed == free, (), free_quality, imposed=imposed,
+                    imposed_quality=imposed_quality, unconstrained_quality=free_quality)
+    choice, reason = _choose(signatures, fit, alpha)
+    chosen = imposed if choice == "constrained" else free
+    checks = tuple(_check(s, evidence, free, chosen, n)  # type: ignore[arg-type]
+                   for s, _ in _signatures_for(list(frames), names))
+    fit.boundaries, fit.checks = chosen, checks  # type: ignore[assignment]
+    fit.constrained = all(c.met for c in checks)
+    fit.quality = fit.quality_of(chosen)
+    fit.choice, fit.choice_reason = choice, reason
+    return fit
 
 
 def _stability(fit: SignalMap, replicates: np.ndarray) -> None:
@@ -108,9 +151,10 @@ def map_stages(
     neurons: LanguageNeurons | None = None,
     lens: LensResult | None = None,
     *,
+    similarity: SimilarityResult | None = None,
     stats: ActivationStats | None = None,
     target: str | None = None,
-    signatures: bool = True,
+    signatures: bool | Literal["auto"] = "auto",
     n_boot: int = 100,
     n_null: int = 1000,
     alpha: float = 0.05,
@@ -128,28 +172,38 @@ def map_stages(
     Args:
         neurons: identified neurons (the class-profile signal).
         lens: a `LensResult` (the logit-lens signal).
+        similarity: a [`SimilarityResult`][tl_multilingual.stages.similarity.SimilarityResult] (the
+            cross-lingual representation-similarity signal; its refits resample the
+            items).
         stats: the statistics ``neurons`` came from, for the stability refits of the
             neuron signal (redrawn counts, neurons re-identified with the same recipe).
         target: the lens language to follow (default: each prompt's target).
-        signatures: impose Zhang et al.'s (AAAI-26) signatures on the fit (they are checked and
-            reported either way).
+        signatures: ``"auto"``: impose Zhang et al.'s (AAAI-26) signatures unless the
+            evidence rejects the constrained fit (the rule of the module docstring);
+            True: impose them whatever the evidence (the constrained map by name, also
+            ``StageMap.constrained_map()``); False: never impose them. They are checked
+            and reported either way.
         n_boot: bootstrap refits for stability (0: none).
         n_null: null draws for each p-value of the fit quality (0: none).
-        alpha: level below which a p-value counts as significant in the warnings.
-        tolerance: layers by which the neuron and lens maps may disagree on a boundary
-            before a warning.
+        alpha: level below which a p-value counts as significant in the default rule,
+            the verdict and the warnings.
+        tolerance: layers by which the signals' maps may disagree on a boundary before
+            a warning.
         seed: seed of the refits and null draws.
 
     Returns:
         [`StageMap`][tl_multilingual.stages.stage_map.StageMap].
 
     Raises:
-        TLMultilingualError: without any signal, with fewer than four layers, or with
-            a lens and neurons of different layer counts.
+        TLMultilingualError: without any signal, with fewer than four layers, with
+            a lens and neurons of different layer counts, or an unknown ``signatures``.
     """
+    if signatures not in (True, False, "auto"):
+        raise TLMultilingualError(f"signatures must be 'auto', True or False, got {signatures!r}")
     neurons, lens = _legacy_arguments(neurons, lens)
-    if neurons is None and lens is None:
-        raise TLMultilingualError("map_stages needs neurons, a lens result, or both")
+    if neurons is None and lens is None and similarity is None:
+        raise TLMultilingualError(
+            "map_stages needs neurons, a lens result, a similarity result, or several")
     if neurons is not None and stats is not None:
         check_compatible(stats.provenance, neurons.provenance, labels=("the statistics", "the neurons"))
         if tuple(stats.languages) != tuple(neurons.languages):
@@ -159,9 +213,13 @@ def map_stages(
         frames["neurons"] = neuron_features(neurons)
     if lens is not None:
         frames["lens"] = lens_features(lens, target)
+    if similarity is not None:
+        frames["similarity"] = similarity_features(similarity)
     n_layers = len(next(iter(frames.values())))
     if any(len(f) != n_layers for f in frames.values()):
-        raise TLMultilingualError("the lens and the neurons come from models with different layer counts")
+        counts = ", ".join(f"{name} {len(f)}" for name, f in frames.items())
+        raise TLMultilingualError(
+            f"the signals come from models with different layer counts ({counts})")
     if n_layers < 4:
         raise TLMultilingualError(f"four stages need at least four layers, got {n_layers}")
     evidence = pd.concat(list(frames.values()), axis=1)
@@ -170,14 +228,16 @@ def map_stages(
     groups = {s: {s: frames[s]} for s in signals}
     if len(signals) > 1:
         groups["+".join(signals)] = frames
-    maps = {name: _signal_map(name, group, evidence, n_layers, signatures, n_null, seed)
+    maps = {name: _signal_map(name, group, evidence, n_layers, signatures, n_null, seed, alpha)
             for name, group in groups.items()}
     combined = maps["+".join(signals)]
 
     can_redraw = neurons is not None and stats is not None
-    if n_boot > 0 and (can_redraw or lens is not None):
+    if n_boot > 0 and (can_redraw or lens is not None or similarity is not None):
         generator = torch.Generator().manual_seed(seed)
         prompt_draws = resample.draws(lens.probability.shape[0], n_boot, seed) if lens is not None else None
+        item_draws = (resample.draws(similarity.n_items, n_boot, seed + 1)
+                      if similarity is not None else None)
         replicates: dict[str, list[tuple[int, int, int]]] = {name: [] for name in maps}
         for r in range(n_boot):
             boot = dict(frames)
@@ -185,8 +245,12 @@ def map_stages(
                 boot["neurons"] = neuron_features(identify_replicate(stats, neurons, generator))  # type: ignore[arg-type]
             if prompt_draws is not None:
                 boot["lens"] = lens_features(lens.select(prompt_draws[r]), target)  # type: ignore[union-attr]
+            if item_draws is not None:
+                boot["similarity"] = similarity_features(similarity,  # type: ignore[arg-type]
+                                                         torch.as_tensor(item_draws[r]))
             for name in maps:
-                replicates[name].append(_fit({s: boot[s] for s in groups[name]}, signatures)[0])
+                group = {s: boot[s] for s in groups[name]}
+                replicates[name].append(_refit(group, maps[name].choice))
         for name, fit in maps.items():
             _stability(fit, np.array(replicates[name]))
         reps = np.array(replicates["+".join(signals)])
@@ -203,13 +267,14 @@ def map_stages(
         for s in signals:
             evidence[f"stage_{s}"] = [_stage_at(maps[s].boundaries, n_layers, layer) for layer in range(n_layers)]
     agreement = None
-    if "neurons" in maps and "lens" in maps:
-        agreement = pd.DataFrame({
-            "boundary": list(_BOUNDARIES),
-            "neurons": list(maps["neurons"].boundaries),
-            "lens": list(maps["lens"].boundaries),
-        })
-        agreement["difference"] = agreement["lens"] - agreement["neurons"]
+    if len(signals) > 1:
+        agreement = pd.DataFrame({"boundary": list(_BOUNDARIES),
+                                  **{s: list(maps[s].boundaries) for s in signals}})
+        if signals == ("neurons", "lens"):
+            agreement["difference"] = agreement["lens"] - agreement["neurons"]
+        else:  # the spread: the largest distance between two signals
+            spread = agreement[list(signals)]
+            agreement["difference"] = spread.max(axis=1) - spread.min(axis=1)
         agreement["agree"] = agreement["difference"].abs() <= tolerance
     cautions = tuple(_warnings(maps, agreement, alpha, tolerance))
     for sentence in cautions:
@@ -217,6 +282,8 @@ def map_stages(
     return StageMap(
         n_layers, combined.boundaries, evidence, dict(combined.stability), dict(combined.intervals),
         combined.constrained, signals, neurons.d_mlp if neurons is not None else None, maps, agreement, cautions,
+        _verdict(combined, combined.boundaries, agreement, alpha), combined.choice, alpha,
+        tolerance,
     )
 
 

@@ -104,6 +104,8 @@ def _meets(means: Sequence[np.ndarray], rules: Sequence[str], b1: Any, b2: Any, 
             ok = ok & (m2 <= m1 + _EPS) & (m2 <= m3 + _EPS)
         elif rule == "max_last":
             ok = ok & (m4 + _EPS >= m1) & (m4 + _EPS >= m2) & (m4 + _EPS >= m3)
+        elif rule == "max_second":
+            ok = ok & (m2 + _EPS >= m1) & (m2 + _EPS >= m3) & (m2 + _EPS >= m4)
         else:
             raise TLMultilingualError(f"unknown constraint {rule!r}")
     return ok
@@ -166,6 +168,8 @@ def _exhaustive(features: np.ndarray, constraints: Sequence[tuple[int, str]] = (
             ok &= (m[:, 1] <= m[:, 0] + _EPS) & (m[:, 1] <= m[:, 2] + _EPS)
         elif rule == "max_last":
             ok &= m[:, 3] + _EPS >= m.max(1)
+        elif rule == "max_second":
+            ok &= m[:, 1] + _EPS >= m.max(1)
         else:
             raise TLMultilingualError(f"unknown constraint {rule!r}")
     met = bool(ok.any())
@@ -187,8 +191,8 @@ def segment(
     Args:
         features: ``[n_layers, n_features]``.
         constraints: ``(feature column, rule)`` with rule ``"min_second"`` (segment 2
-            has the smallest mean of segments 1-3) or ``"max_last"`` (segment 4 has the
-            largest mean).
+            has the smallest mean of segments 1-3), ``"max_last"`` (segment 4 has the
+            largest mean) or ``"max_second"`` (segment 2 has the largest mean).
 
     Returns:
         The boundaries and whether the constraints could be met (if not, the
@@ -203,7 +207,7 @@ def segment(
     if len(x) < 4:
         raise TLMultilingualError(f"four stages need at least four layers, got {len(x)}")
     for _, rule in constraints:
-        if rule not in ("min_second", "max_last"):
+        if rule not in ("min_second", "max_last", "max_second"):
             raise TLMultilingualError(f"unknown constraint {rule!r}")
     cost, sums = _costs(x[None])
     _, bounds = _dp(cost, 4)

@@ -8,19 +8,24 @@ neurons (neuron signal); the target answer is most probable in vocabulary output
 (lens signal). They are *checks*: each is tested on the best unconstrained fit (does
 it hold in the data?) and on the map's boundaries (does the map meet it?), and a
 signature the data break is named with where it breaks
-([`SignatureCheck`][tl_multilingual.stages.stage_map.SignatureCheck]). With ``signatures=True`` (the default of
-[`map_stages()`][tl_multilingual.stages.mapping.map_stages]) the map is the best fit that meets them.
+([`SignatureCheck`][tl_multilingual.stages.stage_map.SignatureCheck]). With ``signatures="auto"`` (the default of
+[`map_stages()`][tl_multilingual.stages.mapping.map_stages]) the map is the best fit that meets them unless the
+evidence rejects it (the rule is stated in [`tl_multilingual.stages.mapping`][tl_multilingual.stages.mapping]).
 
 Every caution about a map is a plain sentence in `StageMap.warnings`, also raised
-as a [`StageWarning`][tl_multilingual.stages.signatures.StageWarning]: a signature the data break, a stage that is a
+as a [`StageWarning`][tl_multilingual.stages.signatures.StageWarning]: a signature the data break, the fit the
+signatures impose when the data reject it (and the map used instead), signatures not
+imposed at the caller's request, no segmentation meeting them, a stage that is a
 single layer only because a signature forces it, a fit no better than chance, four
-stages no better than three or two, and neuron and lens maps that disagree.
+stages no better than three or two, and neuron and lens maps that disagree. Each
+sentence is said only when it is true of the map.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,6 +36,7 @@ from .stage_map import (
     STAGES,
     SignalMap,
     SignatureCheck,
+    Verdict,
     _layers_text,
     _span_text,
     _spans,
@@ -38,7 +44,9 @@ from .stage_map import (
 
 __all__ = ["SIGNATURES", "StageWarning"]
 
-_LABELS = {"neurons": "Neuron-class map", "lens": "Logit-lens map", "neurons+lens": "Combined map"}
+_LABELS = {"neurons": "Neuron-class map", "lens": "Logit-lens map", "similarity": "Similarity map"}
+_NAMES = {"neurons": "neuron-class", "lens": "logit-lens", "similarity": "similarity"}
+_BY = {"neurons": "the neurons", "lens": "the lens", "similarity": "the similarity"}
 
 
 class StageWarning(TLMultilingualWarning):
@@ -51,7 +59,7 @@ class _Signature:
     name: str
     signal: str
     column: str  # feature column
-    rule: str  # "min_second" or "max_last"
+    rule: str  # "min_second", "max_last" or "max_second"
     text: str
 
 
@@ -62,6 +70,8 @@ SIGNATURES = (
                "vocabulary output has the most general neurons"),
     _Signature("target_most_probable_in_vocabulary_output", "lens", "f_target", "max_last",
                "the target answer is most probable in vocabulary output"),
+    _Signature("highest_similarity_in_shared_reasoning", "similarity", "f_similarity", "max_second",
+               "shared reasoning holds the highest cross-lingual similarity"),
 )
 """Zhang et al.'s (AAAI-26) stage signatures, checked on every map (and imposed with ``signatures=True``)."""
 
@@ -83,6 +93,8 @@ def _check(sig: _Signature, evidence: pd.DataFrame, free: tuple[int, int, int], 
         m = stage_means(bounds)
         if sig.rule == "min_second":
             return m[1] <= m[0] + 1e-9 * scale and m[1] <= m[2] + 1e-9 * scale
+        if sig.rule == "max_second":
+            return m[1] + 1e-9 * scale >= max(m)
         return m[3] + 1e-9 * scale >= max(m)
 
     def where(stage: str) -> str:
@@ -96,6 +108,12 @@ def _check(sig: _Signature, evidence: pd.DataFrame, free: tuple[int, int, int], 
             low = STAGES[int(np.argmin(m[:3]))]
             detail = (f"in the best unconstrained fit, language neurons are fewest in {where(low)}, "
                       f"not in {where('shared_reasoning')}")
+        elif sig.rule == "max_second":
+            high = STAGES[int(np.argmax(m))]
+            peak = int(np.nanargmax(values))
+            detail = (f"translations are most alike at layer {peak} (excess over the shuffled "
+                      f"pairs {values[peak]:.2g}); in the best unconstrained fit the similarity "
+                      f"is highest in {where(high)}, not in {where('shared_reasoning')}")
         else:
             high = STAGES[int(np.argmax(m))]
             peak = int(np.nanargmax(values))
@@ -114,7 +132,7 @@ def _check(sig: _Signature, evidence: pd.DataFrame, free: tuple[int, int, int], 
 def _warnings(maps: dict[str, SignalMap], agreement: pd.DataFrame | None, alpha: float, tolerance: int) -> list[str]:
     out = []
     for name, fit in maps.items():
-        label = _LABELS.get(name, name)
+        label = _LABELS.get(name, "Combined map")
         n = fit.n_layers
         failed = [c for c in fit.checks if not c.holds]
         if "+" in name and failed:  # each signal's own map has already said where
@@ -123,12 +141,24 @@ def _warnings(maps: dict[str, SignalMap], agreement: pd.DataFrame | None, alpha:
         for check in failed if "+" not in name else ():
             out.append(f"{label}: Zhang et al.'s (AAAI-26) signature \"{check.text}\" does not hold in the data: {check.detail}.")
         if failed:
-            if fit.boundaries != fit.unconstrained:
-                out.append(f"{label}: imposing Zhang et al.'s (AAAI-26) signatures gives {_span_text(fit.boundaries, n)}; the best "
-                           f"fit without them is {_span_text(fit.unconstrained, n)} (StageMap.unconstrained()).")
-            elif not fit.constrained:
-                out.append(f"{label}: no four-stage segmentation meets Zhang et al.'s (AAAI-26) signatures; the map is the best "
-                           f"fit without them.")
+            free = _span_text(fit.unconstrained, n)
+            if fit.choice == "constrained" and fit.boundaries != fit.unconstrained:
+                out.append(f"{label}: imposing Zhang et al.'s (AAAI-26) signatures gives "
+                           f"{_span_text(fit.boundaries, n)}; the best fit without them is {free} "
+                           "(StageMap.unconstrained()).")
+            elif fit.imposed is None:
+                out.append(f"{label}: no four-stage segmentation meets Zhang et al.'s (AAAI-26) "
+                           "signatures; the map is the best fit without them.")
+            elif fit.choice_reason.startswith("the signatures were not imposed"):
+                out.append(f"{label}: the signatures were not imposed (signatures=False); the map "
+                           f"is the best fit without them, and imposing them would give "
+                           f"{_span_text(fit.imposed, n)}.")
+            else:
+                why = fit.choice_reason.split(": ", 1)[-1]
+                out.append(f"{label}: imposing Zhang et al.'s (AAAI-26) signatures gives "
+                           f"{_span_text(fit.imposed, n)}, which the data reject ({why}); the map "
+                           f"is the best fit without them, {free} (the constrained map: "
+                           "StageMap.constrained_map() or signatures=True).")
         if fit.boundaries != fit.unconstrained:
             for stage in STAGES:
                 span, free = fit.layers(stage), fit.layers(stage, unconstrained=True)
@@ -155,10 +185,97 @@ def _warnings(maps: dict[str, SignalMap], agreement: pd.DataFrame | None, alpha:
                 three = "; three are Wendler et al.'s three phases" if 3 in weak else ""
                 out.append(f"{label}: four stages fit the layers no better than {which} beyond chance{three}.")
     if agreement is not None:
-        for row in agreement.itertuples():
-            if abs(row.difference) > tolerance:
-                stage = row.boundary.split("|")[1].replace("_", " ")
-                out.append(f"The neuron-class and logit-lens maps disagree on where {stage} begins: layer "
-                           f"{row.neurons} by the neurons, layer {row.lens} by the lens ({abs(row.difference)} "
-                           f"layers apart).")
+        signals = [c for c in agreement.columns if c in _NAMES]
+        names = " and ".join(_NAMES[s] for s in signals) if len(signals) == 2 else \
+            ", ".join(_NAMES[s] for s in signals[:-1]) + f" and {_NAMES[signals[-1]]}"
+        for _, row in agreement.iterrows():
+            if abs(row["difference"]) > tolerance:
+                stage = row["boundary"].split("|")[1].replace("_", " ")
+                where = ", ".join(f"layer {row[s]} by {_BY[s]}" for s in signals)
+                out.append(f"The {names} maps disagree on where {stage} begins: {where} "
+                           f"({abs(row['difference'])} layers apart).")
     return out
+
+
+_COUNT = {3: "three", 2: "two"}
+
+
+def _stage_names(stages: Sequence[str]) -> str:
+    return ", ".join(s.replace("_", " ") for s in stages)
+
+
+def _rejections(fit: SignalMap, boundaries: Sequence[int], alpha: float) -> list[str]:
+    """Why the data reject ``boundaries`` (one of ``fit``'s maps); empty when they do not.
+
+    The rule (the module docstring of `mapping` states it): a map is rejected when its
+    fit is no better than layer-shuffled features (p >= alpha), when a stage is a
+    single layer only because the signatures force it, or, for a map the signatures
+    moved away from the unconstrained fit, when it explains less of the features'
+    variation than the best fit with three stages (imposing the signatures costs more
+    than losing a stage)."""
+    b = tuple(boundaries)
+    out = []
+    forced = fit.forced(b)
+    if forced:
+        out.append(f"one-layer {_stage_names(forced)} only the signatures force")
+    q = fit.quality_of(b)
+    if q is not None and np.isfinite(q.p_value) and q.p_value >= alpha:
+        out.append(f"no better than layer-shuffled features (p = {q.p_value:.2g})")
+    if q is not None and b != tuple(fit.unconstrained) and np.isfinite(q.explained):
+        three = q.explained_by_stages.get(3, np.nan)
+        if np.isfinite(three) and q.explained < three - 1e-12:
+            out.append(f"explains {q.explained:.0%} of the variation, less than the best three "
+                       f"stages ({three:.0%})")
+    return out
+
+
+def _verdict(fit: SignalMap, boundaries: Sequence[int], agreement: pd.DataFrame | None,
+             alpha: float) -> Verdict:
+    """The verdict on ``boundaries`` (one of ``fit``'s maps): ``"not supported"`` with
+    the reasons ``_rejections`` gives (or four layers, where nothing can be tested);
+    ``"weak"`` when four stages are no better than three or two, a signature does not
+    hold in the data, the signals disagree beyond the tolerance, or no null was drawn;
+    else ``"supported"``."""
+    b = tuple(boundaries)
+    bad = _rejections(fit, b, alpha)
+    if fit.n_layers == 4:
+        bad.insert(0, "four layers: the only segmentation there is")
+    weak: list[str] = []
+    q = fit.quality_of(b)
+    if fit.n_layers > 4 and (q is None or not np.isfinite(q.p_value)):
+        weak.append("not tested against layer-shuffled features")
+    elif q is not None and not bad:
+        for k in (3, 2):
+            p = q.beats.get(k, np.nan)
+            if np.isfinite(p) and p >= alpha:
+                weak.append(f"four stages no better than {_COUNT[k]} (p = {p:.2g})")
+    failed = [c for c in fit.checks if not c.holds]
+    if failed and not bad:
+        if b == tuple(fit.unconstrained):
+            weak.append("signatures that do not hold: " + "; ".join(c.text for c in failed))
+        else:
+            weak.append("signatures that hold only when imposed: "
+                        + "; ".join(c.text for c in failed))
+    if agreement is not None and len(agreement) and not bool(agreement["agree"].all()):
+        weak.append(f"signals disagree by {int(agreement['difference'].abs().max())} layers")
+    level = "not supported" if bad else "weak" if weak else "supported"
+    return Verdict(level, tuple(bad + weak))
+
+
+def _choose(mode: Any, fit: SignalMap, alpha: float) -> tuple[str, str]:
+    """Which of ``fit``'s maps is the default (``"constrained"`` or ``"unconstrained"``)
+    and why, by ``map_stages``'s ``signatures`` argument ``mode``."""
+    if mode is False:
+        return "unconstrained", "the signatures were not imposed (signatures=False)"
+    if fit.imposed is None:
+        return "unconstrained", "no four-stage segmentation meets the signatures"
+    if fit.imposed == fit.unconstrained:
+        return "constrained", "the best fit meets the signatures"
+    if mode is True:
+        return "constrained", "the signatures were imposed (signatures=True)"
+    rejected = _rejections(fit, fit.imposed, alpha)
+    if rejected:
+        return ("unconstrained",
+                "the data reject the signature-constrained fit: " + "; ".join(rejected))
+    return ("constrained",
+            "the signature-constrained fit beats chance, beats three stages and forces no stage")

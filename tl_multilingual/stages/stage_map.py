@@ -13,14 +13,17 @@ made by [`map_stages()`][tl_multilingual.stages.mapping.map_stages] also keeps i
 ([`SignalMap`][tl_multilingual.stages.stage_map.SignalMap]) beside its unconstrained optimum, the signature checks
 ([`SignatureCheck`][tl_multilingual.stages.stage_map.SignatureCheck]), the fit quality against a null
 ([`FitQuality`][tl_multilingual.stages.stage_map.FitQuality]), the stability of each boundary under resampling, where
-the signals agree, and every caution as a sentence. A map can also be given by hand
+the signals agree, every caution as a sentence, which fit it is (``choice``) and a
+[`Verdict`][tl_multilingual.stages.stage_map.Verdict] (supported, weak or not supported, with its reasons; the
+rule is in [`tl_multilingual.stages.mapping`][tl_multilingual.stages.mapping]). A map can also be given by hand
 ([`StageMap.from_boundaries()`][tl_multilingual.stages.stage_map.StageMap.from_boundaries], e.g. a paper's stages for a
 model). Maps save as JSON, and every field is checked when one is read back.
 
 Experiments take a stage map explicitly: restrict them with
 ``layers=stage_map.layers("shared_reasoning")`` (or a mask with
 ``stage_map.mask("shared_reasoning")``). [`stage_effects()`][tl_multilingual.experiments.stage_deactivation.stage_effects] gives the
-causal evidence per stage.
+causal evidence per stage. Both refuse a map whose verdict is ``"not supported"``
+unless told ``allow_unsupported=True``.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from ..hub import HubMixin
 from ..neurons.masks import NeuronMask
 from ..persist import write_text
 
-__all__ = ["STAGES", "StageMap", "SignalMap", "FitQuality", "SignatureCheck"]
+__all__ = ["STAGES", "StageMap", "SignalMap", "FitQuality", "SignatureCheck", "Verdict", "VERDICTS"]
 
 STAGES = ("understanding", "shared_reasoning", "output_transformation", "vocabulary_output")
 """The four stages of multilingual inference, in order (Zhang et al., AAAI-26)."""
@@ -126,6 +129,52 @@ def _span_text(boundaries: Sequence[int], n_layers: int) -> str:
     return ", ".join(parts)
 
 
+VERDICTS = ("supported", "weak", "not supported", "given")
+"""The levels of a [`Verdict`][tl_multilingual.stages.stage_map.Verdict], from best to worst (``"given"``:
+a map given by hand, which no data have tested)."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the data say about a stage map, in a word and its reasons.
+
+    Levels (see the module docstring of [`tl_multilingual.stages.mapping`][tl_multilingual.stages.mapping] for
+    the rule): ``"supported"`` (the fit beats layer-shuffled features, four stages beat
+    three and two, the signatures hold and the signals agree), ``"weak"`` (it beats
+    chance but one of the others fails, or it was not tested against the null),
+    ``"not supported"`` (no better than chance, or stages the signatures force), and
+    ``"given"`` (a map given by hand: nothing tested).
+
+    Attributes:
+        level: one of [`VERDICTS`][tl_multilingual.stages.stage_map.VERDICTS].
+        reasons: short reasons, e.g. ``"four stages no better than three (p = 0.4)"``.
+    """
+
+    level: str
+    reasons: tuple[str, ...] = ()
+
+    @property
+    def supported(self) -> bool:
+        """Whether the data support the map (``"supported"`` or ``"weak"``)."""
+        return self.level in ("supported", "weak")
+
+    def __str__(self) -> str:
+        return self.level + (f": {'; '.join(self.reasons)}" if self.reasons else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"level": self.level, "reasons": list(self.reasons)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Verdict:
+        if data.get("level") not in VERDICTS:
+            raise TLMultilingualError(
+                f"unknown verdict {data.get('level')!r}; verdicts are {VERDICTS}")
+        return cls(str(data["level"]), tuple(str(r) for r in data.get("reasons", ())))
+
+
+_GIVEN = Verdict("given", ("given by hand, not tested against data",))
+
+
 @dataclass
 class SignalMap:
     """The four-stage fit of one signal (``"neurons"``, ``"lens"``) or of both
@@ -134,14 +183,21 @@ class SignalMap:
     Attributes:
         signal: which features were fitted.
         n_layers: number of layers.
-        boundaries: first layer of the 2nd, 3rd and 4th stage of this map.
+        boundaries: first layer of the 2nd, 3rd and 4th stage of this map: the fit
+            ``choice`` names (the signature-constrained or the unconstrained one).
         unconstrained: the same for the best fit without Zhang et al.'s (AAAI-26) signatures.
         constrained: whether ``boundaries`` meet every signature of the signal.
         checks: every signature of the signal, checked.
-        quality: fit quality against a null (None when not computed).
+        quality: fit quality of ``boundaries`` against a null (None when not computed).
         stability: per boundary, the share of bootstrap refits that put it at exactly
             the same layer (empty without refits). Reproducibility, not support.
         intervals: per boundary, the 5th-95th percentile of its layer over refits.
+        imposed: the best fit that meets every signature (None when none does).
+        imposed_quality: its fit quality (None when not computed or no such fit).
+        unconstrained_quality: fit quality of ``unconstrained``.
+        choice: ``"constrained"`` (``boundaries`` is ``imposed``) or
+            ``"unconstrained"``.
+        choice_reason: why, in words.
     """
 
     signal: str
@@ -153,6 +209,31 @@ class SignalMap:
     quality: FitQuality | None = None
     stability: dict[str, float] = field(default_factory=dict)
     intervals: dict[str, tuple[int, int]] = field(default_factory=dict)
+    imposed: tuple[int, int, int] | None = None
+    imposed_quality: FitQuality | None = None
+    unconstrained_quality: FitQuality | None = None
+    choice: str = "constrained"
+    choice_reason: str = ""
+
+    def quality_of(self, boundaries: Sequence[int]) -> FitQuality | None:
+        """The fit quality of ``boundaries`` if they are one of this signal's fits."""
+        b = tuple(boundaries)
+        if b == tuple(self.boundaries):
+            return self.quality
+        if b == tuple(self.unconstrained):
+            return self.unconstrained_quality
+        if self.imposed is not None and b == tuple(self.imposed):
+            return self.imposed_quality
+        return None
+
+    def forced(self, boundaries: Sequence[int] | None = None) -> list[str]:
+        """The stages that are a single layer in ``boundaries`` (default: this map)
+        but not in the unconstrained fit: stages only the signatures make."""
+        b = tuple(self.boundaries if boundaries is None else boundaries)
+        if b == tuple(self.unconstrained):
+            return []
+        mine, free = _spans(b, self.n_layers), _spans(self.unconstrained, self.n_layers)
+        return [s for s in STAGES if len(mine[s]) == 1 and mine[s] != free[s]]
 
     def layers(self, stage: str, *, unconstrained: bool = False) -> range:
         """The layers of a stage in this map (or in its unconstrained fit)."""
@@ -171,16 +252,29 @@ class SignalMap:
             "checks": [asdict(c) for c in self.checks],
             "quality": self.quality.to_dict() if self.quality is not None else None,
             "stability": self.stability, "intervals": {k: list(v) for k, v in self.intervals.items()},
+            "imposed": list(self.imposed) if self.imposed is not None else None,
+            "imposed_quality": (self.imposed_quality.to_dict()
+                                if self.imposed_quality is not None else None),
+            "unconstrained_quality": (self.unconstrained_quality.to_dict()
+                                      if self.unconstrained_quality is not None else None),
+            "choice": self.choice, "choice_reason": self.choice_reason,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SignalMap:
+        def quality(key: str) -> FitQuality | None:
+            return FitQuality.from_dict(data[key]) if data.get(key) else None
+
+        imposed = data.get("imposed", data["boundaries"] if data.get("constrained", True) else None)
         return cls(
             data["signal"], int(data["n_layers"]), tuple(data["boundaries"]), tuple(data["unconstrained"]),
             bool(data["constrained"]), tuple(SignatureCheck(**c) for c in data.get("checks", [])),
-            FitQuality.from_dict(data["quality"]) if data.get("quality") else None,
+            quality("quality"),
             {k: float(v) for k, v in data.get("stability", {}).items()},
             {k: tuple(v) for k, v in data.get("intervals", {}).items()},
+            tuple(imposed) if imposed is not None else None,  # type: ignore[arg-type]
+            quality("imposed_quality"), quality("unconstrained_quality"),
+            str(data.get("choice", "constrained")), str(data.get("choice_reason", "")),
         )
 
 
@@ -193,7 +287,7 @@ class StageMap(HubMixin):
         boundaries: first layer of the 2nd, 3rd and 4th stage (of the map fitted on
             every signal given).
         evidence: one row per layer: the raw features, the ``stage``, each signal's
-            stage (``stage_neurons``, ``stage_lens``) and, with refits,
+            stage (``stage_neurons``, ``stage_lens``, ``stage_similarity``) and, with refits,
             ``stage_agreement`` (share of refits giving the layer the same stage) and
             ``boundary_share`` (share of refits in which some stage starts there).
         stability: per boundary, the share of bootstrap refits that put it at exactly
@@ -201,14 +295,25 @@ class StageMap(HubMixin):
             not whether the data support it (see [`quality`][tl_multilingual.stages.stage_map.StageMap.quality]).
         intervals: per boundary, the 5th-95th percentile of its layer over refits.
         constrained: whether the boundaries meet Zhang et al.'s (AAAI-26) signatures.
-        signals: which signals were used (``"neurons"``, ``"lens"``).
+        signals: which signals were used (``"neurons"``, ``"lens"``, ``"similarity"``).
         d_mlp: neurons per layer (for [`mask()`][tl_multilingual.stages.stage_map.StageMap.mask]).
-        by_signal: each signal's own map ([`SignalMap`][tl_multilingual.stages.stage_map.SignalMap]), and ``"neurons+lens"``
-            for the combined one when both were given.
-        agreement: per boundary, where the neuron and lens maps put it and how far
-            apart (None unless both signals were given).
+        by_signal: each signal's own map ([`SignalMap`][tl_multilingual.stages.stage_map.SignalMap]), and the combined
+            one (``"neurons+lens"``, ``"neurons+lens+similarity"``, ...) when several were
+            given.
+        agreement: per boundary, where each signal's map puts it and how far apart
+            (``difference``: lens - neurons with those two signals, else the largest
+            distance between two signals; ``agree``: within ``tolerance``); None with
+            one signal.
         warnings: every caution, as plain sentences (empty when all is well); each was
             also raised as a [`StageWarning`][tl_multilingual.stages.signatures.StageWarning] when the map was made.
+        verdict: what the data say about this map ([`Verdict`][tl_multilingual.stages.stage_map.Verdict]):
+            shown by ``repr``, [`describe()`][tl_multilingual.stages.stage_map.StageMap.describe],
+            [`summary()`][tl_multilingual.stages.stage_map.StageMap.summary], the study's report and figures;
+            experiments refuse a map the data do not support unless told to proceed.
+        choice: which fit the boundaries are: ``"constrained"`` (Zhang et al.'s
+            signatures imposed), ``"unconstrained"`` or ``"given"`` (by hand).
+        alpha: the level the verdict and the warnings test p-values at.
+        tolerance: layers by which two signals' maps may disagree on a boundary.
     """
 
     n_layers: int
@@ -222,6 +327,10 @@ class StageMap(HubMixin):
     by_signal: dict[str, SignalMap] = field(default_factory=dict)
     agreement: pd.DataFrame | None = None
     warnings: tuple[str, ...] = ()
+    verdict: Verdict = _GIVEN
+    choice: str = "given"
+    alpha: float = 0.05
+    tolerance: int = 2
 
     @classmethod
     def from_boundaries(cls, n_layers: int, boundaries: Sequence[int], *, d_mlp: int | None = None) -> StageMap:
@@ -245,9 +354,35 @@ class StageMap(HubMixin):
 
     @property
     def quality(self) -> FitQuality | None:
-        """Fit quality of [`fit`][tl_multilingual.stages.stage_map.StageMap.fit] (None for a map given by hand)."""
+        """Fit quality of these boundaries in [`fit`][tl_multilingual.stages.stage_map.StageMap.fit] (None for a map given
+        by hand)."""
         fit = self.fit
-        return fit.quality if fit is not None else None
+        return fit.quality_of(self.boundaries) if fit is not None else None
+
+    @property
+    def supported(self) -> bool:
+        """Whether the data support this map (verdict ``"supported"`` or ``"weak"``)."""
+        return self.verdict.supported
+
+    def require_support(self, what: str, override: str = "allow_unsupported=True") -> None:
+        """Refuse a map the data do not support: the one check experiments make.
+
+        Raises:
+            TLMultilingualError: when the verdict is ``"not supported"``; the message
+                names the verdict, the map the evidence supports and ``override``.
+        """
+        if self.verdict.level != "not supported":
+            return
+        better = ""
+        fit = self.fit
+        if fit is not None and fit.boundaries != self.boundaries:
+            better = (" The map the evidence supports is "
+                      f"{_span_text(fit.boundaries, self.n_layers)}.")
+        raise TLMultilingualError(
+            f"{what}: the data do not support this stage map "
+            f"({_span_text(self.boundaries, self.n_layers)}; verdict: {self.verdict}).{better} "
+            f"Pass {override} to proceed with it anyway."
+        )
 
     @property
     def confidence(self) -> dict[str, float]:
@@ -273,36 +408,97 @@ class StageMap(HubMixin):
                 return stage
         raise TLMultilingualError(f"layer {layer} is outside [0, {self.n_layers})")
 
-    def mask(self, stage: str, d_mlp: int | None = None) -> NeuronMask:
-        """Every neuron of the stage's layers (combine with ``&`` to restrict a class)."""
+    def mask(
+        self, stage: str, d_mlp: int | None = None, *, allow_unsupported: bool = False
+    ) -> NeuronMask:
+        """Every neuron of the stage's layers (combine with ``&`` to restrict a class).
+
+        Raises:
+            TLMultilingualError: for an unknown stage, without ``d_mlp``, or for a map
+                the data do not support (verdict ``"not supported"``) unless
+                ``allow_unsupported``.
+        """
+        if not allow_unsupported:
+            self.require_support(f"mask({stage!r})")
         width = d_mlp or self.d_mlp
         if width is None:
             raise TLMultilingualError("this stage map does not know d_mlp: pass it")
         return NeuronMask.full(self.n_layers, width).restrict(self.layers(stage))
 
-    def unconstrained(self) -> StageMap:
-        """The best fit without Zhang et al.'s (AAAI-26) signatures, as a map of its own (same
-        evidence and warnings)."""
+    def _other(self, boundaries: tuple[int, int, int], choice: str, constrained: bool) -> StageMap:
+        from .signatures import _verdict
+
         fit = self.fit
-        if fit is None or fit.unconstrained == self.boundaries:
+        assert fit is not None
+        if boundaries == self.boundaries:
             return self
-        out = replace(self, boundaries=fit.unconstrained, stability={}, intervals={},
-                      constrained=all(c.holds for c in fit.checks), evidence=self.evidence.copy())
+        keep = boundaries == fit.boundaries  # the signal's own default: its refits apply
+        out = replace(self, boundaries=boundaries, stability=dict(fit.stability) if keep else {},
+                      intervals=dict(fit.intervals) if keep else {}, constrained=constrained,
+                      evidence=self.evidence.copy(), choice=choice)
         out.evidence["stage"] = [out.stage_of(layer) for layer in range(self.n_layers)]
+        out.verdict = _verdict(fit, boundaries, self.agreement, self.alpha)
         return out
 
+    def unconstrained(self) -> StageMap:
+        """The best fit without Zhang et al.'s (AAAI-26) signatures, as a map of its own (same
+        evidence and warnings, its own verdict)."""
+        fit = self.fit
+        if fit is None:
+            return self
+        return self._other(fit.unconstrained, "unconstrained", all(c.holds for c in fit.checks))
+
+    def constrained_map(self) -> StageMap:
+        """The best fit that meets Zhang et al.'s (AAAI-26) signatures, as a map of its own
+        (same evidence and warnings, its own verdict), whether or not the data support it.
+
+        Raises:
+            TLMultilingualError: when no four-stage segmentation meets the signatures.
+        """
+        fit = self.fit
+        if fit is None:
+            return self
+        if fit.imposed is None:
+            raise TLMultilingualError(
+                "no four-stage segmentation meets Zhang et al.'s (AAAI-26) signatures")
+        return self._other(fit.imposed, "constrained", True)
+
     def describe(self) -> str:
-        """The stages in words: ``understanding 0-4, shared reasoning 5-17, ...``."""
-        return _span_text(self.boundaries, self.n_layers)
+        """The stages in words with the verdict: ``understanding 0-4, shared reasoning
+        5-17, ... (supported)``."""
+        return f"{_span_text(self.boundaries, self.n_layers)} ({self.verdict})"
+
+    def label(self) -> str:
+        """Which map this is, its stages and verdict, for captions and results, e.g.
+        ``combined neuron-class and logit-lens map, the best fit without Zhang et al.'s
+        (AAAI-26) signatures: understanding 0-10, ... (weak: ...)``."""
+        if self.choice == "given" or not self.signals:
+            if self.verdict.level != "given":
+                return f"stage map given by hand: {self.describe()}"
+            spans = _span_text(self.boundaries, self.n_layers)
+            return f"stage map given by hand: {spans} (not tested against data)"
+        fits = {"constrained": "with Zhang et al.'s (AAAI-26) signatures imposed",
+                "unconstrained": "the best fit without Zhang et al.'s (AAAI-26) signatures"}
+        which = fits.get(self.choice, self.choice)
+        names = {"neurons": "neuron-class", "lens": "logit-lens",
+                 "similarity": "representation-similarity"}
+        source = " and ".join(names.get(s, s) for s in self.signals)
+        combined = "combined " if len(self.signals) > 1 else ""
+        return f"{combined}{source} map, {which}: {self.describe()}"
 
     def summary(self) -> pd.DataFrame:
-        """One row per map (each signal alone, then combined): its stages, the
-        unconstrained fit, whether the signatures are met, fit quality and stability."""
+        """One row per map (each signal alone, then combined): its stages, which fit it
+        is, its verdict, the unconstrained and the signature-constrained fits, whether the
+        signatures are met, fit quality and stability."""
         rows = []
         for name, fit in self.by_signal.items():
             q = fit.quality
-            row: dict[str, Any] = {"map": name, "stages": fit.describe(),
+            row: dict[str, Any] = {"map": name, "stages": fit.describe(), "choice": fit.choice,
+                                   "verdict": str(self.verdict) if name == "+".join(self.signals)
+                                   else str(_signal_verdict(fit, self.alpha)),
                                    "unconstrained": _span_text(fit.unconstrained, fit.n_layers),
+                                   "constrained_fit": (_span_text(fit.imposed, fit.n_layers)
+                                                       if fit.imposed is not None else None),
                                    "signatures_met": fit.constrained,
                                    "failed_signatures": ", ".join(c.name for c in fit.checks if not c.holds)}
             if q is not None:
@@ -331,6 +527,10 @@ class StageMap(HubMixin):
             "by_signal": {k: v.to_dict() for k, v in self.by_signal.items()},
             "agreement": self.agreement.to_dict("records") if self.agreement is not None else None,
             "warnings": list(self.warnings),
+            "verdict": self.verdict.to_dict(),
+            "choice": self.choice,
+            "alpha": self.alpha,
+            "tolerance": self.tolerance,
             "evidence": self.evidence.to_dict("records"),
         }
 
@@ -348,14 +548,22 @@ class StageMap(HubMixin):
         """
         _check_fields(data)
         stability = data.get("stability", data.get("confidence", {}))  # "confidence": older files
-        return cls(
+        out = cls(
             int(data["n_layers"]), tuple(data["boundaries"]), pd.DataFrame(data["evidence"]),
             dict(stability), {k: tuple(v) for k, v in data.get("intervals", {}).items()},
             bool(data.get("constrained", True)), tuple(data.get("signals", ())), data.get("d_mlp"),
             {k: SignalMap.from_dict(v) for k, v in data.get("by_signal", {}).items()},
             pd.DataFrame(data["agreement"]) if data.get("agreement") is not None else None,
             tuple(data.get("warnings", ())),
+            Verdict.from_dict(data["verdict"]) if data.get("verdict") else _GIVEN,
+            str(data.get("choice", "given" if not data.get("by_signal") else "constrained")),
+            float(data.get("alpha", 0.05)), int(data.get("tolerance", 2)),
         )
+        if not data.get("verdict") and out.fit is not None:  # saved before verdicts: judge it now
+            from .signatures import _verdict
+
+            out.verdict = _verdict(out.fit, out.boundaries, out.agreement, out.alpha)
+        return out
 
     def save(self, path: str | Path) -> Path:
         """Save as JSON."""
@@ -376,7 +584,13 @@ class StageMap(HubMixin):
     def __repr__(self) -> str:
         spans = ", ".join(f"{s}={self.layers(s).start}-{self.layers(s).stop - 1}" for s in STAGES)
         note = f", {len(self.warnings)} warnings" if self.warnings else ""
-        return f"StageMap({spans}{note})"
+        return f"StageMap({spans}, {self.verdict.level}{note})"
+
+
+def _signal_verdict(fit: SignalMap, alpha: float) -> Verdict:
+    from .signatures import _verdict
+
+    return _verdict(fit, fit.boundaries, None, alpha)
 
 
 def _json_default(value: Any) -> Any:
@@ -415,3 +629,5 @@ def _check_fields(data: Any) -> None:
             raise TLMultilingualError(f"{key} must be a {kind.__name__}")
     if not isinstance(data.get("constrained", True), bool):
         raise TLMultilingualError("constrained must be true or false")
+    if not isinstance(data.get("verdict", {}), dict):
+        raise TLMultilingualError("verdict must be an object")

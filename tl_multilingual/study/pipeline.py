@@ -189,8 +189,16 @@ class Study:
         if isinstance(result, Skip):
             self.keys[step.name] = None
             self._say(f"{step.name}: skipped ({result.reason})")
+
+            def note() -> None:  # the report says why; an older result no longer stands
+                steps.pop(step.name, None)
+                self.manifest.setdefault("skipped", {})[step.name] = result.reason
+                self._write_manifest()
+
+            distributed.on_main(note)
             return None
         self.keys[step.name] = key
+        distributed.on_main(lambda: self.manifest.get("skipped", {}).pop(step.name, None))
 
         def record() -> float:
             step.save_result(result, path)

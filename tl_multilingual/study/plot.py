@@ -99,17 +99,30 @@ def _label_positions(centres: Sequence[float], gap: float = STAGE_GAP) -> list[f
 
 def _shade_stages(ax: Any, stages: Any) -> None:
     """Shade the four stages and number them 1-4 above the axes; labels never overlap
-    (a narrow stage's label moves aside)."""
+    (a narrow stage's label moves aside). Only a map the data support is shaded: a
+    ``"weak"`` one is hatched and marked "weak stages", one the data do not support is
+    not drawn and the axes say so (``gid="stage-verdict"``)."""
     if stages is None:
         return
     from ..stages.stage_map import STAGES
 
+    level = getattr(getattr(stages, "verdict", None), "level", "supported")
+    if level == "not supported":
+        ax.text(1.0, 1.01, "stages not shown: not supported by the data", transform=ax.transAxes,
+                ha="right", va="bottom", fontsize=5, color="#555555", gid="stage-verdict")
+        return
+    weak = level == "weak"
+    if weak:
+        ax.text(0.0, 1.07, "weak stages (hatched)", transform=ax.transAxes, ha="left", va="bottom",
+                fontsize=5, color="#555555", gid="stage-verdict")
     low, high = ax.get_xlim()
     centres, numbers = [], []
     for k, stage in enumerate(STAGES):
         span = stages.layers(stage)
         if len(span):
-            ax.axvspan(span.start - 0.5, span.stop - 0.5, color=STAGE_SHADES[k], zorder=0)
+            ax.axvspan(span.start - 0.5, span.stop - 0.5, facecolor=STAGE_SHADES[k], zorder=0,
+                       hatch="///" if weak else None, edgecolor="#bbbbbb" if weak else "none",
+                       linewidth=0)
             centres.append(((span.start + span.stop - 1) / 2 - low) / (high - low))
             numbers.append(str(k + 1))
     for x, number in zip(_label_positions(centres), numbers):
@@ -327,11 +340,14 @@ def stage_effects_heatmap(result: Any, value: str = "over_control", *, ax: Any =
     """Stages (rows) x languages (columns) of a [`StageEffects`][tl_multilingual.experiments.stage_deactivation.StageEffects]:
     by default the relative change of the language's own perplexity beyond random
     neurons when its neurons are deactivated inside that stage only; ``*`` marks the
-    cells where the stage carries the language-specific effect."""
+    cells where the stage carries the language-specific effect, ``n/m`` those not
+    measured (no neurons of the language in the stage)."""
     from ..stages.stage_map import STAGES
 
     table = result.matrix(value)
-    carries = result.matrix("carries").astype(bool).reindex_like(table)
+    carries = result.matrix("carries").fillna(False).astype(bool).reindex_like(table)
+    measured = (result.matrix("measured").fillna(False).astype(bool).reindex_like(table)
+                if "measured" in result.frame else table.notna())
     raw = table.to_numpy(dtype=float)
     data = np.log(np.clip(1.0 + raw, 1e-6, None)) if value in ("own_change", "over_control") else raw
     fig, ax = _axes(ax, height=COLUMN * 0.8)
@@ -345,7 +361,8 @@ def stage_effects_heatmap(result: Any, value: str = "over_control", *, ax: Any =
         for i in range(table.shape[0]):
             for j in range(table.shape[1]):
                 mark = "*" if carries.iloc[i, j] else ""
-                ax.text(j, i, f"{_compact(raw[i, j])}{mark}", ha="center", va="center", fontsize=4.5,
+                text = f"{_compact(raw[i, j])}{mark}" if measured.iloc[i, j] else "n/m"
+                ax.text(j, i, text, ha="center", va="center", fontsize=4.5,
                         color="white" if abs(data[i, j]) > 0.6 * (bound or 1.0) else "black")
     label = "log(1 + change beyond controls)" if value == "over_control" else value.replace("_", " ")
     fig.colorbar(image, ax=ax, shrink=0.8, label=label)

@@ -61,14 +61,22 @@ def findings(results: dict[str, Any]) -> dict[str, Any]:
         facts.update(_stage_facts(results["stages"]))
     if results.get("deactivation") is not None:
         facts["deactivation"] = _deactivation_facts(results)
+        variants = list(dict.fromkeys(results["deactivation"].frame["variant"]))
+        same = _same_variants(_neurons(results), variants)
+        if same:
+            facts["same_variants"] = same
     if results.get("stage_effects") is not None:
         effects = results["stage_effects"]
         facts["stage_effects"] = {
             "variant": effects.variant,
             "carriers": effects.carriers(),
             "finding": effects.finding(),
+            "stage_map": effects.stage_map,
             "over_control": effects.matrix("over_control").round(6).to_dict(),
         }
+    skipped = results.get("manifest", {}).get("skipped") or {}
+    if skipped:
+        facts["skipped"] = dict(skipped)
     if results.get("sharing") is not None:
         profile = results["sharing"].layer_profile().groupby("class")["percent"].mean()
         stable = results["sharing"].stability().query("`class` == 'any'")["percent"].mean()
@@ -88,20 +96,57 @@ def _neuron_facts(neurons: LanguageNeurons) -> dict[str, Any]:
         "general": neurons.general().count(),
         "dropped": neurons.dropped,
         "lambda_at_bound": (neurons.params.get("lam_search") or {}).get("at_bound"),
+        "lambda_identified": neurons.lambda_identified(),
+        "lambda_sensitivity": _sensitivity_ranges(neurons),
         "specific_per_language": summary["specific"].to_dict(),
         "languages_without_specific": [lang for lang, n in summary["specific"].items() if n == 0],
         "language_neurons_by_quarter": {"first": first, "middle": middle, "last": last},
     }
 
 
+def _sensitivity_ranges(neurons: LanguageNeurons) -> dict[str, Any] | None:
+    """Over the lambda grid, the fewest and most neurons of each class (None when lambda
+    was identified or given)."""
+    grid = neurons.lambda_sensitivity()
+    if grid.empty:
+        return None
+    spans = grid.groupby("class")["count"].agg(["min", "max"])
+    return {"lambdas": sorted(set(grid["lambda"])),
+            "counts": {c: [int(spans.loc[c, "min"]), int(spans.loc[c, "max"])]
+                       for c in spans.index}}
+
+
+def _same_variants(neurons: LanguageNeurons | None, variants: list[str]) -> dict[str, str]:
+    """Variants that select exactly the neurons of an earlier one (e.g. ``specific+related``
+    when no neuron is related), mapped to that earlier variant."""
+    if neurons is None:
+        return {}
+    from ..experiments.deactivation import variant_mask
+
+    same: dict[str, str] = {}
+    for k, variant in enumerate(variants):
+        for earlier in variants[:k]:
+            if earlier in same:
+                continue
+            if all(variant_mask(neurons, variant, lang) == variant_mask(neurons, earlier, lang)
+                   for lang in neurons.languages):
+                same[variant] = earlier
+                break
+    return same
+
+
 def _stage_facts(stages: StageMap) -> dict[str, Any]:
     return {
         "stages": {s: [stages.layers(s).start, stages.layers(s).stop - 1] for s in STAGES},
+        "stage_map": stages.label(),
+        "stage_verdict": stages.verdict.to_dict(),
+        "stage_choice": stages.choice,
         "stage_stability": stages.stability,
         "stage_maps": {name: {"stages": {s: [fit.layers(s).start, fit.layers(s).stop - 1] for s in STAGES},
                               "unconstrained": {s: [fit.layers(s, unconstrained=True).start,
                                                     fit.layers(s, unconstrained=True).stop - 1] for s in STAGES},
                               "signatures_met": fit.constrained,
+                              "choice": fit.choice, "choice_reason": fit.choice_reason,
                               "quality": fit.quality.to_dict() if fit.quality is not None else None,
                               "stability": fit.stability}
                        for name, fit in stages.by_signal.items()},
@@ -170,34 +215,63 @@ def _figures(results: dict[str, Any], folder: Path) -> dict[str, str]:
         plot.save(fig, folder / "figures" / name)
         figures[name] = caption
 
+    shading = _shading(stages)
     if neurons is not None:
         keep("neuron_classes", plot.neuron_classes(neurons, stages=stages),
              "Language-specific and language-related neurons per layer (bars, left scale) and general neurons "
-             "(line, right scale) (Zhang et al.'s (AAAI-26) ternary classes)"
-             + ("; the four stages of the combined map shaded and numbered 1-4 (understanding, shared reasoning, "
-                "output transformation, vocabulary output)." if stages is not None else "."))
+             "(line, right scale) (Zhang et al.'s (AAAI-26) ternary classes)" + shading)
         keep("neurons_per_language", plot.language_counts(neurons),
              "Specific and related neurons of each language.")
     deactivation = results.get("deactivation")
-    for variant in dict.fromkeys(deactivation.frame["variant"]) if deactivation is not None else ():
+    variants = (list(dict.fromkeys(deactivation.frame["variant"])) if deactivation is not None
+                else [])
+    same = _same_variants(neurons, variants)
+    for variant in variants:
+        if variant in same:
+            continue
+        twins = [v for v, earlier in same.items() if earlier == variant]
         keep(f"deactivation_{variant.replace('+', '_')}", plot.deactivation_heatmap(deactivation, variant),
              f"Change in perplexity of each evaluated language when the '{variant}' neurons of one "
-             "language are deactivated (Zhang et al. (AAAI-26) Fig. 2); colour: log of the perplexity ratio.")
+             "language are deactivated (Zhang et al. (AAAI-26) Fig. 2); colour: log of the perplexity ratio."
+             + (f" The variant{'s' if len(twins) > 1 else ''} "
+                f"{', '.join(repr(t) for t in twins)} select"
+                f"{'' if len(twins) > 1 else 's'} exactly these neurons, so "
+                f"{'their' if len(twins) > 1 else 'its'} figure would be the same."
+                if twins else ""))
     lens = results.get("tables", {}).get("lens")  # the lens step's summary, drawn as written
     if lens is not None:
         keep("lens", plot.lens_curves(lens, stages=stages),
              "Logit lens: probability of the answer in the target language and in English per layer "
-             "(mean and 95% bootstrap band over prompts).")
+             "(mean and 95% bootstrap band over prompts)" + shading)
     if results.get("stage_effects") is not None:
         keep("stage_effects", plot.stage_effects_heatmap(results["stage_effects"]),
              f"Deactivating each language's '{results['stage_effects'].variant}' neurons inside one stage only: "
              "relative change of that language's own perplexity minus the change under random neurons of the "
              "same number per layer; * marks cells whose change exceeds both the controls and the other "
-             "languages (paired bootstrap intervals above zero).")
+             "languages (paired bootstrap intervals above zero); n/m: not measured (no neurons of the "
+             "language in the stage)." + _used(results["stage_effects"].stage_map))
     if results.get("sharing") is not None:
         keep("sharing_profile", plot.sharing_profile(results["sharing"]),
              "Neurons per sharing class and layer on held-out parallel sentences (Wang et al., 2024).")
     return figures
+
+
+def _used(label: str) -> str:
+    """The caption's sentence naming the stage map a result used (empty when unknown)."""
+    return f" Stages: the {label}." if label else ""
+
+
+def _shading(stages: StageMap | None) -> str:
+    """What a figure's caption says about the stages drawn on it (by the map's verdict)."""
+    if stages is None:
+        return "."
+    numbered = ("numbered 1-4 (understanding, shared reasoning, output transformation, vocabulary "
+                "output)")
+    if stages.verdict.level == "not supported":
+        return (f"; no stages are shaded: the data do not support the {stages.label()}.")
+    if stages.verdict.level == "weak":
+        return f"; the stages hatched, as weak, and {numbered}: the {stages.label()}."
+    return f"; the stages shaded and {numbered}: the {stages.label()}."
 
 
 _STYLE = """
@@ -242,8 +316,14 @@ def _table_html(frame: pd.DataFrame) -> str:
 def _stages_html(stage_map: StageMap) -> list[str]:
     """Each signal's map, the agreement, the fit quality and the cautions."""
     out = [
+        f"<p><strong>The map used:</strong> the {_e(stage_map.label())}. "
+        + (f"{_e(stage_map.fit.choice_reason[0].upper() + stage_map.fit.choice_reason[1:])}.</p>"
+           if stage_map.fit is not None and stage_map.fit.choice_reason else "</p>"),
         "<p>Each signal is fitted alone (neuron classes, logit lens) and together (combined, the map used "
-        "above). <em>Explained</em>: share of the features' variation across layers the four stages explain; "
+        "above). Each map is the signature-constrained fit unless the data reject it (a fit no "
+        "better than chance, a stage only the signatures make, or one explaining less than three "
+        "stages); the other fit stays in the table. <em>Verdict</em>: supported, weak or not supported, with the reasons. "
+        "<em>Explained</em>: share of the features' variation across layers the four stages explain; "
         "<em>p</em>: against the best four-stage fit to layer-shuffled features; <em>4 vs 3</em>, <em>4 vs 2</em>: "
         "p-values that four stages explain more than three (Wendler et al.'s phases) or two. <em>Stability</em>: "
         "share of bootstrap refits that put a boundary at the same layer; it measures reproducibility, not "
@@ -251,8 +331,9 @@ def _stages_html(stage_map: StageMap) -> list[str]:
     ]
     summary = stage_map.summary()
     if not summary.empty:
-        columns = {"map": "map", "stages": "stages", "unconstrained": "best fit without the signatures",
-                   "signatures_met": "signatures met", "explained": "explained", "p_value": "p",
+        columns = {"map": "map", "stages": "stages", "verdict": "verdict", "choice": "fit",
+                   "unconstrained": "best fit without the signatures",
+                   "constrained_fit": "best fit with the signatures", "signatures_met": "signatures met", "explained": "explained", "p_value": "p",
                    "four_beat_three_p": "4 vs 3", "four_beat_two_p": "4 vs 2"}
         table = summary[[c for c in columns if c in summary.columns]].rename(columns=columns)
         stability = summary.filter(like="stability")
@@ -270,6 +351,26 @@ def _stages_html(stage_map: StageMap) -> list[str]:
     return out
 
 
+def _lambda_sentence(facts: dict[str, Any]) -> str:
+    """What the report says about lambda: identified, at a bound, or not identified by the
+    data with the range of each class over the grid of lambdas."""
+    if facts.get("lambda_identified") is False:
+        grid = facts.get("lambda_sensitivity") or {}
+        spans = "; ".join(f"{c} {lo}-{hi}" if lo != hi else f"{c} {lo}"
+                          for c, (lo, hi) in (grid.get("counts") or {}).items()
+                          if c in ("specific", "related", "general", "dropped"))
+        lambdas = ", ".join(f"{x:g}" for x in grid.get("lambdas", []))
+        return (" The data do not identify lambda: at no lambda does a selected neuron reach every "
+                "language, so Zhang et al.'s (AAAI-26) criterion never binds; lambda = "
+                f"{facts['lambda']:g} by the default rule (the upper bound of the search range). Over "
+                f"lambda = {lambdas} the classes range {spans} (tables/lambda_sensitivity.csv): a "
+                "conclusion that depends on these counts depends on lambda.")
+    if facts.get("lambda_at_bound"):
+        return (f" The lambda search ended at the {facts['lambda_at_bound']} bound of its range: "
+                "the lambda lies outside it (see lam_range).")
+    return ""
+
+
 def _finding_lines(facts: dict[str, Any]) -> list[str]:
     """The findings as sentences (those of the finished steps)."""
     lines = []
@@ -281,20 +382,27 @@ def _finding_lines(facts: dict[str, Any]) -> list[str]:
             f"{facts['general']} neurons are general (active above the bar in every language)."
             + (f" {facts['dropped']} of the selected neurons ({100 * facts['dropped'] / facts['selected']:.0f}%) "
                "are above the bar in no language and were dropped." if facts.get("dropped") else "")
-            + (f" The lambda search ended at the {facts['lambda_at_bound']} bound of its range: the lambda may "
-               "lie outside it (see lam_range)." if facts.get("lambda_at_bound") else ""),
+            + _lambda_sentence(facts),
             "Every language has specific neurons." if not facts["languages_without_specific"] else
             f"Languages without specific neurons: {', '.join(facts['languages_without_specific'])}.",
             f"Language neurons per layer: {q['first']:.1f} in the first quarter of the layers, {q['middle']:.1f} "
             f"in the middle half and {q['last']:.1f} in the last quarter.",
         ]
     if "stages" in facts:
-        stage_text = ", ".join(f"{s.replace('_', ' ')} {a}-{b}" for s, (a, b) in facts["stages"].items())
+        verdict = facts.get("stage_verdict") or {"level": "given", "reasons": []}
+        label = facts.get("stage_map") or ", ".join(
+            f"{s.replace('_', ' ')} {a}-{b}" for s, (a, b) in facts["stages"].items())
         lines.append(
-            f"Stages (layers): {stage_text}"
-            + (f"; {len(facts['stage_warnings'])} cautions about this map, listed below."
-               if facts.get("stage_warnings") else ".")
+            f"Stages: the {label}."
+            + (" No experiment or figure uses these stages."
+               if verdict["level"] == "not supported" else "")
+            + (f" {len(facts['stage_warnings'])} cautions about this map are listed below."
+               if facts.get("stage_warnings") else "")
         )
+    for variant, earlier in (facts.get("same_variants") or {}).items():
+        lines.append(f"The '{variant}' neurons are exactly the '{earlier}' neurons (no neuron of "
+                     "the other classes it adds was found), so their deactivation results are the "
+                     "same and one heatmap shows both.")
     if "deactivation" in facts:
         d = facts["deactivation"]
         lines.append(
@@ -307,6 +415,8 @@ def _finding_lines(facts: dict[str, Any]) -> list[str]:
         )
     if "stage_effects" in facts:
         lines.append(facts["stage_effects"]["finding"])
+    for step, reason in (facts.get("skipped") or {}).items():
+        lines.append(f"The step '{step}' was skipped: {reason}.")
     if "sharing" in facts:
         pct = facts["sharing"]["percent"]
         lines.append(

@@ -78,6 +78,7 @@ class StudySettings:
     sharing_items: int = 30
     stage_variant: str = "specific"  # neurons deactivated inside each stage
     stage_words: int = 10  # lens prompts per language for the stage effects
+    allow_unsupported_stages: bool = False  # run the stage effects on a map the data do not support
     n_boot: int = 200
     seed: int = 0
 
@@ -247,13 +248,18 @@ def _deactivation(study: Any, done: Mapping[str, Any]) -> DeactivationResult:
                                n_boot=s.n_boot, batch_size=s.batch_size, progress=study.progress)
 
 
-def _stage_effects(study: Any, done: Mapping[str, Any]) -> StageEffects:
+def _stage_effects(study: Any, done: Mapping[str, Any]) -> StageEffects | Skip:
     s = study.settings
+    stages = done["stages"]
+    if not stages.supported and not s.allow_unsupported_stages:
+        return Skip(f"the data do not support the stage map ({stages.describe()}), so no stage "
+                    "was deactivated; the setting allow_unsupported_stages "
+                    "(--allow-unsupported-stages) runs it on that map anyway")
     prompts = stage_prompts(study.words, study.corpus.languages, s)
     return stage_effects(study.lm, done["neurons"][s.method], done["stages"], study.evaluation,
                          lens_prompts=prompts, variant=s.stage_variant, controls=s.controls,
                          seed=s.seed, n_boot=s.n_boot, batch_size=s.batch_size,
-                         progress=study.progress)
+                         progress=study.progress, allow_unsupported=s.allow_unsupported_stages)
 
 
 def _sharing(study: Any, done: Mapping[str, Any]) -> Sharing | Skip:
@@ -270,6 +276,9 @@ def _neuron_tables(result: dict[str, LanguageNeurons],
               "neurons_per_language": chosen.summary()}
     tables.update({f"{method}_per_language": neurons.summary()
                    for method, neurons in result.items() if method != settings.method})
+    sensitivity = chosen.lambda_sensitivity()
+    if not sensitivity.empty:
+        tables["lambda_sensitivity"] = sensitivity
     return tables
 
 
@@ -298,7 +307,7 @@ STEPS: dict[str, Step] = {
              path="lens", result=LensResult, run=_lens,
              settings=("lens_pairs", "lens_words", "seed", "words"),
              tables=lambda r, s: {"lens": r.summary(n_boot=500)}),
-        Step("stages", "the four-stage map of the layers",
+        Step("stages", "the four-stage map of the layers the evidence supports, with its verdict",
              path="stages.json", result=StageMap, run=_stages,
              depends=("statistics", "neurons", "lens"), settings=("method", "n_boot", "seed"),
              tables=_stage_tables, required=True),
@@ -311,7 +320,7 @@ STEPS: dict[str, Step] = {
              path="stage_effects", result=StageEffects, run=_stage_effects,
              depends=("neurons", "stages"),
              settings=("method", "stage_variant", "controls", "n_boot", "stage_words", "words",
-                       *_EVALUATION),
+                       "allow_unsupported_stages", *_EVALUATION),
              tables=lambda r, s: {"stage_effects": r.frame}),
         Step("sharing", "sharing classes on held-out parallel items",
              path="sharing", result=Sharing, run=_sharing,
