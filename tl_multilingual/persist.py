@@ -18,6 +18,7 @@ between the two renames, and removes what dead processes left.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -454,7 +455,9 @@ def write_tables(path: str | Path, tables: Mapping[str, Any], record: Mapping[st
     names = {f"{name}.csv" for name in tables} | {"result.json"}
     with atomic_folder(folder, replaceable=lambda p: set(os.listdir(p)) <= names) as staging:
         for name, frame in tables.items():
-            (staging / f"{name}.csv").write_text(frame.to_csv(index=False), encoding="utf-8")
+            # every text quoted: a carriage return inside a generated text stays in its cell
+            text = frame.to_csv(index=False, quoting=csv.QUOTE_NONNUMERIC)
+            (staging / f"{name}.csv").write_text(text, encoding="utf-8")
         (staging / "result.json").write_text(json.dumps(dict(record), indent=1), encoding="utf-8")
     return folder
 
