@@ -134,6 +134,10 @@ def test_every_cell_is_the_accuracy_of_the_librarys_own_scores(setup, manager, t
     assert moved > 0  # the deactivations reached the harness's model
     matrix = result.matrix()
     assert list(matrix.index) == ["en", "fr"] and list(matrix.columns) == ["en", "fr"]
+    assert matrix.loc["fr", "en"] == pytest.approx(frame.loc[("fr", "en"), "change"])
+    require("matplotlib")
+    tlm.plot.save(tlm.plot.deactivation_heatmap(result, value="change"), tmp_path / "heatmap")
+    assert (tmp_path / "heatmap.png").stat().st_size > 0
 
     again = tlm.BenchmarkEffects.load(result.save(tmp_path / "bench"))
     pd.testing.assert_frame_equal(again.frame, result.frame, check_dtype=False)

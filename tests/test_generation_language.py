@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tiny
+from conftest import require
 
 import tl_multilingual as tlm
 from tl_multilingual import resample
@@ -147,6 +148,13 @@ def test_every_number_is_the_fake_identifiers_reading_of_the_models_continuation
     assert again.provenance["shape"] == (lm.n_layers, lm.d_mlp)
     table = again.table("target_share")
     assert list(table.index) == ["en", "fr"]
+    require("matplotlib")
+    fig = tlm.plot.generation_language(again)
+    heights = [bar.get_height() for bar in fig.axes[0].patches]
+    expected = [*table["baseline"], *table["value"], *table["control_value"]]
+    assert heights == pytest.approx(expected)
+    tlm.plot.save(fig, tmp_path / "figure")
+    assert (tmp_path / "figure.png").stat().st_size > 0
 
 
 def test_one_prompt_list_masks_per_language_and_bad_requests(setup):
