@@ -146,6 +146,11 @@ def test_every_cell_is_the_accuracy_of_the_librarys_own_scores(setup, manager, t
     assert again.record["model"]["name"] == lm.name
     assert again.provenance["shape"] == (lm.n_layers, lm.d_mlp)
     assert again.record["recipe"]["controls"] == 2 and "lm_eval" in again.record["versions"]
+    shared = tlm.BenchmarkEffects.from_pretrained(tmp_path / "bench")  # the Hub's loader
+    pd.testing.assert_frame_equal(shared.frame, result.frame, check_dtype=False)
+    card = tlm.hub.model_card(tmp_path / "bench", tlm.BenchmarkEffects, "you/benchmark-effects")
+    assert card.data.library_name == "tl-multilingual" and "benchmark-effects" in card.data.tags
+    assert lm.name in card.text and "tl_multilingual.BenchmarkEffects" in card.text
     with pytest.raises(tlm.SaveError):
         tlm.DeactivationResult.load(tmp_path / "bench")
     with pytest.raises(tlm.SaveError):
