@@ -97,7 +97,8 @@ def test_every_cell_is_the_accuracy_of_the_librarys_own_scores(setup, manager, t
     lm, neurons = setup
     seed, n_boot = 3, 200
     result = tlm.benchmark_effects(lm, neurons, TASKS, classes=["language"], value=VALUE,
-                                   task_manager=manager, controls=2, seed=seed, n_boot=n_boot, progress=False)
+                                   task_manager=manager, controls=2, seed=seed, n_boot=n_boot,
+                                   progress=False)
     frame = result.to_frame().set_index(["ablated", "evaluated"])
     assert len(frame) == 4 and result.metric == "acc,none"
     base = {lang: correct(lm, lang) for lang in TASKS}

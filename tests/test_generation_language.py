@@ -64,7 +64,8 @@ def setup():
 
 
 def test_segments_and_measures_of_known_texts():
-    assert segments("Le chat dort. The cat sleeps!\n12 + 30") == ["Le chat dort.", "The cat sleeps!"]
+    assert segments("Le chat dort. The cat sleeps!\n12 + 30") == ["Le chat dort.",
+                                                                  "The cat sleeps!"]
     assert segments("猫在睡觉。它很好！ ok") == ["猫在睡觉。", "它很好！", "ok"]
 
     def keyword(texts):

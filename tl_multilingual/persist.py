@@ -458,7 +458,7 @@ def write_tables(path: str | Path, tables: Mapping[str, Any], record: Mapping[st
             # every text quoted: a carriage return inside a generated text stays in its cell
             text = frame.to_csv(index=False, quoting=csv.QUOTE_NONNUMERIC)
             (staging / f"{name}.csv").write_text(text, encoding="utf-8")
-        (staging / "result.json").write_text(json.dumps(dict(record), indent=1), encoding="utf-8")
+        (staging / "result.json").write_text(json.dumps(dict(record), indent=1, default=str), encoding="utf-8")
     return folder
 
 

@@ -10,7 +10,8 @@ XCOPA, MGSM, INCLUDE. Here a task per language is run through
 each language's neurons deactivated, and with random neuron sets of the same size
 per layer (the controls), by the experiment engine
 ([`controlled_runs()`][tl_multilingual.experiments.engine.controlled_runs]): the cells
-are those of [`deactivation_matrix()`][tl_multilingual.experiments.deactivation.deactivation_matrix],
+are those of
+[`deactivation_matrix()`][tl_multilingual.experiments.deactivation.deactivation_matrix],
 with the task's metric in place of perplexity.
 
 The unit of the paired bootstrap is the task's item (document): the harness logs each
@@ -23,6 +24,7 @@ the harness's ``weight_by_size``).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,7 +114,8 @@ class BenchmarkEffects(HubMixin):
             raise TLMultilingualError(f"no column {value!r}; have {list(self.frame.columns)}")
         rows = self.frame[self.frame["variant"] == variant]
         table = rows.pivot(index="ablated", columns="evaluated", values=value)
-        return table.loc[list(dict.fromkeys(rows["ablated"])), list(dict.fromkeys(rows["evaluated"]))]
+        ablated, evaluated = dict.fromkeys(rows["ablated"]), dict.fromkeys(rows["evaluated"])
+        return table.loc[list(ablated), list(evaluated)]
 
     def save(self, path: str | Path) -> Path:
         """Save to the folder ``path``: ``cells.csv``, ``controls.csv`` and
@@ -126,7 +129,8 @@ class BenchmarkEffects(HubMixin):
 
     @classmethod
     def load(cls, path: str | Path) -> BenchmarkEffects:
-        """Load a result saved with [`save()`][tl_multilingual.experiments.benchmarks.BenchmarkEffects.save].
+        """Load a result saved with
+        [`save()`][tl_multilingual.experiments.benchmarks.BenchmarkEffects.save].
 
         Raises:
             SaveError: the folder is missing, damaged, or holds another kind of result.
@@ -186,11 +190,13 @@ def item_scores(results: Mapping[str, Any], tasks: Mapping[str, str], metric: st
         for leaf in _leaves(task, groups):
             logged = samples.get(leaf)
             if logged is None:
-                raise TLMultilingualError(f"the harness ran no task {leaf!r}; ran {sorted(samples)}")
+                raise TLMultilingualError(
+                    f"the harness ran no task {leaf!r}; ran {sorted(samples)}")
             mine = sorted((s for s in logged if s.get("filter") == filter_key and name in s),
                           key=lambda s: s["doc_id"])
             if not mine:
-                have = sorted({f"{m},{s.get('filter')}" for s in logged for m in s.get("metrics", [])})
+                have = sorted({f"{m},{s.get('filter')}"
+                               for s in logged for m in s.get("metrics", [])})
                 raise TLMultilingualError(f"task {leaf!r} has no item scored with {name!r} under "
                                           f"the filter {filter_key!r}; it has {have}")
             scores = []
@@ -205,8 +211,8 @@ def item_scores(results: Mapping[str, Any], tasks: Mapping[str, str], metric: st
             if isinstance(reported, (int, float)) and not np.isclose(np.mean(scores), reported,
                                                                      rtol=0, atol=1e-9):
                 raise TLMultilingualError(
-                    f"the harness's {name!r} of {leaf!r} ({reported}) is not the mean of its items' "
-                    f"scores ({np.mean(scores)}): choose a metric aggregated by the mean")
+                    f"the harness's {name!r} of {leaf!r} ({reported}) is not the mean of its "
+                    f"items' scores ({np.mean(scores)}): choose a metric aggregated by the mean")
             rows += [{"language": lang, "task": leaf, "doc_id": int(s["doc_id"]), "score": v}
                      for s, v in zip(mine, scores)]
     return pd.DataFrame(rows, columns=["language", "task", "doc_id", "score"])
@@ -310,9 +316,11 @@ def benchmark_effects(
         MaskError: a mask holds more than half of a layer (pass ``controls=0``).
     """
     lm = adapt(model)
-    check_fits(lm, neurons, what="the neurons", error=IdentificationError, allow_mismatch=allow_mismatch)
+    check_fits(lm, neurons, what="the neurons", error=IdentificationError,
+               allow_mismatch=allow_mismatch)
     if stats is not None:
-        check_fits(lm, stats, what="the statistics", error=StatsError, allow_mismatch=allow_mismatch)
+        check_fits(lm, stats, what="the statistics", error=StatsError,
+                   allow_mismatch=allow_mismatch)
     task_of = {normalize_language(lang): str(task) for lang, task in tasks.items()}
     if not task_of:
         raise TLMultilingualError("tasks is empty: give a harness task per language")
@@ -352,40 +360,35 @@ def benchmark_effects(
     rng = np.random.default_rng(seed)
     sizes = baseline.groupby("language", sort=False).size()
     unit_draws = {lang: resample.draws(n, n_boot, rng) for lang, n in sizes.items()}
-    tasks_run = baseline.groupby("language", sort=False)["task"].agg(lambda t: ",".join(dict.fromkeys(t)))
+    tasks_run = baseline.groupby("language", sort=False)["task"].agg(
+        lambda t: ",".join(dict.fromkeys(t)))
     rows, control_rows = [], []
     for (variant, lang), run in runs.conditions.items():
         (hit,), ctrl_runs = run.hit, [c[0] for c in run.controls]
         for target in task_of:
             rows.append(
-                {"variant": variant, "ablated": lang, "evaluated": target, "task": tasks_run[target],
-                 "n_items": int(sizes[target]), "n_neurons": run.sizes[0]}
+                {"variant": variant, "ablated": lang, "evaluated": target,
+                 "task": tasks_run[target], "n_items": int(sizes[target]),
+                 "n_neurons": run.sizes[0]}
                 | _row(_mean, baseline, hit, ctrl_runs, target, unit_draws[target], ci)
             )
             control_rows += [{"variant": variant, "ablated": lang, "evaluated": target, "seed": c,
-                              "value": _value(_mean, ctrl, target)} for c, ctrl in enumerate(ctrl_runs)]
+                              "value": _value(_mean, ctrl, target)}
+                             for c, ctrl in enumerate(ctrl_runs)]
     record = {
         "model": lm.describe(),
         "tasks": task_of,
         "languages": list(task_of),
-        "recipe": {"classes": variants, "ablated": ablated, "layers": _plain(layers),
+        "recipe": {"classes": variants, "ablated": ablated, "layers": layers,
                    "value": value, "controls": controls, "seed": seed, "n_boot": n_boot, "ci": ci,
                    "limit": limit, "num_fewshot": num_fewshot, "max_length": max_length,
                    "overflow": overflow,
-                   "harness_options": {k: _plain(v) for k, v in options.items()}},
+                   "harness_options": options},
         "versions": library_versions() | {"lm_eval": _version("lm_eval")},
     }
-    controls_frame = pd.DataFrame(control_rows, columns=["variant", "ablated", "evaluated", "seed", "value"])
+    record = json.loads(json.dumps(record, default=str))  # as a reader of the saved file sees it
+    controls_frame = pd.DataFrame(control_rows,
+                                  columns=["variant", "ablated", "evaluated", "seed", "value"])
     return BenchmarkEffects(pd.DataFrame(rows)[_COLUMNS], controls_frame, ",".join(_metric(metric)),
                             record)
 
-
-def _plain(value: Any) -> Any:
-    """A setting as JSON can hold it (a range of layers as a list, others as text)."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, (list, tuple, range)):
-        return [_plain(v) for v in value]
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    return repr(value)

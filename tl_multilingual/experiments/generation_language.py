@@ -34,6 +34,7 @@ language?).
 
 from __future__ import annotations
 
+import json
 import re
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -59,7 +60,6 @@ from ..neurons.masks import NeuronMask
 from ..neurons.stats import ActivationStats
 from ..persist import library_versions, read_tables, write_tables
 from ..provenance import check_fits, model_record
-from .benchmarks import _plain
 from .deactivation import variant_mask
 from .engine import controlled_runs, paired_interval
 
@@ -91,7 +91,8 @@ def segments(text: str) -> list[str]:
 
 @dataclass
 class GenerationLanguage(HubMixin):
-    """Outcome of [`generation_language()`][tl_multilingual.experiments.generation_language.generation_language].
+    """Outcome of
+    [`generation_language()`][tl_multilingual.experiments.generation_language.generation_language].
 
     Attributes:
         frame: one row per (variant, target language, measure): ``edit``,
@@ -153,7 +154,8 @@ class GenerationLanguage(HubMixin):
 
     @classmethod
     def load(cls, path: str | Path) -> GenerationLanguage:
-        """Load a result saved with [`save()`][tl_multilingual.experiments.generation_language.GenerationLanguage.save].
+        """Load a result saved with
+        [`save()`][tl_multilingual.experiments.generation_language.GenerationLanguage.save].
 
         Raises:
             SaveError: the folder is missing, damaged, or holds another kind of result.
@@ -281,7 +283,8 @@ def generation_language(
         raise TLMultilingualError("edit='steer' sets neurons to a language's mean activations: "
                                   "pass stats=")
     if stats is not None:
-        check_fits(lm, stats, what="the statistics", error=StatsError, allow_mismatch=allow_mismatch)
+        check_fits(lm, stats, what="the statistics", error=StatsError,
+                   allow_mismatch=allow_mismatch)
     if isinstance(neurons, LanguageNeurons):
         check_fits(lm, neurons, what="the neurons", error=IdentificationError,
                    allow_mismatch=allow_mismatch)
@@ -291,7 +294,8 @@ def generation_language(
         known = list(neurons)
     if isinstance(prompts, Mapping):
         prompt_of = {normalize_language(lang): list(p) for lang, p in prompts.items()}
-        targets = list(prompt_of) if languages is None else [normalize_language(x) for x in languages]
+        targets = (list(prompt_of) if languages is None
+                   else [normalize_language(x) for x in languages])
     else:
         shared = list(prompts)
         targets = known if languages is None else [normalize_language(x) for x in languages]
@@ -363,12 +367,14 @@ def generation_language(
         "edit": edit,
         "backend": repr(detect),
         "recipe": {"classes": variants, "factor": factor, "mode": mode, "source": source,
-                   "strength": strength, "value": value, "layers": _plain(layers),
+                   "strength": strength, "value": value, "layers": layers,
                    "max_new_tokens": max_new_tokens, "stop": list(stop), "controls": controls,
                    "seed": seed, "n_boot": n_boot, "ci": ci, "max_length": max_length,
-                   "overflow": overflow, "n_prompts": {lang: len(prompt_of[lang]) for lang in targets}},
+                   "overflow": overflow,
+                   "n_prompts": {lang: len(prompt_of[lang]) for lang in targets}},
         "versions": library_versions(),
     }
+    record = json.loads(json.dumps(record, default=str))  # as a reader of the saved file sees it
     generations = pd.concat(tables, ignore_index=True)[_GENERATION_COLUMNS]
     return GenerationLanguage(pd.DataFrame(rows)[_COLUMNS], generations, record)
 
@@ -378,7 +384,7 @@ def _cells(base: np.ndarray, hit: np.ndarray, ctrl: list[np.ndarray], unit_draws
     """Baseline, edited and control means over prompts, with paired intervals (NaN
     prompts left out, as `resample.mean_interval` does)."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # no prompt with a value: NaN, as documented
+        warnings.simplefilter("ignore", RuntimeWarning)  # no prompt with a value: NaN
         baseline, value = float(np.nanmean(base)), float(np.nanmean(hit))
         change, low, high = paired_interval(hit, base, unit_draws, ci)
         if ctrl:
