@@ -182,3 +182,19 @@ def test_one_prompt_list_masks_per_language_and_bad_requests(setup):
     with pytest.raises(tlm.TLMultilingualError, match="labels"):
         tlm.generation_language(lm, masks, {"en": ["The cat"]}, edit="boost", controls=0,
                                 backend=lambda texts: [], max_new_tokens=2, progress=False)
+
+
+def test_generated_texts_come_back_as_texts(tmp_path):
+    from tl_multilingual.experiments.generation_language import _COLUMNS, _GENERATION_COLUMNS
+
+    generations = pd.DataFrame([["", "en", "baseline", 0, "42", None, 0.0, 0.0, np.nan, 0],
+                                ["language", "en", "edited", 0, "a\rb. c", "en", 1.0, 1.0, 0.0, 2]],
+                               columns=_GENERATION_COLUMNS)
+    result = tlm.GenerationLanguage(pd.DataFrame(columns=_COLUMNS), generations, {"edit": "boost"})
+    again = tlm.GenerationLanguage.load(result.save(tmp_path / "gen"))
+    assert again.generations["generation"].tolist() == ["42", "a\rb. c"]
+    assert again.generations["variant"].tolist() == ["", "language"]
+    assert again.generations["detected"].tolist() == [None, "en"]
+    assert again.record == {"edit": "boost"}
+    with pytest.raises(tlm.SaveError):
+        tlm.BenchmarkEffects.load(tmp_path / "gen")

@@ -463,7 +463,8 @@ def write_tables(path: str | Path, tables: Mapping[str, Any], record: Mapping[st
 
 
 def read_tables(
-    path: str | Path, names: Sequence[str], kind: str, what: str
+    path: str | Path, names: Sequence[str], kind: str, what: str,
+    text_columns: Mapping[str, Sequence[str]] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Read what [`write_tables()`][tl_multilingual.persist.write_tables] saved:
     ``(record, {name: frame})``.
@@ -473,6 +474,8 @@ def read_tables(
         names: the tables expected.
         kind: the record's ``kind`` expected (``tl_multilingual.BenchmarkEffects``).
         what: the result, in words, for messages.
+        text_columns: per table, columns read as text even when their values look
+            like numbers (generated texts); empty cells are read as missing.
 
     Raises:
         SaveError: the folder is missing, damaged, or holds another kind of result.
@@ -483,7 +486,11 @@ def read_tables(
     recover(folder)
     try:
         record = json.loads((folder / "result.json").read_text(encoding="utf-8"))
-        frames = {name: pd.read_csv(folder / f"{name}.csv") for name in names}
+        texts = text_columns or {}
+        frames = {
+            name: pd.read_csv(folder / f"{name}.csv", dtype=dict.fromkeys(texts.get(name, ()), str))
+            for name in names
+        }
     except (OSError, ValueError) as err:  # ValueError: JSON, UTF-8 and CSV parsing
         raise SaveError(f"{folder} is not a saved {what}: {err}") from err
     if not isinstance(record, dict) or record.get("kind") != kind:

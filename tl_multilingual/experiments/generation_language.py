@@ -161,7 +161,8 @@ class GenerationLanguage(HubMixin):
             SaveError: the folder is missing, damaged, or holds another kind of result.
         """
         record, frames = read_tables(path, ("cells", "generations"), _KIND,
-                                     "generation-language result")
+                                     "generation-language result",
+                                     {"generations": ("variant", "generation", "detected")})
         record.pop("kind")
         missing = [c for c in _COLUMNS if c not in frames["cells"].columns]
         if missing:
