@@ -67,6 +67,8 @@ def test_segments_and_measures_of_known_texts():
     assert segments("Le chat dort. The cat sleeps!\n12 + 30") == ["Le chat dort.",
                                                                   "The cat sleeps!"]
     assert segments("猫在睡觉。它很好！ ok") == ["猫在睡觉。", "它很好！", "ok"]
+    assert segments("Hallo Welt\nBonjour le monde\n\n") == ["Hallo Welt", "Bonjour le monde"]
+    assert segments("") == [] and segments("3.14 ... !") == []
 
     def keyword(texts):
         return [("fr", 0.9) if "Bonjour" in t else ("en", 0.8) if "Hello" in t else None
