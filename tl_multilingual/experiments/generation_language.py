@@ -243,7 +243,9 @@ def generation_language(
             list of prompts, every language of ``neurons``).
         stats: activation statistics (``steer``; ``ablate`` with ``value="mean"``).
         factor: ``boost``'s factor.
-        mode, source, strength: ``steer``'s settings.
+        mode: ``steer``'s mode, ``"set"`` or ``"add"``.
+        source: ``steer``'s source language (``mode="add"``).
+        strength: ``steer``'s strength (``mode="add"``).
         value: ``ablate``'s value.
         layers: restrict every mask (and its controls) to these layers.
         backend: the language identifier, any callable ``texts -> labels`` (see
