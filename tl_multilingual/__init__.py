@@ -30,6 +30,8 @@ _PUBLIC: dict[str, tuple[str, ...]] = {
     "causal.evaluate": ("perplexity", "choice_accuracy", "answer_accuracy", "generate",
                         "MultipleChoice"),
     "experiments.deactivation": ("deactivation_matrix", "DeactivationResult"),
+    "experiments.benchmarks": ("benchmark_effects", "BenchmarkEffects"),
+    "experiments.generation_language": ("generation_language", "GenerationLanguage"),
     "stages.lens": ("language_lens", "LensResult", "fit_jacobian_lens"),
     "stages.similarity": ("representation_similarity", "SimilarityResult"),
     "inputs.prompts": ("LensPrompt",),

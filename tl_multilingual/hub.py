@@ -114,6 +114,8 @@ _PAPERS = {
     "StageMap": ("zhang2026", "wendler2024"),
     "StageEffects": ("zhang2026",),
     "DeactivationResult": ("zhang2026", "tang2024"),
+    "BenchmarkEffects": ("zhang2026", "tang2024"),
+    "GenerationLanguage": (),
     "Study": ("zhang2026", "tang2024", "wendler2024", "wang2024"),
 }
 _TOPIC = {  # a tag per kind, so the Hub can list results of one kind
@@ -125,6 +127,8 @@ _TOPIC = {  # a tag per kind, so the Hub can list results of one kind
     "StageMap": "stage-map",
     "StageEffects": "stage-effects",
     "DeactivationResult": "deactivation",
+    "BenchmarkEffects": "benchmark-effects",
+    "GenerationLanguage": "generation-language",
     "Study": "study",
 }
 _LOADER = {"Study": "StudyFolder"}  # a kind whose loading class has another name

@@ -18,12 +18,13 @@ between the two renames, and removes what dead processes left.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
@@ -39,6 +40,7 @@ from .errors import SaveError, TLMultilingualError
 __all__ = [
     "write_result", "read_result", "library_versions", "write_text", "sha256_file", "atomic_file",
     "atomic_folder", "recover", "is_temporary", "manifest_field", "read_torch_file",
+    "write_tables", "read_tables",
 ]
 
 TENSORS = "tensors.safetensors"
@@ -438,3 +440,59 @@ def read_torch_file(path: str | Path, *, what: str, error: type[TLMultilingualEr
             AttributeError, ImportError, IndexError, KeyError, TypeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise error(f"cannot read {what} {path}: {first}") from err
+
+
+def write_tables(path: str | Path, tables: Mapping[str, Any], record: Mapping[str, Any]) -> Path:
+    """Save a result made of tables: one ``<name>.csv`` per ``pandas`` frame of
+    ``tables`` and ``result.json`` (``record``: its ``kind``, provenance and settings),
+    replaced together (``atomic_folder``). An existing folder is replaced only when it
+    holds nothing but such files.
+
+    Raises:
+        SaveError: ``path`` holds something else, or writing failed.
+    """
+    folder = Path(path)
+    names = {f"{name}.csv" for name in tables} | {"result.json"}
+    with atomic_folder(folder, replaceable=lambda p: set(os.listdir(p)) <= names) as staging:
+        for name, frame in tables.items():
+            # every text quoted: a carriage return inside a generated text stays in its cell
+            text = frame.to_csv(index=False, quoting=csv.QUOTE_NONNUMERIC)
+            (staging / f"{name}.csv").write_text(text, encoding="utf-8")
+        (staging / "result.json").write_text(json.dumps(dict(record), indent=1, default=str), encoding="utf-8")
+    return folder
+
+
+def read_tables(
+    path: str | Path, names: Sequence[str], kind: str, what: str,
+    text_columns: Mapping[str, Sequence[str]] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read what [`write_tables()`][tl_multilingual.persist.write_tables] saved:
+    ``(record, {name: frame})``.
+
+    Args:
+        path: the folder.
+        names: the tables expected.
+        kind: the record's ``kind`` expected (``tl_multilingual.BenchmarkEffects``).
+        what: the result, in words, for messages.
+        text_columns: per table, columns read as text even when their values look
+            like numbers (generated texts); empty cells are read as missing.
+
+    Raises:
+        SaveError: the folder is missing, damaged, or holds another kind of result.
+    """
+    import pandas as pd
+
+    folder = Path(path)
+    recover(folder)
+    try:
+        record = json.loads((folder / "result.json").read_text(encoding="utf-8"))
+        texts = text_columns or {}
+        frames = {
+            name: pd.read_csv(folder / f"{name}.csv", dtype=dict.fromkeys(texts.get(name, ()), str))
+            for name in names
+        }
+    except (OSError, ValueError) as err:  # ValueError: JSON, UTF-8 and CSV parsing
+        raise SaveError(f"{folder} is not a saved {what}: {err}") from err
+    if not isinstance(record, dict) or record.get("kind") != kind:
+        raise SaveError(f"{folder / 'result.json'} is not the record of a {what}")
+    return record, frames

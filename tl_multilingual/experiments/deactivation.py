@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -44,6 +44,8 @@ _KINDS = ("tl_multilingual.DeactivationResult", "tl_multilingual.AblationResult"
 _FILES = ("cells.csv", "controls.csv", "result.json")
 
 Metric = Literal["perplexity", "accuracy"]
+# A metric from summed per-unit numerators and denominators (perplexity: exp(nll / tokens)).
+Aggregate = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def variant_mask(neurons: LanguageNeurons, variant: str, language: str) -> NeuronMask:
@@ -244,13 +246,13 @@ def deactivation_matrix(
         (hit,), ctrl_runs = run.hit, [c[0] for c in run.controls]
         for target in evaluated:
             rows.append(
-                _row(evaluation, baseline, hit, ctrl_runs, target, unit_draws[target], ci)
+                _row(evaluation.aggregate, baseline, hit, ctrl_runs, target, unit_draws[target], ci)
                 | {"variant": variant, "ablated": lang, "evaluated": target, "n_neurons": run.sizes[0]}
             )
             for c, ctrl in enumerate(ctrl_runs):
                 control_rows.append(
                     {"variant": variant, "ablated": lang, "evaluated": target, "seed": c,
-                     "value": _value(evaluation, ctrl, target)}
+                     "value": _value(evaluation.aggregate, ctrl, target)}
                 )
     columns = ["variant", "ablated", "evaluated", "n_neurons", "baseline", "value", "change",
                "relative_change", "ci_low", "ci_high", "control_value", "control_change",
@@ -263,13 +265,13 @@ def _select(units: pd.DataFrame, language: str) -> tuple[np.ndarray, np.ndarray]
     return part["num"].to_numpy(float), part["den"].to_numpy(float)
 
 
-def _value(evaluation: _Evaluation, units: pd.DataFrame, language: str) -> float:
+def _value(aggregate: Aggregate, units: pd.DataFrame, language: str) -> float:
     num, den = _select(units, language)
-    return float(evaluation.aggregate(num.sum(), den.sum()))
+    return float(aggregate(num.sum(), den.sum()))
 
 
 def _row(
-    evaluation: _Evaluation,
+    aggregate: Aggregate,
     baseline: pd.DataFrame,
     hit: pd.DataFrame,
     ctrl_runs: list[pd.DataFrame],
@@ -278,13 +280,13 @@ def _row(
     ci: float,
 ) -> dict[str, Any]:
     def statistic(values: np.ndarray, index: np.ndarray) -> np.ndarray:  # [2, n]: numerators, denominators
-        return evaluation.aggregate(values[0][index].sum(-1), values[1][index].sum(-1))
+        return aggregate(values[0][index].sum(-1), values[1][index].sum(-1))
 
     base_units, hit_units = np.stack(_select(baseline, language)), np.stack(_select(hit, language))
     every = np.arange(base_units.shape[1])
     base, value = float(statistic(base_units, every)), float(statistic(hit_units, every))
     change, low, high = paired_interval(hit_units, base_units, unit_draws, ci, statistic)
-    ctrl_changes = np.array([_value(evaluation, c, language) - base for c in ctrl_runs])
+    ctrl_changes = np.array([_value(aggregate, c, language) - base for c in ctrl_runs])
     ctrl_change = float(ctrl_changes.mean()) if len(ctrl_changes) else float("nan")
     return {
         "baseline": base,

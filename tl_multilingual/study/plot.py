@@ -33,6 +33,7 @@ __all__ = [
     "shared_by_n",
     "language_changes",
     "stage_effects_heatmap",
+    "generation_language",
     "save",
     "similarity_curves",
     "STYLE",
@@ -194,7 +195,8 @@ def _compact(relative: float) -> str:
 @_styled
 def deactivation_heatmap(result: Any, variant: str | None = None, *, value: str = "relative_change",
                          ax: Any = None) -> Any:
-    """The deactivation matrix of a [`DeactivationResult`][tl_multilingual.experiments.deactivation.DeactivationResult]: languages whose neurons
+    """The deactivation matrix of a [`DeactivationResult`][tl_multilingual.experiments.deactivation.DeactivationResult]
+    (or of a [`BenchmarkEffects`][tl_multilingual.experiments.benchmarks.BenchmarkEffects]): languages whose neurons
     are deactivated (rows) x evaluated languages (columns), Zhang et al. (AAAI-26) Fig. 2
     style.
 
@@ -366,6 +368,51 @@ def stage_effects_heatmap(result: Any, value: str = "over_control", *, ax: Any =
                         color="white" if abs(data[i, j]) > 0.6 * (bound or 1.0) else "black")
     label = "log(1 + change beyond controls)" if value == "over_control" else value.replace("_", " ")
     fig.colorbar(image, ax=ax, shrink=0.8, label=label)
+    return fig
+
+
+def _whiskers(height: np.ndarray, low: Any, high: Any) -> np.ndarray:
+    """Error bars from an interval's bounds: never negative (a bar's mean over prompts
+    can lie outside the interval of the paired change when some prompts have no value),
+    none where the bound is unknown."""
+    low, high = np.asarray(low, float), np.asarray(high, float)
+    return np.nan_to_num(np.clip([height - low, high - height], 0.0, None))
+
+
+@_styled
+def generation_language(result: Any, measure: str = "target_share", variant: str | None = None, *,
+                        ax: Any = None) -> Any:
+    """Bars per target language of a
+    [`GenerationLanguage`][tl_multilingual.experiments.generation_language.GenerationLanguage]:
+    the measure (``"target_share"`` or ``"code_switching"``) for the unmodified model,
+    with the language's neurons edited, and with random neurons edited (mean over the
+    controls); the edited and control bars carry the paired interval of their change
+    from the baseline."""
+    table = result.table(measure, variant)
+    rows = result.frame[(result.frame["measure"] == measure)
+                        & (result.frame["variant"] == (variant or result.frame["variant"].iloc[0]))]
+    rows = rows.set_index("language").loc[table.index]
+    fig, ax = _axes(ax)
+    x = np.arange(len(table))
+    width = 0.27
+    ax.bar(x - width, table["baseline"], width, color="#BBBBBB", label="baseline")
+    edited = table["value"].to_numpy(float)
+    ax.bar(x, edited, width, color=OKABE_ITO[5], label=f"edited ({rows['edit'].iloc[0]})",
+           yerr=_whiskers(edited, table["baseline"] + rows["ci_low"],
+                          table["baseline"] + rows["ci_high"]),
+           error_kw={"elinewidth": 0.6, "capsize": 1.5})
+    control = table["control_value"].to_numpy(float)
+    if np.isfinite(control).any():
+        ax.bar(x + width, control, width, color=OKABE_ITO[0], label="random neurons",
+               yerr=_whiskers(control, table["baseline"] + rows["control_ci_low"],
+                              table["baseline"] + rows["control_ci_high"]),
+               error_kw={"elinewidth": 0.6, "capsize": 1.5})
+    ax.set_xticks(x, table.index)
+    ax.set_xlabel("target language")
+    ax.set_ylabel("share in the target language" if measure == "target_share"
+                  else "share of segments in other languages")
+    ax.set_ylim(0, 1.05)
+    ax.legend(frameon=False)
     return fig
 
 
