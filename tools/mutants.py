@@ -747,7 +747,9 @@ OPTIONS_UNTESTED: dict[str, str] = {
     "limit": "how many records a dataset loader reads: the loaders need the network",
     "split": "which split a dataset loader reads: the loaders need the network",
 }
-# Options with a test file of their own, run beside the tests of the function's module.
+# Options with a test file of their own, run beside the tests of the function's module;
+# ``tests/test_options.py`` (the options no module's tests reach) runs for every option.
+EVERY_OPTION_TESTS = ("tests/test_options.py",)
 OPTION_TESTS: dict[str, tuple[str, ...]] = {
     "max_length": ("tests/test_length_policy.py",),
     "overflow": ("tests/test_length_policy.py",),
@@ -880,14 +882,24 @@ def option_mutants() -> tuple[list[Mutant], list[Option]]:
             if arg.arg in OPTIONS_UNTESTED:
                 skipped.append(option)
                 continue
-            tests = (*module_tests, *(t for t in OPTION_TESTS.get(arg.arg, ())
-                                      if t not in module_tests))
+            # The options' own file first: it is quick, and pytest stops at the first failure.
+            extra = [t for t in OPTION_TESTS.get(arg.arg, ()) if t not in module_tests]
+            tests = (*EVERY_OPTION_TESTS, *module_tests, *extra)
             kinds = [("ignored", source)] + ([("inverted", f"not {arg.arg}")] if boolean else [])
             for kind, value in kinds:
                 rebound = [*own[:at], f"{indent}{arg.arg} = {value}\n", *own[at:]]
                 mutants.append(Mutant(f"{where}.{arg.arg}:{kind}", file, original,
                                       "".join(rebound), tests))
     return mutants, skipped
+
+
+def _option_chosen(name: str, pattern: str) -> bool:
+    """``name`` is ``module:qualname.parameter:kind``; ``pattern`` is a prefix of it, of its
+    ``qualname.parameter``, or ``.parameter`` for that parameter of every function."""
+    module, rest = name.split(":", 1)
+    if pattern.startswith("."):
+        return rest.rsplit(":", 1)[0].endswith(pattern)
+    return name.startswith(pattern) or rest.startswith(pattern)
 
 
 def prepare(workdir: Path, tests_rev: str | None) -> None:
@@ -959,8 +971,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.options:
         table, skipped = option_mutants()
-        chosen = [mu for mu in table if not args.only or any(mu.name.startswith(p) or
-                  f":{mu.name.split(':', 1)[1]}".startswith(f":{p}") for p in args.only)]
+        chosen = [mu for mu in table if not args.only or any(_option_chosen(mu.name, p)
+                                                             for p in args.only)]
     else:
         table, skipped = MUTANTS, []
         chosen = [mu for mu in MUTANTS if not args.only or any(mu.name.startswith(p) for p in args.only)]

@@ -1,0 +1,155 @@
+"""No silent option: each option below changes the result it documents, checked against a
+known answer, so that a call which ignored it (or inverted a flag) would fail here.
+
+These are the options that no module's own tests reach; ``tools/mutants.py --options``
+rebinds every option of every public function to its default (and every flag to its
+negation) and runs this file beside the module's tests.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tiny
+import torch
+
+import tl_multilingual as tlm
+from tl_multilingual.causal import evaluate
+from tl_multilingual.errors import ContextLengthError, TruncationWarning
+from tl_multilingual.experiments.sharing_experiments import (
+    boost_experiment,
+    correct_vs_incorrect,
+    item_correctness,
+)
+from tl_multilingual.neurons.sharing_classes import item_activations
+
+FOREIGN = {"name": "tiny-gpt2", "architecture": "GPT2LMHeadModel", "n_layers": 2, "d_mlp": 48}
+EN = " ".join(tiny.SAMPLE_TEXT["en"])
+FR = " ".join(tiny.SAMPLE_TEXT["fr"])
+LIMIT = 12  # EN is 44 tokens long
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return tlm.adapt(tiny.bridge("llama"))
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return tlm.Corpus.from_dict(tiny.SAMPLE_TEXT)
+
+
+@pytest.fixture(scope="module")
+def stats(llama, corpus):
+    return tlm.collect_stats(llama, corpus, progress=False)
+
+
+@pytest.fixture(scope="module")
+def neurons(stats):
+    return tlm.identify(stats, method="lape", top_rate=0.1)
+
+
+def items(n=2):
+    records = [{"id": f"q{i}", "text": {"en": EN, "fr": FR}, "answer": {"en": " mat", "fr": " tapis"}}
+               for i in range(n)]
+    return tlm.ParallelItems.from_records(records)
+
+
+def write_hook(lm, batch, layer=1):
+    """The write-hook values of ``layer`` in one run, with any intervention attached."""
+    seen = {}
+
+    def keep(tensor, hook):
+        seen["values"] = tensor.detach().clone()
+
+    lm.forward(batch, fwd_hooks=[(lm.write_hook(layer), keep)])
+    return seen["values"]
+
+
+# -- the length policy: max_length and overflow reach every call that feeds text ------------
+
+
+def _length_calls():
+    long = tlm.Corpus.from_dict({"en": [EN], "fr": [FR]})
+    choice = {"en": [tlm.MultipleChoice(EN, (" mat", " rug"), 0)]}
+    lens_prompts = [tlm.LensPrompt(EN, {"en": "mat"})]
+
+    def stage_effects(lm, n, **kw):
+        deep = tlm.adapt(tiny.bridge("llama", n_layers=4))
+        stage_map = tlm.StageMap.from_boundaries(4, (1, 2, 3), d_mlp=deep.d_mlp)
+        membership = torch.zeros(4, deep.d_mlp, 2, dtype=torch.bool)
+        membership[0, :4, 0] = membership[0, 4:8, 1] = True
+        mine = tlm.LanguageNeurons(("en", "fr"), membership, membership.any(-1), None,
+                                   method="reference")
+        return tlm.stage_effects(deep, mine, stage_map, long, languages=["en"],
+                                 stages=["understanding"], controls=0, n_boot=10, progress=False,
+                                 **kw)
+
+    return {
+        "collect_stats": lambda lm, n, **kw: tlm.collect_stats(lm, long, progress=False, **kw),
+        "text_nll": lambda lm, n, **kw: evaluate.text_nll(lm, long, **kw),
+        "perplexity": lambda lm, n, **kw: tlm.perplexity(lm, long, **kw),
+        "option_logprobs": lambda lm, n, **kw: evaluate.option_logprobs(lm, [(EN, [" mat"])], **kw),
+        "continuation_logprobs": lambda lm, n, **kw: evaluate.continuation_logprobs(
+            lm, [(EN, " mat")], **kw),
+        "choice_scores": lambda lm, n, **kw: evaluate.choice_scores(lm, choice, **kw),
+        "choice_accuracy": lambda lm, n, **kw: tlm.choice_accuracy(lm, choice, **kw),
+        "generate": lambda lm, n, **kw: tlm.generate(lm, [EN], max_new_tokens=1, **kw),
+        "answer_accuracy": lambda lm, n, **kw: tlm.answer_accuracy(
+            lm, {"en": [(EN, "mat")]}, lambda out, ans: ans in out, max_new_tokens=1, **kw),
+        "deactivation_matrix": lambda lm, n, **kw: tlm.deactivation_matrix(
+            lm, n, long, languages=["en"], controls=0, n_boot=10, progress=False, **kw),
+        "stage_effects": stage_effects,
+        "language_lens": lambda lm, n, **kw: tlm.language_lens(lm, lens_prompts, progress=False,
+                                                               **kw),
+        "representation_similarity": lambda lm, n, **kw: tlm.representation_similarity(
+            lm, tlm.Corpus.from_dict({"en": [EN] * 3, "fr": [FR] * 3}), n_shuffles=2,
+            progress=False, **kw),
+        "patch_neurons": lambda lm, n, **kw: tlm.patch_neurons(
+            lm, source=[EN], target=[FR], mask=tlm.NeuronMask.full(lm.n_layers, lm.d_mlp),
+            controls=0, **kw),
+        "sharing": lambda lm, n, **kw: tlm.sharing(lm, items(), progress=False, **kw),
+        "item_activations": lambda lm, n, **kw: item_activations(lm, [EN], **kw),
+        "attribute": lambda lm, n, **kw: tlm.attribute(lm, items(), progress=False, **kw),
+        "item_correctness": lambda lm, n, **kw: item_correctness(lm, items(), **kw),
+        "correct_vs_incorrect": lambda lm, n, **kw: correct_vs_incorrect(lm, items(), **kw),
+        "boost_experiment": lambda lm, n, **kw: boost_experiment(
+            lm, items(), factors=(2.0,), controls=0, n_boot=10, progress=False, **kw),
+    }
+
+
+LENGTH_CALLS = _length_calls()
+
+
+@pytest.mark.parametrize("call", sorted(LENGTH_CALLS))
+def test_max_length_and_overflow_reach_every_call(llama, neurons, call):
+    run = LENGTH_CALLS[call]
+    with pytest.raises(ContextLengthError, match=f"more than max_length={LIMIT} "):
+        run(llama, neurons, max_length=LIMIT, overflow="error")
+    with pytest.warns(TruncationWarning, match=f"longer than max_length={LIMIT} tokens"):
+        run(llama, neurons, max_length=LIMIT, overflow="truncate")
+
+
+def own_nll(lm, ids):
+    """Summed NLL (nats) of ``ids[1:]`` given what precedes each, from one forward pass."""
+    with torch.no_grad():
+        logits = lm.model(torch.tensor([ids]))[0].double()
+    logp = torch.log_softmax(logits[:-1], -1)
+    return -float(logp.gather(1, torch.tensor(ids[1:])[:, None]).sum())
+
+
+def test_rolling_scores_split_pieces_or_the_beginning(llama):
+    ids = llama.tokenize([EN])[0]
+    bos, rest = ids[:1], ids[1:]
+    # "split": pieces of LIMIT tokens, each BOS + the next LIMIT - 1 tokens.
+    pieces = [bos + rest[i:i + LIMIT - 1] for i in range(0, len(rest), LIMIT - 1)]
+    ((total, n),) = evaluate.rolling_logprobs(llama, [EN], max_length=LIMIT)
+    assert n == len(rest)
+    assert total == pytest.approx(-sum(own_nll(llama, p) for p in pieces), rel=1e-4)
+    # "truncate": the beginning only.
+    with pytest.warns(TruncationWarning, match=f"max_length={LIMIT}"):
+        ((total, n),) = evaluate.rolling_logprobs(llama, [EN], max_length=LIMIT, overflow="truncate")
+    assert n == LIMIT - 1
+    assert total == pytest.approx(-own_nll(llama, ids[:LIMIT]), rel=1e-4)
+    with pytest.raises(ContextLengthError, match=f"max_length={LIMIT}"):
+        evaluate.rolling_logprobs(llama, [EN], max_length=LIMIT, overflow="error")
