@@ -153,3 +153,82 @@ def test_rolling_scores_split_pieces_or_the_beginning(llama):
     assert total == pytest.approx(-own_nll(llama, ids[:LIMIT]), rel=1e-4)
     with pytest.raises(ContextLengthError, match=f"max_length={LIMIT}"):
         evaluate.rolling_logprobs(llama, [EN], max_length=LIMIT, overflow="error")
+
+
+# -- the intervention verbs: layers and allow_mismatch ------------------------------------------
+
+
+def _verbs():
+    def steer(lm, mask, stats, **kw):
+        return tlm.steer(lm, mask, to="fr", stats=stats, **kw)
+
+    return {
+        "ablate": lambda lm, mask, stats, **kw: tlm.ablate(lm, mask, **kw),
+        "boost": lambda lm, mask, stats, **kw: tlm.boost(lm, mask, factor=3.0, **kw),
+        "steer": steer,
+        "patch": lambda lm, mask, stats, **kw: tlm.patch(
+            lm, mask, torch.full((lm.n_layers, lm.d_mlp), 0.5), **kw),
+        "intervene": lambda lm, mask, stats, **kw: tlm.intervene(lm, [tlm.Edit(mask, "set", 0.25)],
+                                                                 **kw),
+    }
+
+
+VERBS = _verbs()
+
+
+def edited_run(lm, batch, intervention):
+    with intervention:
+        return [write_hook(lm, batch, layer) for layer in range(lm.n_layers)]
+
+
+@pytest.fixture(scope="module")
+def batch(llama):
+    return llama.pad(llama.tokenize([EN, FR]))
+
+
+@pytest.mark.parametrize("verb", sorted(set(VERBS) - {"intervene"}))
+def test_layers_equal_the_mask_restricted_by_hand(llama, stats, batch, verb):
+    run = VERBS[verb]
+    mask = tlm.NeuronMask.from_pairs([(0, 2), (0, 5), (1, 2), (1, 7)], llama.n_layers, llama.d_mlp)
+    clean = [write_hook(llama, batch, layer) for layer in range(llama.n_layers)]
+    got = edited_run(llama, batch, run(llama, mask, stats, layers=[1]))
+    by_hand = edited_run(llama, batch, run(llama, mask.restrict([1]), stats))
+    everywhere = edited_run(llama, batch, run(llama, mask, stats))
+    assert torch.equal(got[0], clean[0]) and torch.equal(got[1], by_hand[1])
+    assert not torch.equal(everywhere[0], clean[0])  # the edit does reach layer 0 otherwise
+
+
+@pytest.mark.parametrize("verb", sorted(VERBS))
+def test_allow_mismatch_accepts_a_mask_of_another_model_as_its_own(llama, stats, batch, verb):
+    run = VERBS[verb]
+    mask = tlm.NeuronMask.from_pairs([(0, 2), (1, 7)], llama.n_layers, llama.d_mlp)
+    foreign = tlm.NeuronMask(mask.tensor, model=FOREIGN)
+    with pytest.raises(tlm.MaskError, match="allow_mismatch=True"):
+        run(llama, foreign, stats)
+    got = edited_run(llama, batch, run(llama, foreign, stats, allow_mismatch=True))
+    own = edited_run(llama, batch, run(llama, mask, stats))
+    assert all(torch.equal(a, b) for a, b in zip(got, own))
+
+
+def test_steer_allow_mismatch_accepts_statistics_of_another_model(llama, stats, batch):
+    mask = tlm.NeuronMask.from_pairs([(1, 3), (1, 9)], llama.n_layers, llama.d_mlp)
+    foreign = tlm.ActivationStats.from_counts(
+        list(stats.languages), stats.tokens, stats.active_counts, sums=stats.sums,
+        sum_squares=stats.sum_squares, model=FOREIGN)
+    with pytest.raises(tlm.StatsError, match="allow_mismatch=True"):
+        tlm.steer(llama, mask, to="fr", stats=foreign)
+    with pytest.raises(tlm.StatsError, match="allow_mismatch=True"):
+        tlm.ablate(llama, mask, value="mean", stats=foreign)
+    for verb in (lambda s, **kw: tlm.steer(llama, mask, to="fr", stats=s, **kw),
+                 lambda s, **kw: tlm.ablate(llama, mask, value="mean", stats=s, **kw)):
+        got = edited_run(llama, batch, verb(foreign, allow_mismatch=True))
+        own = edited_run(llama, batch, verb(stats))
+        assert all(torch.equal(a, b) for a, b in zip(got, own))
+
+
+def test_record_keeps_only_the_layers_asked_for(llama, batch):
+    every = tlm.record(llama, batch)
+    one = tlm.record(llama, batch, layers=[1])
+    assert torch.equal(one[..., 1, :], every[..., 1, :])
+    assert torch.equal(one[..., 0, :], torch.zeros_like(one[..., 0, :]))
+    assert every[..., 0, :].abs().sum() > 0
