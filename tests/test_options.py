@@ -232,3 +232,19 @@ def test_record_keeps_only_the_layers_asked_for(llama, batch):
     assert torch.equal(one[..., 1, :], every[..., 1, :])
     assert torch.equal(one[..., 0, :], torch.zeros_like(one[..., 0, :]))
     assert every[..., 0, :].abs().sum() > 0
+
+
+@pytest.mark.parametrize("verb", sorted(set(VERBS) - {"intervene"}))
+def test_positions_edit_only_those_positions(llama, stats, verb):
+    # One text, no padding: position i is the text's i-th token, -1 its last.
+    run = VERBS[verb]
+    single = llama.pad(llama.tokenize([EN]))
+    mask = tlm.NeuronMask.from_pairs([(1, 2), (1, 7)], llama.n_layers, llama.d_mlp)
+    clean = write_hook(llama, single)
+    everywhere = edited_run(llama, single, run(llama, mask, stats))[1]
+    got = edited_run(llama, single, run(llama, mask, stats, positions=[1, -1]))[1]
+    at = torch.zeros(single.input_ids.shape[1], dtype=torch.bool)
+    at[[1, -1]] = True
+    assert torch.equal(got[0, at], everywhere[0, at])
+    assert torch.equal(got[0, ~at], clean[0, ~at])
+    assert not torch.equal(everywhere[0, ~at], clean[0, ~at])
