@@ -248,3 +248,76 @@ def test_positions_edit_only_those_positions(llama, stats, verb):
     assert torch.equal(got[0, at], everywhere[0, at])
     assert torch.equal(got[0, ~at], clean[0, ~at])
     assert not torch.equal(everywhere[0, ~at], clean[0, ~at])
+
+
+# -- the experiments: the bootstrap (ci, n_boot), the controls (seed), what is deactivated -----
+#
+# With two bootstrap replicates r1 <= r2 the percentile interval of coverage c is
+# [r1 + (1 - c) / 2 * (r2 - r1), r2 - (1 - c) / 2 * (r2 - r1)]: its width is c * (r2 - r1)
+# and its middle does not depend on c. So intervals drawn with the same seed at two
+# coverages must have widths in the ratio of the coverages, and the same middles.
+
+
+def assert_coverage_ratio(narrow, wide, low="ci_low", high="ci_high", c=(0.5, 0.9)):
+    w_narrow = (narrow[high] - narrow[low]).to_numpy(float)
+    w_wide = (wide[high] - wide[low]).to_numpy(float)
+    assert (w_wide > 0).any()
+    np.testing.assert_allclose(w_narrow, w_wide * c[0] / c[1], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose((narrow[high] + narrow[low]).to_numpy(float),
+                               (wide[high] + wide[low]).to_numpy(float), rtol=1e-9, atol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def three(llama):
+    return tlm.Corpus.from_dict({k: v for k, v in tiny.SAMPLE_TEXT.items() if k in ("en", "fr", "zh")})
+
+
+@pytest.fixture(scope="module")
+def lape(llama, three):
+    return tlm.identify(tlm.collect_stats(llama, three, progress=False), method="lape", top_rate=0.1)
+
+
+def deactivate(llama, lape, three, **kw):
+    options = dict(classes=["language"], controls=0, n_boot=2, progress=False) | kw
+    return tlm.deactivation_matrix(llama, lape, three, **options).frame
+
+
+def perplexity_under(lm, corpus, language, mask):
+    """exp(summed NLL / scored tokens) of ``language``'s texts, each scored here."""
+    texts = [t.text for t in corpus[language]]
+    with tlm.ablate(lm, mask):
+        nll = sum(own_nll(lm, ids) for ids in lm.tokenize(texts))
+    return float(np.exp(nll / sum(len(ids) - 1 for ids in lm.tokenize(texts))))
+
+
+def test_deactivation_ci_and_n_boot_set_the_interval(llama, lape, three):
+    narrow = deactivate(llama, lape, three, ci=0.5, seed=3)
+    wide = deactivate(llama, lape, three, ci=0.9, seed=3)
+    assert_coverage_ratio(narrow, wide)
+
+
+def test_deactivation_seed_draws_the_controls(llama, lape, three):
+    frame = deactivate(llama, lape, three, controls=1, seed=7).set_index(["ablated", "evaluated"])
+    # One block (the whole evaluation set): its controls are drawn with the seed itself.
+    (control,) = lape.language("fr").controls(1, seed=7)
+    expected = perplexity_under(llama, three, "en", control)
+    assert frame.loc[("fr", "en"), "control_value"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_deactivation_languages_and_layers_choose_what_is_deactivated(llama, lape, three):
+    frame = deactivate(llama, lape, three, languages=["fr"], layers=[1])
+    assert set(frame["ablated"]) == {"fr"}
+    mask = lape.language("fr").restrict([1])
+    row = frame.set_index("evaluated").loc["zh"]
+    assert row["n_neurons"] == mask.count() < lape.language("fr").count()
+    assert row["value"] == pytest.approx(perplexity_under(llama, three, "zh", mask), rel=1e-6)
+
+
+def test_deactivation_allow_mismatch_takes_neurons_of_another_model_as_its_own(llama, lape, three):
+    foreign = tlm.LanguageNeurons(lape.languages, lape.membership, lape.selected().tensor, None,
+                                  method="lape", source={"model": FOREIGN})
+    with pytest.raises(tlm.IdentificationError, match="allow_mismatch=True"):
+        deactivate(llama, foreign, three, languages=["fr"])
+    got = deactivate(llama, foreign, three, languages=["fr"], allow_mismatch=True)
+    own = deactivate(llama, lape, three, languages=["fr"])
+    assert got.equals(own)
