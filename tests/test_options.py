@@ -321,3 +321,66 @@ def test_deactivation_allow_mismatch_takes_neurons_of_another_model_as_its_own(l
     got = deactivate(llama, foreign, three, languages=["fr"], allow_mismatch=True)
     own = deactivate(llama, lape, three, languages=["fr"])
     assert got.equals(own)
+
+
+# -- the summaries of results: ci, n_boot, seed ------------------------------------------------
+
+WORDS = [{"en": w, "fr": f, "de": d} for w, f, d in
+         (("cat", "chat", "Katze"), ("mat", "tapis", "Matte"), ("morning", "matin", "Morgen"),
+          ("market", "marché", "Markt"))]
+
+
+def two_replicates(values, unit_draws, ci):
+    """The percentile interval of the means of ``values`` over two draws of units."""
+    reps = np.nanmean(values[unit_draws], axis=1)
+    return tuple(np.quantile(reps, [(1 - ci) / 2, (1 + ci) / 2]))
+
+
+def test_lens_summary_ci_n_boot_seed(llama):
+    from tl_multilingual.resample import draws
+
+    prompts = tlm.prompts.translation(WORDS, src="fr", tgt="en", shots=1)
+    result = tlm.language_lens(llama, prompts, progress=False)
+    summary = result.summary(ci=0.5, n_boot=2, seed=5)
+    entropy = summary[summary["quantity"] == "entropy"].set_index("layer")
+    unit_draws = draws(len(prompts), 2, 5)
+    for layer in range(llama.n_layers):
+        low, high = two_replicates(result.entropy[:, layer].double().numpy(), unit_draws, 0.5)
+        assert entropy.loc[layer, "ci_low"] == pytest.approx(low, rel=1e-6)
+        assert entropy.loc[layer, "ci_high"] == pytest.approx(high, rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def similarity(llama):
+    # MIN_UNITS items at least: with fewer the intervals are not drawn.
+    corpus = tlm.data.parallel(["en", "fr", "zh"]).head(12)
+    return tlm.representation_similarity(llama, corpus, n_shuffles=2, progress=False)
+
+
+def test_similarity_peak_measure_ci_n_boot_seed(similarity):
+    from tl_multilingual.resample import draws, percentile_interval
+    from tl_multilingual.stages.similarity import MEASURES
+
+    m = MEASURES.index("non_translation")
+    diff = (similarity.values[m] - similarity.null[m]).mean(1).numpy()  # [item, layer]
+    layer = int(np.argmax(diff.mean(0)))
+    peaks = np.argmax(diff[draws(similarity.n_items, 5, 3)].mean(1), axis=-1)
+    low, high = percentile_interval(peaks.astype(float), 0.5)
+    got = similarity.peak("non_translation", ci=0.5, n_boot=5, seed=3)
+    assert got["measure"] == "non_translation" and got["layer"] == layer
+    assert got["share"] == pytest.approx(np.mean(peaks == layer))
+    assert (got["ci_low"], got["ci_high"]) == pytest.approx((low, high))
+
+
+@pytest.mark.parametrize("table", ["to_frame", "summary"])
+def test_similarity_tables_ci_n_boot_seed(similarity, table):
+    def run(**kw):
+        return getattr(similarity, table)(n_boot=2, **kw)
+
+    narrow, wide = run(ci=0.5, seed=3), run(ci=0.9, seed=3)
+    for prefix in ("ci", "null", "excess"):
+        low, high = ("ci_low", "ci_high") if prefix == "ci" else (f"{prefix}_low", f"{prefix}_high")
+        assert_coverage_ratio(narrow, wide, low, high)
+    # The seed draws the items: the same seed again gives the same interval, another does not.
+    assert run(ci=0.5, seed=3).equals(narrow)
+    assert not run(ci=0.5, seed=4)[["ci_low", "ci_high"]].equals(narrow[["ci_low", "ci_high"]])
