@@ -384,3 +384,43 @@ def test_similarity_tables_ci_n_boot_seed(similarity, table):
     # The seed draws the items: the same seed again gives the same interval, another does not.
     assert run(ci=0.5, seed=3).equals(narrow)
     assert not run(ci=0.5, seed=4)[["ci_low", "ci_high"]].equals(narrow[["ci_low", "ci_high"]])
+
+
+# -- statistics, perplexity, the lens ----------------------------------------------------------
+
+
+def test_collect_include_bos_counts_the_bos_token(llama, corpus):
+    lengths = {lang: sum(len(ids) for ids in llama.tokenize([t.text for t in corpus[lang]]))
+               for lang in corpus.languages}
+    with_bos = tlm.collect_stats(llama, corpus, include_bos=True, progress=False)
+    without = tlm.collect_stats(llama, corpus, progress=False)
+    for k, lang in enumerate(corpus.languages):
+        n_texts = len(corpus[lang])
+        assert int(with_bos.tokens[k]) == lengths[lang]
+        assert int(without.tokens[k]) == lengths[lang] - n_texts
+    assert with_bos.include_bos and not without.include_bos
+
+
+def test_collect_threshold_decides_what_is_active(llama, corpus):
+    never = tlm.collect_stats(llama, corpus, threshold=1e9, progress=False)
+    always = tlm.collect_stats(llama, corpus, threshold=-1e9, progress=False)
+    assert never.threshold == 1e9 and int(never.active_counts.sum()) == 0
+    assert torch.equal(always.active_counts, always.tokens.expand_as(always.active_counts))
+
+
+def test_perplexity_per_text(llama, corpus):
+    frame = tlm.perplexity(llama, corpus.select(["en", "fr"]), per_text=True)
+    assert len(frame) == len(corpus["en"]) + len(corpus["fr"])
+    for _, row in frame.iterrows():
+        ids = llama.tokenize([corpus[row["language"]][int(row["text"])].text])[0]
+        assert row["perplexity"] == pytest.approx(np.exp(own_nll(llama, ids) / (len(ids) - 1)),
+                                                  rel=1e-5)
+
+
+def test_lens_languages_choose_the_tracked_languages(llama):
+    prompts = [tlm.LensPrompt(f'Deutsch: "{w["de"]}" - English: "', {"en": w["en"], "fr": w["fr"]})
+               for w in WORDS]
+    every = tlm.language_lens(llama, prompts, languages=["en", "fr"], progress=False)
+    one = tlm.language_lens(llama, prompts, languages=["fr"], progress=False)
+    assert one.languages == ("fr",) and every.languages == ("en", "fr")
+    torch.testing.assert_close(one.probability[..., 0], every.probability[..., 1])
