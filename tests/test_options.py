@@ -424,3 +424,72 @@ def test_lens_languages_choose_the_tracked_languages(llama):
     one = tlm.language_lens(llama, prompts, languages=["fr"], progress=False)
     assert one.languages == ("fr",) and every.languages == ("en", "fr")
     torch.testing.assert_close(one.probability[..., 0], every.probability[..., 1])
+
+
+# -- stage effects, patching, Wang et al.'s experiments ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def deep():
+    """A four-layer model (one layer per stage), its neurons and its stages."""
+    lm = tlm.adapt(tiny.bridge("llama", n_layers=4))
+    membership = torch.zeros(4, lm.d_mlp, 2, dtype=torch.bool)
+    membership[:, :6, 0] = membership[:, 6:12, 1] = True
+    neurons = tlm.LanguageNeurons(("en", "fr"), membership, membership.any(-1), None,
+                                  method="reference")
+    stage_map = tlm.StageMap.from_boundaries(4, (1, 2, 3), d_mlp=lm.d_mlp)
+    texts = tlm.data.parallel(["en", "fr"]).head(10)
+    return lm, neurons, stage_map, texts
+
+
+def effects(deep, **kw):
+    lm, neurons, stage_map, texts = deep
+    options = dict(stages=["understanding"], controls=1, n_boot=2, progress=False) | kw
+    return tlm.stage_effects(lm, neurons, stage_map, texts, **options).to_frame()
+
+
+def test_stage_effects_ci_and_n_boot_set_the_intervals(deep):
+    narrow, wide = effects(deep, ci=0.5, seed=3), effects(deep, ci=0.9, seed=3)
+    for column in ("own", "over_control", "over_others"):
+        assert_coverage_ratio(narrow, wide, f"{column}_ci_low", f"{column}_ci_high")
+
+
+def test_stage_effects_languages_and_allow_mismatch(deep):
+    lm, neurons, stage_map, texts = deep
+    only_fr = effects(deep, languages=["fr"])
+    assert set(only_fr["language"]) == {"fr"}
+    row = only_fr.set_index("language").loc["fr"]
+    assert row["n_neurons"] == neurons.specific("fr").restrict(stage_map.layers("understanding")).count()
+    foreign = tlm.LanguageNeurons(neurons.languages, neurons.membership, neurons.selected().tensor,
+                                  None, method="reference",
+                                  source={"model": FOREIGN | {"n_layers": 4}})
+    with pytest.raises(tlm.IdentificationError, match="allow_mismatch=True"):
+        effects((lm, foreign, stage_map, texts), languages=["fr"])
+    got = effects((lm, foreign, stage_map, texts), languages=["fr"], allow_mismatch=True)
+    assert got.equals(only_fr)
+
+
+def test_patch_neurons_layers_controls_seed_and_allow_mismatch(llama):
+    source = tlm.prompts.translation(WORDS, src="fr", tgt="en", shots=1)
+    target = tlm.prompts.translation(WORDS, src="fr", tgt="de", shots=1)
+    mask = tlm.NeuronMask.from_pairs([(0, 1), (0, 4), (1, 2), (1, 9)], llama.n_layers, llama.d_mlp)
+
+    def run(m=mask, **kw):
+        return tlm.patch_neurons(llama, source=source, target=target, mask=m, **kw)
+
+    restricted = run(layers=[1], controls=0).to_frame()
+    by_hand = run(mask.restrict([1]), controls=0).to_frame()
+    assert restricted.equals(by_hand)
+    assert not run(controls=0).to_frame().equals(by_hand)
+    # The controls: as many as asked, drawn outside the mask with the seed.
+    drawn = run(controls=2, seed=5).to_frame()
+    for c, control in enumerate(mask.controls(2, seed=5)):
+        alone = run(control, controls=0).to_frame()
+        rows = drawn[drawn["condition"] == f"control_{c}"]
+        assert len(rows) == len(alone[alone["condition"] == "patched"]) > 0
+        np.testing.assert_allclose(rows["probability"].to_numpy(float),
+                                   alone[alone["condition"] == "patched"]["probability"].to_numpy(float))
+    foreign = tlm.NeuronMask(mask.tensor, model=FOREIGN)
+    with pytest.raises(tlm.MaskError, match="allow_mismatch=True"):
+        run(foreign, controls=0)
+    assert run(foreign, controls=0, allow_mismatch=True).to_frame().equals(run(controls=0).to_frame())
