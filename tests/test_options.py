@@ -493,3 +493,35 @@ def test_patch_neurons_layers_controls_seed_and_allow_mismatch(llama):
     with pytest.raises(tlm.MaskError, match="allow_mismatch=True"):
         run(foreign, controls=0)
     assert run(foreign, controls=0, allow_mismatch=True).to_frame().equals(run(controls=0).to_frame())
+
+
+@pytest.fixture(scope="module")
+def wang():
+    """The planted model (its shared neurons raise the answer) and ten parallel items."""
+    toy = tlm.models.planted()
+    lm = tlm.adapt(toy.model)
+    records = [{"id": f"q{n}", "text": {"en": toy.texts["en"][i], "ru": toy.texts["ru"][i]},
+                "answer": {"en": toy.answer, "ru": toy.answer}} for n, i in enumerate(range(30, 40))]
+    chosen = tlm.ParallelItems.from_records(records)
+    return lm, chosen, tlm.sharing(lm, chosen, progress=False)
+
+
+def test_boost_experiment_ci_n_boot_and_allow_mismatch(wang):
+    import dataclasses
+
+    lm, chosen, classes = wang
+
+    def run(sharing=classes, **kw):
+        options = dict(sharing=sharing, factors=(2.0,), controls=1, n_boot=2, progress=False) | kw
+        return boost_experiment(lm, chosen, **options)
+
+    narrow, wide = run(ci=0.5, seed=3), run(ci=0.9, seed=3)
+    assert_coverage_ratio(narrow, wide, "logprob_ci_low", "logprob_ci_high")
+    foreign = dataclasses.replace(classes, model=FOREIGN | {"n_layers": lm.n_layers})
+    with pytest.raises(tlm.TLMultilingualError, match="allow_mismatch=True"):
+        run(foreign)
+    assert run(foreign, allow_mismatch=True).equals(run())
+    with pytest.raises(tlm.TLMultilingualError, match="allow_mismatch=True"):
+        correct_vs_incorrect(lm, chosen, sharing=foreign)
+    assert correct_vs_incorrect(lm, chosen, sharing=foreign, allow_mismatch=True).equals(
+        correct_vs_incorrect(lm, chosen, sharing=classes))
