@@ -525,3 +525,90 @@ def test_boost_experiment_ci_n_boot_and_allow_mismatch(wang):
         correct_vs_incorrect(lm, chosen, sharing=foreign)
     assert correct_vs_incorrect(lm, chosen, sharing=foreign, allow_mismatch=True).equals(
         correct_vs_incorrect(lm, chosen, sharing=classes))
+
+
+# -- seeds and languages of the building blocks ------------------------------------------------
+
+
+def test_corpus_split_seed_picks_the_held_out_texts():
+    import random
+
+    corpus = tlm.data.parallel(["en", "fr"]).head(10)
+    kept, held = corpus.split(3, seed=11)
+    chosen = sorted(random.Random(11).sample(range(10), 3))
+    for lang in ("en", "fr"):
+        assert [t.text for t in held[lang]] == [corpus[lang][i].text for i in chosen]
+        assert len(kept[lang]) == 7
+
+
+@pytest.mark.parametrize("kind", ["translation", "repetition", "cloze"])
+def test_prompt_seed_picks_the_examples(kind):
+    import random
+
+    words = tlm.data.words(["en", "fr"])[:6]
+    if kind == "translation":
+        prompts = tlm.prompts.translation(words, src="fr", tgt="en", shots=2, seed=11)
+    elif kind == "repetition":
+        prompts = tlm.prompts.repetition(words, language="fr", shots=2, seed=11)
+    else:
+        prompts = tlm.prompts.cloze(words, language="en", shots=2, seed=11)
+    rng = random.Random(11)
+    key = "en" if kind == "cloze" else "fr"
+    for i, prompt in enumerate(prompts):
+        examples = rng.sample([w for j, w in enumerate(words) if j != i], 2)
+        lines = prompt.text.split("\n")
+        assert len(lines) == 3
+        for line, example in zip(lines, examples):
+            assert f'"{example[key]}"' in line
+
+
+def test_random_masks_and_controls_follow_their_seed():
+    def drawn(seed, per_layer, exclude=None):
+        generator = torch.Generator().manual_seed(seed)
+        grid = torch.zeros(len(per_layer), 16, dtype=torch.bool)
+        for layer, count in enumerate(per_layer):
+            pool = torch.arange(16)
+            if exclude is not None:
+                pool = pool[~exclude[layer]]
+            grid[layer, pool[torch.randperm(len(pool), generator=generator)[:count]]] = True
+        return grid
+
+    mask = tlm.NeuronMask.random([2, 3], 16, seed=9)
+    assert torch.equal(mask.tensor, drawn(9, [2, 3]))
+    # Control i is drawn outside the mask with seed + 1 + i.
+    for i, control in enumerate(mask.controls(2, seed=4)):
+        assert torch.equal(control.tensor, drawn(4 + 1 + i, [2, 3], mask.tensor))
+
+
+def test_tiny_models_follow_their_seed():
+    ids = torch.tensor([[1, 40, 41, 42]])
+    hf, _ = tlm.models.tiny_hf("llama", seed=3)
+    with torch.no_grad():
+        want = hf(ids).logits
+        got = tlm.models.tiny("llama", seed=3)(ids)
+        other = tlm.models.tiny("llama")(ids)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(other, want, rtol=1e-3, atol=1e-3)
+    first, _ = tlm.models.tiny_hf("llama")
+    with torch.no_grad():
+        assert not torch.allclose(first(ids).logits, want, rtol=1e-3, atol=1e-3)
+
+
+def test_languages_of_the_bundled_words_and_of_items():
+    words = tlm.data.words(["fr"])
+    assert words and all(set(w) <= {"concept", "cloze_en", "fr"} and "fr" in w for w in words)
+    assert all("en" not in w for w in words)
+    chosen = tlm.ParallelItems.from_records(
+        [{"id": "a", "text": {"en": "x", "fr": "y", "de": "z"}, "answer": {"en": "1", "fr": "2"}}],
+        languages=["fr", "de"])
+    assert chosen.languages == ("fr", "de")
+    assert tlm.ParallelItems(list(chosen), languages=["de", "fr"]).languages == ("de", "fr")
+
+
+def test_sharing_threshold_decides_what_is_active(wang):
+    lm, chosen, _ = wang
+    never = tlm.sharing(lm, chosen, threshold=1e9, progress=False)
+    always = tlm.sharing(lm, chosen, threshold=-1e9, progress=False)
+    assert never.threshold == 1e9 and int(never.codes.sum()) == 0
+    full = (1 << len(chosen.languages)) - 1
+    assert bool((always.codes == full).all())
