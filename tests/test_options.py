@@ -612,3 +612,27 @@ def test_sharing_threshold_decides_what_is_active(wang):
     assert never.threshold == 1e9 and int(never.codes.sum()) == 0
     full = (1 << len(chosen.languages)) - 1
     assert bool((always.codes == full).all())
+
+
+def test_similarity_include_bos_pools_the_bos_position(llama):
+    from test_similarity import brute_force_measures
+
+    corpus = tlm.data.parallel(["en", "fr"]).head(6)
+    vectors = np.zeros((6, 2, llama.n_layers, llama.d_model))
+    for k, lang in enumerate(corpus.languages):
+        for i, text in enumerate(corpus[lang]):
+            seen = {}
+
+            def keep(tensor, hook, seen=seen):
+                seen[len(seen)] = tensor[0].detach().double()
+
+            hooks = [(f"blocks.{layer}.hook_resid_post", keep) for layer in range(llama.n_layers)]
+            with torch.no_grad(), llama.model.hooks(fwd_hooks=hooks):
+                llama.model(torch.tensor([llama.tokenize([text.text])[0]]))
+            for layer in range(llama.n_layers):
+                vectors[i, k, layer] = seen[layer].mean(0).numpy()  # BOS included
+    result = tlm.representation_similarity(llama, corpus, include_bos=True, n_shuffles=2,
+                                           progress=False)
+    assert result.include_bos
+    np.testing.assert_allclose(result.values[0].numpy(),
+                               brute_force_measures(vectors, list(range(6)))[0], atol=2e-5)
