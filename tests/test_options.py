@@ -636,3 +636,14 @@ def test_similarity_include_bos_pools_the_bos_position(llama):
     assert result.include_bos
     np.testing.assert_allclose(result.values[0].numpy(),
                                brute_force_measures(vectors, list(range(6)))[0], atol=2e-5)
+
+
+def test_register_selects_the_bundled_sentences():
+    every = tlm.data.parallel_records()
+    reasoning = [r for r in every if r["register"] == "reasoning"]
+    assert 0 < len(reasoning) < len(every)
+    assert tlm.data.parallel_records(register="reasoning") == reasoning
+    corpus = tlm.data.parallel(["en", "fr"], register="reasoning")
+    assert [t.text for t in corpus["fr"]] == [r["fr"] for r in reasoning]
+    chosen = tlm.data.parallel_items(["en", "fr"], register="reasoning")
+    assert len(list(chosen)) == len(reasoning)

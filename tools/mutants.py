@@ -732,6 +732,9 @@ MUTANTS: list[Mutant] = [
 # Options a test cannot observe on a small CPU-only machine without the network, with why.
 # ``--options`` does not make mutants of these (``--list`` shows them).
 OPTIONS_UNTESTED: dict[str, str] = {
+    "batch_size": "texts per forward pass: no number may depend on it, only memory and speed "
+                  "(an ignored batch size is an equivalent mutant)",
+    "dim_batch": "Jacobian columns per backward pass: only memory and speed depend on it",
     "progress": "a progress bar on stderr: no number depends on it",
     "disable_tqdm": "the harness's progress bar: no number depends on it",
     "ax": "the matplotlib axes drawn on: a figure is checked by its data, not by where it lands",
@@ -743,7 +746,6 @@ OPTIONS_UNTESTED: dict[str, str] = {
     "private": "a Hub repository's visibility: the tests have no network",
     "create_pr": "a Hub pull request: the tests have no network",
     "commit_message": "a Hub commit message: the tests have no network",
-    "register": "which bundled register of the parallel data: only one register is bundled",
     "limit": "how many records a dataset loader reads: the loaders need the network",
     "split": "which split a dataset loader reads: the loaders need the network",
 }
