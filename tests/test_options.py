@@ -647,3 +647,18 @@ def test_register_selects_the_bundled_sentences():
     assert [t.text for t in corpus["fr"]] == [r["fr"] for r in reasoning]
     chosen = tlm.data.parallel_items(["en", "fr"], register="reasoning")
     assert len(list(chosen)) == len(reasoning)
+
+
+def test_candidate_languages_of_the_default_identifier():
+    pytest.importorskip("lingua")
+    german = "Die Katze schläft auf der warmen Matte, und wir gingen am Morgen zum Markt."
+    assert tlm.language_of([german])["language"].tolist() == ["de"]
+    # Among English and French only, German text cannot be read as German.
+    assert tlm.language_of([german], languages=["en", "fr"])["language"].iloc[0] in {"en", "fr"}
+    corpus = tlm.Corpus.from_dict({"en": ["The cat sleeps on the warm mat.", german],
+                                   "de": [german, german]})
+    _, dropped = tlm.purity_filter(corpus, keep_parallel=False)
+    assert dropped[["language", "text"]].values.tolist() == [["en", 1]]
+    # German is no candidate: every German text is read as another language and dropped.
+    with pytest.raises(tlm.CorpusError, match=r"no text of \['de'\]"):
+        tlm.purity_filter(corpus, languages=["en", "fr"], keep_parallel=False)
