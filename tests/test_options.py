@@ -50,8 +50,8 @@ def neurons(stats):
 
 
 def items(n=2):
-    records = [{"id": f"q{i}", "text": {"en": EN, "fr": FR}, "answer": {"en": " mat", "fr": " tapis"}}
-               for i in range(n)]
+    records = [{"id": f"q{i}", "text": {"en": EN, "fr": FR},
+                "answer": {"en": " mat", "fr": " tapis"}} for i in range(n)]
     return tlm.ParallelItems.from_records(records)
 
 
@@ -148,7 +148,8 @@ def test_rolling_scores_split_pieces_or_the_beginning(llama):
     assert total == pytest.approx(-sum(own_nll(llama, p) for p in pieces), rel=1e-4)
     # "truncate": the beginning only.
     with pytest.warns(TruncationWarning, match=f"max_length={LIMIT}"):
-        ((total, n),) = evaluate.rolling_logprobs(llama, [EN], max_length=LIMIT, overflow="truncate")
+        ((total, n),) = evaluate.rolling_logprobs(llama, [EN], max_length=LIMIT,
+                                                  overflow="truncate")
     assert n == LIMIT - 1
     assert total == pytest.approx(-own_nll(llama, ids[:LIMIT]), rel=1e-4)
     with pytest.raises(ContextLengthError, match=f"max_length={LIMIT}"):
@@ -269,12 +270,13 @@ def assert_coverage_ratio(narrow, wide, low="ci_low", high="ci_high", c=(0.5, 0.
 
 @pytest.fixture(scope="module")
 def three(llama):
-    return tlm.Corpus.from_dict({k: v for k, v in tiny.SAMPLE_TEXT.items() if k in ("en", "fr", "zh")})
+    return tlm.Corpus.from_dict({k: tiny.SAMPLE_TEXT[k] for k in ("en", "fr", "zh")})
 
 
 @pytest.fixture(scope="module")
 def lape(llama, three):
-    return tlm.identify(tlm.collect_stats(llama, three, progress=False), method="lape", top_rate=0.1)
+    stats = tlm.collect_stats(llama, three, progress=False)
+    return tlm.identify(stats, method="lape", top_rate=0.1)
 
 
 def deactivate(llama, lape, three, **kw):
@@ -459,7 +461,8 @@ def test_stage_effects_languages_and_allow_mismatch(deep):
     only_fr = effects(deep, languages=["fr"])
     assert set(only_fr["language"]) == {"fr"}
     row = only_fr.set_index("language").loc["fr"]
-    assert row["n_neurons"] == neurons.specific("fr").restrict(stage_map.layers("understanding")).count()
+    understanding = stage_map.layers("understanding")
+    assert row["n_neurons"] == neurons.specific("fr").restrict(understanding).count()
     foreign = tlm.LanguageNeurons(neurons.languages, neurons.membership, neurons.selected().tensor,
                                   None, method="reference",
                                   source={"model": FOREIGN | {"n_layers": 4}})
@@ -487,12 +490,13 @@ def test_patch_neurons_layers_controls_seed_and_allow_mismatch(llama):
         alone = run(control, controls=0).to_frame()
         rows = drawn[drawn["condition"] == f"control_{c}"]
         assert len(rows) == len(alone[alone["condition"] == "patched"]) > 0
-        np.testing.assert_allclose(rows["probability"].to_numpy(float),
-                                   alone[alone["condition"] == "patched"]["probability"].to_numpy(float))
+        patched = alone[alone["condition"] == "patched"]["probability"]
+        np.testing.assert_allclose(rows["probability"].to_numpy(float), patched.to_numpy(float))
     foreign = tlm.NeuronMask(mask.tensor, model=FOREIGN)
     with pytest.raises(tlm.MaskError, match="allow_mismatch=True"):
         run(foreign, controls=0)
-    assert run(foreign, controls=0, allow_mismatch=True).to_frame().equals(run(controls=0).to_frame())
+    accepted = run(foreign, controls=0, allow_mismatch=True).to_frame()
+    assert accepted.equals(run(controls=0).to_frame())
 
 
 @pytest.fixture(scope="module")
@@ -501,7 +505,8 @@ def wang():
     toy = tlm.models.planted()
     lm = tlm.adapt(toy.model)
     records = [{"id": f"q{n}", "text": {"en": toy.texts["en"][i], "ru": toy.texts["ru"][i]},
-                "answer": {"en": toy.answer, "ru": toy.answer}} for n, i in enumerate(range(30, 40))]
+                "answer": {"en": toy.answer, "ru": toy.answer}}
+               for n, i in enumerate(range(30, 40))]
     chosen = tlm.ParallelItems.from_records(records)
     return lm, chosen, tlm.sharing(lm, chosen, progress=False)
 

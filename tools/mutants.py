@@ -850,7 +850,7 @@ def option_mutants() -> tuple[list[Mutant], list[Option]]:
     tests_of = _module_tests()
     mutants: list[Mutant] = []
     skipped: list[Option] = []
-    for key, fn in sorted(_public_functions().items()):
+    for _key, fn in sorted(_public_functions().items()):
         path = Path(inspect.getsourcefile(fn)).resolve()
         file = path.relative_to(ROOT / PACKAGE).as_posix()
         text = path.read_text(encoding="utf-8")
@@ -968,7 +968,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="mutants run at once, each in its own copy")
     parser.add_argument("--list", action="store_true", help="only list the mutants and whether their snippet is found")
     parser.add_argument("--options", action="store_true",
-                        help="the ignored and inverted mutants of every option of every public function")
+                        help="the ignored and inverted mutants of every option of every "
+                             "public function")
     args = parser.parse_args(argv)
 
     if args.options:
@@ -977,7 +978,8 @@ def main(argv: list[str] | None = None) -> int:
                                                              for p in args.only)]
     else:
         table, skipped = MUTANTS, []
-        chosen = [mu for mu in MUTANTS if not args.only or any(mu.name.startswith(p) for p in args.only)]
+        chosen = [mu for mu in MUTANTS
+                  if not args.only or any(mu.name.startswith(p) for p in args.only)]
     names = [mu.name for mu in table]
     if len(set(names)) != len(names):
         raise SystemExit("mutant names must be unique")
@@ -985,8 +987,10 @@ def main(argv: list[str] | None = None) -> int:
         for mu in chosen:
             print(f"{mu.name:45s} {mu.file:18s} {snippet_status(mu)}")
         for option in skipped:
-            if not args.only or any(f"{option.where}.{option.parameter}".startswith(p) for p in args.only):
-                print(f"untested {option.where}.{option.parameter}: {OPTIONS_UNTESTED[option.parameter]}")
+            where = f"{option.where}.{option.parameter}"
+            if not args.only or any(_option_chosen(f"{where}:ignored", p) for p in args.only):
+                reason = OPTIONS_UNTESTED[option.parameter]
+                print(f"untested {option.where}.{option.parameter}: {reason}")
         return 0
 
     jobs = max(1, min(args.jobs, len(chosen)))
