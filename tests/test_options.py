@@ -667,3 +667,20 @@ def test_candidate_languages_of_the_default_identifier():
     # German is no candidate: every German text is read as another language and dropped.
     with pytest.raises(tlm.CorpusError, match=r"no text of \['de'\]"):
         tlm.purity_filter(corpus, languages=["en", "fr"], keep_parallel=False)
+
+
+def test_boost_experiment_controls_and_seed_draw_each_items_controls(wang, monkeypatch):
+    lm, chosen, classes = wang
+    asked = []
+    original = tlm.NeuronMask.controls
+
+    def recording(self, n, *, seed=0):
+        asked.append((n, seed))
+        return original(self, n, seed=seed)
+
+    monkeypatch.setattr(tlm.NeuronMask, "controls", recording)
+    boost_experiment(lm, chosen, sharing=classes, factors=(2.0,), controls=2, seed=5, n_boot=2,
+                     progress=False)
+    # One block per item: item b's controls are drawn with seed + 97 * b.
+    blocks = len(list(chosen))
+    assert sorted(set(asked)) == [(2, 5 + 97 * b) for b in range(blocks)]
