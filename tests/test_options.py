@@ -684,3 +684,17 @@ def test_boost_experiment_controls_and_seed_draw_each_items_controls(wang, monke
     # One block per item: item b's controls are drawn with seed + 97 * b.
     blocks = len(list(chosen))
     assert sorted(set(asked)) == [(2, 5 + 97 * b) for b in range(blocks)]
+
+
+def test_stage_effects_controls_and_seed_draw_the_controls(deep, monkeypatch):
+    asked = []
+    original = tlm.NeuronMask.controls
+
+    def recording(self, n, *, seed=0):
+        asked.append((n, seed))
+        return original(self, n, seed=seed)
+
+    monkeypatch.setattr(tlm.NeuronMask, "controls", recording)
+    effects(deep, controls=2, seed=5, languages=["fr"])
+    # One block (the whole evaluation set): its controls are drawn with the seed itself.
+    assert asked == [(2, 5)]
