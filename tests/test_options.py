@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tiny
 import torch
+from conftest import require
 
 import tl_multilingual as tlm
 from tl_multilingual.causal import evaluate
@@ -655,7 +656,7 @@ def test_register_selects_the_bundled_sentences():
 
 
 def test_candidate_languages_of_the_default_identifier():
-    pytest.importorskip("lingua")
+    require("lingua")
     german = "Die Katze schläft auf der warmen Matte, und wir gingen am Morgen zum Markt."
     assert tlm.language_of([german])["language"].tolist() == ["de"]
     # Among English and French only, German text cannot be read as German.
