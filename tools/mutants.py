@@ -17,6 +17,18 @@ The score is killed / (killed + survived). Run it from anywhere::
     python tools/mutants.py --only collect-      # mutants whose name starts with this
     python tools/mutants.py --tests-rev HEAD~3   # the tests as they were at a revision
     python tools/mutants.py --list               # names and status of the snippets only
+    python tools/mutants.py --options --only causal/interventions   # option mutants
+
+``--options`` makes the mutants instead of reading the table below: it walks the public
+signatures (every name of ``tl_multilingual.__all__``, the public functions of the modules
+reached as attributes, and the public methods of the public classes) and, for each
+parameter with a default, makes an ``ignored`` mutant (the parameter is rebound to its
+default at the top of the function body) and, for a boolean, an ``inverted`` one (rebound
+to ``not`` itself). Each runs the tests of the function's module (the test files the table
+below names for that module, or ``tests/test_<module>.py``) and those of a few options that
+have a file of their own (the length policy). There ``--only`` filters on the module path or
+the mutant's name (``causal/interventions``, ``ablate.``); ``--skip`` leaves out the options
+listed in ``OPTIONS_UNTESTED`` (progress bars, devices, the Hub) with their reasons.
 
 It is not part of the test run. Each mutant runs a fresh pytest process (``-x``, so a
 killed mutant stops at the first failure); on a small machine a full run takes a while:
@@ -26,6 +38,9 @@ use ``--only`` while working on one module, and ``--jobs`` where there are spare
 from __future__ import annotations
 
 import argparse
+import ast
+import importlib
+import inspect
 import os
 import shutil
 import subprocess
@@ -739,6 +754,181 @@ MUTANTS: list[Mutant] = [
 ]
 
 
+# Options a test cannot observe on a small CPU-only machine without the network, with why.
+# ``--options`` does not make mutants of these (``--list`` shows them).
+OPTIONS_UNTESTED: dict[str, str] = {
+    "batch_size": "texts per forward pass: no number may depend on it, only memory and speed "
+                  "(an ignored batch size is an equivalent mutant)",
+    "dim_batch": "Jacobian columns per backward pass: only memory and speed depend on it",
+    "progress": "a progress bar on stderr: no number depends on it",
+    "disable_tqdm": "the harness's progress bar: no number depends on it",
+    "ax": "the matplotlib axes drawn on: a figure is checked by its data, not by where it lands",
+    "axes": "the matplotlib axes drawn on: a figure is checked by its data, not by where it lands",
+    "dpi": "the resolution of a saved figure",
+    "token": "a Hugging Face token: the tests have no network",
+    "cache_dir": "the Hugging Face cache folder: the tests have no network",
+    "local_files_only": "the Hugging Face download policy: the tests have no network",
+    "private": "a Hub repository's visibility: the tests have no network",
+    "create_pr": "a Hub pull request: the tests have no network",
+    "commit_message": "a Hub commit message: the tests have no network",
+    "limit": "how many records a dataset loader reads: the loaders need the network",
+    "split": "which split a dataset loader reads: the loaders need the network",
+}
+# Options with a test file of their own, run beside the tests of the function's module;
+# ``tests/test_options.py`` (the options no module's tests reach) runs for every option.
+EVERY_OPTION_TESTS = ("tests/test_options.py",)
+OPTION_TESTS: dict[str, tuple[str, ...]] = {
+    "max_length": ("tests/test_length_policy.py",),
+    "overflow": ("tests/test_length_policy.py",),
+}
+
+# Modules with no test file of their own and no mutant above: where their options are used.
+MODULE_TESTS: dict[str, tuple[str, ...]] = {
+    "data/__init__.py": ("tests/test_data.py",),
+    "inputs/prompts.py": ("tests/test_lens.py", "tests/test_data.py"),
+    "inputs/items.py": ("tests/test_sharing_classes.py", "tests/test_data.py"),
+    "model/models.py": ("tests/test_adapters.py", "tests/test_identification.py"),
+}
+
+
+@dataclass(frozen=True)
+class Option:
+    """One parameter with a default of one public function (``where``: its qualified name)."""
+
+    where: str
+    file: str
+    parameter: str
+    default: str
+    boolean: bool
+
+
+def _module_tests() -> dict[str, tuple[str, ...]]:
+    """The test files of each module of the package: those the mutants above name for it."""
+    tests: dict[str, list[str]] = {}
+    for mu in MUTANTS:
+        for t in mu.tests:
+            tests.setdefault(mu.file, [])
+            if t.split("::")[0] not in tests[mu.file]:
+                tests[mu.file].append(t.split("::")[0])
+    return {file: tuple(found) for file, found in tests.items()}
+
+
+def _public_functions() -> dict[str, object]:
+    """Qualified name -> function, for every public function and public method."""
+    package = importlib.import_module(PACKAGE)
+    found: dict[str, object] = {}
+
+    def add(qualname: str, fn: object) -> None:
+        fn = inspect.unwrap(fn)
+        try:
+            source = inspect.getsourcefile(fn)
+        except TypeError:
+            return
+        if source and f"/{PACKAGE}/" in source.replace(os.sep, "/"):
+            found.setdefault(f"{fn.__module__}.{fn.__qualname__}", fn)
+
+    def add_class(cls: type) -> None:
+        for klass in cls.__mro__:
+            if not klass.__module__.startswith(PACKAGE):
+                continue
+            for attr, value in vars(klass).items():
+                if attr.startswith("_") and attr != "__init__":
+                    continue
+                if isinstance(value, (classmethod, staticmethod)):
+                    value = value.__func__
+                if inspect.isfunction(value):
+                    add(attr, value)
+
+    for module, names in package._PUBLIC.items():
+        home = importlib.import_module(f"{PACKAGE}.{module}")
+        for name in names:
+            obj = getattr(home, name)
+            add_class(obj) if inspect.isclass(obj) else add(name, obj)
+    for module in package._MODULES.values():
+        home = importlib.import_module(f"{PACKAGE}.{module}")
+        for name, obj in vars(home).items():
+            if name.startswith("_") or getattr(obj, "__module__", None) != home.__name__:
+                continue
+            add_class(obj) if inspect.isclass(obj) else add(name, obj)
+    return found
+
+
+def _find_def(tree: ast.Module, qualname: str) -> ast.FunctionDef | None:
+    def walk(body: list[ast.stmt], prefix: str) -> ast.FunctionDef | None:
+        for node in body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                if prefix + node.name == qualname:
+                    return node
+            elif isinstance(node, ast.ClassDef):
+                hit = walk(node.body, f"{prefix}{node.name}.")
+                if hit:
+                    return hit
+        return None
+
+    return walk(tree.body, "")
+
+
+def option_mutants() -> tuple[list[Mutant], list[Option]]:
+    """The ignored and inverted mutants of every option of every public function, and the
+    options left out (``OPTIONS_UNTESTED``)."""
+    sys.path.insert(0, str(ROOT))
+    tests_of = _module_tests()
+    mutants: list[Mutant] = []
+    skipped: list[Option] = []
+    for _key, fn in sorted(_public_functions().items()):
+        path = Path(inspect.getsourcefile(fn)).resolve()
+        file = path.relative_to(ROOT / PACKAGE).as_posix()
+        text = path.read_text(encoding="utf-8")
+        node = _find_def(ast.parse(text), fn.__qualname__)
+        if node is None:
+            continue
+        body = node.body
+        first = body[1] if (len(body) > 1 and isinstance(body[0], ast.Expr)
+                            and isinstance(body[0].value, ast.Constant)
+                            and isinstance(body[0].value.value, str)) else body[0]
+        if first.lineno == node.lineno:
+            continue  # a one-line body
+        args = node.args
+        positional = [*args.posonlyargs, *args.args]
+        pairs = list(zip(positional[len(positional) - len(args.defaults):], args.defaults))
+        pairs += [(a, d) for a, d in zip(args.kwonlyargs, args.kw_defaults) if d is not None]
+        lines = text.splitlines(keepends=True)
+        start = node.decorator_list[0].lineno if node.decorator_list else node.lineno
+        original = "".join(lines[start - 1:node.end_lineno])
+        indent = " " * first.col_offset
+        at = first.lineno - start  # the line of the first statement within ``original``
+        own = lines[start - 1:node.end_lineno]
+        stem = file.rsplit("/", 1)[-1].removesuffix(".py")
+        module_tests = tests_of.get(file) or MODULE_TESTS.get(file) or (f"tests/test_{stem}.py",)
+        where = f"{file.removesuffix('.py')}:{fn.__qualname__}"
+        for arg, default in pairs:
+            source = ast.get_source_segment(text, default)
+            boolean = (isinstance(default, ast.Constant) and isinstance(default.value, bool)) or (
+                arg.annotation is not None and ast.unparse(arg.annotation) == "bool")
+            option = Option(where, file, arg.arg, source, boolean)
+            if arg.arg in OPTIONS_UNTESTED:
+                skipped.append(option)
+                continue
+            # The options' own file first: it is quick, and pytest stops at the first failure.
+            extra = [t for t in OPTION_TESTS.get(arg.arg, ()) if t not in module_tests]
+            tests = (*EVERY_OPTION_TESTS, *module_tests, *extra)
+            kinds = [("ignored", source)] + ([("inverted", f"not {arg.arg}")] if boolean else [])
+            for kind, value in kinds:
+                rebound = [*own[:at], f"{indent}{arg.arg} = {value}\n", *own[at:]]
+                mutants.append(Mutant(f"{where}.{arg.arg}:{kind}", file, original,
+                                      "".join(rebound), tests))
+    return mutants, skipped
+
+
+def _option_chosen(name: str, pattern: str) -> bool:
+    """``name`` is ``module:qualname.parameter:kind``; ``pattern`` is a prefix of it, of its
+    ``qualname.parameter``, or ``.parameter`` for that parameter of every function."""
+    module, rest = name.split(":", 1)
+    if pattern.startswith("."):
+        return rest.rsplit(":", 1)[0].endswith(pattern)
+    return name.startswith(pattern) or rest.startswith(pattern)
+
+
 def prepare(workdir: Path, tests_rev: str | None) -> None:
     """A copy of the repository in ``workdir``; with ``tests_rev``, its tests/ replaced by
     the tests of that revision."""
@@ -802,15 +992,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per mutant (default 900)")
     parser.add_argument("--jobs", type=int, default=1, help="mutants run at once, each in its own copy")
     parser.add_argument("--list", action="store_true", help="only list the mutants and whether their snippet is found")
+    parser.add_argument("--options", action="store_true",
+                        help="the ignored and inverted mutants of every option of every "
+                             "public function")
     args = parser.parse_args(argv)
 
-    names = [mu.name for mu in MUTANTS]
+    if args.options:
+        table, skipped = option_mutants()
+        chosen = [mu for mu in table if not args.only or any(_option_chosen(mu.name, p)
+                                                             for p in args.only)]
+    else:
+        table, skipped = MUTANTS, []
+        chosen = [mu for mu in MUTANTS
+                  if not args.only or any(mu.name.startswith(p) for p in args.only)]
+    names = [mu.name for mu in table]
     if len(set(names)) != len(names):
         raise SystemExit("mutant names must be unique")
-    chosen = [mu for mu in MUTANTS if not args.only or any(mu.name.startswith(p) for p in args.only)]
     if args.list:
         for mu in chosen:
             print(f"{mu.name:45s} {mu.file:18s} {snippet_status(mu)}")
+        for option in skipped:
+            where = f"{option.where}.{option.parameter}"
+            if not args.only or any(_option_chosen(f"{where}:ignored", p) for p in args.only):
+                reason = OPTIONS_UNTESTED[option.parameter]
+                print(f"untested {option.where}.{option.parameter}: {reason}")
         return 0
 
     jobs = max(1, min(args.jobs, len(chosen)))
