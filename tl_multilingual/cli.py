@@ -188,12 +188,9 @@ def _words(spec: str | None, languages: list[str]) -> list[dict[str, str]] | Non
     if spec is None:
         bundled = [lang for lang in languages if lang in data.LANGUAGES]
         return data.words(sorted(set(bundled) | {"en"})) if len(bundled) >= 2 else None
-    import json
+    from .persist import read_json
 
-    try:
-        return [json.loads(line) for line in Path(spec).read_text(encoding="utf-8").splitlines() if line.strip()]
-    except (OSError, ValueError) as err:
-        raise TLMultilingualError(f"cannot read the word list {spec}: {err}") from None
+    return read_json(spec, error=TLMultilingualError, lines=True, what=f"the word list {spec}")
 
 
 def _settings(args: argparse.Namespace, base: Any) -> Any:

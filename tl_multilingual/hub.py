@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import HubError, SaveError, TLMultilingualError, logger
-from .persist import library_versions
+from .persist import library_versions, read_json
 
 __all__ = ["HubMixin", "push_to_hub", "from_pretrained", "model_card", "CITATIONS", "LIBRARY_NAME"]
 
@@ -199,8 +199,8 @@ def _file_name(cls: type) -> str:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        value = read_json(path)
+    except SaveError:
         return {}
     return value if isinstance(value, dict) else {}
 

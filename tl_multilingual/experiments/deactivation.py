@@ -34,7 +34,7 @@ from ..model.tokens import Overflow
 from ..neurons.classes import MASK_NAMES, LanguageNeurons
 from ..neurons.masks import NeuronMask, parse_variant
 from ..neurons.stats import ActivationStats
-from ..persist import atomic_folder, recover
+from ..persist import atomic_folder, read_json, recover
 from ..provenance import check_fits
 from .engine import controlled_runs, paired_interval
 
@@ -123,7 +123,7 @@ class DeactivationResult(HubMixin):
         folder = Path(path)
         recover(folder)
         try:
-            meta = json.loads((folder / "result.json").read_text(encoding="utf-8"))
+            meta = read_json(folder / "result.json")
             frame, controls = pd.read_csv(folder / "cells.csv"), pd.read_csv(folder / "controls.csv")
         except (OSError, ValueError) as err:  # ValueError: JSON, UTF-8 and CSV parsing
             raise SaveError(f"{folder} is not a saved ablation result: {err}") from err

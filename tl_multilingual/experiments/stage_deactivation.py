@@ -41,7 +41,7 @@ from ..model.adapters import adapt
 from ..model.tokens import Overflow
 from ..neurons.classes import LanguageNeurons
 from ..neurons.masks import NeuronMask
-from ..persist import write_text
+from ..persist import read_json, write_text
 from ..provenance import check_fits
 from ..stages.lens import language_lens
 from ..stages.stage_map import STAGES, StageMap
@@ -155,12 +155,12 @@ class StageEffects(HubMixin):
         """
         folder = Path(path)
         try:
-            meta = json.loads((folder / "result.json").read_text(encoding="utf-8"))
-            if meta.get("kind") != _KIND:
+            meta = read_json(folder / "result.json", error=TLMultilingualError)
+            if not isinstance(meta, dict) or meta.get("kind") != _KIND:
                 raise ValueError(f"kind {meta.get('kind')!r}")
             return cls(pd.read_csv(folder / "cells.csv"), pd.read_csv(folder / "lens.csv"), meta["variant"],
                        float(meta.get("ci", 0.95)))
-        except (OSError, ValueError, KeyError) as err:
+        except (OSError, ValueError, KeyError, TLMultilingualError) as err:
             raise TLMultilingualError(f"{folder} is not a saved stage-effects result: {err}") from None
 
 

@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from .. import distributed
-from ..errors import CorpusError, TLMultilingualError, warn
+from ..errors import CorpusError, SaveError, TLMultilingualError, warn
 from ..inputs.corpus import Corpus
 from ..model.adapters import ModelAdapter, adapt
 from ..neurons.identification import METHODS
-from ..persist import is_temporary, library_versions, write_text
+from ..persist import is_temporary, library_versions, read_json, write_text
 from .steps import STEPS, Skip, Step, StudySettings, key, lens_prompts
 
 __all__ = ["Study", "DEMO_SETTINGS", "check_output_folder", "study_entries"]
@@ -341,15 +341,38 @@ def study_entries() -> set[str]:
     return {*_REPORT_ENTRIES, *(Path(step.path).parts[0] for step in STEPS.values())}
 
 
+def _well_formed(manifest: Any) -> bool:
+    """Whether a decoded study manifest has the shape a study writes: an object whose
+    ``kind`` is a string, ``command`` a list of strings, ``model``, ``data`` and
+    ``settings`` objects, and ``steps`` an object of objects whose ``key`` (when
+    present) is a string. Fields it lacks are fine (an interrupted first write)."""
+    if not isinstance(manifest, dict):
+        return False
+    expected = {"kind": str, "command": list, "model": dict, "data": dict, "settings": dict,
+                "steps": dict, "versions": dict}
+    if any(name in manifest and not isinstance(manifest[name], kind)
+           for name, kind in expected.items()):
+        return False
+    if not all(isinstance(part, str) for part in manifest.get("command", [])):
+        return False
+    for entry in manifest.get("steps", {}).values():
+        if not isinstance(entry, dict) or not isinstance(entry.get("key", ""), (str, type(None))):
+            return False
+    return True
+
+
 def _read_study_manifest(path: Path) -> dict[str, Any] | None:
-    """A study folder's manifest: None if absent, ``_CORRUPT`` if unreadable."""
+    """A study folder's manifest: None if absent, ``_CORRUPT`` if unreadable or, for a
+    study's manifest, not of the shape a study writes (see ``_well_formed``)."""
     if not path.is_file():
         return None
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        manifest = read_json(path)
+    except SaveError:
         return _CORRUPT
-    return manifest if isinstance(manifest, dict) else _CORRUPT
+    if isinstance(manifest, dict) and "kind" in manifest and manifest["kind"] != _STUDY_KIND:
+        return manifest  # another kind of file: the callers refuse it by its kind
+    return manifest if _well_formed(manifest) else _CORRUPT
 
 
 def check_output_folder(out: Path, command: str | None = None) -> None:
