@@ -252,7 +252,8 @@ def held_out_count(corpus: Corpus, settings: StudySettings) -> int:
 
 _PYTHON_NAMES = {"languages": "Corpus.select", "held_out": "StudySettings.held_out",
                  "eval_texts": "StudySettings.eval_texts", "batch_size": "StudySettings.batch_size",
-                 "controls": "StudySettings.controls", "method": "StudySettings.method"}
+                 "controls": "StudySettings.controls", "method": "StudySettings.method",
+                 "max_tokens_per_language": "StudySettings.max_tokens_per_language"}
 
 
 def check_study(corpus: Corpus, settings: StudySettings, *, names: dict[str, str] | None = None) -> int:
@@ -267,7 +268,8 @@ def check_study(corpus: Corpus, settings: StudySettings, *, names: dict[str, str
     Raises:
         CorpusError: fewer than two languages, a language with only empty texts, a
             language too small to hold texts out and keep some for statistics, or
-            settings out of range.
+            settings out of range (a batch size, evaluation texts or token budget below
+            1, negative controls, an unknown method).
         LanguageError: a language key that is not a known language (a corpus built with
             ``allow_unknown=True``): the sharing and lens steps need real languages.
     """
@@ -299,6 +301,10 @@ def check_study(corpus: Corpus, settings: StudySettings, *, names: dict[str, str
                                   ("controls", settings.controls, 0)):
         if value < least:
             raise CorpusError(f"{name[setting]} must be at least {least}, got {value}")
+    budget = settings.max_tokens_per_language
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+        raise CorpusError(f"{name['max_tokens_per_language']} must be a positive number of tokens "
+                          f"(or None: every token), got {budget}")
     if settings.method not in METHODS:
         raise CorpusError(f"{name['method']} must be an identification method, one of "
                           f"{tuple(METHODS)}; got {settings.method!r}")
