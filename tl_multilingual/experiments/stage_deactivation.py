@@ -46,7 +46,7 @@ from ..provenance import check_fits
 from ..stages.lens import language_lens
 from ..stages.stage_map import STAGES, StageMap
 from .deactivation import variant_mask
-from .engine import controlled_runs
+from .engine import RunStore, controlled_runs, inputs_key, load_frame, save_frame
 
 if TYPE_CHECKING:
     from ..stages.lens import LensResult
@@ -164,6 +164,19 @@ class StageEffects(HubMixin):
             raise TLMultilingualError(f"{folder} is not a saved stage-effects result: {err}") from None
 
 
+def _save_run(value: tuple[pd.DataFrame, LensResult | None], folder: Path) -> None:
+    save_frame(value[0], folder / "nll.json")
+    if value[1] is not None:
+        value[1].save(folder / "lens")
+
+
+def _load_run(folder: Path) -> tuple[pd.DataFrame, LensResult | None]:
+    from ..stages.lens import LensResult
+
+    return load_frame(folder / "nll.json"), (LensResult.load(folder / "lens") if (folder / "lens").exists()
+                                               else None)
+
+
 def _target(prompt: LensPrompt) -> str | None:
     return next(iter(prompt.answers), None) if prompt.answers else None
 
@@ -197,6 +210,7 @@ def stage_effects(
     allow_mismatch: bool = False,
     max_length: int | None = None,
     overflow: Overflow = "truncate",
+    checkpoint: str | Path | None = None,
 ) -> StageEffects:
     """Which stages carry the language-specific effect of a language's neurons.
 
@@ -223,6 +237,9 @@ def stage_effects(
         max_length: longest sequence fed to the model (default: its context size).
         overflow: ``"truncate"``, ``"split"`` (texts only; prompts are truncated) or
             ``"error"``; see [`tl_multilingual.model.tokens`][tl_multilingual.model.tokens].
+        checkpoint: a folder where every finished run is saved; a rerun with the same
+            inputs reads them back instead of running them again (see
+            [`deactivation_matrix()`][tl_multilingual.experiments.deactivation.deactivation_matrix]).
 
     Returns:
         [`StageEffects`][tl_multilingual.experiments.stage_deactivation.StageEffects] (``to_frame()``, ``matrix()``, ``finding()``).
@@ -263,9 +280,14 @@ def stage_effects(
     def intervene(key: tuple[str, str], mask: NeuronMask) -> Any:
         return ablate(lm, mask, allow_mismatch=allow_mismatch)
 
+    store = None if checkpoint is None else RunStore(
+        Path(checkpoint),
+        inputs_key(texts=eval_texts.fingerprint(), prompts=[repr(p) for p in prompts], model=lm.describe(),
+                   batch_size=batch_size, max_length=max_length, overflow=overflow),
+        _save_run, _load_run)
     runs = controlled_runs({key: (lambda block, mask=mask: mask) for key, mask in cells.items()},
                            measure, intervene, controls=controls, seed=seed, desc="stage effects",
-                           progress=progress)
+                           progress=progress, store=store)
     (baseline,) = runs.baseline
     base_nll, base_lens = baseline
     rng = np.random.default_rng(seed)

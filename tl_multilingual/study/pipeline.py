@@ -79,6 +79,7 @@ class Study:
         self.manifest_path = self.out / "manifest.json"
         self.manifest = self._read_manifest()
         self.keys: dict[str, str | None] = {}
+        self._checkpoint: Path | None = None
 
     @property
     def progress(self) -> bool:
@@ -126,6 +127,13 @@ class Study:
             self.log(message)
         elif not self.quiet:
             print(message, file=sys.stderr, flush=True)
+
+    @property
+    def checkpoint(self) -> Path | None:
+        """Where the step now running keeps the work it has done so far (a folder named
+        by the step and its key, under ``checkpoints/``), so that a study interrupted
+        inside a long step resumes there; removed when the step's result is saved."""
+        return self._checkpoint
 
     @property
     def model_key(self) -> str:
@@ -185,6 +193,7 @@ class Study:
             return distributed.on_main(lambda: step.load_result(path))
         self._say(f"[{number}/{total}] {step.name} ...")
         start = time.perf_counter()
+        self._checkpoint = self.out / "checkpoints" / f"{step.name}-{key}"
         result = step.run(self, {d: done.get(d) for d in step.depends})
         if isinstance(result, Skip):
             self.keys[step.name] = None
@@ -194,6 +203,7 @@ class Study:
 
         def record() -> float:
             step.save_result(result, path)
+            shutil.rmtree(self.out / "checkpoints", ignore_errors=True)  # the step's own, and stale ones
             seconds = time.perf_counter() - start
             settings = {name: self.setting(name) for name in step.settings if name != "words"}
             steps[step.name] = {"key": key, "seconds": round(seconds, 2), "settings": settings,
@@ -338,7 +348,7 @@ def check_texts(lm: ModelAdapter, train: Corpus, evaluation: Corpus) -> None:
 
 _CORRUPT: Any = object()
 _STUDY_KIND = "tl_multilingual.Study"
-_REPORT_ENTRIES = ("manifest.json", "tables", "figures", "report.html")
+_REPORT_ENTRIES = ("manifest.json", "tables", "figures", "report.html", "checkpoints")
 
 
 def study_entries() -> set[str]:
