@@ -650,3 +650,49 @@ def test_a_study_resumes_over_a_manifest_of_the_wrong_shape(tmp_path, llama4):
     study.run()  # crashed with AttributeError before
     steps = json.loads((out / "manifest.json").read_text())["steps"]
     assert {"statistics", "deactivation", "report"} <= set(steps)
+
+
+# -- a study killed inside a long step resumes where it stopped ---------------------------
+
+KILLER = Path(__file__).with_name("study_kill.py")
+# What each long step saves, compared byte for byte with an uninterrupted study.
+OUTPUTS = {"statistics": ["statistics/tensors.safetensors"],
+           "deactivation": ["deactivation/cells.csv", "deactivation/controls.csv"],
+           "stage_effects": ["stage_effects/cells.csv", "stage_effects/lens.csv"]}
+
+
+def study_process(out, step, kill_at):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(tlm.__file__).parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, str(KILLER), str(out), step, str(kill_at)],
+                          capture_output=True, text=True, env=env, timeout=1800)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """An uninterrupted study and the units of work of each long step."""
+    out = tmp_path_factory.mktemp("whole") / "study"
+    done = study_process(out, "statistics", 0)
+    assert done.returncode == 0, done.stderr
+    return out, json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("step", list(OUTPUTS))
+def test_a_study_killed_inside_a_long_step_resumes_there_with_the_same_results(
+        tmp_path, uninterrupted, step):
+    reference, counts = uninterrupted
+    total = counts[step]
+    kill_at = total - 1  # inside the step, after work that was saved
+    out = tmp_path / "study"
+    killed = study_process(out, step, kill_at)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert step not in json.loads((out / "manifest.json").read_text()).get("steps", {})
+    resumed = study_process(out, step, 0)
+    assert resumed.returncode == 0, resumed.stderr
+    redone = json.loads(resumed.stdout.strip().splitlines()[-1])[step]
+    # Statistics are saved every 2 batches; every finished run of an experiment is saved.
+    saved = (kill_at - 1) // 2 * 2 if step == "statistics" else kill_at - 1
+    assert redone == total - saved and redone < total
+    for name in OUTPUTS[step]:
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), name
+    assert not (out / "checkpoints").exists()

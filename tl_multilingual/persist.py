@@ -4,8 +4,10 @@ writes of every file the library produces.
 The manifest records what produced the result (kind, format version, library and
 TransformerLens versions, model, parameters), the SHA-256 of the tensor file and a
 checksum of the manifest itself, so neither the tensors nor what gives them their
-meaning (languages and their order, model, shape, settings) can be edited or damaged
-unnoticed: [`read_result()`][tl_multilingual.persist.read_result] checks both.
+meaning (languages and their order, model, shape, settings) can be damaged or edited
+by accident unnoticed: [`read_result()`][tl_multilingual.persist.read_result] checks
+both, whatever the manifest says about its own format. The checksums have no key: they
+do not stop a deliberate edit whose author recomputes them.
 
 Every write is atomic. A file is written beside its target and renamed into place
 ([`atomic_file()`][tl_multilingual.persist.atomic_file]); a folder is built beside its target and swapped in
@@ -301,7 +303,7 @@ def loads_json(
     """Decode JSON text (``lines=True``: JSON Lines, one value per non-empty line, as a list).
 
     Every decoding failure becomes ``error``: invalid JSON or UTF-8, and nesting deeper
-    than [`MAX_JSON_DEPTH`][tl_multilingual.persist.MAX_JSON_DEPTH] levels (which Python's decoder
+    than `MAX_JSON_DEPTH` levels (which Python's decoder
     would otherwise meet as a `RecursionError`).
 
     Args:
@@ -366,7 +368,7 @@ def read_json(
 
     Raises:
         error: the file is missing or unreadable, not UTF-8, not valid JSON, or nests
-            deeper than [`MAX_JSON_DEPTH`][tl_multilingual.persist.MAX_JSON_DEPTH] levels (see
+            deeper than `MAX_JSON_DEPTH` levels (see
             [`loads_json()`][tl_multilingual.persist.loads_json]); the cause is chained.
     """
     name = what or str(path)

@@ -176,7 +176,7 @@ class RunStore:
 
 def inputs_key(**parts: Any) -> str:
     """A key of what an experiment's runs depend on (plain data; other objects by
-    ``str``), for [`RunStore.inputs`][tl_multilingual.experiments.engine.RunStore]."""
+    ``str``), for [`RunStore`][tl_multilingual.experiments.engine.RunStore] (``inputs``)."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 

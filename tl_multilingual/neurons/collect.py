@@ -116,7 +116,7 @@ class _Totals:
                 "tokens": self.tokens.clone()}
 
     def restore(self, tensors: dict[str, Tensor]) -> None:
-        """Continue from a [`snapshot()`][tl_multilingual.neurons.collect._Totals.snapshot]."""
+        """Continue from a `snapshot()`."""
         self.tokens = tensors["tokens"].clone()
         self.layers, self.restored = {}, {
             layer: (tensors["active"][layer], tensors["sums"][layer], tensors["sum_squares"][layer])
