@@ -113,6 +113,15 @@ def test_changed_settings_recompute_only_what_depends_on_them(model_dir, tmp_pat
         (["run", "--model", "/no/such/folder"], "no model folder at /no/such/folder"),
         (["run", "--model", "./no-such-model"], "no model folder at"),
         (["run", "--model", "missing.gguf"], "no GGUF file at"),
+        (["run", "--model", "MODEL", "--max-tokens-per-language", "-5"],
+         "--max-tokens-per-language must be a positive number of tokens"),
+        (["run", "--model", "MODEL", "--max-tokens-per-language", "0"],
+         "--max-tokens-per-language must be a positive number of tokens"),
+        (["run", "--model", "MODEL", "--device", "bogus"], "--device 'bogus' is not a torch device"),
+        (["run", "--model", "MODEL", "--device", "cuda:7"], "--device cuda:7: this machine has"),
+        (["run", "--model", "MODEL", "--device", "meta"], "--device meta holds no values"),
+        (["run", "--model", "MODEL", "--languages", ",,,"], "--languages ',,,' names no language"),
+        (["run", "--model", "MODEL", "--dist-timeout", "-1"], "--dist-timeout must be a positive"),
     ],
 )
 def test_bad_input_gives_one_line_and_writes_nothing(model_dir, tmp_path, capsys, args, message):
@@ -211,3 +220,91 @@ def test_the_report_is_rewritten_after_each_step(model_dir, tmp_path, monkeypatc
     html = (out / "report.html").read_text()
     assert "In progress" in html and "deactivation" in html and "Ternary identification" in html
     assert (out / "figures" / "neuron_classes.png").is_file()
+
+
+def test_version_prints_the_version_without_importing_torch():
+    code = ("import sys\nfrom tl_multilingual import cli\n"
+            "try:\n    cli.main(['--version'])\nexcept SystemExit as exit:\n    print('EXIT', exit.code)\n"
+            "print('HEAVY', [m for m in ('torch', 'transformer_lens') if m in sys.modules])\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=str(cli.Path(cli.__file__).parents[1]))
+    expected = importlib.metadata.version("tl-multilingual")
+    assert f"tl-multilingual {expected}" in result.stdout, result.stdout + result.stderr
+    assert "EXIT 0" in result.stdout and "HEAVY []" in result.stdout
+
+
+def hub_error(name):
+    import huggingface_hub
+
+    cls = getattr(huggingface_hub.errors, name)
+    response = type("Response", (), {"status_code": 404, "headers": {}, "url": "u", "request": None})
+    try:
+        return cls("404 Client Error", response=response)
+    except TypeError:
+        return cls("404 Client Error")
+
+
+@pytest.mark.parametrize("failure, cached, message", [
+    (lambda: hub_error("RepositoryNotFoundError"), False, "the Hub has no model 'org/typo'"),
+    (lambda: ConnectionError("Name or service not known"), False,
+     "the Hub cannot be reached (Name or service not known) and 'org/typo' is not in the local"),
+])
+def test_a_mistyped_or_unreachable_hub_model_fails_at_once(tmp_path, monkeypatch, capsys, failure,
+                                                           cached, message):
+    import huggingface_hub
+    from transformer_lens.model_bridge import TransformerBridge
+
+    asked = []
+
+    def model_info(repo_id, **kwargs):
+        asked.append((repo_id, kwargs.get("timeout")))
+        raise failure()
+
+    def boot(*args, **kwargs):  # the loader's own retries are never reached
+        raise AssertionError("the model loader was called")
+
+    monkeypatch.setattr(huggingface_hub, "model_info", model_info)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
+    monkeypatch.setattr(TransformerBridge, "boot_transformers", boot)
+    out = tmp_path / "study"
+    assert cli.main(["run", "--model", "org/typo", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"tl-multilingual: error: cannot load the model 'org/typo': {message}" or (
+        message in err and len(err.splitlines()) == 1), err
+    assert len(asked) == 1 and asked[0][0] == "org/typo" and asked[0][1] is not None
+    assert not out.exists()
+
+
+def test_an_unreachable_hub_falls_back_to_the_cache(monkeypatch):
+    import huggingface_hub
+
+    from tl_multilingual.hub import check_model_name
+
+    def unreachable(repo_id, **kwargs):
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr(huggingface_hub, "model_info", unreachable)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: "/cache/config.json")
+    check_model_name("org/cached")  # no error: the loader reads the cache
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
+    with pytest.raises(tlm.HubError, match="not in the local Hugging Face cache"):
+        check_model_name("org/cached")
+
+
+def test_a_single_process_stopped_by_sigterm_is_not_told_of_other_ranks(model_dir, tmp_path,
+                                                                        monkeypatch, capsys):
+    import os
+    import signal
+
+    def terminate(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the run")
+
+    monkeypatch.setattr("tl_multilingual.study.steps.collect_stats", terminate)
+    out = tmp_path / "study"
+    code = cli.main(["run", "--model", str(model_dir), "--out", str(out),
+                     "--corpus", str(small_corpus(tmp_path)), *FAST])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 143 and "rank" not in err, err
+    assert err == ("tl-multilingual: stopped by a signal (SIGTERM); rerun the same command to "
+                   "resume")

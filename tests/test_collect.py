@@ -292,3 +292,90 @@ def test_sums_are_float64_totals_of_the_neuron_activations(arch):
     n = torch.tensor(tokens, dtype=torch.float64)
     torch.testing.assert_close(stats.means(), sums / n, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(stats.variances(), (squares / n - (sums / n) ** 2).clamp_min(0), rtol=1e-4, atol=1e-5)
+
+
+# -- checkpoints inside the collection -----------------------------------------------------
+
+
+def test_an_interrupted_collection_resumes_from_its_checkpoint_bit_for_bit(tmp_path, monkeypatch):
+    from tl_multilingual import persist
+    from tl_multilingual.neurons import collect
+
+    model = tiny.bridge("gpt2")
+    texts = tlm.data.parallel(["en", "fr"]).head(9)
+    whole = tlm.collect_stats(model, texts, batch_size=2, progress=False)  # 5 + 5 batches
+    original, ran = collect._Totals.run, []
+
+    def counted(self, *args):
+        ran.append(len(ran))
+        if len(ran) == 8:  # inside the second language; 6 batches are saved
+            raise KeyboardInterrupt
+        return original(self, *args)
+
+    monkeypatch.setattr(collect._Totals, "run", counted)
+    folder = tmp_path / "checkpoint"
+    with pytest.raises(KeyboardInterrupt):
+        tlm.collect_stats(model, texts, batch_size=2, progress=False, checkpoint=folder,
+                          checkpoint_every=3)
+    assert persist.read_result(folder, kind=collect.CHECKPOINT_KIND)[1]["batches_done"] == 6
+    ran.clear()
+    resumed = tlm.collect_stats(model, texts, batch_size=2, progress=False, checkpoint=folder,
+                                checkpoint_every=3)
+    assert len(ran) == 10 - 6 and not folder.exists()
+    for name in ("active_counts", "sums", "sum_squares", "tokens"):
+        assert torch.equal(getattr(resumed, name), getattr(whole, name)), name
+
+
+def test_a_checkpoint_of_other_inputs_is_not_used(tmp_path):
+    from tl_multilingual import persist
+
+    model = tiny.bridge("gpt2")
+    texts = tlm.data.parallel(["en", "fr"]).head(6)
+    folder = tmp_path / "checkpoint"
+    fake = {"active": torch.full((2, 48, 2), 7), "sums": torch.ones(2, 48, 2, dtype=torch.float64),
+            "sum_squares": torch.ones(2, 48, 2, dtype=torch.float64), "tokens": torch.tensor([9, 9])}
+    persist.write_result(folder, kind="tl_multilingual.CollectionCheckpoint", tensors=fake,
+                             manifest={"inputs": "another corpus", "batches_done": 2})
+    with pytest.warns(tlm.TLMultilingualWarning, match="saved for other inputs"):
+        got = tlm.collect_stats(model, texts, batch_size=2, progress=False, checkpoint=folder)
+    assert torch.equal(got.active_counts, tlm.collect_stats(model, texts, batch_size=2,
+                                                            progress=False).active_counts)
+    with pytest.raises(tlm.CorpusError, match="checkpoint_every"):
+        tlm.collect_stats(model, texts, checkpoint=folder, checkpoint_every=0)
+
+
+def test_saved_runs_of_an_experiment_are_read_back_not_measured_again(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from tl_multilingual.experiments import deactivation, engine
+
+    frame = pd.DataFrame({"language": ["en", "fr"], "unit": [0, 1], "num": [0.1 + 0.2, float("nan")],
+                          "den": [3.0, 1e-300], "flag": [True, False]})
+    engine.save_frame(frame, tmp_path / "frame.json")
+    pd.testing.assert_frame_equal(engine.load_frame(tmp_path / "frame.json"), frame, check_exact=True)
+
+    model = tlm.models.tiny("llama", n_layers=4)
+    texts = tlm.data.parallel(["en", "fr"]).head(6)
+    neurons = tlm.identify(tlm.collect_stats(model, texts, progress=False), top_rate=0.1)
+    options = {"classes": ["specific"], "controls": 1, "n_boot": 20, "progress": False}
+    whole = tlm.deactivation_matrix(model, neurons, texts, **options)
+    original, measured = deactivation._Evaluation.units, []
+
+    def units(self, lm):
+        measured.append(1)
+        if len(measured) == 3:
+            raise KeyboardInterrupt
+        return original(self, lm)
+
+    monkeypatch.setattr(deactivation._Evaluation, "units", units)
+    folder = tmp_path / "runs"
+    with pytest.raises(KeyboardInterrupt):
+        tlm.deactivation_matrix(model, neurons, texts, checkpoint=folder, **options)
+    saved = len(list(folder.glob("run-*")))
+    assert saved == 2
+    measured.clear()
+    measured.append(-99)  # no further interruption
+    resumed = tlm.deactivation_matrix(model, neurons, texts, checkpoint=folder, **options)
+    pd.testing.assert_frame_equal(resumed.frame, whole.frame, check_exact=True)
+    pd.testing.assert_frame_equal(resumed.controls, whole.controls, check_exact=True)
+    assert len(measured) - 1 == len(list(folder.glob("run-*"))) - saved  # only unsaved runs

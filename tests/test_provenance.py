@@ -21,16 +21,19 @@ from tl_multilingual.provenance import (
 A = {"name": "org/base", "architecture": "LlamaForCausalLM", "shape": (4, 48)}
 
 
-def test_the_record_holds_name_architecture_and_shape():
-    assert model_record({"name": "m", "architecture": "X", "extra": 1}, 4, 48) == {
+def test_the_record_holds_name_architecture_weights_and_shape():
+    assert model_record({"name": "m", "architecture": "X", "weights": "ab", "extra": 1}, 4, 48) == {
         "name": "m",
         "architecture": "X",
+        "weights": "ab",
         "shape": (4, 48),
     }
-    assert model_record(None, 2, 8) == {"name": None, "architecture": None, "shape": (2, 8)}
-    assert MODEL_FIELDS == ("shape", "name", "architecture") and OVERRIDABLE == (
+    assert model_record(None, 2, 8) == {"name": None, "architecture": None, "weights": None,
+                                        "shape": (2, 8)}
+    assert MODEL_FIELDS == ("shape", "name", "architecture", "weights") and OVERRIDABLE == (
         "name",
         "architecture",
+        "weights",
     )
 
 
@@ -140,3 +143,68 @@ def test_shards_counted_with_and_without_bos_are_not_merged():
         )
     with pytest.raises(StatsError, match="include_bos"):
         stats("m", "A", include_bos=True) + stats("m", "A")
+
+
+# -- the weights ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def checkpoints():
+    """Two checkpoints of one tiny model: the same name and shape, other weights."""
+    return tlm.models.tiny("llama", seed=0), tlm.models.tiny("llama", seed=1)
+
+
+def test_the_weight_fingerprint_reads_fixed_slices_of_every_parameter(checkpoints):
+    import copy
+    import hashlib
+
+    from tl_multilingual.provenance import SLICES, weight_fingerprint
+
+    model, other = checkpoints
+    digest = hashlib.sha256()  # the rule written out: shape, then SLICES evenly spaced values
+    for p in model.parameters():
+        flat = p.detach().reshape(-1)
+        digest.update(str(tuple(p.shape)).encode())
+        n = flat.numel()
+        at = [round(i * (n - 1) / (SLICES - 1)) for i in range(SLICES)] if n >= SLICES else range(n)
+        values = torch.stack([flat[i] for i in at]).to(torch.bfloat16).float()
+        digest.update(values.numpy().tobytes())
+    assert weight_fingerprint(model) == digest.hexdigest()[:16]
+    assert tlm.adapt(model).describe()["weights"] == weight_fingerprint(model)
+    assert weight_fingerprint(copy.deepcopy(model)) == weight_fingerprint(model)
+    assert weight_fingerprint(other) != weight_fingerprint(model)
+    half = copy.deepcopy(model).to(torch.bfloat16)  # the same checkpoint in another precision
+    assert weight_fingerprint(half) == digest.hexdigest()[:16]
+    assert weight_fingerprint(torch.nn.Module()) is None
+
+
+def collected(model):
+    corpus = tlm.Corpus.from_dict({"en": ["the cat sat on the mat"] * 3,
+                                   "fr": ["le chat est sur le tapis"] * 3})
+    return tlm.collect_stats(model, corpus, progress=False)
+
+
+def test_statistics_of_another_checkpoint_with_the_same_name_and_shape_are_refused(tmp_path,
+                                                                                   checkpoints):
+    base, other = checkpoints
+    mine, theirs = collected(base), collected(other)
+    assert mine.model["name"] == theirs.model["name"]
+    assert mine.active_counts.shape == theirs.active_counts.shape
+    with pytest.raises(StatsError, match=r"different weights .* \(weight fingerprints"):
+        mine + theirs
+    mask = tlm.NeuronMask.empty(*mine.active_counts.shape[:2])  # a mask of no model
+    with pytest.raises(StatsError, match="allow_mismatch=True"):
+        with tlm.steer(other, mask, stats=mine, to="en"):
+            pass
+    with tlm.steer(other, mask, stats=mine, to="en", allow_mismatch=True):
+        pass
+    mine.save(tmp_path / "stats")  # the fingerprint is saved with the statistics
+    loaded = tlm.ActivationStats.load(tmp_path / "stats")
+    assert loaded.model["weights"] == mine.model["weights"]
+    with pytest.raises(StatsError, match="different weights"):
+        loaded + theirs
+    assert (mine + collected(base)).token_counts == {k: 2 * v for k, v in mine.token_counts.items()}
+    neurons = tlm.identify(mine, method="lape", top_rate=0.2)
+    with pytest.raises(tlm.MaskError, match="different weights"):
+        with tlm.ablate(other, neurons.mask("language", "en")):
+            pass

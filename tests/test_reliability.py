@@ -530,3 +530,169 @@ def test_sigkill_at_every_step_of_a_save_leaves_no_wrong_or_stranded_save(tmp_pa
     assert sorted(os.listdir(tmp_path)) == ["result"]
     assert persist.read_result(target, kind="test")[1]["version"] == -1
 
+
+
+# -- nothing a file says about itself switches a check off ------------------------------
+
+
+@pytest.mark.parametrize("downgrade", [lambda m: m.update(format_version=1),
+                                       lambda m: m.update(format_version=-1),
+                                       lambda m: m.pop("format_version"),
+                                       lambda m: m.update(format_version=None),
+                                       lambda m: m.update(format_version=True),
+                                       lambda m: m.update(format_version=2.0)])
+def test_a_downgraded_format_version_never_skips_the_manifest_checksum(tmp_path, downgrade):
+    stats_of(languages=("en", "zh")).save(tmp_path / "stats")
+    path = tmp_path / "stats" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["languages"] = ["zh", "en"]
+    manifest["token_counts"] = {"zh": 50, "en": 50}
+    downgrade(manifest)
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(tlm.SaveError, match="format_version|format 1|format -1"):
+        tlm.ActivationStats.load(tmp_path / "stats")
+
+
+def test_an_intact_manifest_of_an_older_format_is_refused_not_trusted(tmp_path):
+    stats_of().save(tmp_path / "stats")
+    resign(tmp_path / "stats", lambda m: m.update(format_version=1))  # checksum recomputed
+    with pytest.raises(tlm.SaveError, match="format 1 is not a format this version reads"):
+        tlm.ActivationStats.load(tmp_path / "stats")
+
+
+def deep(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def test_deeply_nested_json_is_a_library_error_everywhere(tmp_path):
+    stats_of().save(tmp_path / "stats")
+    (tmp_path / "stats" / "manifest.json").write_text(deep(100_000))
+    with pytest.raises(tlm.SaveError, match="corrupt or unreadable: it nests"):
+        tlm.ActivationStats.load(tmp_path / "stats")
+    (tmp_path / "corpus.json").write_text('{"en": ' + deep(100_000) + "}")
+    with pytest.raises(tlm.CorpusError, match="nests arrays or objects deeper than 100"):
+        tlm.Corpus.from_json(tmp_path / "corpus.json")
+    (tmp_path / "corpus.jsonl").write_text('{"language": "en", "text": "a"}\n' + deep(5000) + "\n")
+    with pytest.raises(tlm.CorpusError, match="line 2 is not valid JSON"):
+        tlm.Corpus.from_json(tmp_path / "corpus.jsonl")
+    (tmp_path / "items.jsonl").write_text(deep(150))  # decodable, but deeper than the limit
+    with pytest.raises(tlm.CorpusError, match="deeper than 100"):
+        tlm.ParallelItems.from_jsonl(tmp_path / "items.jsonl")
+    (tmp_path / "map.json").write_text(deep(100_000))
+    with pytest.raises(tlm.TLMultilingualError, match="not a saved stage map"):
+        StageMap.load(tmp_path / "map.json")
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "manifest.json").write_text(deep(100_000))
+    with pytest.raises(tlm.SaveError, match="corrupt"):
+        tlm.StudyFolder.load(study)
+
+
+def test_json_nesting_up_to_the_limit_is_read(tmp_path):
+    (tmp_path / "ok.json").write_text(deep(persist.MAX_JSON_DEPTH))
+    value = persist.read_json(tmp_path / "ok.json")
+    depth = 0
+    while value is not None:
+        depth, value = depth + 1, (value[0] if value else None)
+    assert depth == persist.MAX_JSON_DEPTH
+    (tmp_path / "bad.json").write_bytes(b"\xff\xfe")
+    with pytest.raises(tlm.CorpusError, match="is not valid JSON"):
+        persist.read_json(tmp_path / "bad.json", error=tlm.CorpusError)
+    with pytest.raises(tlm.SaveError, match="cannot read"):
+        persist.read_json(tmp_path / "missing.json")
+
+
+def test_the_command_turns_a_deeply_nested_corpus_into_one_line(tmp_path, capsys):
+    (tmp_path / "corpus.json").write_text(deep(100_000))
+    code = cli.main(["run", "--model", "unused", "--corpus", str(tmp_path / "corpus.json"),
+                     "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "nests arrays or objects" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+STUDY_SETTINGS = StudySettings(held_out=4, min_held_out=4, min_train_texts=5, eval_texts=2,
+                               controls=1, n_boot=10, sharing_items=3, lens_pairs=1, lens_words=4,
+                               stage_words=2, top_rate=0.05, variants=("specific",))
+
+
+def study_of(out, model, **kwargs):
+    return Study(out, model, tlm.data.parallel(["en", "fr", "zh"]).head(12), STUDY_SETTINGS,
+                 words=tlm.data.words(["en", "fr", "zh"]), quiet=True, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def llama4():
+    return tlm.models.tiny("llama", n_layers=4)
+
+
+@pytest.mark.parametrize("shape", [{"steps": []}, {"steps": {"statistics": 3}},
+                                   {"steps": {"statistics": {"key": 5}}}, {"data": []},
+                                   {"command": "run"}, {"command": [1]}, {"model": "gpt2"},
+                                   {"settings": [1]}])
+def test_a_study_manifest_of_the_wrong_shape_is_reported_as_corrupt(tmp_path, shape, llama4):
+    out = tmp_path / "study"
+    out.mkdir()
+    (out / "manifest.json").write_text(json.dumps({"kind": "tl_multilingual.Study", **shape}))
+    check_output_folder(out, command="run")
+    with pytest.raises(tlm.SaveError, match="not the manifest of a study"):
+        tlm.StudyFolder.load(out)
+    with pytest.warns(tlm.TLMultilingualWarning, match="manifest.json is corrupt"):
+        study_of(out, llama4)
+
+
+def test_a_study_resumes_over_a_manifest_of_the_wrong_shape(tmp_path, llama4):
+    out = tmp_path / "study"
+    out.mkdir()
+    (out / "manifest.json").write_text(json.dumps({"kind": "tl_multilingual.Study", "steps": []}))
+    with pytest.warns(tlm.TLMultilingualWarning, match="manifest.json is corrupt"):
+        study = study_of(out, llama4)
+    study.run()  # crashed with AttributeError before
+    steps = json.loads((out / "manifest.json").read_text())["steps"]
+    assert {"statistics", "deactivation", "report"} <= set(steps)
+
+
+# -- a study killed inside a long step resumes where it stopped ---------------------------
+
+KILLER = Path(__file__).with_name("study_kill.py")
+# What each long step saves, compared byte for byte with an uninterrupted study.
+OUTPUTS = {"statistics": ["statistics/tensors.safetensors"],
+           "deactivation": ["deactivation/cells.csv", "deactivation/controls.csv"],
+           "stage_effects": ["stage_effects/cells.csv", "stage_effects/lens.csv"]}
+
+
+def study_process(out, step, kill_at):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(tlm.__file__).parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, str(KILLER), str(out), step, str(kill_at)],
+                          capture_output=True, text=True, env=env, timeout=1800)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """An uninterrupted study and the units of work of each long step."""
+    out = tmp_path_factory.mktemp("whole") / "study"
+    done = study_process(out, "statistics", 0)
+    assert done.returncode == 0, done.stderr
+    return out, json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("step", list(OUTPUTS))
+def test_a_study_killed_inside_a_long_step_resumes_there_with_the_same_results(
+        tmp_path, uninterrupted, step):
+    reference, counts = uninterrupted
+    total = counts[step]
+    kill_at = total - 1  # inside the step, after work that was saved
+    out = tmp_path / "study"
+    killed = study_process(out, step, kill_at)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert step not in json.loads((out / "manifest.json").read_text()).get("steps", {})
+    resumed = study_process(out, step, 0)
+    assert resumed.returncode == 0, resumed.stderr
+    redone = json.loads(resumed.stdout.strip().splitlines()[-1])[step]
+    # Statistics are saved every 2 batches; every finished run of an experiment is saved.
+    saved = (kill_at - 1) // 2 * 2 if step == "statistics" else kill_at - 1
+    assert redone == total - saved and redone < total
+    for name in OUTPUTS[step]:
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), name
+    assert not (out / "checkpoints").exists()

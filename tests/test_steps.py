@@ -56,9 +56,9 @@ def test_a_corrupt_manifest_beside_any_steps_folder_is_resumed_not_refused(tmp_p
 
 
 def test_what_a_study_writes_comes_from_the_step_table():
-    assert study_entries() == {"manifest.json", "tables", "figures", "report.html", "statistics",
-                               "neurons", "lens", "stages.json", "deactivation", "stage_effects",
-                               "sharing"}
+    assert study_entries() == {"manifest.json", "tables", "figures", "report.html", "checkpoints",
+                               "statistics", "neurons", "lens", "stages.json", "deactivation",
+                               "stage_effects", "sharing"}
 
 
 @pytest.mark.parametrize("setting, value", [("held_out", 5), ("min_held_out", 3), ("seed", 1),

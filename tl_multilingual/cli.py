@@ -41,8 +41,18 @@ def _held_out(text: str) -> float | int:
     raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1) or a whole count of texts, got {text!r}")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tl-multilingual")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tl-multilingual", description="Language-neuron studies of language models.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--out", required=True, type=Path, help="study folder (created; reruns resume)")
@@ -80,7 +90,47 @@ def _parser() -> argparse.ArgumentParser:
 
 # How the command names the study's settings in messages.
 FLAGS = {"languages": "--languages", "held_out": "--held-out", "eval_texts": "--eval-texts",
-         "batch_size": "--batch-size", "controls": "--controls"}
+         "batch_size": "--batch-size", "controls": "--controls",
+         "max_tokens_per_language": "--max-tokens-per-language"}
+
+
+def check_device(spec: str) -> str:
+    """Refuse a ``--device`` that is not a torch device this machine has.
+
+    Args:
+        spec: a torch device string (``cpu``, ``cuda``, ``cuda:1``, ``mps``...).
+
+    Returns:
+        ``spec``, unchanged.
+
+    Raises:
+        TLMultilingualError: ``spec`` is not a device string, names ``meta`` (no values),
+            a kind of device this machine lacks, or an index beyond its devices.
+    """
+    import torch
+
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError, TypeError) as err:
+        raise TLMultilingualError(f"--device {spec!r} is not a torch device: give cpu, cuda, cuda:1 "
+                                  "or mps, for example") from err
+    if device.type == "cpu":
+        return spec
+    if device.type == "meta":
+        raise TLMultilingualError("--device meta holds no values: give cpu or an accelerator")
+    backend = getattr(torch, device.type, None)
+    if device.type == "mps":
+        backend = getattr(torch.backends, "mps", None)
+    available = getattr(backend, "is_available", None)
+    if available is None or not available():
+        raise TLMultilingualError(f"--device {spec}: this machine has no {device.type} device "
+                                  "(or this PyTorch build cannot use it); use --device cpu")
+    count = getattr(backend, "device_count", lambda: 1)()
+    if device.index is not None and device.index >= count:
+        names = ", ".join(f"{device.type}:{i}" for i in range(count))
+        raise TLMultilingualError(f"--device {spec}: this machine has {count} {device.type} "
+                                  f"device{'s' if count != 1 else ''} ({names})")
+    return spec
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -113,6 +163,13 @@ def load_model(
     if _looks_like_path(spec) and not path.exists():
         raise TLMultilingualError(f"no model folder at {path}: give a local model folder, a .gguf file or a "
                                   "Hugging Face name such as google/gemma-3-270m")
+    if not path.is_dir():
+        from .hub import check_model_name
+
+        try:
+            check_model_name(spec)
+        except TLMultilingualError as err:
+            raise TLMultilingualError(f"cannot load the model {spec!r}: {err}") from err
     from transformer_lens.model_bridge import TransformerBridge
 
     try:
@@ -139,6 +196,9 @@ def _languages(text: str | None) -> list[str] | None:
     if text is None:
         return None
     codes = [c.strip() for c in text.split(",") if c.strip()]
+    if not codes:
+        raise TLMultilingualError(f"--languages {text!r} names no language: give codes such as "
+                                  "en,fr,zh, or leave the flag out to study every language")
     return [normalize_language(c) for c in codes]
 
 
@@ -190,12 +250,9 @@ def _words(spec: str | None, languages: list[str]) -> list[dict[str, str]] | Non
     if spec is None:
         bundled = [lang for lang in languages if lang in data.LANGUAGES]
         return data.words(sorted(set(bundled) | {"en"})) if len(bundled) >= 2 else None
-    import json
+    from .persist import read_json
 
-    try:
-        return [json.loads(line) for line in Path(spec).read_text(encoding="utf-8").splitlines() if line.strip()]
-    except (OSError, ValueError) as err:
-        raise TLMultilingualError(f"cannot read the word list {spec}: {err}") from None
+    return read_json(spec, error=TLMultilingualError, lines=True, what=f"the word list {spec}")
 
 
 def _settings(args: argparse.Namespace, base: Any) -> Any:
@@ -246,6 +303,10 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
         if not args.quiet and distributed.is_main():
             print(message, file=sys.stderr, flush=True)
 
+    if args.dist_timeout is not None and not args.dist_timeout > 0:
+        raise TLMultilingualError(f"--dist-timeout must be a positive number of seconds, got "
+                                  f"{args.dist_timeout}")
+    check_device(args.device)
     args.device = distributed.init_from_env(args.device, timeout_s=args.dist_timeout)
     distributed.on_main(lambda: check_output_folder(args.out, command=args.command))
     with warnings.catch_warnings(record=True) as caught:  # code mappings are said once, below
@@ -312,9 +373,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except _Stopped:
         rank, world = _rank()
-        where = f"rank {rank} " if world > 1 else ""
-        print(f"tl-multilingual: {where}stopped by a signal (another rank may have failed); rerun the same "
-              "command to resume", file=sys.stderr)
+        why = (f"rank {rank} stopped by a signal (another rank may have failed)" if world > 1
+               else "stopped by a signal (SIGTERM)")
+        print(f"tl-multilingual: {why}; rerun the same command to resume", file=sys.stderr)
         return 143
     finally:
         if previous is not None:

@@ -40,9 +40,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import HubError, SaveError, TLMultilingualError, logger
-from .persist import library_versions
+from .persist import library_versions, read_json
 
-__all__ = ["HubMixin", "push_to_hub", "from_pretrained", "model_card", "CITATIONS", "LIBRARY_NAME"]
+__all__ = ["HubMixin", "push_to_hub", "from_pretrained", "model_card", "check_model_name", "CITATIONS",
+           "LIBRARY_NAME"]
 
 LIBRARY_NAME = "tl-multilingual"
 CARD = "README.md"
@@ -203,8 +204,8 @@ def _file_name(cls: type) -> str:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        value = read_json(path)
+    except SaveError:
         return {}
     return value if isinstance(value, dict) else {}
 
@@ -682,3 +683,56 @@ def from_pretrained(
     if logger.isEnabledFor(logging.INFO):
         logger.info("loaded %s from %s", cls.__name__, folder)
     return result
+
+
+def check_model_name(repo_id: str, *, timeout_s: float = 10.0) -> None:
+    """Make sure the Hub has the model ``repo_id``, or that the local Hugging Face cache
+    does when the Hub cannot be reached, with one request of at most ``timeout_s``
+    seconds (instead of the retries a model loader makes before giving up).
+
+    Args:
+        repo_id: a Hub model id (``"org/name"``).
+        timeout_s: how long the one request may take, in seconds.
+
+    Raises:
+        HubError: the Hub has no such model (or it is private and no token was given),
+            or the Hub cannot be reached (or ``HF_HUB_OFFLINE`` is set) and the model is
+            not in the local cache; the Hub's exception is chained.
+    """
+    import os
+
+    import huggingface_hub
+
+    def cached() -> bool:
+        try:
+            found = huggingface_hub.try_to_load_from_cache(repo_id, "config.json")
+        except _hub_errors():
+            return False
+        return isinstance(found, str)
+
+    offline = getattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False) or os.environ.get(
+        "HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    if offline:
+        if not cached():
+            raise HubError(f"{repo_id!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE "
+                           "is set: unset it, or download the model once where the Hub is reachable")
+        return
+    try:
+        huggingface_hub.model_info(repo_id, timeout=timeout_s)
+    except Exception as err:  # noqa: BLE001 - the Hub's and the HTTP client's errors vary by version
+        names = _error_name(err)
+        if "GatedRepoError" in names:
+            return  # it exists; the loader asks for access with the user's token
+        if "RepositoryNotFoundError" in names:
+            raise HubError(f"the Hub has no model {repo_id!r} (or it is private and no token was "
+                           "given): check the name, or log in with `hf auth login`") from err
+        if "HFValidationError" in names:
+            raise _explain(err, repo_id, None, pushing=False) from err
+        if "HfHubHTTPError" in names and "Timeout" not in names:
+            return  # the Hub answered, with something else: the loader reports it
+        if cached():
+            return
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise HubError(f"the Hub cannot be reached ({first}) and {repo_id!r} is not in the local "
+                       "Hugging Face cache: connect, or download the model once where the Hub is "
+                       "reachable") from err

@@ -4,8 +4,10 @@ writes of every file the library produces.
 The manifest records what produced the result (kind, format version, library and
 TransformerLens versions, model, parameters), the SHA-256 of the tensor file and a
 checksum of the manifest itself, so neither the tensors nor what gives them their
-meaning (languages and their order, model, shape, settings) can be edited or damaged
-unnoticed: [`read_result()`][tl_multilingual.persist.read_result] checks both.
+meaning (languages and their order, model, shape, settings) can be damaged or edited
+by accident unnoticed: [`read_result()`][tl_multilingual.persist.read_result] checks
+both, whatever the manifest says about its own format. The checksums have no key: they
+do not stop a deliberate edit whose author recomputes them.
 
 Every write is atomic. A file is written beside its target and renamed into place
 ([`atomic_file()`][tl_multilingual.persist.atomic_file]); a folder is built beside its target and swapped in
@@ -40,12 +42,13 @@ from .errors import SaveError, TLMultilingualError
 __all__ = [
     "write_result", "read_result", "library_versions", "write_text", "sha256_file", "atomic_file",
     "atomic_folder", "recover", "is_temporary", "manifest_field", "read_torch_file",
-    "write_tables", "read_tables",
+    "write_tables", "read_tables", "read_json", "loads_json", "MAX_JSON_DEPTH",
 ]
 
 TENSORS = "tensors.safetensors"
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 2  # 2: the manifest carries a checksum of its own content
+MAX_JSON_DEPTH = 100  # the deepest nesting of arrays and objects a JSON file may have
 _STAGING, _BACKUP = "tmp", "old"
 # Failures of the file system or of the serialisers that a save or a load can meet.
 _IO_ERRORS = (OSError, SafetensorError, TypeError, ValueError)
@@ -277,6 +280,106 @@ def atomic_folder(path: str | Path, *, replaceable: Callable[[Path], bool] | Non
         shutil.rmtree(backup, ignore_errors=True)
 
 
+# -- JSON --------------------------------------------------------------------------------
+
+
+def _depth(value: Any) -> int:
+    """The nesting depth of decoded JSON (a scalar: 0), without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (dict, list)):
+            level += 1
+            deepest = max(deepest, level)
+            if level > MAX_JSON_DEPTH:
+                break
+            stack.extend((child, level) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def loads_json(
+    text: str | bytes, *, what: str | Path, error: type[TLMultilingualError] = SaveError,
+    lines: bool = False,
+) -> Any:
+    """Decode JSON text (``lines=True``: JSON Lines, one value per non-empty line, as a list).
+
+    Every decoding failure becomes ``error``: invalid JSON or UTF-8, and nesting deeper
+    than `MAX_JSON_DEPTH` levels (which Python's decoder
+    would otherwise meet as a `RecursionError`).
+
+    Args:
+        text: the JSON text.
+        what: the file (or a description of the text) named in the message.
+        error: the exception class raised.
+        lines: read JSON Lines.
+
+    Raises:
+        error: the text is not valid JSON (the line is named for JSON Lines), or nests too
+            deeply; the decoder's exception is chained.
+    """
+    try:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        if lines:
+            values = []
+            for number, line in enumerate(text.splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    values.append(_checked_json(line))
+                except (ValueError, RecursionError) as err:
+                    raise error(f"{what}: line {number} is not valid JSON: {_reason(err)}") from err
+            return values
+        return _checked_json(text)
+    except TLMultilingualError:
+        raise
+    except (ValueError, RecursionError) as err:  # ValueError: JSON and UTF-8 decoding
+        raise error(f"{what} is not valid JSON: {_reason(err)}") from err
+
+
+class _TooDeep(ValueError):
+    """Decoded JSON nesting deeper than ``MAX_JSON_DEPTH``."""
+
+
+def _reason(err: BaseException) -> str:
+    if isinstance(err, RecursionError):
+        return f"it nests arrays or objects deeper than {MAX_JSON_DEPTH} levels"
+    return str(err)
+
+
+def _checked_json(text: str) -> Any:
+    value = json.loads(text)
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise _TooDeep(f"it nests arrays or objects deeper than {MAX_JSON_DEPTH} levels")
+    return value
+
+
+def read_json(
+    path: str | Path, *, error: type[TLMultilingualError] = SaveError, lines: bool = False,
+    what: str | None = None,
+) -> Any:
+    """Read a JSON (or, ``lines=True``, JSON Lines) file: the one reader of every JSON
+    file the library takes (manifests, corpora, items, word lists, saved records).
+
+    Args:
+        path: the file.
+        error: the exception class raised.
+        lines: read JSON Lines (a list of the lines' values).
+        what: how the file is named in messages (default: its path).
+
+    Raises:
+        error: the file is missing or unreadable, not UTF-8, not valid JSON, or nests
+            deeper than `MAX_JSON_DEPTH` levels (see
+            [`loads_json()`][tl_multilingual.persist.loads_json]); the cause is chained.
+    """
+    name = what or str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as err:
+        raise error(f"cannot read {name}: {err.strerror or err}") from err
+    return loads_json(raw, what=name, error=error, lines=lines)
+
+
 # -- results: tensors + manifest ---------------------------------------------------------
 
 
@@ -336,19 +439,30 @@ def _verify(folder: Path) -> dict[str, Any]:
     if not manifest_path.is_file() or not tensor_path.is_file():
         raise SaveError(f"{folder} is not a saved result (expected {MANIFEST} and {TENSORS})")
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:  # ValueError: JSON and UTF-8 decoding
-        raise SaveError(f"{manifest_path} is corrupt or unreadable: {err}") from err
+        manifest = read_json(manifest_path)
+    except SaveError as err:
+        cause = err.__cause__ or err
+        raise SaveError(f"{manifest_path} is corrupt or unreadable: {_reason(cause)}") from cause
     if not isinstance(manifest, dict):
         raise SaveError(f"{manifest_path} is corrupt: it holds a {type(manifest).__name__}, not an object")
-    version_ = manifest.get("format_version", 0)
+    # Nothing the manifest says about itself switches a check off: a format other than
+    # this one is refused, whether older, newer, missing or not a number.
+    version_ = manifest.get("format_version")
     if not isinstance(version_, int) or isinstance(version_, bool):
-        raise SaveError(f"{manifest_path}: format_version must be an integer, got {version_!r:.60}")
+        raise SaveError(f"{manifest_path}: format_version must be the integer {FORMAT_VERSION}, got "
+                        f"{'nothing' if version_ is None else repr(version_)[:60]}: the manifest was "
+                        "edited or damaged")
     if version_ > FORMAT_VERSION:
         raise SaveError(
             f"{folder} was written by a newer tl_multilingual (format {version_}); upgrade to read it"
         )
-    if version_ >= 2 and manifest.get("checksum") != _digest(manifest):
+    if version_ != FORMAT_VERSION:
+        raise SaveError(
+            f"{manifest_path}: format {version_} is not a format this version reads (it reads "
+            f"{FORMAT_VERSION}, whose manifest carries a checksum): the manifest was edited or "
+            "damaged, or the result predates the checksum; compute and save it again"
+        )
+    if manifest.get("checksum") != _digest(manifest):
         raise SaveError(
             f"{manifest_path} does not match its checksum: the manifest was edited or damaged, so "
             "what its tensors mean (languages, model, settings) cannot be trusted"
@@ -485,7 +599,7 @@ def read_tables(
     folder = Path(path)
     recover(folder)
     try:
-        record = json.loads((folder / "result.json").read_text(encoding="utf-8"))
+        record = read_json(folder / "result.json", what=f"the record of a {what}")
         texts = text_columns or {}
         frames = {
             name: pd.read_csv(folder / f"{name}.csv", dtype=dict.fromkeys(texts.get(name, ()), str))

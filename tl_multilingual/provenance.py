@@ -1,34 +1,81 @@
 """Whether a model and a result (or two results) belong together: one check for all.
 
 Every result that depends on a model carries a record of it (`provenance`:
-``name``, ``architecture`` and ``shape = (n_layers, d_mlp)``, as far as known), and
+``name``, ``architecture``, ``shape = (n_layers, d_mlp)`` and ``weights``, a
+fingerprint of the weights ([`weight_fingerprint()`][tl_multilingual.provenance.weight_fingerprint]),
+as far as known), and
 every place that combines a model with statistics, masks, neurons, sharing classes or
 a stage map, or two statistics with each other, calls [`check_compatible()`][tl_multilingual.provenance.check_compatible].
 
 The shape, the languages and the counting settings can never differ (the result
-would be meaningless or the computation would fail). The model's name and
-architecture may differ on purpose, e.g. to apply a base model's statistics to its
-fine-tuned version: every such entry point takes ``allow_mismatch=True`` for that.
+would be meaningless or the computation would fail). The model's name, architecture
+and weights may differ on purpose, e.g. to apply a base model's statistics to its
+fine-tuned version (same name and shape, other weights): every such entry point takes
+``allow_mismatch=True`` for that.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .errors import TLMultilingualError
 
-__all__ = ["check_compatible", "check_fits", "model_record", "record_of", "MODEL_FIELDS", "OVERRIDABLE"]
+__all__ = ["check_compatible", "check_fits", "model_record", "record_of", "weight_fingerprint",
+           "MODEL_FIELDS", "OVERRIDABLE", "SLICES"]
 
-MODEL_FIELDS = ("shape", "name", "architecture")
-OVERRIDABLE = ("name", "architecture")
+MODEL_FIELDS = ("shape", "name", "architecture", "weights")
+OVERRIDABLE = ("name", "architecture", "weights")
+SLICES = 8  # values read from each weight tensor for its fingerprint
+
+
+def weight_fingerprint(model: Any) -> str | None:
+    """A short fingerprint of a model's weights: SHA-256 of the shapes of its parameters
+    and of ``SLICES`` values of each, read at fixed, evenly spaced positions of the
+    flattened tensor (first and last included) and rounded to bfloat16.
+
+    Cheap (a few values per tensor, whatever the model's size) and the same for the
+    checkpoint loaded in float32 or bfloat16, on any device. Two checkpoints that differ
+    only away from the positions read get the same fingerprint, so it tells apart
+    checkpoints (a fine-tuned model, another training step, randomly initialised
+    weights), not every edit of a weight. The same checkpoint loaded through another
+    wrapper, with processed weights (folded layer norms) or in float16 may get another
+    fingerprint.
+
+    Args:
+        model: a ``torch.nn.Module`` (a TransformerLens model).
+
+    Returns:
+        16 hex digits, or None when the model has no parameters or some are on the
+        ``meta`` device (not loaded).
+    """
+    import torch
+
+    parameters = list(model.parameters()) if hasattr(model, "parameters") else []
+    if not parameters or any(p.is_meta for p in parameters):
+        return None
+    digest = hashlib.sha256()
+    with torch.no_grad():
+        for p in parameters:
+            flat = p.detach().reshape(-1)
+            digest.update(str(tuple(p.shape)).encode())
+            if flat.numel() == 0:
+                continue
+            count = min(SLICES, flat.numel())
+            at = torch.linspace(0, flat.numel() - 1, count).round().long().to(flat.device)
+            values = flat.index_select(0, at)
+            values = values.to(torch.bfloat16).float() if values.is_floating_point() else values.double()
+            digest.update(values.cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def model_record(model: Mapping[str, Any] | None, n_layers: int, d_mlp: int) -> dict[str, Any]:
-    """The provenance record of a result: the model's name and architecture (when
-    recorded) and the shape of its neuron grid."""
+    """The provenance record of a result: the model's name, architecture and weight
+    fingerprint (when recorded) and the shape of its neuron grid."""
     model = model or {}
-    return {"name": model.get("name"), "architecture": model.get("architecture"), "shape": (n_layers, d_mlp)}
+    return {"name": model.get("name"), "architecture": model.get("architecture"),
+            "weights": model.get("weights"), "shape": (n_layers, d_mlp)}
 
 
 def _show(field: str, value: Any) -> str:
@@ -62,8 +109,8 @@ def check_compatible(
             ``threshold``, ``token_policy``, ``include_bos``...).
         labels: how the two sides are named in the message.
         error: the exception class raised.
-        allow_mismatch: accept a different model ``name`` or ``architecture`` (never a
-            different shape, languages or counting settings).
+        allow_mismatch: accept a different model ``name``, ``architecture`` or
+            ``weights`` (never a different shape, languages or counting settings).
 
     Raises:
         error: a field differs, named with both values.
@@ -77,6 +124,13 @@ def check_compatible(
         if field in OVERRIDABLE:
             if allow_mismatch:
                 continue
+            if field == "weights":
+                raise error(
+                    f"{labels[0]} and {labels[1]} come from different weights of a model with "
+                    f"the same name and shape (weight fingerprints {x} vs {y}): another "
+                    "checkpoint, a fine-tuned or randomly initialised model; pass "
+                    "allow_mismatch=True to combine them on purpose"
+                )
             raise error(
                 f"{labels[0]} and {labels[1]} come from different models ({field}: {_show(field, x)} vs "
                 f"{_show(field, y)}); pass allow_mismatch=True to combine them on purpose"
@@ -100,6 +154,6 @@ def check_fits(
     allow_mismatch: bool = False,
 ) -> None:
     """[`check_compatible()`][tl_multilingual.provenance.check_compatible] of a model adapter and a result used on it: the shapes
-    must agree, and the model's name and architecture unless ``allow_mismatch``."""
+    must agree, and the model's name, architecture and weights unless ``allow_mismatch``."""
     check_compatible(record_of(lm), record_of(result), labels=("the model", what), error=error,
                      allow_mismatch=allow_mismatch)

@@ -34,9 +34,9 @@ from ..model.tokens import Overflow
 from ..neurons.classes import MASK_NAMES, LanguageNeurons
 from ..neurons.masks import NeuronMask, parse_variant
 from ..neurons.stats import ActivationStats
-from ..persist import atomic_folder, recover
+from ..persist import atomic_folder, read_json, recover
 from ..provenance import check_fits
-from .engine import controlled_runs, paired_interval
+from .engine import RunStore, controlled_runs, inputs_key, load_frame, paired_interval, save_frame
 
 __all__ = ["deactivation_matrix", "DeactivationResult", "variant_mask"]
 
@@ -125,7 +125,7 @@ class DeactivationResult(HubMixin):
         folder = Path(path)
         recover(folder)
         try:
-            meta = json.loads((folder / "result.json").read_text(encoding="utf-8"))
+            meta = read_json(folder / "result.json")
             frame, controls = pd.read_csv(folder / "cells.csv"), pd.read_csv(folder / "controls.csv")
         except (OSError, ValueError) as err:  # ValueError: JSON, UTF-8 and CSV parsing
             raise SaveError(f"{folder} is not a saved ablation result: {err}") from err
@@ -171,6 +171,7 @@ def deactivation_matrix(
     allow_mismatch: bool = False,
     max_length: int | None = None,
     overflow: Overflow = "truncate",
+    checkpoint: str | Path | None = None,
 ) -> DeactivationResult:
     """Deactivate each language's neurons and evaluate every language (Zhang et al. (AAAI-26) Fig. 2).
 
@@ -198,6 +199,10 @@ def deactivation_matrix(
         max_length: longest sequence fed to the model (default: its context size).
         overflow: ``"truncate"``, ``"split"`` (perplexity only) or ``"error"``; see
             [`tl_multilingual.model.tokens`][tl_multilingual.model.tokens].
+        checkpoint: a folder where every finished run (the baseline, each
+            deactivation, each control) is saved; a rerun with the same inputs reads
+            them back instead of running them again, with the same result. Runs saved
+            for other data, model, weights, masks or settings are discarded.
 
     Returns:
         [`DeactivationResult`][tl_multilingual.experiments.deactivation.DeactivationResult] (``to_frame()``, ``matrix(variant)``).
@@ -226,6 +231,14 @@ def deactivation_matrix(
     else:
         n_controls = {v: controls for v in variants}
 
+    store = None
+    if checkpoint is not None:
+        data_key = data.fingerprint() if isinstance(data, Corpus) else {k: list(v) for k, v in data.items()}
+        inputs = inputs_key(data=data_key, model=lm.describe(), metric=metric, value=value,
+                            stats=None if stats is None else [stats.provenance, stats.token_counts],
+                            batch_size=batch_size, max_length=max_length, overflow=overflow)
+        store = RunStore(Path(checkpoint), inputs, lambda units, folder: save_frame(units, folder / "units.json"),
+                         lambda folder: load_frame(folder / "units.json"))
     runs = controlled_runs(
         {key: (lambda block, mask=mask: mask) for key, mask in masks.items()},
         lambda block: evaluation.units(lm),
@@ -234,6 +247,7 @@ def deactivation_matrix(
         seed=seed,
         desc="deactivation matrix",
         progress=progress,
+        store=store,
     )
     (baseline,) = runs.baseline
     evaluated = list(dict.fromkeys(baseline["language"]))

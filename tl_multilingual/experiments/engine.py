@@ -40,18 +40,26 @@ spelled the same way: ``seed``, ``n_boot``, ``ci``, ``batch_size``, ``progress``
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
 from collections.abc import Callable, Hashable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 import numpy as np
+import pandas as pd
 from tqdm.auto import tqdm
 
 from .. import distributed, resample
+from ..errors import SaveError, TLMultilingualError, warn
 from ..neurons.masks import NeuronMask
+from ..persist import atomic_folder, read_json, write_text
 
-__all__ = ["controlled_runs", "paired_interval", "ControlledRuns", "ConditionRuns", "control_seed"]
+__all__ = ["controlled_runs", "paired_interval", "ControlledRuns", "ConditionRuns", "control_seed",
+           "RunStore", "save_frame", "load_frame", "inputs_key"]
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -87,6 +95,101 @@ class ControlledRuns(Generic[K, V]):
     conditions: dict[K, ConditionRuns[V]]
 
 
+def save_frame(frame: pd.DataFrame, path: Path) -> None:
+    """Write a DataFrame of numbers, strings and booleans as JSON that reads back exactly
+    (every float64 bit, the dtypes, the index), atomically."""
+    body = {"columns": [str(c) for c in frame.columns],
+            "dtypes": [str(t) for t in frame.dtypes],
+            "index": frame.index.tolist(),
+            "data": [frame[c].tolist() for c in frame.columns]}
+    write_text(path, json.dumps(body, allow_nan=True))
+
+
+def load_frame(path: Path) -> pd.DataFrame:
+    """Read a DataFrame written by [`save_frame()`][tl_multilingual.experiments.engine.save_frame].
+
+    Raises:
+        SaveError: the file is missing, not JSON or not such a frame.
+    """
+    body = read_json(path)
+    try:
+        columns = {name: pd.Series(values, dtype=dtype)
+                   for name, dtype, values in zip(body["columns"], body["dtypes"], body["data"], strict=True)}
+        frame = pd.DataFrame(columns)
+        frame.index = pd.Index(body["index"]) if len(body["index"]) else frame.index
+    except (KeyError, TypeError, ValueError) as err:
+        raise SaveError(f"{path} is not a saved table: {err}") from err
+    if not isinstance(frame.index, pd.RangeIndex) and frame.index.equals(pd.RangeIndex(len(frame))):
+        frame.index = pd.RangeIndex(len(frame))
+    return frame
+
+
+@dataclass
+class RunStore:
+    """Where [`controlled_runs()`][tl_multilingual.experiments.engine.controlled_runs] keeps each
+    finished run (the baseline, a hit, a control), so that an interrupted experiment
+    resumes after its last finished run.
+
+    Attributes:
+        folder: the folder of the runs (``run-00000``, ... and ``plan.json``).
+        inputs: a key of everything the runs depend on beyond their masks and seeds (the
+            data, the model and its weights, the settings); runs saved for other inputs,
+            or other masks, are discarded.
+        save: ``save(value, folder)`` writes one run's value into an empty folder.
+        load: ``load(folder)`` reads it back, exactly.
+    """
+
+    folder: Path
+    inputs: str
+    save: Callable[[Any, Path], None]
+    load: Callable[[Path], Any]
+
+    def open(self, plan: str) -> None:
+        """Keep the saved runs only if they were saved for ``plan`` and these inputs."""
+        self.folder = Path(self.folder)
+        record = self.folder / "plan.json"
+        try:
+            previous = read_json(record) if record.exists() else None
+        except SaveError:
+            previous = None
+        expected = {"plan": plan, "inputs": self.inputs}
+        if previous != expected:
+            if self.folder.exists():
+                if previous is not None:
+                    warn(f"the runs saved in {self.folder} were made for other inputs; running them again")
+                shutil.rmtree(self.folder, ignore_errors=True)
+            write_text(record, json.dumps(expected))
+
+    def get(self, index: int) -> Any | None:
+        path = self.folder / f"run-{index:05d}"
+        if not path.is_dir():
+            return None
+        try:
+            return self.load(path)
+        except (TLMultilingualError, OSError, ValueError, KeyError):
+            return None  # damaged: measured again
+
+    def put(self, index: int, value: Any) -> None:
+        with atomic_folder(self.folder / f"run-{index:05d}") as staging:
+            self.save(value, staging)
+
+
+def inputs_key(**parts: Any) -> str:
+    """A key of what an experiment's runs depend on (plain data; other objects by
+    ``str``), for [`RunStore`][tl_multilingual.experiments.engine.RunStore] (``inputs``)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _plan(conditions: Mapping[Any, Callable[[int], NeuronMask]], n_blocks: int,
+          n_controls: Mapping[Any, int], seed: int) -> str:
+    digest = hashlib.sha256(json.dumps([n_blocks, seed]).encode())
+    for key, mask_of in conditions.items():
+        digest.update(repr(key).encode() + str(n_controls.get(key, 0)).encode())
+        for block in range(n_blocks):
+            digest.update(mask_of(block).tensor.numpy().tobytes())
+    return digest.hexdigest()
+
+
 def control_seed(seed: int, block: int) -> int:
     """The seed of the random controls of ``block``: ``seed + 97 * block``."""
     return seed + 97 * block
@@ -102,6 +205,7 @@ def controlled_runs(
     seed: int = 0,
     desc: str = "experiment",
     progress: bool = True,
+    store: RunStore | None = None,
 ) -> ControlledRuns[K, V]:
     """Measure the baseline, then every condition and its random controls.
 
@@ -122,6 +226,10 @@ def controlled_runs(
         seed: seed of the controls ([`control_seed()`][tl_multilingual.experiments.engine.control_seed]).
         desc: the progress bar's label.
         progress: show a progress bar.
+        store: where each finished run is saved and, on a rerun with the same masks,
+            seeds and inputs, read back instead of measured again
+            ([`RunStore`][tl_multilingual.experiments.engine.RunStore]); not used when the
+            work is split across processes.
 
     Returns:
         [`ControlledRuns`][tl_multilingual.experiments.engine.ControlledRuns]: the baseline per block and, per condition,
@@ -138,19 +246,37 @@ def controlled_runs(
     total = n_blocks * (1 + sum(1 + n_controls.get(key, 0) for key in conditions))
     baseline: list[V] = []
     shown = distributed.show_progress(progress)
+    if distributed.active():  # every rank takes part in every measurement: no store
+        store = None
+    if store is not None:
+        store.open(_plan(conditions, n_blocks, n_controls, seed))
+    counter = iter(range(total))
+
+    def measured(block: int) -> V:
+        """``measure(block)``, or the saved value of this run."""
+        index = next(counter)
+        saved = store.get(index) if store is not None else None
+        if saved is not None:
+            return saved
+        value = measure(block)
+        if store is not None:
+            store.put(index, value)
+        return value
+
     with tqdm(total=total, disable=not shown, desc=desc, unit="run") as bar:
 
         def run(key: K, block: int, mask: NeuronMask) -> V:
             if mask.count() == 0:
+                next(counter)
                 value = baseline[block]
             else:
                 with intervene(key, mask):
-                    value = measure(block)
+                    value = measured(block)
             bar.update()
             return value
 
         for block in range(n_blocks):
-            baseline.append(measure(block))
+            baseline.append(measured(block))
             bar.update()
         runs: dict[K, ConditionRuns[V]] = {}
         for key, mask_of in conditions.items():

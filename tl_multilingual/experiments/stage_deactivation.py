@@ -48,12 +48,12 @@ from ..model.adapters import adapt
 from ..model.tokens import Overflow
 from ..neurons.classes import LanguageNeurons
 from ..neurons.masks import NeuronMask
-from ..persist import write_text
+from ..persist import read_json, write_text
 from ..provenance import check_fits
 from ..stages.lens import language_lens
 from ..stages.stage_map import STAGES, StageMap
 from .deactivation import variant_mask
-from .engine import controlled_runs
+from .engine import RunStore, controlled_runs, inputs_key, load_frame, save_frame
 
 if TYPE_CHECKING:
     from ..stages.lens import LensResult
@@ -186,14 +186,27 @@ class StageEffects(HubMixin):
         """
         folder = Path(path)
         try:
-            meta = json.loads((folder / "result.json").read_text(encoding="utf-8"))
-            if meta.get("kind") != _KIND:
+            meta = read_json(folder / "result.json", error=TLMultilingualError)
+            if not isinstance(meta, dict) or meta.get("kind") != _KIND:
                 raise ValueError(f"kind {meta.get('kind')!r}")
             return cls(pd.read_csv(folder / "cells.csv"), pd.read_csv(folder / "lens.csv"),
                        meta["variant"], float(meta.get("ci", 0.95)), str(meta.get("stage_map", "")),
                        tuple(meta.get("evaluated", ())))
-        except (OSError, ValueError, KeyError) as err:
+        except (OSError, ValueError, KeyError, TLMultilingualError) as err:
             raise TLMultilingualError(f"{folder} is not a saved stage-effects result: {err}") from None
+
+
+def _save_run(value: tuple[pd.DataFrame, LensResult | None], folder: Path) -> None:
+    save_frame(value[0], folder / "nll.json")
+    if value[1] is not None:
+        value[1].save(folder / "lens")
+
+
+def _load_run(folder: Path) -> tuple[pd.DataFrame, LensResult | None]:
+    from ..stages.lens import LensResult
+
+    return load_frame(folder / "nll.json"), (LensResult.load(folder / "lens") if (folder / "lens").exists()
+                                               else None)
 
 
 def _target(prompt: LensPrompt) -> str | None:
@@ -230,6 +243,7 @@ def stage_effects(
     max_length: int | None = None,
     overflow: Overflow = "truncate",
     allow_unsupported: bool = False,
+    checkpoint: str | Path | None = None,
 ) -> StageEffects:
     """Which stages carry the language-specific effect of a language's neurons.
 
@@ -258,6 +272,9 @@ def stage_effects(
         overflow: ``"truncate"``, ``"split"`` (texts only; prompts are truncated) or
             ``"error"``; see [`tl_multilingual.model.tokens`][tl_multilingual.model.tokens].
         allow_unsupported: run on a stage map whose verdict is ``"not supported"``.
+        checkpoint: a folder where every finished run is saved; a rerun with the same
+            inputs reads them back instead of running them again (see
+            [`deactivation_matrix()`][tl_multilingual.experiments.deactivation.deactivation_matrix]).
 
     Returns:
         [`StageEffects`][tl_multilingual.experiments.stage_deactivation.StageEffects] (``to_frame()``, ``matrix()``, ``finding()``).
@@ -306,9 +323,14 @@ def stage_effects(
     def intervene(key: tuple[str, str], mask: NeuronMask) -> Any:
         return ablate(lm, mask, allow_mismatch=allow_mismatch)
 
+    store = None if checkpoint is None else RunStore(
+        Path(checkpoint),
+        inputs_key(texts=eval_texts.fingerprint(), prompts=[repr(p) for p in prompts], model=lm.describe(),
+                   batch_size=batch_size, max_length=max_length, overflow=overflow),
+        _save_run, _load_run)
     runs = controlled_runs({key: (lambda block, mask=mask: mask) for key, mask in cells.items()},
                            measure, intervene, controls=controls, seed=seed, desc="stage effects",
-                           progress=progress)
+                           progress=progress, store=store)
     (baseline,) = runs.baseline
     base_nll, base_lens = baseline
     rng = np.random.default_rng(seed)

@@ -174,14 +174,12 @@ class Corpus:
         path = Path(path)
         if not path.is_file():
             raise CorpusError(f"no such file: {path}")
-        raw = path.read_text(encoding="utf-8")
-        try:
-            if path.suffix == ".jsonl":
-                records = [json.loads(line) for line in raw.splitlines() if line.strip()]
-                return cls.from_records(records, allow_unknown=allow_unknown, **fields)
-            data = json.loads(raw)
-        except json.JSONDecodeError as err:
-            raise CorpusError(f"{path} is not valid JSON: {err}") from None
+        from ..persist import read_json
+
+        if path.suffix == ".jsonl":
+            records = read_json(path, error=CorpusError, lines=True)
+            return cls.from_records(records, allow_unknown=allow_unknown, **fields)
+        data = read_json(path, error=CorpusError)
         if isinstance(data, list):
             return cls.from_records(data, allow_unknown=allow_unknown, **fields)
         if not isinstance(data, dict):

@@ -9,7 +9,6 @@ dropped items are named in a warning).
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -195,10 +194,9 @@ class ParallelItems:
         path = Path(path)
         if not path.is_file():
             raise CorpusError(f"no such file: {path}")
-        try:
-            records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        except json.JSONDecodeError as err:
-            raise CorpusError(f"{path} is not valid JSON Lines: {err}") from None
+        from ..persist import read_json
+
+        records = read_json(path, error=CorpusError, lines=True)
         return cls.from_records(records, **kwargs)
 
     @classmethod

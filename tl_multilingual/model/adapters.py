@@ -26,6 +26,7 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 
 from ..errors import CorpusError, GradientError, TLMultilingualError, UnsupportedModelError, warn
+from ..provenance import weight_fingerprint
 
 __all__ = ["ModelAdapter", "adapt", "Batch", "running_batch"]
 
@@ -233,6 +234,7 @@ class ModelAdapter:
             "gated": self.gated,
             "prepend_bos": self.prepend_bos,
             "dtype": str(self.dtype).removeprefix("torch."),
+            "weights": weight_fingerprint(self.model),
             "transformer_lens": _package_version("transformer-lens"),
             "transformers": _package_version("transformers"),
         }

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..errors import TLMultilingualError, UnsupportedModelError
-from ..persist import atomic_folder, sha256_file
+from ..errors import SaveError, TLMultilingualError, UnsupportedModelError
+from ..persist import atomic_folder, read_json, sha256_file
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -85,8 +85,8 @@ def _quiet() -> Iterator[None]:
 def _read_manifest(folder: Path, sha256: str) -> dict[str, Any] | None:
     """The manifest of a complete cache entry for ``sha256``, else None."""
     try:
-        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        manifest = read_json(folder / MANIFEST)
+    except SaveError:
         return None
     if not isinstance(manifest, dict) or manifest.get("sha256") != sha256:
         return None

@@ -76,11 +76,13 @@ class NeuronMask(HubMixin):
             tensor = tensor.bool()
         self.tensor: Tensor = tensor.detach().to("cpu")
         self.name = name
-        self.model = {k: model.get(k) for k in ("name", "architecture") if model.get(k) is not None} if model else None
+        self.model = ({k: model.get(k) for k in ("name", "architecture", "weights") if model.get(k) is not None}
+                      if model else None)
 
     @property
     def provenance(self) -> dict[str, Any]:
-        """The model the mask comes from (name, architecture, when known) and its shape."""
+        """The model the mask comes from (name, architecture, weight fingerprint, when
+        known) and its shape."""
         return model_record(self.model, self.n_layers, self.d_mlp)
 
     # -- construction ---------------------------------------------------------------

@@ -293,7 +293,7 @@ class ActivationStats(HubMixin):
         fine-tuned version). The one rule is `tl_multilingual.provenance.check_compatible()`."""
         if not isinstance(other, ActivationStats):
             raise StatsError(f"cannot combine ActivationStats with {type(other).__name__}")
-        fields = (*_SETTINGS, "architecture", *(("name",) if same_model else ()))
+        fields = (*_SETTINGS, "architecture", *(("name", "weights") if same_model else ()))
         check_compatible(self.provenance, other.provenance, fields=fields, error=StatsError,
                          labels=("the statistics", "the other statistics"))
 

@@ -40,7 +40,7 @@ import pandas as pd
 from ..errors import TLMultilingualError, warn
 from ..hub import HubMixin
 from ..neurons.masks import NeuronMask
-from ..persist import write_text
+from ..persist import read_json, write_text
 
 __all__ = ["STAGES", "StageMap", "SignalMap", "FitQuality", "SignatureCheck", "Verdict", "VERDICTS"]
 
@@ -577,7 +577,7 @@ class StageMap(HubMixin):
             TLMultilingualError: if ``path`` holds no saved stage map.
         """
         try:
-            return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+            return cls.from_dict(read_json(path, error=TLMultilingualError))
         except (OSError, ValueError, KeyError, TypeError, TLMultilingualError) as err:
             raise TLMultilingualError(f"{path} is not a saved stage map: {err}") from err
 

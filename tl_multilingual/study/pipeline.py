@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from .. import distributed
-from ..errors import CorpusError, TLMultilingualError, warn
+from ..errors import CorpusError, SaveError, TLMultilingualError, warn
 from ..inputs.corpus import Corpus
 from ..model.adapters import ModelAdapter, adapt
 from ..neurons.identification import METHODS
-from ..persist import is_temporary, library_versions, write_text
+from ..persist import is_temporary, library_versions, read_json, write_text
 from .steps import STEPS, Skip, Step, StudySettings, key, lens_prompts
 
 __all__ = ["Study", "DEMO_SETTINGS", "check_output_folder", "study_entries"]
@@ -79,6 +79,7 @@ class Study:
         self.manifest_path = self.out / "manifest.json"
         self.manifest = self._read_manifest()
         self.keys: dict[str, str | None] = {}
+        self._checkpoint: Path | None = None
 
     @property
     def progress(self) -> bool:
@@ -126,6 +127,13 @@ class Study:
             self.log(message)
         elif not self.quiet:
             print(message, file=sys.stderr, flush=True)
+
+    @property
+    def checkpoint(self) -> Path | None:
+        """Where the step now running keeps the work it has done so far (a folder named
+        by the step and its key, under ``checkpoints/``), so that a study interrupted
+        inside a long step resumes there; removed when the step's result is saved."""
+        return self._checkpoint
 
     @property
     def model_key(self) -> str:
@@ -185,6 +193,7 @@ class Study:
             return distributed.on_main(lambda: step.load_result(path))
         self._say(f"[{number}/{total}] {step.name} ...")
         start = time.perf_counter()
+        self._checkpoint = self.out / "checkpoints" / f"{step.name}-{key}"
         result = step.run(self, {d: done.get(d) for d in step.depends})
         if isinstance(result, Skip):
             self.keys[step.name] = None
@@ -202,6 +211,7 @@ class Study:
 
         def record() -> float:
             step.save_result(result, path)
+            shutil.rmtree(self.out / "checkpoints", ignore_errors=True)  # the step's own, and stale ones
             seconds = time.perf_counter() - start
             settings = {name: self.setting(name) for name in step.settings if name != "words"}
             steps[step.name] = {"key": key, "seconds": round(seconds, 2), "settings": settings,
@@ -260,7 +270,8 @@ def held_out_count(corpus: Corpus, settings: StudySettings) -> int:
 
 _PYTHON_NAMES = {"languages": "Corpus.select", "held_out": "StudySettings.held_out",
                  "eval_texts": "StudySettings.eval_texts", "batch_size": "StudySettings.batch_size",
-                 "controls": "StudySettings.controls", "method": "StudySettings.method"}
+                 "controls": "StudySettings.controls", "method": "StudySettings.method",
+                 "max_tokens_per_language": "StudySettings.max_tokens_per_language"}
 
 
 def check_study(corpus: Corpus, settings: StudySettings, *, names: dict[str, str] | None = None) -> int:
@@ -275,7 +286,8 @@ def check_study(corpus: Corpus, settings: StudySettings, *, names: dict[str, str
     Raises:
         CorpusError: fewer than two languages, a language with only empty texts, a
             language too small to hold texts out and keep some for statistics, or
-            settings out of range.
+            settings out of range (a batch size, evaluation texts or token budget below
+            1, negative controls, an unknown method).
         LanguageError: a language key that is not a known language (a corpus built with
             ``allow_unknown=True``): the sharing and lens steps need real languages.
     """
@@ -307,6 +319,10 @@ def check_study(corpus: Corpus, settings: StudySettings, *, names: dict[str, str
                                   ("controls", settings.controls, 0)):
         if value < least:
             raise CorpusError(f"{name[setting]} must be at least {least}, got {value}")
+    budget = settings.max_tokens_per_language
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+        raise CorpusError(f"{name['max_tokens_per_language']} must be a positive number of tokens "
+                          f"(or None: every token), got {budget}")
     if settings.method not in METHODS:
         raise CorpusError(f"{name['method']} must be an identification method, one of "
                           f"{tuple(METHODS)}; got {settings.method!r}")
@@ -340,7 +356,7 @@ def check_texts(lm: ModelAdapter, train: Corpus, evaluation: Corpus) -> None:
 
 _CORRUPT: Any = object()
 _STUDY_KIND = "tl_multilingual.Study"
-_REPORT_ENTRIES = ("manifest.json", "tables", "figures", "report.html")
+_REPORT_ENTRIES = ("manifest.json", "tables", "figures", "report.html", "checkpoints")
 
 
 def study_entries() -> set[str]:
@@ -349,15 +365,38 @@ def study_entries() -> set[str]:
     return {*_REPORT_ENTRIES, *(Path(step.path).parts[0] for step in STEPS.values())}
 
 
+def _well_formed(manifest: Any) -> bool:
+    """Whether a decoded study manifest has the shape a study writes: an object whose
+    ``kind`` is a string, ``command`` a list of strings, ``model``, ``data`` and
+    ``settings`` objects, and ``steps`` an object of objects whose ``key`` (when
+    present) is a string. Fields it lacks are fine (an interrupted first write)."""
+    if not isinstance(manifest, dict):
+        return False
+    expected = {"kind": str, "command": list, "model": dict, "data": dict, "settings": dict,
+                "steps": dict, "versions": dict}
+    if any(name in manifest and not isinstance(manifest[name], kind)
+           for name, kind in expected.items()):
+        return False
+    if not all(isinstance(part, str) for part in manifest.get("command", [])):
+        return False
+    for entry in manifest.get("steps", {}).values():
+        if not isinstance(entry, dict) or not isinstance(entry.get("key", ""), (str, type(None))):
+            return False
+    return True
+
+
 def _read_study_manifest(path: Path) -> dict[str, Any] | None:
-    """A study folder's manifest: None if absent, ``_CORRUPT`` if unreadable."""
+    """A study folder's manifest: None if absent, ``_CORRUPT`` if unreadable or, for a
+    study's manifest, not of the shape a study writes (see ``_well_formed``)."""
     if not path.is_file():
         return None
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        manifest = read_json(path)
+    except SaveError:
         return _CORRUPT
-    return manifest if isinstance(manifest, dict) else _CORRUPT
+    if isinstance(manifest, dict) and "kind" in manifest and manifest["kind"] != _STUDY_KIND:
+        return manifest  # another kind of file: the callers refuse it by its kind
+    return manifest if _well_formed(manifest) else _CORRUPT
 
 
 def check_output_folder(out: Path, command: str | None = None) -> None:

@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..errors import SaveError
 from ..neurons.classes import LanguageNeurons
-from ..persist import write_text
+from ..persist import read_json, write_text
 from ..resample import MIN_UNITS
 from ..stages.stage_map import STAGES, StageMap
 from . import plot
@@ -29,7 +30,10 @@ def _load(folder: Path) -> dict[str, Any]:
     """The study's results by step ([`STEPS`][tl_multilingual.study.steps.STEPS]), its
     ``manifest`` and its ``settings``; those of steps not finished yet (not in the
     manifest) are None."""
-    out: dict[str, Any] = {"manifest": json.loads((folder / "manifest.json").read_text(encoding="utf-8"))}
+    manifest = read_json(folder / "manifest.json")
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("steps", {}), dict):
+        raise SaveError(f"{folder / 'manifest.json'} is not the manifest of a study (it is corrupt)")
+    out: dict[str, Any] = {"manifest": manifest}
     out["settings"] = settings_of(out["manifest"].get("settings"))
     done = out["manifest"].get("steps", {})
     for step in STEPS.values():

@@ -81,6 +81,7 @@ class StudySettings:
     allow_unsupported_stages: bool = False  # run the stage effects on a map the data do not support
     n_boot: int = 200
     seed: int = 0
+    checkpoint_every: int = 50  # batches between two saves of the statistics' running totals
 
 
 @dataclass(frozen=True)
@@ -208,7 +209,8 @@ def _statistics(study: Any, done: Mapping[str, Any]) -> ActivationStats:
     s = study.settings
     return collect_stats(study.lm, study.train, batch_size=s.batch_size,
                          max_tokens_per_language=s.max_tokens_per_language,
-                         progress=study.progress)
+                         progress=study.progress, checkpoint=getattr(study, "checkpoint", None),
+                         checkpoint_every=s.checkpoint_every)
 
 
 def _neurons(study: Any, done: Mapping[str, Any]) -> dict[str, LanguageNeurons]:
@@ -245,7 +247,8 @@ def _deactivation(study: Any, done: Mapping[str, Any]) -> DeactivationResult:
     controls = s.controls if s.control_variant is None else {s.control_variant: s.controls}
     return deactivation_matrix(study.lm, done["neurons"][s.method], study.evaluation,
                                classes=list(s.variants), controls=controls, seed=s.seed,
-                               n_boot=s.n_boot, batch_size=s.batch_size, progress=study.progress)
+                               n_boot=s.n_boot, batch_size=s.batch_size, progress=study.progress,
+                               checkpoint=getattr(study, "checkpoint", None))
 
 
 def _stage_effects(study: Any, done: Mapping[str, Any]) -> StageEffects | Skip:
@@ -259,7 +262,8 @@ def _stage_effects(study: Any, done: Mapping[str, Any]) -> StageEffects | Skip:
     return stage_effects(study.lm, done["neurons"][s.method], done["stages"], study.evaluation,
                          lens_prompts=prompts, variant=s.stage_variant, controls=s.controls,
                          seed=s.seed, n_boot=s.n_boot, batch_size=s.batch_size,
-                         progress=study.progress, allow_unsupported=s.allow_unsupported_stages)
+                         progress=study.progress, allow_unsupported=s.allow_unsupported_stages,
+                         checkpoint=getattr(study, "checkpoint", None))
 
 
 def _sharing(study: Any, done: Mapping[str, Any]) -> Sharing | Skip:
