@@ -60,8 +60,8 @@ from ..neurons.stats import ActivationStats
 from ..provenance import check_compatible
 from .features import _standardise, lens_features, neuron_features, similarity_features
 from .segmentation import _constrained, _costs, _dp, _quality
-from .signatures import StageWarning, _check, _choose, _signatures_for, _verdict, _warnings
-from .stage_map import _BOUNDARIES, STAGES, SignalMap, StageMap, _spans
+from .signatures import StageWarning, _check, _choose, _signatures_for, _warnings
+from .stage_map import _BOUNDARIES, STAGES, SignalMap, StageMap, _spans, _verdict
 
 if TYPE_CHECKING:
     from .lens import LensResult

@@ -426,8 +426,6 @@ class StageMap(HubMixin):
         return NeuronMask.full(self.n_layers, width).restrict(self.layers(stage))
 
     def _other(self, boundaries: tuple[int, int, int], choice: str, constrained: bool) -> StageMap:
-        from .signatures import _verdict
-
         fit = self.fit
         assert fit is not None
         if boundaries == self.boundaries:
@@ -560,7 +558,6 @@ class StageMap(HubMixin):
             float(data.get("alpha", 0.05)), int(data.get("tolerance", 2)),
         )
         if not data.get("verdict") and out.fit is not None:  # saved before verdicts: judge it now
-            from .signatures import _verdict
 
             out.verdict = _verdict(out.fit, out.boundaries, out.agreement, out.alpha)
         return out
@@ -588,7 +585,6 @@ class StageMap(HubMixin):
 
 
 def _signal_verdict(fit: SignalMap, alpha: float) -> Verdict:
-    from .signatures import _verdict
 
     return _verdict(fit, fit.boundaries, None, alpha)
 
@@ -631,3 +627,68 @@ def _check_fields(data: Any) -> None:
         raise TLMultilingualError("constrained must be true or false")
     if not isinstance(data.get("verdict", {}), dict):
         raise TLMultilingualError("verdict must be an object")
+
+
+_COUNT = {3: "three", 2: "two"}
+
+
+def _stage_names(stages: Sequence[str]) -> str:
+    return ", ".join(s.replace("_", " ") for s in stages)
+
+
+def _rejections(fit: SignalMap, boundaries: Sequence[int], alpha: float) -> list[str]:
+    """Why the data reject ``boundaries`` (one of ``fit``'s maps); empty when they do not.
+
+    The rule (the module docstring of `mapping` states it): a map is rejected when its
+    fit is no better than layer-shuffled features (p >= alpha), when a stage is a
+    single layer only because the signatures force it, or, for a map the signatures
+    moved away from the unconstrained fit, when it explains less of the features'
+    variation than the best fit with three stages (imposing the signatures costs more
+    than losing a stage)."""
+    b = tuple(boundaries)
+    out = []
+    forced = fit.forced(b)
+    if forced:
+        out.append(f"one-layer {_stage_names(forced)} only the signatures force")
+    q = fit.quality_of(b)
+    if q is not None and np.isfinite(q.p_value) and q.p_value >= alpha:
+        out.append(f"no better than layer-shuffled features (p = {q.p_value:.2g})")
+    if q is not None and b != tuple(fit.unconstrained) and np.isfinite(q.explained):
+        three = q.explained_by_stages.get(3, np.nan)
+        if np.isfinite(three) and q.explained < three - 1e-12:
+            out.append(f"explains {q.explained:.0%} of the variation, less than the best three "
+                       f"stages ({three:.0%})")
+    return out
+
+
+def _verdict(fit: SignalMap, boundaries: Sequence[int], agreement: pd.DataFrame | None,
+             alpha: float) -> Verdict:
+    """The verdict on ``boundaries`` (one of ``fit``'s maps): ``"not supported"`` with
+    the reasons ``_rejections`` gives (or four layers, where nothing can be tested);
+    ``"weak"`` when four stages are no better than three or two, a signature does not
+    hold in the data, the signals disagree beyond the tolerance, or no null was drawn;
+    else ``"supported"``."""
+    b = tuple(boundaries)
+    bad = _rejections(fit, b, alpha)
+    if fit.n_layers == 4:
+        bad.insert(0, "four layers: the only segmentation there is")
+    weak: list[str] = []
+    q = fit.quality_of(b)
+    if fit.n_layers > 4 and (q is None or not np.isfinite(q.p_value)):
+        weak.append("not tested against layer-shuffled features")
+    elif q is not None and not bad:
+        for k in (3, 2):
+            p = q.beats.get(k, np.nan)
+            if np.isfinite(p) and p >= alpha:
+                weak.append(f"four stages no better than {_COUNT[k]} (p = {p:.2g})")
+    failed = [c for c in fit.checks if not c.holds]
+    if failed and not bad:
+        if b == tuple(fit.unconstrained):
+            weak.append("signatures that do not hold: " + "; ".join(c.text for c in failed))
+        else:
+            weak.append("signatures that hold only when imposed: "
+                        + "; ".join(c.text for c in failed))
+    if agreement is not None and len(agreement) and not bool(agreement["agree"].all()):
+        weak.append(f"signals disagree by {int(agreement['difference'].abs().max())} layers")
+    level = "not supported" if bad else "weak" if weak else "supported"
+    return Verdict(level, tuple(bad + weak))
