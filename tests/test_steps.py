@@ -161,3 +161,27 @@ def test_the_table_runs_in_an_order_where_every_dependency_comes_first():
     for name, step in steps.STEPS.items():
         assert step.name == name and set(step.depends) <= seen, name
         seen.add(name)
+
+
+def test_the_stage_experiment_is_skipped_when_no_language_has_a_neuron_of_its_variant():
+    """With no neuron of the variant in any evaluated language there is nothing to
+    deactivate: the step is skipped with its reason instead of failing the study; one
+    such neuron and the experiment runs (here: reaches the model, which the stand-in
+    refuses)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    langs = ("en", "fr")
+    membership = torch.zeros(4, 8, 2, dtype=torch.bool)
+    neurons = tlm.LanguageNeurons(langs, membership, membership.any(-1), None, method="reference")
+    study = SimpleNamespace(settings=SMALL, evaluation=SimpleNamespace(languages=langs))
+    done = {"stages": SimpleNamespace(supported=True), "neurons": {SMALL.method: neurons}}
+    skipped = steps.STEPS["stage_effects"].run(study, done)
+    assert isinstance(skipped, steps.Skip)
+    assert "no language has a 'specific' neuron" in skipped.reason
+    membership[2, 5, 1] = True
+    neurons = tlm.LanguageNeurons(langs, membership, membership.any(-1), None, method="reference")
+    done["neurons"] = {SMALL.method: neurons}
+    with pytest.raises(AttributeError):  # past the check: the stand-in study has no words
+        steps.STEPS["stage_effects"].run(study, done)

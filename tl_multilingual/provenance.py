@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import TLMultilingualError
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 __all__ = ["check_compatible", "check_fits", "model_record", "record_of", "weight_fingerprint",
            "MODEL_FIELDS", "OVERRIDABLE", "SLICES"]
@@ -55,18 +58,27 @@ def weight_fingerprint(model: Any) -> str | None:
     parameters = list(model.parameters()) if hasattr(model, "parameters") else []
     if not parameters or any(p.is_meta for p in parameters):
         return None
-    digest = hashlib.sha256()
+    picked: list[Tensor] = []
+    floating: list[bool] = []
     with torch.no_grad():
         for p in parameters:
             flat = p.detach().reshape(-1)
-            digest.update(str(tuple(p.shape)).encode())
-            if flat.numel() == 0:
-                continue
             count = min(SLICES, flat.numel())
-            at = torch.linspace(0, flat.numel() - 1, count).round().long().to(flat.device)
+            at = torch.linspace(0, max(flat.numel() - 1, 0), count).round().long().to(flat.device)
             values = flat.index_select(0, at)
-            values = values.to(torch.bfloat16).float() if values.is_floating_point() else values.double()
-            digest.update(values.cpu().numpy().tobytes())
+            floating.append(values.is_floating_point())
+            picked.append(values.to(torch.bfloat16).double() if floating[-1] else values.double())
+        # One transfer per device, not one per parameter.
+        on_host: dict[Any, list[Tensor]] = {}
+        for device in dict.fromkeys(v.device for v in picked):
+            same = [v for v in picked if v.device == device]
+            on_host[device] = list(torch.cat(same).cpu().split([v.numel() for v in same]))
+    digest = hashlib.sha256()
+    for p, values, is_float in zip(parameters, picked, floating):
+        digest.update(str(tuple(p.shape)).encode())
+        host = on_host[values.device].pop(0)
+        if values.numel():
+            digest.update((host.float() if is_float else host).numpy().tobytes())
     return digest.hexdigest()[:16]
 
 

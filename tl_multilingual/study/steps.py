@@ -42,7 +42,7 @@ from typing import Any
 import pandas as pd
 
 from ..errors import CorpusError
-from ..experiments.deactivation import DeactivationResult, deactivation_matrix
+from ..experiments.deactivation import DeactivationResult, deactivation_matrix, variant_mask
 from ..experiments.stage_deactivation import StageEffects, stage_effects
 from ..inputs.items import ParallelItem, ParallelItems
 from ..inputs.prompts import LensPrompt, translation
@@ -258,8 +258,13 @@ def _stage_effects(study: Any, done: Mapping[str, Any]) -> StageEffects | Skip:
         return Skip(f"the data do not support the stage map ({stages.describe()}), so no stage "
                     "was deactivated; the setting allow_unsupported_stages "
                     "(--allow-unsupported-stages) runs it on that map anyway")
+    neurons = done["neurons"][s.method]
+    if not any(variant_mask(neurons, s.stage_variant, lang).count()
+               for lang in neurons.languages if lang in study.evaluation.languages):
+        return Skip(f"no language has a '{s.stage_variant}' neuron, so no stage holds one "
+                    "to deactivate")
     prompts = stage_prompts(study.words, study.corpus.languages, s)
-    return stage_effects(study.lm, done["neurons"][s.method], done["stages"], study.evaluation,
+    return stage_effects(study.lm, neurons, stages, study.evaluation,
                          lens_prompts=prompts, variant=s.stage_variant, controls=s.controls,
                          seed=s.seed, n_boot=s.n_boot, batch_size=s.batch_size,
                          progress=study.progress, allow_unsupported=s.allow_unsupported_stages,
