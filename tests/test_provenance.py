@@ -3,6 +3,8 @@ fields must agree, which may differ on purpose, and what is never compared."""
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 import tiny
 import torch
@@ -208,3 +210,19 @@ def test_statistics_of_another_checkpoint_with_the_same_name_and_shape_are_refus
     with pytest.raises(tlm.MaskError, match="different weights"):
         with tlm.ablate(other, neurons.mask("language", "en")):
             pass
+
+
+def test_the_weight_fingerprint_reads_tensors_beyond_float32s_exact_integers():
+    """An embedding of more than 2**24 values (a 262k vocabulary) is read at the
+    positions of the rule, the last value included, with no index past the end."""
+    from tl_multilingual.provenance import SLICES, weight_fingerprint
+
+    n = 2**24 + 3
+    module = torch.nn.Module()
+    module.big = torch.nn.Parameter(torch.arange(n, dtype=torch.float32), requires_grad=False)
+    at = [round(i * (n - 1) / (SLICES - 1)) for i in range(SLICES)]
+    assert at[-1] == n - 1
+    digest = hashlib.sha256()
+    digest.update(str((n,)).encode())
+    digest.update(torch.tensor([float(i) for i in at]).to(torch.bfloat16).float().numpy().tobytes())
+    assert weight_fingerprint(module) == digest.hexdigest()[:16]

@@ -64,7 +64,7 @@ def weight_fingerprint(model: Any) -> str | None:
         for p in parameters:
             flat = p.detach().reshape(-1)
             count = min(SLICES, flat.numel())
-            at = torch.linspace(0, max(flat.numel() - 1, 0), count).round().long().to(flat.device)
+            at = _evenly_spaced(count, flat.numel()).to(flat.device)
             values = flat.index_select(0, at)
             floating.append(values.is_floating_point())
             picked.append(values.to(torch.bfloat16).double() if floating[-1] else values.double())
@@ -80,6 +80,19 @@ def weight_fingerprint(model: Any) -> str | None:
         if values.numel():
             digest.update((host.float() if is_float else host).numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def _evenly_spaced(count: int, n: int) -> Tensor:
+    """``count`` positions of ``0 .. n-1``, the first and last included: ``i (n-1) /
+    (count-1)`` rounded half to even, in integer arithmetic (a float32 ``linspace``
+    rounds past the end beyond 2**24 values)."""
+    import torch
+
+    d = max(count - 1, 1)
+    scaled = torch.arange(count, dtype=torch.long) * (n - 1)
+    q, r = scaled // d, scaled % d
+    up = (2 * r > d) | ((2 * r == d) & (q % 2 == 1))
+    return q + up.long()
 
 
 def model_record(model: Mapping[str, Any] | None, n_layers: int, d_mlp: int) -> dict[str, Any]:
