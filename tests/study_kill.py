@@ -16,7 +16,8 @@ from tl_multilingual.study.pipeline import Study, StudySettings
 
 SETTINGS = StudySettings(batch_size=2, held_out=4, min_held_out=4, min_train_texts=5, eval_texts=2,
                          controls=1, n_boot=10, sharing_items=3, lens_pairs=1, lens_words=4,
-                         stage_words=2, top_rate=0.05, variants=("specific",), checkpoint_every=2)
+                         stage_words=2, top_rate=0.05, variants=("specific",), checkpoint_every=2,
+                         allow_unsupported_stages=True)  # four layers: the only segmentation
 
 # What one unit of each long step's work is: a batch of statistics, a run of an experiment.
 UNITS = {"statistics": (collect._Totals, "run"),

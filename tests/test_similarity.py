@@ -340,6 +340,8 @@ def test_few_items_warn_and_enough_items_do_not(lm):
 
 
 def test_save_and_load_keep_everything_with_provenance(lm, tmp_path):
+    from tl_multilingual.provenance import weight_fingerprint
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = representation_similarity(
@@ -355,6 +357,7 @@ def test_save_and_load_keep_everything_with_provenance(lm, tmp_path):
     assert loaded.provenance == {
         "name": "tiny-llama",
         "architecture": lm.architecture,
+        "weights": weight_fingerprint(lm.model),
         "shape": (lm.n_layers, lm.d_mlp),
     }
     import json
