@@ -35,6 +35,7 @@ __all__ = ["Study", "DEMO_SETTINGS", "check_output_folder", "study_entries"]
 DEMO_SETTINGS = StudySettings(
     batch_size=16, max_tokens_per_language=None, held_out=30, eval_texts=4, controls=1,
     control_variant="specific+related", lens_pairs=2, lens_words=30, sharing_items=20, n_boot=100,
+    stage_words=3,  # the stage experiment reads the lens in every run: keep its prompts few
 )
 
 
