@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import tiny
 import torch
+from test_segmentation import plain_segment  # the brute-force search, written once
 
 import tl_multilingual as tlm
 from tl_multilingual import resample
 from tl_multilingual.stages.features import lens_features, neuron_features
 from tl_multilingual.stages.lens import LensResult
-from tl_multilingual.stages.segmentation import segment
 from tl_multilingual.stages.signatures import StageWarning
 
 LANGUAGE = [12] * 4 + [1] * 6 + [12] * 4 + [6] * 2  # stages 0-3, 4-9, 10-13, 14-15
@@ -322,49 +322,6 @@ def test_a_hand_made_map_checks_its_boundaries():
     assert stage_map.layers("output_transformation") == range(5, 7) and stage_map.warnings == ()
     with pytest.raises(tlm.TLMultilingualError, match="boundaries"):
         tlm.StageMap.from_boundaries(8, (2, 2, 7))
-
-
-
-
-
-def plain_segment(x, constraints):
-    """Every split into four non-empty contiguous segments, scored one at a time."""
-    n = len(x)
-    best = None
-    for b1 in range(1, n):
-        for b2 in range(b1 + 1, n):
-            for b3 in range(b2 + 1, n):
-                parts = [x[lo:hi] for lo, hi in zip((0, b1, b2, b3), (b1, b2, b3, n))]
-                means = [part.mean(0) for part in parts]
-                ok = True
-                for column, rule in constraints:
-                    m = [mean[column] for mean in means]
-                    if rule == "min_second":
-                        ok &= m[1] <= m[0] and m[1] <= m[2]
-                    else:
-                        ok &= m[3] >= max(m)
-                if ok:
-                    cost = sum(float(((part - mean) ** 2).sum()) for part, mean in zip(parts, means))
-                    if best is None or cost < best[0] - 1e-12:
-                        best = (cost, (b1, b2, b3))
-    return best[1] if best else None
-
-
-def test_constrained_segmentation_equals_a_plain_search():
-    rng = np.random.default_rng(1)
-    rules = [[], [(0, "max_last")], [(0, "min_second")], [(0, "min_second"), (1, "max_last")]]
-    differs = 0
-    for _ in range(12):
-        x = rng.normal(size=(9, 2))
-        free = plain_segment(x, [])
-        assert segment(x)[0] == free
-        for constraints in rules[1:]:
-            expected = plain_segment(x, constraints)
-            got, met = segment(x, constraints)
-            assert met == (expected is not None)
-            assert got == (expected if met else free)
-            differs += met and expected != free
-    assert differs > 0  # some constraints changed the answer, so they were tested
 
 
 # -- fit quality, stability and features, recomputed here --------------------------------
