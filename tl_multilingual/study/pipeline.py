@@ -31,7 +31,7 @@ from .steps import STEPS, Skip, Step, StudySettings, key, lens_prompts
 __all__ = ["Study", "DEMO_SETTINGS", "check_output_folder", "study_entries"]
 
 
-# About ten minutes for Gemma-3-270m on two CPU cores.
+# Gemma-3-270m on two CPU cores: see the README's timings.
 DEMO_SETTINGS = StudySettings(
     batch_size=16, max_tokens_per_language=None, held_out=30, eval_texts=4, controls=1,
     control_variant="specific+related", lens_pairs=2, lens_words=30, sharing_items=20, n_boot=100,
