@@ -46,7 +46,7 @@ from ..neurons.stats import ActivationStats
 from ..persist import _version, library_versions, read_tables, write_tables
 from ..provenance import check_fits, model_record
 from .deactivation import _row, _value, variant_mask
-from .engine import controlled_runs
+from .engine import controlled_runs, variant_rows
 
 __all__ = ["benchmark_effects", "BenchmarkEffects", "item_scores"]
 
@@ -106,13 +106,9 @@ class BenchmarkEffects(HubMixin):
         Raises:
             TLMultilingualError: no such variant or column.
         """
-        variants = list(dict.fromkeys(self.frame["variant"]))
-        variant = variant or variants[0]
-        if variant not in variants:
-            raise TLMultilingualError(f"no variant {variant!r}; have {variants}")
+        variant, rows = variant_rows(self.frame, variant)
         if value not in self.frame.columns:
             raise TLMultilingualError(f"no column {value!r}; have {list(self.frame.columns)}")
-        rows = self.frame[self.frame["variant"] == variant]
         table = rows.pivot(index="ablated", columns="evaluated", values=value)
         ablated, evaluated = dict.fromkeys(rows["ablated"]), dict.fromkeys(rows["evaluated"])
         return table.loc[list(ablated), list(evaluated)]

@@ -36,7 +36,15 @@ from ..neurons.masks import NeuronMask, parse_variant
 from ..neurons.stats import ActivationStats
 from ..persist import atomic_folder, read_json, recover
 from ..provenance import check_fits
-from .engine import RunStore, controlled_runs, inputs_key, load_frame, paired_interval, save_frame
+from .engine import (
+    RunStore,
+    controlled_runs,
+    inputs_key,
+    load_frame,
+    paired_interval,
+    save_frame,
+    variant_rows,
+)
 
 __all__ = ["deactivation_matrix", "DeactivationResult", "variant_mask"]
 
@@ -141,11 +149,7 @@ class DeactivationResult(HubMixin):
 
     def matrix(self, variant: str | None = None, value: str = "relative_change") -> pd.DataFrame:
         """Ablated languages (rows) by evaluated languages (columns) for one variant."""
-        variants = list(dict.fromkeys(self.frame["variant"]))
-        variant = variant or variants[0]
-        if variant not in variants:
-            raise TLMultilingualError(f"no variant {variant!r}; have {variants}")
-        rows = self.frame[self.frame["variant"] == variant]
+        variant, rows = variant_rows(self.frame, variant)
         table = rows.pivot(index="ablated", columns="evaluated", values=value)
         order = list(dict.fromkeys(rows["ablated"]))
         return table.loc[order, list(dict.fromkeys(rows["evaluated"]))]

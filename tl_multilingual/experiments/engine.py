@@ -59,7 +59,7 @@ from ..neurons.masks import NeuronMask
 from ..persist import atomic_folder, read_json, write_text
 
 __all__ = ["controlled_runs", "paired_interval", "ControlledRuns", "ConditionRuns", "control_seed",
-           "RunStore", "save_frame", "load_frame", "inputs_key"]
+           "RunStore", "save_frame", "load_frame", "inputs_key", "variant_rows"]
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -326,3 +326,17 @@ def paired_interval(
     replicates = statistic(hit, unit_draws) - statistic(baseline, unit_draws)
     low, high = resample.percentile_interval(replicates, ci)
     return change, float(low), float(high)
+
+
+def variant_rows(frame: Any, variant: str | None) -> tuple[str, Any]:
+    """The rows of an experiment's tidy ``frame`` for one ``variant`` (default: the
+    first in the frame), and that variant's name.
+
+    Raises:
+        TLMultilingualError: ``frame`` has no such variant.
+    """
+    variants = list(dict.fromkeys(frame["variant"]))
+    variant = variant or variants[0]
+    if variant not in variants:
+        raise TLMultilingualError(f"no variant {variant!r}; have {variants}")
+    return variant, frame[frame["variant"] == variant]

@@ -61,7 +61,7 @@ from ..neurons.stats import ActivationStats
 from ..persist import library_versions, read_tables, write_tables
 from ..provenance import check_fits, model_record
 from .deactivation import variant_mask
-from .engine import controlled_runs, paired_interval
+from .engine import controlled_runs, paired_interval, variant_rows
 
 __all__ = ["generation_language", "GenerationLanguage", "segments", "MEASURES"]
 
@@ -134,11 +134,8 @@ class GenerationLanguage(HubMixin):
         """
         if measure not in MEASURES:
             raise TLMultilingualError(f"measure is one of {MEASURES}, got {measure!r}")
-        variants = list(dict.fromkeys(self.frame["variant"]))
-        variant = variant or variants[0]
-        if variant not in variants:
-            raise TLMultilingualError(f"no variant {variant!r}; have {variants}")
-        rows = self.frame[(self.frame["variant"] == variant) & (self.frame["measure"] == measure)]
+        variant, rows = variant_rows(self.frame, variant)
+        rows = rows[rows["measure"] == measure]
         return rows.set_index("language")[["baseline", "value", "control_value", "change", "ci_low",
                                            "ci_high", "over_control"]]
 
