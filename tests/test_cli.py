@@ -291,6 +291,25 @@ def test_an_unreachable_hub_falls_back_to_the_cache(monkeypatch):
         check_model_name("org/cached")
 
 
+def test_the_model_name_check_runs_in_a_fresh_process(tmp_path):
+    """Nothing else has imported huggingface_hub's submodules there: an uncached name
+    offline is the library's HubError, not an AttributeError from a lazy submodule."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from tl_multilingual.hub import _hub_errors, check_model_name\n"
+            "print(sorted(e.__name__ for e in _hub_errors()))\n"
+            "try:\n    check_model_name('org/never-cached')\n"
+            "except Exception as err:\n    print(type(err).__name__)\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=300)
+    caught, raised = done.stdout.strip().splitlines()
+    assert "HfHubHTTPError" in caught and "LocalEntryNotFoundError" in caught, caught
+    assert raised == "HubError", done.stderr[-2000:]
+
+
 def test_a_single_process_stopped_by_sigterm_is_not_told_of_other_ranks(model_dir, tmp_path,
                                                                         monkeypatch, capsys):
     import os

@@ -424,13 +424,16 @@ and every manifest field when it loads them.
 
 def _hub_errors() -> tuple[type[BaseException], ...]:
     """The exception classes through which ``huggingface_hub`` reports failures."""
-    import huggingface_hub
+    import importlib
+
+    def submodule(name: str) -> Any:  # loaded lazily by huggingface_hub: import it by name
+        try:
+            return importlib.import_module(f"huggingface_hub.{name}")
+        except ImportError:
+            return None
 
     found: list[type[BaseException]] = [OSError, ValueError]
-    for module in (
-        getattr(huggingface_hub, "errors", None),
-        getattr(huggingface_hub, "utils", None),
-    ):
+    for module in (submodule("errors"), submodule("utils")):
         for name in (
             "HfHubHTTPError",
             "LocalEntryNotFoundError",
@@ -702,6 +705,7 @@ def check_model_name(repo_id: str, *, timeout_s: float = 10.0) -> None:
     import os
 
     import huggingface_hub
+    from huggingface_hub import constants  # a lazily loaded submodule: import it by name
 
     def cached() -> bool:
         try:
@@ -710,7 +714,7 @@ def check_model_name(repo_id: str, *, timeout_s: float = 10.0) -> None:
             return False
         return isinstance(found, str)
 
-    offline = getattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False) or os.environ.get(
+    offline = getattr(constants, "HF_HUB_OFFLINE", False) or os.environ.get(
         "HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
     if offline:
         if not cached():
