@@ -115,3 +115,10 @@ def test_the_summary_pools_the_controls_only_and_pairs_every_condition_with_the_
     ).all()  # the patched run is not among the controls
     output = result.output()
     assert set(output["layer"]) == {2} and len(output) == 3 * 2
+
+
+def test_plain_string_prompts_without_readout_are_refused_not_read_as_nothing():
+    lm = tlm.adapt(tiny.bridge("llama"))
+    mask = tlm.NeuronMask.from_pairs([(0, 1)], lm.n_layers, lm.d_mlp)
+    with pytest.raises(tlm.TLMultilingualError, match="no answers to read"):
+        tlm.patch_neurons(lm, source=["The cat"], target=["Le chat"], mask=mask)

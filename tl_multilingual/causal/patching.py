@@ -150,12 +150,14 @@ def patch_neurons(
         align: ``"last"`` position, or ``"all"`` positions for equal-length pairs.
         controls: random masks of the same size per layer (drawn outside ``mask``).
         allow_mismatch: accept a mask identified on another model of the same shape.
-
-    Raises:
-        MaskError: a mask of another shape, or of another model (unless ``allow_mismatch``).
         max_length: longest prompt fed to the model (default: its context size).
         overflow: longer prompts lose their oldest tokens (``"truncate"``, with a
             warning) or are refused (``"error"``); see [`tl_multilingual.model.tokens`][tl_multilingual.model.tokens].
+
+    Raises:
+        MaskError: a mask of another shape, or of another model (unless ``allow_mismatch``).
+        TLMultilingualError: source and target not parallel, or no answer to read (plain
+            strings without ``readout``).
     """
     lm = adapt(model)
     check_fits(lm, mask, what="the mask", error=MaskError, allow_mismatch=allow_mismatch)
@@ -165,6 +167,10 @@ def patch_neurons(
     if layers is not None:
         mask = mask.restrict(lm.layer_range(layers))
     languages = list(readout) if readout is not None else list(dict.fromkeys(a for p in targets for a in p.answers))
+    if not languages:
+        raise TLMultilingualError(
+            "the target prompts carry no answers to read: give prompts with answers "
+            "(tlm.prompts.translation) or name the languages read with readout=")
     masks = [None, mask, *mask.controls(controls, seed=seed)]
     sets = answer_sets(lm, targets, languages)
     out = torch.full((len(masks), len(targets), lm.n_layers, len(languages)), float("nan"))
