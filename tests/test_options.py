@@ -108,7 +108,7 @@ def _length_calls():
             progress=False, **kw),
         "patch_neurons": lambda lm, n, **kw: tlm.patch_neurons(
             lm, source=[EN], target=[FR], mask=tlm.NeuronMask.full(lm.n_layers, lm.d_mlp),
-            controls=0, **kw),
+            controls=0, readout=["fr"], **kw),
         "sharing": lambda lm, n, **kw: tlm.sharing(lm, items(), progress=False, **kw),
         "item_activations": lambda lm, n, **kw: item_activations(lm, [EN], **kw),
         "attribute": lambda lm, n, **kw: tlm.attribute(lm, items(), progress=False, **kw),
