@@ -121,6 +121,9 @@ def test_changed_settings_recompute_only_what_depends_on_them(model_dir, tmp_pat
         (["run", "--model", "MODEL", "--device", "cuda:7"], "--device cuda:7: this machine has"),
         (["run", "--model", "MODEL", "--device", "meta"], "--device meta holds no values"),
         (["run", "--model", "MODEL", "--languages", ",,,"], "--languages ',,,' names no language"),
+        (["run", "--model", "MODEL", "--languages", "en,,fr"], "--languages 'en,,fr' has an empty entry"),
+        (["run", "--model", "MODEL", "--languages", "en,fr,"], "--languages 'en,fr,' has an empty entry"),
+        (["run", "--model", "MODEL", "--languages", "en,fr,en"], "names en more than once"),
         (["run", "--model", "MODEL", "--dist-timeout", "-1"], "--dist-timeout must be a positive"),
     ],
 )

@@ -195,11 +195,18 @@ def _languages(text: str | None) -> list[str] | None:
 
     if text is None:
         return None
-    codes = [c.strip() for c in text.split(",") if c.strip()]
-    if not codes:
+    codes = [c.strip() for c in text.split(",")]
+    if not any(codes):
         raise TLMultilingualError(f"--languages {text!r} names no language: give codes such as "
                                   "en,fr,zh, or leave the flag out to study every language")
-    return [normalize_language(c) for c in codes]
+    if not all(codes):
+        raise TLMultilingualError(f"--languages {text!r} has an empty entry: give codes separated "
+                                  "by single commas, such as en,fr,zh")
+    languages = [normalize_language(c) for c in codes]
+    repeated = sorted({lang for lang in languages if languages.count(lang) > 1})
+    if repeated:
+        raise TLMultilingualError(f"--languages {text!r} names {', '.join(repeated)} more than once")
+    return languages
 
 
 def _corpus(spec: str | None, languages: list[str] | None, say: Any = None) -> Any:
