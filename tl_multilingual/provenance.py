@@ -95,10 +95,18 @@ def _evenly_spaced(count: int, n: int) -> Tensor:
     return q + up.long()
 
 
-def model_record(model: Mapping[str, Any] | None, n_layers: int, d_mlp: int) -> dict[str, Any]:
+def model_record(model: Mapping[str, Any] | None, n_layers: int | None = None,
+                 d_mlp: int | None = None) -> dict[str, Any]:
     """The provenance record of a result: the model's name, architecture and weight
-    fingerprint (when recorded) and the shape of its neuron grid."""
+    fingerprint (when recorded) and the shape of its neuron grid.
+
+    Args:
+        model: the model's description (``ModelAdapter.describe()``), or None.
+        n_layers, d_mlp: the neuron grid's shape; by default the description's own.
+    """
     model = model or {}
+    n_layers = model.get("n_layers") if n_layers is None else n_layers
+    d_mlp = model.get("d_mlp") if d_mlp is None else d_mlp
     return {"name": model.get("name"), "architecture": model.get("architecture"),
             "weights": model.get("weights"), "shape": (n_layers, d_mlp)}
 

@@ -119,8 +119,7 @@ class GenerationLanguage(HubMixin):
     @property
     def provenance(self) -> dict[str, Any]:
         """The model the result comes from (see `tl_multilingual.provenance`)."""
-        model = self.record.get("model") or {}
-        return model_record(model, model.get("n_layers"), model.get("d_mlp"))
+        return model_record(self.record.get("model"))
 
     def to_frame(self) -> pd.DataFrame:
         return self.frame.copy()
