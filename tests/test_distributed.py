@@ -217,7 +217,7 @@ def test_the_hot_loops_do_not_wait_for_the_device_per_batch():
     counted = {}
     for n in (len(records) - 1, len(records)):
         items = tlm.ParallelItems.from_records(records[:n])
-        calls = count_syncs(lambda: tlm.sharing(lm, items, batch_size=1, progress=False))
+        calls = count_syncs(lambda items=items: tlm.sharing(lm, items, batch_size=1, progress=False))
         assert "item" not in calls and "nonzero" not in calls
         counted[n] = calls.count("cpu")
     # One more item adds one batch per language, and one transfer per batch, not per layer

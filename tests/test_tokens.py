@@ -9,7 +9,7 @@ import torch
 
 import tl_multilingual as tlm
 from tl_multilingual.inputs.corpus import Text
-from tl_multilingual.model.tokens import batches, encode
+from tl_multilingual.model.tokens import batches, counted_mask, encode
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
@@ -21,7 +21,8 @@ def test_each_batchs_counted_positions_are_the_sequences_spans(side, policy):
              Text("We walked", " to the market in the morning."), Text("Numbers:", " 42.")]
     sequences = encode(lm, texts, policy=policy)
     seen = []
-    for indices, batch, counted in batches(lm, sequences, batch_size=3):
+    for indices, batch in batches(lm, sequences, batch_size=3):
+        counted = counted_mask([sequences[i] for i in indices], batch)
         assert batch.padding_side == side and counted.shape == batch.input_ids.shape
         width = batch.input_ids.shape[1]
         for row, i in enumerate(indices):

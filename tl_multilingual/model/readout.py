@@ -532,7 +532,7 @@ def _scores(
         resid["final"] = tensor
 
     with _half_body(lm, compute_dtype) as body:
-        for indices, batch, _ in batches(lm, local, batch_size):
+        for indices, batch in batches(lm, local, batch_size):
             with body():
                 lm.forward(batch, fwd_hooks=[(lm.final_hook, keep)], logits=False,
                            stop_at=lm.final_hook)

@@ -378,14 +378,17 @@ def counted_mask(sequences: Sequence[Encoded], batch: Batch) -> Bool[Tensor, "ba
 
 def batches(
     adapter: ModelAdapter, sequences: Sequence[Encoded], batch_size: int
-) -> Iterator[tuple[list[int], Batch, Bool[Tensor, "batch pos"]]]:
+) -> Iterator[tuple[list[int], Batch]]:
     """Padded batches of ``batch_size`` sequences, longest first to pad little: the
-    indices of the sequences in each batch, the batch, and its counted positions."""
+    indices of the sequences in each batch, and the batch (its counted positions:
+    ``counted_mask([sequences[i] for i in indices], batch)``).
+
+    Raises:
+        CorpusError: ``batch_size`` below 1.
+    """
     if batch_size < 1:
         raise CorpusError(f"batch_size must be at least 1, got {batch_size}")
     order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i].ids))
     for lo in range(0, len(order), batch_size):
         indices = order[lo : lo + batch_size]
-        chunk = [sequences[i] for i in indices]
-        batch = adapter.pad([s.ids for s in chunk])
-        yield indices, batch, counted_mask(chunk, batch)
+        yield indices, adapter.pad([sequences[i].ids for i in indices])

@@ -274,7 +274,7 @@ def collect_stats(
             if position + n_lang <= done:  # every batch of this language is in the checkpoint
                 position += n_lang
                 continue
-            for indices, batch, _ in batches(adapter, sequences, batch_size):
+            for indices, batch in batches(adapter, sequences, batch_size):
                 position += 1
                 if position <= done:
                     continue

@@ -42,9 +42,9 @@ from tqdm.auto import tqdm
 
 from .. import distributed, resample
 from ..errors import CorpusError, SaveError, TLMultilingualError, UnsupportedModelError, warn
+from ..hub import HubMixin
 from ..inputs.corpus import Corpus
 from ..inputs.languages import normalize_language
-from ..hub import HubMixin
 from ..inputs.prompts import LensPrompt
 from ..inputs.wordtokens import word_tokens
 from ..model.adapters import ModelAdapter, adapt

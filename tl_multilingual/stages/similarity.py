@@ -82,7 +82,7 @@ from .. import distributed, resample
 from ..errors import CorpusError, SaveError, TLMultilingualError, warn
 from ..inputs.corpus import Corpus
 from ..model.adapters import ModelAdapter, adapt
-from ..model.tokens import Encoded, Overflow, batches, check_overflow, encode_language
+from ..model.tokens import Encoded, Overflow, batches, check_overflow, counted_mask, encode_language
 from ..persist import manifest_field, read_result, write_result
 from ..provenance import model_record
 
@@ -488,8 +488,8 @@ def _pool(
         unit="batch",
     )
     with bar:
-        for indices, batch, counted in batches(lm, sequences, batch_size):
-            pooler.run(batch, counted, indices)
+        for indices, batch in batches(lm, sequences, batch_size):
+            pooler.run(batch, counted_mask([sequences[i] for i in indices], batch), indices)
             bar.update()
     out = {}
     for layer in range(lm.n_layers):
