@@ -191,7 +191,14 @@ def _plan(conditions: Mapping[Any, Callable[[int], NeuronMask]], n_blocks: int,
 
 
 def control_seed(seed: int, block: int) -> int:
-    """The seed of the random controls of ``block``: ``seed + 97 * block``."""
+    """The seed of the random controls of ``block``: ``seed + 97 * block``.
+
+    Every condition of a block draws its controls from this seed (common random
+    numbers): two conditions with the same mask sizes and overlapping exclusions get
+    largely the same control neurons, so their control measurements are correlated.
+    Each cell's interval is unaffected; an analysis that pools control effects across
+    conditions of one block must not treat them as independent draws.
+    """
     return seed + 97 * block
 
 
