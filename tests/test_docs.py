@@ -101,6 +101,19 @@ def test_tutorial_runs_as_the_notebook_made_from_it(page, executed, kernel, tmp_
             assert shown.index(html) > shown.index(cell.source)
 
 
+def test_figures_are_shown_whatever_backend_the_caller_sets(tmp_path, monkeypatch):
+    """A headless ``MPLBACKEND`` (as CI machines set) must not hide the tutorials' figures."""
+    tutorials = tools()
+    import nbformat
+
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    code = "import matplotlib.pyplot as plt\nfigure, ax = plt.subplots()\nax.plot([0, 1], [1, 0])"
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+    with tutorials.Kernel() as kernel:
+        ran = kernel.run(notebook, cwd=tmp_path)
+    assert '<img class="tlm-figure" alt="figure" src="data:image/png;base64,' in tutorials.render_outputs(ran.cells[0])
+
+
 @pytest.mark.parametrize("page", list(pages()))
 def test_page_runs(page, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

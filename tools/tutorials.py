@@ -42,6 +42,7 @@ SLOW_MARK = "<!-- tests: slow -->"
 BLOCK = re.compile(r"^```(?P<info>[^\n]*)\n(?P<code>.*?)^```[ \t]*$\n?", re.S | re.M)
 SKIP_TAG = "skip-execution"
 TIMEOUT_S = 1200  # per cell
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"  # figures as the cells' outputs
 
 # Run before the first cell, then removed: no progress bars, and warnings shown as
 # "Category: message" (without the kernel's temporary file names).
@@ -126,10 +127,11 @@ class Kernel:
     """One Python kernel that runs notebooks one after the other, each in a fresh
     namespace (``%reset``) and its own working folder, so that the imports (torch,
     TransformerLens) are paid once. Use as a context manager; ``env`` is the kernel's
-    environment (default: this process's)."""
+    environment (default: this process's), with matplotlib's inline backend whatever
+    ``MPLBACKEND`` says there (a headless ``Agg`` would draw figures nobody sees)."""
 
     def __init__(self, env: dict[str, str] | None = None) -> None:
-        self.env = dict(os.environ if env is None else env)
+        self.env = {**(os.environ if env is None else env), "MPLBACKEND": INLINE_BACKEND}
         self.manager: Any = None
 
     def __enter__(self) -> Kernel:
