@@ -1,6 +1,10 @@
 """Run a small study, counting the units of work of each long step, and kill the process
 (SIGKILL) when the count of one step reaches a given number: ``python study_kill.py OUT
-STEP KILL_AT`` (``KILL_AT`` 0: never). Prints the counts as JSON when the study ends."""
+STEP KILL_AT`` (``KILL_AT`` 0: never). Prints the counts as JSON when the study ends.
+
+Under ``torchrun`` every rank joins the process group and counts its own units; only
+the rank named by ``TLM_KILL_RANK`` (default 0) kills itself, and each rank prints its
+counts with its rank."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import signal
 import sys
 
 import tl_multilingual as tlm
+from tl_multilingual import distributed
 from tl_multilingual.experiments import deactivation, stage_deactivation
 from tl_multilingual.neurons import collect
 from tl_multilingual.study.pipeline import Study, StudySettings
@@ -26,6 +31,9 @@ UNITS = {"statistics": (collect._Totals, "run"),
 
 
 def main(out: str, step: str, kill_at: int) -> None:
+    distributed.init_from_env("cpu")
+    if distributed.rank() != int(os.environ.get("TLM_KILL_RANK", "0")):
+        kill_at = 0
     counts = dict.fromkeys(UNITS, 0)
 
     def counting(unit, original):
@@ -44,7 +52,10 @@ def main(out: str, step: str, kill_at: int) -> None:
     study = Study(out, model, tlm.data.parallel(languages).head(12), SETTINGS,
                   words=tlm.data.words(languages), quiet=True)
     study.run()
-    print(json.dumps(counts))
+    if distributed.active():
+        counts["rank"] = distributed.rank()
+    print(json.dumps(counts), flush=True)
+    distributed.shutdown()
 
 
 if __name__ == "__main__":

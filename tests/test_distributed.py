@@ -243,11 +243,12 @@ FAST = ["--languages", "en,fr,de", "--eval-texts", "2", "--controls", "1", "--ba
 FAULT = REPO / "tests" / "dist_fault.py"
 
 
-def torchrun(args: list[str], *, nproc: int = 2, extra: list[str] | None = None):
+def torchrun(args: list[str], *, nproc: int = 2, extra: list[str] | None = None, script: Path = FAULT,
+             env: dict[str, str] | None = None):
     launcher = [str(TORCHRUN), f"--nproc-per-node={nproc}", "--max-restarts=0", *(extra or [])]
     if extra is None:
         launcher += ["--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}", "--local-addr=127.0.0.1"]
-    return subprocess.Popen([*launcher, str(FAULT), *args], env=loopback_env(), cwd=REPO,
+    return subprocess.Popen([*launcher, str(script), *args], env={**loopback_env(), **(env or {})}, cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -333,6 +334,54 @@ def test_a_killed_rank_ends_the_run_cleanly_and_a_rerun_on_two_loopback_nodes_re
     assert both.count(f"[{number}/{total}] deactivation done") == 1, both
     same_tables(tables(out), single_study)
     assert not leftovers(out)
+
+
+KILLER = REPO / "tests" / "study_kill.py"
+# What each long step saves, compared byte for byte with an uninterrupted run on two ranks.
+LONG_STEPS = {"statistics": ["statistics/tensors.safetensors"],
+              "deactivation": ["deactivation/cells.csv", "deactivation/controls.csv"]}
+
+
+def killed_study(out: Path, step: str, kill_at: int) -> tuple[int, str, dict[int, dict]]:
+    """A small study on two ranks; rank 1 kills itself at unit ``kill_at`` of ``step``
+    (0: never). Returns the exit code, the output and each rank's units of work."""
+    code, output = finish(torchrun([str(out), step, str(kill_at)], script=KILLER, env={"TLM_KILL_RANK": "1"}))
+    lines = [json.loads(line) for line in output.splitlines() if line.startswith("{") and '"rank"' in line]
+    return code, output, {line["rank"]: line for line in lines}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_on_two_ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("two-ranks") / "study"
+    code, output, counts = killed_study(out, "statistics", 0)
+    assert code == 0 and sorted(counts) == [0, 1], output
+    return out, counts
+
+
+@pytest.mark.parametrize("step", list(LONG_STEPS))
+def test_a_study_on_two_ranks_killed_inside_a_long_step_resumes_there(tmp_path, uninterrupted_on_two_ranks, step):
+    """Rank 1 is killed (SIGKILL) inside a long step, after work that was saved: the rerun
+    on two ranks redoes only the unsaved work and writes byte-identical results."""
+    reference, counts = uninterrupted_on_two_ranks
+    total = counts[1][step]
+    kill_at = total - 1
+    out = tmp_path / "study"
+    code, output, _ = killed_study(out, step, kill_at)
+    assert code != 0, output
+    assert step not in json.loads((out / "manifest.json").read_text()).get("steps", {}), output
+    code, output, redone = killed_study(out, step, 0)
+    assert code == 0 and sorted(redone) == [0, 1], output
+    # Each rank saves its statistics every 2 of its batches; rank 0 saves every finished run
+    # of an experiment, and both ranks skip the saved runs.
+    saved = (kill_at - 1) // 2 * 2 if step == "statistics" else kill_at - 1
+    assert redone[1][step] == total - saved and redone[1][step] < total
+    if step == "statistics":  # rank 0 went on alone until its peer was missed
+        assert redone[0][step] < counts[0][step]
+    else:
+        assert redone[0][step] == redone[1][step]
+    for name in LONG_STEPS[step]:
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), name
+    assert not (out / "checkpoints").exists()
 
 
 # -- how units are dealt to ranks ---------------------------------------------------------

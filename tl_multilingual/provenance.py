@@ -102,7 +102,8 @@ def model_record(model: Mapping[str, Any] | None, n_layers: int | None = None,
 
     Args:
         model: the model's description (``ModelAdapter.describe()``), or None.
-        n_layers, d_mlp: the neuron grid's shape; by default the description's own.
+        n_layers: layers of the neuron grid; by default the description's own.
+        d_mlp: neurons per layer; by default the description's own.
     """
     model = model or {}
     n_layers = model.get("n_layers") if n_layers is None else n_layers

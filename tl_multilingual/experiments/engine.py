@@ -235,8 +235,9 @@ def controlled_runs(
         progress: show a progress bar.
         store: where each finished run is saved and, on a rerun with the same masks,
             seeds and inputs, read back instead of measured again
-            ([`RunStore`][tl_multilingual.experiments.engine.RunStore]); not used when the
-            work is split across processes.
+            ([`RunStore`][tl_multilingual.experiments.engine.RunStore]). When the work is
+            split across processes, rank 0 reads and writes the store and sends each
+            saved run to the other ranks, so every rank skips the same runs.
 
     Returns:
         [`ControlledRuns`][tl_multilingual.experiments.engine.ControlledRuns]: the baseline per block and, per condition,
@@ -253,21 +254,21 @@ def controlled_runs(
     total = n_blocks * (1 + sum(1 + n_controls.get(key, 0) for key in conditions))
     baseline: list[V] = []
     shown = distributed.show_progress(progress)
-    if distributed.active():  # every rank takes part in every measurement: no store
-        store = None
-    if store is not None:
-        store.open(_plan(conditions, n_blocks, n_controls, seed))
+    if store is not None:  # every rank takes part in every run: rank 0 keeps the store
+        plan = _plan(conditions, n_blocks, n_controls, seed)
+        distributed.on_main(lambda: store.open(plan))
     counter = iter(range(total))
 
     def measured(block: int) -> V:
-        """``measure(block)``, or the saved value of this run."""
+        """``measure(block)``, or the saved value of this run (rank 0's, on every rank)."""
         index = next(counter)
-        saved = store.get(index) if store is not None else None
+        if store is None:
+            return measure(block)
+        saved = distributed.broadcast(store.get(index) if distributed.is_main() else None)
         if saved is not None:
             return saved
         value = measure(block)
-        if store is not None:
-            store.put(index, value)
+        distributed.on_main(lambda: store.put(index, value))
         return value
 
     with tqdm(total=total, disable=not shown, desc=desc, unit="run") as bar:

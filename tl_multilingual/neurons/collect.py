@@ -12,6 +12,8 @@ With ``checkpoint=PATH`` the running totals are saved every ``checkpoint_every``
 batches (atomically, with the number of batches done and a key of everything that
 decides them: corpus fingerprint, model and weights, settings); a rerun with the same
 inputs continues after the last saved batch and gives the same totals, bit for bit.
+Under ``torch.distributed`` each rank keeps its own totals in ``PATH/rank-R-of-W``; a
+rerun with the same number of processes continues each rank from its own.
 """
 
 from __future__ import annotations
@@ -207,8 +209,9 @@ def collect_stats(
             ``checkpoint_every`` batches, and from which a rerun with the same corpus,
             model (and weights) and settings continues (bit for bit the same result); it
             is removed when the collection finishes. A checkpoint of other inputs, or
-            a damaged one, is ignored with a warning. Ignored when the work is split
-            across processes (``torch.distributed``).
+            a damaged one, is ignored with a warning. When the work is split across
+            processes (``torch.distributed``), each rank saves its own totals in
+            ``checkpoint/rank-R-of-W``, and a rerun on as many processes resumes them.
         checkpoint_every: batches between two saves of the checkpoint.
 
     Returns:
@@ -258,8 +261,10 @@ def collect_stats(
             for lang, seqs in plan.items()}
     totals = _Totals(adapter, len(corpus.languages), threshold)
     n_batches = sum(-(-len(seqs) // batch_size) for seqs in plan.values())
-    folder = None if checkpoint is None or distributed.active() else Path(checkpoint)
-    inputs = _key({"corpus": corpus.fingerprint(), "model": adapter.describe(), "batch_size": batch_size,
+    folder = None if checkpoint is None else Path(checkpoint)
+    if folder is not None and distributed.active():  # each rank's own share of the batches
+        folder = folder / f"rank-{distributed.rank()}-of-{distributed.world_size()}"
+    inputs = _key({"rank": distributed.rank(), "world_size": distributed.world_size(),"corpus": corpus.fingerprint(), "model": adapter.describe(), "batch_size": batch_size,
                    "token_policy": token_policy, "threshold": threshold, "include_bos": include_bos,
                    "max_tokens_per_language": max_tokens_per_language, "max_length": max_length,
                    "overflow": overflow, "batches": n_batches})
@@ -283,9 +288,9 @@ def collect_stats(
                 if folder is not None and position % checkpoint_every == 0 and position < n_batches:
                     write_result(folder, kind=CHECKPOINT_KIND, tensors=totals.snapshot(),
                                  manifest={"inputs": inputs, "batches_done": position, "batches": n_batches})
-    active, sums, sum_squares = totals.result()
-    if folder is not None and folder.exists():
-        shutil.rmtree(folder, ignore_errors=True)
+    active, sums, sum_squares = totals.result()  # every rank has finished its batches
+    if checkpoint is not None and distributed.is_main():
+        shutil.rmtree(checkpoint, ignore_errors=True)
     return ActivationStats(
         corpus.languages,
         distributed.all_reduce_sum(totals.tokens),
