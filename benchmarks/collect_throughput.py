@@ -32,7 +32,7 @@ def main() -> None:
     lm = tlm.adapt(bridge)
     corpus = tlm.Corpus.from_dict(texts(args.texts))
     n_params = sum(p.numel() for p in hf.parameters())
-    plan = [b for lang in corpus.languages for _, b, _ in batches(lm, encode(lm, corpus[lang]), args.batch_size)]
+    plan = [b for lang in corpus.languages for _, b in batches(lm, encode(lm, corpus[lang]), args.batch_size)]
     n_tokens = sum(int(b.attention_mask.sum()) for b in plan)
 
     def bare() -> None:

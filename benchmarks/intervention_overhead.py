@@ -30,7 +30,7 @@ def main() -> None:
     _, bridge = build_llama()
     lm = tlm.adapt(bridge)
     corpus = tlm.Corpus.from_dict(texts(args.texts))
-    plan = [b for lang in corpus.languages for _, b, _ in batches(lm, encode(lm, corpus[lang]), args.batch_size)]
+    plan = [b for lang in corpus.languages for _, b in batches(lm, encode(lm, corpus[lang]), args.batch_size)]
     per_layer = [round(0.01 * lm.d_mlp)] * lm.n_layers
     mask = tlm.NeuronMask.random(per_layer, lm.d_mlp, seed=0)
     stats = tlm.collect_stats(lm, corpus, batch_size=args.batch_size, progress=False)

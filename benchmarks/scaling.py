@@ -130,7 +130,7 @@ def measure(args: argparse.Namespace) -> None:
     lm = tlm.adapt(bridge)
     sequences = [s for lang in corpus.languages for s in encode(lm, corpus[lang])]
     mine = distributed.shard(len(sequences), [len(s.ids) for s in sequences])
-    plan = [b for _, b, _ in batches(lm, [sequences[i] for i in mine], args.batch_size)]
+    plan = [b for _, b in batches(lm, [sequences[i] for i in mine], args.batch_size)]
     local_tokens = sum(int(b.attention_mask.sum()) for b in plan)
     total_tokens = int(distributed.all_reduce_sum(torch.tensor(local_tokens)))
     predicted = total_tokens - len(sequences)

@@ -186,6 +186,25 @@ def test_one_prompt_list_masks_per_language_and_bad_requests(setup):
                                 backend=lambda texts: [], max_new_tokens=2, progress=False)
 
 
+@pytest.mark.parametrize("options, message", [
+    ({"edit": "steer", "strength": float("nan")}, "strength must be a finite number"),
+    ({"edit": "steer", "strength": 2.0}, "mode='set' sets"),
+    ({"edit": "steer", "mode": "add"}, "pass source="),
+    ({"edit": "steer", "mode": "shift"}, "mode must be"),
+    ({"edit": "boost", "factor": float("inf")}, "must be finite"),
+])
+def test_bad_edit_options_are_refused_before_any_generation(setup, monkeypatch, options, message):
+    lm, neurons, stats = setup
+    from tl_multilingual.experiments import generation_language as module
+
+    def never(*args, **kwargs):
+        raise AssertionError("generated before the options were checked")
+
+    monkeypatch.setattr(module, "generate", never)
+    with pytest.raises(tlm.TLMultilingualError, match=message):
+        tlm.generation_language(lm, neurons, PROMPTS, stats=stats, backend=fake, progress=False, **options)
+
+
 def test_generated_texts_come_back_as_texts(tmp_path):
     from tl_multilingual.experiments.generation_language import _COLUMNS, _GENERATION_COLUMNS
 

@@ -400,6 +400,17 @@ def _bad_edits(lm, stats):
         "patch source on meta": lambda: tlm.patch(lm, mask, torch.zeros(lm.n_layers, lm.d_mlp,
                                                                         device="meta")),
         "mask moved to meta": lambda: tlm.ablate(lm, meta_mask),
+        "steer set strength nan": lambda: tlm.steer(lm, mask, to="fr", stats=stats, strength=NAN),
+        "steer set strength inf tensor": lambda: tlm.steer(lm, mask, to="fr", stats=stats,
+                                                           strength=torch.tensor(INF)),
+        "steer set strength 2": lambda: tlm.steer(lm, mask, to="fr", stats=stats, strength=2.0),
+        "steer add without source": lambda: tlm.steer(lm, mask, to="fr", stats=stats, mode="add"),
+        "layers floats": lambda: tlm.ablate(lm, mask, layers=[0.5]),
+        "layers NaN": lambda: tlm.ablate(lm, mask, layers=[NAN]),
+        "layers one number": lambda: tlm.boost(lm, mask, layers=1),
+        "layers slice of floats": lambda: tlm.ablate(lm, mask, layers=slice(0.5, 2)),
+        "layers True": lambda: tlm.ablate(lm, mask, layers=[True]),
+        "layers not a collection": lambda: tlm.ablate(lm, mask, layers=object()),
     }
 
 
@@ -408,6 +419,9 @@ BAD_EDITS = [
     "steer strength inf", "ablate value nan", "set value inf tensor", "boost factor string",
     "positions floats", "positions float tensor", "positions on meta", "boolean positions on meta",
     "positions slice of floats", "positions True", "patch source on meta", "mask moved to meta",
+    "steer set strength nan", "steer set strength inf tensor", "steer set strength 2",
+    "steer add without source", "layers floats", "layers NaN", "layers one number",
+    "layers slice of floats", "layers True", "layers not a collection",
 ]
 
 
@@ -451,6 +465,15 @@ def test_a_boolean_mask_that_marks_padding_or_misfits_the_batch_is_refused(setup
             with tlm.ablate(lm, layer1_mask(lm), positions=bad):
                 lm.forward(batch)
         assert hook_count(model) == before
+
+
+def test_a_masks_layers_are_whole_numbers(setup):
+    _, lm, _, _ = setup
+    mask = layer1_mask(lm)
+    for bad in ([0.5], [NAN], [True], ["1"]):
+        with pytest.raises(tlm.MaskError, match="whole numbers"):
+            mask.restrict(bad)
+    assert mask.restrict([torch.tensor(1)]) == mask and mask.restrict([0]).count() == 0
 
 
 def test_a_nan_outside_the_edited_neurons_is_not_an_edit_value(setup):

@@ -68,7 +68,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from ..errors import MaskError, StatsError, TLMultilingualError
-from ..model.adapters import Batch, ModelAdapter, adapt, running_batch
+from ..model.adapters import Batch, ModelAdapter, adapt, running_batch, whole_number
 from ..neurons.masks import NeuronMask
 from ..neurons.stats import ActivationStats
 from ..provenance import check_fits
@@ -312,19 +312,6 @@ def check_value(op: str, value: Any, mask: NeuronMask) -> float | Tensor:
     return float(value)
 
 
-def _index(item: Any, what: str) -> int:
-    if isinstance(item, Tensor) and item.ndim == 0 and item.is_meta:
-        raise TLMultilingualError(f"the {what} are on the meta device and hold no values")
-    if isinstance(item, Tensor) and item.ndim == 0 and item.dtype in _INTEGERS:
-        return int(item)
-    if isinstance(item, bool) or not isinstance(item, numbers.Integral):
-        raise TLMultilingualError(f"{what} must be whole numbers, got {item!r:.60}")
-    return int(item)
-
-
-_INTEGERS = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
-
-
 def check_positions(positions: Any) -> Positions:
     """The one validation of ``positions=``, before any hook is placed.
 
@@ -379,7 +366,7 @@ def check_positions(positions: Any) -> Positions:
         raise TLMultilingualError(
             f"{what} must be whole numbers or a boolean mask, got {positions!r:.60}"
         )
-    return tuple(_index(item, what) for item in positions)
+    return tuple(whole_number(item, what) for item in positions)
 
 
 @dataclass
@@ -563,6 +550,35 @@ def boost(
                      allow_mismatch=allow_mismatch)
 
 
+def check_steering(mode: str, strength: Any, source: str | None) -> float:
+    """The one validation of [`steer()`][tl_multilingual.causal.interventions.steer]'s options,
+    before any hook is placed or any text is read.
+
+    Returns:
+        ``strength`` as a ``float``.
+
+    Raises:
+        TLMultilingualError: a ``mode`` other than ``"set"`` or ``"add"``; a
+            ``strength`` that is not a finite number, or other than 1 with
+            ``mode="set"`` (which sets means and has no strength); ``mode="add"``
+            without ``source``.
+    """
+    if mode not in ("set", "add"):
+        raise TLMultilingualError(f"mode must be 'set' or 'add', got {mode!r}")
+    if isinstance(strength, Tensor) and strength.ndim == 0 and not strength.is_meta:
+        strength = float(strength)
+    if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not math.isfinite(strength):
+        raise TLMultilingualError(f"strength must be a finite number, got {strength!r:.40}")
+    if mode == "set" and strength != 1.0:
+        raise TLMultilingualError(
+            f"strength={strength} scales the steering vector of mode='add'; mode='set' sets the "
+            "neurons to the mean activation of `to`, with no strength: pass mode='add' and source= "
+            "to scale a steering vector")
+    if mode == "add" and source is None:
+        raise TLMultilingualError("mode='add' steers by a difference of means: pass source=")
+    return float(strength)
+
+
 def steer(
     model: Any,
     mask: NeuronMask,
@@ -586,19 +602,18 @@ def steer(
     Raises:
         StatsError, MaskError: statistics or a mask of another shape, or of another
             model (unless ``allow_mismatch``).
-        TLMultilingualError: a steering vector that is NaN or infinite at an edited
-            neuron (a NaN ``strength``, a language without tokens); bad ``positions``.
+        TLMultilingualError: a ``strength`` that is not a finite number, or other than
+            1 with ``mode="set"`` (which has no strength); a steering vector that is NaN
+            or infinite at an edited neuron (a language without tokens); bad
+            ``positions`` or ``layers``.
     """
     lm = adapt(model)
+    strength = check_steering(mode, strength, source)
     stats = _checked_stats(lm, stats, "steering", allow_mismatch)
     target = _language_means(stats, to)
     mask = _restricted(lm, mask, layers)
     if mode == "set":
         return intervene(lm, [Edit(mask, "set", target, positions)], allow_mismatch=allow_mismatch)
-    if mode != "add":
-        raise TLMultilingualError(f"mode must be 'set' or 'add', got {mode!r}")
-    if source is None:
-        raise TLMultilingualError("mode='add' steers by a difference of means: pass source=")
     delta = strength * (target - _language_means(stats, source))
     return intervene(lm, [Edit(mask, "add", delta, positions)], allow_mismatch=allow_mismatch)
 

@@ -48,7 +48,7 @@ import pandas as pd
 
 from .. import resample
 from ..causal.evaluate import generate
-from ..causal.interventions import Layers, ablate, boost, steer
+from ..causal.interventions import Layers, ablate, boost, check_steering, check_value, steer
 from ..errors import CorpusError, IdentificationError, SaveError, StatsError, TLMultilingualError
 from ..hub import HubMixin
 from ..inputs.language_id import Backend, Lingua, language_of
@@ -281,6 +281,10 @@ def generation_language(
     if edit == "steer" and stats is None:
         raise TLMultilingualError("edit='steer' sets neurons to a language's mean activations: "
                                   "pass stats=")
+    if edit == "steer":  # the edit's options, before any text is generated
+        check_steering(mode, strength, source)
+    elif edit == "boost":
+        check_value("scale", factor, NeuronMask.empty(lm.n_layers, lm.d_mlp))
     if stats is not None:
         check_fits(lm, stats, what="the statistics", error=StatsError,
                    allow_mismatch=allow_mismatch)

@@ -15,6 +15,7 @@ the vector that multiplies ``W_out``.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -28,7 +29,31 @@ from torch import Tensor
 from ..errors import CorpusError, GradientError, TLMultilingualError, UnsupportedModelError, warn
 from ..provenance import weight_fingerprint
 
-__all__ = ["ModelAdapter", "adapt", "Batch", "running_batch"]
+__all__ = ["ModelAdapter", "adapt", "Batch", "running_batch", "whole_number"]
+
+_INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def whole_number(item: Any, what: str, error: type[TLMultilingualError] = TLMultilingualError) -> int:
+    """``item`` as an ``int``: the one check of an index a user gives (a layer, a position).
+
+    Args:
+        item: a Python or NumPy integer, or a 0-d integer tensor.
+        what: what the numbers are, for the message (``"layers"``, ``"positions"``).
+        error: the exception raised (a subclass of the library's error).
+
+    Raises:
+        error: a boolean, a float (``0.5``, NaN), a string, or a tensor on the ``meta``
+            device or of another dtype.
+    """
+    if isinstance(item, Tensor) and item.ndim == 0:
+        if item.is_meta:
+            raise error(f"the {what} are on the meta device and hold no values")
+        if item.dtype in _INTEGER_DTYPES:
+            return int(item)
+    if isinstance(item, bool) or not isinstance(item, numbers.Integral):
+        raise error(f"{what} must be whole numbers, got {item!r:.60}")
+    return int(item)
 
 HookFn = Callable[..., Any]
 PaddingSide = Literal["left", "right"]
@@ -165,7 +190,9 @@ class ModelAdapter:
 
         Raises:
             TLMultilingualError: for a string (a stage name needs its stage map: pass
-                ``layers=stage_map.layers(name)``) or layers outside the model.
+                ``layers=stage_map.layers(name)``), a single number, layers that are not
+                whole numbers (see [`whole_number()`][tl_multilingual.model.adapters.whole_number])
+                or layers outside the model.
         """
         every = range(self.n_layers)
         if layers is None:
@@ -177,8 +204,20 @@ class ModelAdapter:
                 "(its stages: understanding, shared_reasoning, output_transformation, vocabulary_output)"
             )
         if isinstance(layers, slice):
-            return list(every[layers])
-        chosen = sorted(set(int(layer) for layer in layers))
+            bounds = (layers.start, layers.stop, layers.step)
+            parts = [None if b is None else whole_number(b, "layers") for b in bounds]
+            if parts[2] == 0:
+                raise TLMultilingualError("a layers slice cannot have step 0")
+            return list(every[slice(*parts)])
+        if isinstance(layers, numbers.Number) or (isinstance(layers, Tensor) and layers.ndim == 0):
+            raise TLMultilingualError(
+                f"layers={layers!r:.40} is one number: pass a list (layers=[{layers!r:.20}]), a range or a slice")
+        try:
+            items = list(layers)
+        except TypeError:
+            raise TLMultilingualError(
+                f"layers must be layer indices, a range or a slice, got {layers!r:.60}") from None
+        chosen = sorted({whole_number(layer, "layers") for layer in items})
         if any(layer not in every for layer in chosen):
             raise TLMultilingualError(f"layers {chosen} fall outside [0, {self.n_layers})")
         return chosen

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from ..errors import MaskError, SaveError
 from ..hub import HubMixin
+from ..model.adapters import whole_number
 from ..persist import manifest_field, read_result, write_result
 from ..provenance import model_record
 
@@ -190,7 +191,7 @@ class NeuronMask(HubMixin):
         if isinstance(layers, slice):
             keep[layers] = True
         else:
-            idx = list(layers)
+            idx = [whole_number(i, "layers", MaskError) for i in layers]
             if any(not 0 <= i < self.n_layers for i in idx):
                 raise MaskError(f"layers {idx} fall outside [0, {self.n_layers})")
             keep[idx] = True
