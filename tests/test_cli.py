@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import subprocess
 import sys
 
@@ -116,7 +117,9 @@ def test_changed_settings_recompute_only_what_depends_on_them(model_dir, tmp_pat
         (["run", "--model", "MODEL", "--max-tokens-per-language", "-5"],
          "--max-tokens-per-language must be a positive number of tokens"),
         (["run", "--model", "MODEL", "--max-tokens-per-language", "0"],
-         "--max-tokens-per-language must be a positive number of tokens"),
+         "--max-tokens-per-language must be a positive number of tokens (leave it out to read every token)"),
+        (["run", "--model", "SHALLOW"], "cannot be studied: four stages need at least four layers, got 2"),
+        (["run", "--model", "MODEL/config.json"], "config.json is a file, not a model"),
         (["run", "--model", "MODEL", "--device", "bogus"], "--device 'bogus' is not a torch device"),
         (["run", "--model", "MODEL", "--device", "cuda:7"], "--device cuda:7: this machine has"),
         (["run", "--model", "MODEL", "--device", "meta"], "--device meta holds no values"),
@@ -134,6 +137,11 @@ def test_bad_input_gives_one_line_and_writes_nothing(model_dir, tmp_path, capsys
     (tmp_path / "small.json").write_text(json.dumps({"en": ["a"] * 40, "fr": ["b"] * 9}))
     (tmp_path / "blank.json").write_text(json.dumps({"en": ["a text"] * 40, "fr": [""] * 40}))
     files = {name.upper(): str(tmp_path / f"{name}.json") for name in ("empty", "single", "unknown", "small", "blank")}
+    if "SHALLOW" in args:  # a two-layer model: too shallow for four stages
+        model, tokenizer = tlm.models.tiny_hf("llama", n_layers=2)
+        model.save_pretrained(tmp_path / "shallow")
+        tokenizer.save_pretrained(tmp_path / "shallow")
+        files["SHALLOW"] = str(tmp_path / "shallow")
     args = [files.get(a, a).replace("MODEL", str(model_dir)) for a in args]
     out = tmp_path / "study"
     assert cli.main([*args, "--out", str(out), "--quiet"]) == 2
@@ -164,6 +172,31 @@ def test_help_and_argument_errors_do_not_import_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(cli.Path(cli.__file__).parents[1]))
     assert "HEAVY []" in result.stdout, result.stdout + result.stderr
     assert "--held-out" in result.stdout and "--controls" in result.stdout
+
+
+def test_the_command_prints_warnings_as_its_own_lines_and_quiet_silences_loading_bars():
+    """A warning is one ``tl-multilingual: warning:`` line, without the source line of
+    the launcher; ``--quiet`` turns off huggingface_hub's and transformers' bars; the
+    caller's warning format is restored afterwards."""
+    code = ("import os, sys, warnings\nfrom pathlib import Path\nfrom tl_multilingual import cli, errors\n"
+            "def run(args, argv):\n"
+            "    errors.warn('the data contradict an assumption')\n"
+            "    from transformers.utils import logging\n"
+            "    print('BARS', logging.is_progress_bar_enabled(), os.environ.get('HF_HUB_DISABLE_PROGRESS_BARS'))\n"
+            "    return Path('report.html')\n"
+            "cli.run = run\n"
+            "before = warnings.formatwarning\n"
+            "code = cli.main(['run', '--model', 'm', '--out', 'o', *sys.argv[1:]])\n"
+            "print('CODE', code, warnings.formatwarning is before)\n")
+    root = str(cli.Path(cli.__file__).parents[1])
+    for flags, bars in (([], "BARS True None"), (["--quiet"], "BARS False 1")):
+        env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
+        result = subprocess.run([sys.executable, "-c", code, *flags], capture_output=True, text=True, cwd=root,
+                                env=env, timeout=600)
+        assert "CODE 0 True" in result.stdout and bars in result.stdout, result.stdout + result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert "tl-multilingual: warning: the data contradict an assumption" in lines, result.stderr
+        assert "cli.main(" not in result.stderr and "errors.warn(" not in result.stderr
 
 
 def test_lazy_package_keeps_every_name():

@@ -570,10 +570,10 @@ def test_deeply_nested_json_is_a_library_error_everywhere(tmp_path):
     with pytest.raises(tlm.SaveError, match="corrupt or unreadable: it nests"):
         tlm.ActivationStats.load(tmp_path / "stats")
     (tmp_path / "corpus.json").write_text('{"en": ' + deep(100_000) + "}")
-    with pytest.raises(tlm.CorpusError, match="nests arrays or objects deeper than 100"):
+    with pytest.raises(tlm.CorpusError, match="cannot be read: it nests arrays or objects deeper than the 100"):
         tlm.Corpus.from_json(tmp_path / "corpus.json")
     (tmp_path / "corpus.jsonl").write_text('{"language": "en", "text": "a"}\n' + deep(5000) + "\n")
-    with pytest.raises(tlm.CorpusError, match="line 2 is not valid JSON"):
+    with pytest.raises(tlm.CorpusError, match="line 2 cannot be read: it nests"):
         tlm.Corpus.from_json(tmp_path / "corpus.jsonl")
     (tmp_path / "items.jsonl").write_text(deep(150))  # decodable, but deeper than the limit
     with pytest.raises(tlm.CorpusError, match="deeper than 100"):

@@ -16,8 +16,10 @@ error line (rerun the same command to resume). ``tl-multilingual merge SHARD...
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -160,6 +162,10 @@ def load_model(
         if not path.is_file():
             raise TLMultilingualError(f"no GGUF file at {path}")
         return models.load_gguf(path, dtype=torch_dtype, device=device, log=log), {"source": str(path.resolve())}
+    if path.is_file():
+        raise TLMultilingualError(f"{path} is a file, not a model: give a model folder (its config.json "
+                                  "and weights), a .gguf file or a Hugging Face name such as "
+                                  "google/gemma-3-270m")
     if _looks_like_path(spec) and not path.exists():
         raise TLMultilingualError(f"no model folder at {path}: give a local model folder, a .gguf file or a "
                                   "Hugging Face name such as google/gemma-3-270m")
@@ -295,8 +301,6 @@ def merge(args: argparse.Namespace) -> Path:
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> Path:
-    import warnings
-
     from . import distributed
     from .study.pipeline import (
         DEMO_SETTINGS,
@@ -337,6 +341,26 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
     return args.out / "report.html"
 
 
+def _quiet_third_parties() -> None:
+    """Turn off the progress bars of huggingface_hub and transformers (downloads, loading
+    weights), which ``--quiet`` would otherwise let through."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read when they are first imported
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
+def _format_warning(message: Any, category: type[Warning], filename: str, lineno: int,
+                    line: str | None = None) -> str:
+    """A warning as the command prints it: one line per sentence block, no source line."""
+    return f"tl-multilingual: warning: {message}\n"
+
+
 class _Stopped(BaseException):
     """SIGTERM, as torchrun sends to the other ranks when one fails."""
 
@@ -364,6 +388,9 @@ def main(argv: list[str] | None = None) -> int:
         previous = signal.signal(signal.SIGTERM, _stop)
     except ValueError:
         previous = None
+    formatting, warnings.formatwarning = warnings.formatwarning, _format_warning
+    if getattr(args, "quiet", False):
+        _quiet_third_parties()
     try:
         if args.command == "merge":
             merge(args)
@@ -385,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tl-multilingual: {why}; rerun the same command to resume", file=sys.stderr)
         return 143
     finally:
+        warnings.formatwarning = formatting
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
         if "tl_multilingual.distributed" in sys.modules:

@@ -314,8 +314,8 @@ def loads_json(
         lines: read JSON Lines.
 
     Raises:
-        error: the text is not valid JSON (the line is named for JSON Lines), or nests too
-            deeply; the decoder's exception is chained.
+        error: the text is not valid JSON (the line is named for JSON Lines), or nests
+            deeper than the library reads; the decoder's exception is chained.
     """
     try:
         if isinstance(text, bytes):
@@ -328,29 +328,38 @@ def loads_json(
                 try:
                     values.append(_checked_json(line))
                 except (ValueError, RecursionError) as err:
-                    raise error(f"{what}: line {number} is not valid JSON: {_reason(err)}") from err
+                    raise error(f"{what}: line {number} {_failure(err)}") from err
             return values
         return _checked_json(text)
     except TLMultilingualError:
         raise
     except (ValueError, RecursionError) as err:  # ValueError: JSON and UTF-8 decoding
-        raise error(f"{what} is not valid JSON: {_reason(err)}") from err
+        raise error(f"{what} {_failure(err)}") from err
 
 
 class _TooDeep(ValueError):
     """Decoded JSON nesting deeper than ``MAX_JSON_DEPTH``."""
 
 
+_TOO_DEEP = f"it nests arrays or objects deeper than the {MAX_JSON_DEPTH} levels the library reads"
+
+
 def _reason(err: BaseException) -> str:
-    if isinstance(err, RecursionError):
-        return f"it nests arrays or objects deeper than {MAX_JSON_DEPTH} levels"
-    return str(err)
+    return _TOO_DEEP if isinstance(err, (RecursionError, _TooDeep)) else str(err)
+
+
+def _failure(err: BaseException) -> str:
+    """What went wrong, after the file's name: invalid JSON, or valid JSON nested deeper
+    than the library reads."""
+    if isinstance(err, (RecursionError, _TooDeep)):
+        return f"cannot be read: {_TOO_DEEP}"
+    return f"is not valid JSON: {err}"
 
 
 def _checked_json(text: str) -> Any:
     value = json.loads(text)
     if _depth(value) > MAX_JSON_DEPTH:
-        raise _TooDeep(f"it nests arrays or objects deeper than {MAX_JSON_DEPTH} levels")
+        raise _TooDeep(_TOO_DEEP)
     return value
 
 

@@ -59,7 +59,7 @@ from ..neurons.identification import identify_replicate
 from ..neurons.stats import ActivationStats
 from ..provenance import check_compatible
 from .features import _standardise, lens_features, neuron_features, similarity_features
-from .segmentation import _constrained, _costs, _dp, _quality
+from .segmentation import _constrained, _costs, _dp, _quality, check_layer_count
 from .signatures import StageWarning, _check, _choose, _signatures_for, _warnings
 from .stage_map import _BOUNDARIES, STAGES, SignalMap, StageMap, _spans, _verdict
 
@@ -220,8 +220,7 @@ def map_stages(
         counts = ", ".join(f"{name} {len(f)}" for name, f in frames.items())
         raise TLMultilingualError(
             f"the signals come from models with different layer counts ({counts})")
-    if n_layers < 4:
-        raise TLMultilingualError(f"four stages need at least four layers, got {n_layers}")
+    check_layer_count(n_layers)
     evidence = pd.concat(list(frames.values()), axis=1)
     evidence.insert(0, "layer", range(n_layers))
     signals = tuple(frames)

@@ -34,7 +34,19 @@ import numpy as np
 from ..errors import TLMultilingualError
 from .stage_map import FitQuality
 
-__all__ = ["segment"]
+__all__ = ["segment", "check_layer_count"]
+
+MIN_LAYERS = 4  # one layer per stage at the least
+
+
+def check_layer_count(n_layers: int) -> None:
+    """Refuse a model too shallow for the four stages.
+
+    Raises:
+        TLMultilingualError: fewer than four layers.
+    """
+    if n_layers < MIN_LAYERS:
+        raise TLMultilingualError(f"four stages need at least four layers, got {n_layers}")
 
 
 def _costs(x: np.ndarray, *, gram: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -204,8 +216,7 @@ def segment(
     x = np.asarray(features, dtype=float)
     if x.ndim == 1:
         x = x[:, None]
-    if len(x) < 4:
-        raise TLMultilingualError(f"four stages need at least four layers, got {len(x)}")
+    check_layer_count(len(x))
     for _, rule in constraints:
         if rule not in ("min_second", "max_last", "max_second"):
             raise TLMultilingualError(f"unknown constraint {rule!r}")

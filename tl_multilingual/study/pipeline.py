@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from .. import distributed
-from ..errors import CorpusError, SaveError, TLMultilingualError, warn
+from ..errors import CorpusError, SaveError, TLMultilingualError, UnsupportedModelError, warn
 from ..inputs.corpus import Corpus
 from ..model.adapters import ModelAdapter, adapt
 from ..neurons.identification import METHODS
 from ..persist import is_temporary, library_versions, read_json, write_text
+from ..stages.segmentation import check_layer_count
 from .steps import STEPS, Skip, Step, StudySettings, key, lens_prompts
 
 __all__ = ["Study", "DEMO_SETTINGS", "check_output_folder", "study_entries"]
@@ -171,7 +172,16 @@ class Study:
 
     def run(self) -> dict[str, Any]:
         """Run (or resume) every step of [`STEPS`][tl_multilingual.study.steps.STEPS], then write
-        the report; returns the manifest."""
+        the report; returns the manifest.
+
+        Raises:
+            UnsupportedModelError: a model of fewer than four layers (the study maps
+                them onto four stages), before anything is written.
+        """
+        try:
+            check_layer_count(self.lm.n_layers)
+        except TLMultilingualError as err:
+            raise UnsupportedModelError(f"{self.lm.name} cannot be studied: {err}") from None
         distributed.on_main(self._prepare_folder)
         done: dict[str, Any] = {}
         for step in STEPS.values():
@@ -322,8 +332,9 @@ def check_study(corpus: Corpus, settings: StudySettings, *, names: dict[str, str
             raise CorpusError(f"{name[setting]} must be at least {least}, got {value}")
     budget = settings.max_tokens_per_language
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+        every = "leave it out to read every token" if names else "None reads every token"
         raise CorpusError(f"{name['max_tokens_per_language']} must be a positive number of tokens "
-                          f"(or None: every token), got {budget}")
+                          f"({every}), got {budget}")
     if settings.method not in METHODS:
         raise CorpusError(f"{name['method']} must be an identification method, one of "
                           f"{tuple(METHODS)}; got {settings.method!r}")

@@ -51,9 +51,12 @@ def _neurons(results: dict[str, Any]) -> LanguageNeurons | None:
 
 
 def _quarters(per_layer: np.ndarray) -> tuple[float, float, float]:
+    """Means of the first quarter of the layers, the middle half and the last quarter
+    (NaN for a part with no layer: a model of fewer than three layers has no middle)."""
     n = len(per_layer)
     q = max(n // 4, 1)
-    return float(per_layer[:q].mean()), float(per_layer[q : n - q].mean()), float(per_layer[n - q :].mean())
+    parts = (per_layer[:q], per_layer[q : n - q], per_layer[n - q :])
+    return tuple(float(part.mean()) if len(part) else float("nan") for part in parts)  # type: ignore[return-value]
 
 
 def findings(results: dict[str, Any]) -> dict[str, Any]:
