@@ -576,7 +576,7 @@ def test_deeply_nested_json_is_a_library_error_everywhere(tmp_path):
     with pytest.raises(tlm.CorpusError, match="line 2 cannot be read: it nests"):
         tlm.Corpus.from_json(tmp_path / "corpus.jsonl")
     (tmp_path / "items.jsonl").write_text(deep(150))  # decodable, but deeper than the limit
-    with pytest.raises(tlm.CorpusError, match="deeper than 100"):
+    with pytest.raises(tlm.CorpusError, match="line 1 cannot be read: it nests arrays or objects deeper than the 100"):
         tlm.ParallelItems.from_jsonl(tmp_path / "items.jsonl")
     (tmp_path / "map.json").write_text(deep(100_000))
     with pytest.raises(tlm.TLMultilingualError, match="not a saved stage map"):
