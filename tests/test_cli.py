@@ -150,6 +150,23 @@ def test_bad_input_gives_one_line_and_writes_nothing(model_dir, tmp_path, capsys
     assert not out.exists()
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--model", "m", "--out", "o", "--dtype", "float8"], "argument --dtype: invalid choice: 'float8'"),
+    (["run", "--model", "m", "--out", "o", "--held-out", "2.5"], "expected a fraction in (0, 1)"),
+    (["run", "--model", "m", "--out", "o", "--batch-size", "many"], "argument --batch-size: invalid int value"),
+    (["run", "--out", "o"], "the following arguments are required: --model"),
+])
+def test_argument_errors_are_one_line_with_where_to_look(capsys, tmp_path, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        cli.main(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [f"tl-multilingual run: error: {err.split('error: ', 1)[1]}"]
+    assert message in err and err.endswith("(see tl-multilingual run --help)")
+    assert not (tmp_path / "o").exists()
+
+
 def test_unwritable_or_foreign_output_folders_are_refused(model_dir, tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")

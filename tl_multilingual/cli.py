@@ -52,11 +52,18 @@ def _version() -> str:
         return "unknown"
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, like the command's own."""
+
+    def error(self, message: str) -> Any:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tl-multilingual", description="Language-neuron studies of language models.")
+    parser = _Parser(prog="tl-multilingual", description="Language-neuron studies of language models.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--out", required=True, type=Path, help="study folder (created; reruns resume)")
     common.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     common.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
