@@ -3,8 +3,8 @@
 STEP KILL_AT`` (``KILL_AT`` 0: never). Prints the counts as JSON when the study ends.
 
 Under ``torchrun`` every rank joins the process group and counts its own units; only
-the rank named by ``TLM_KILL_RANK`` (default 0) kills itself, and each rank prints its
-counts with its rank."""
+the rank named by ``TLM_KILL_RANK`` (default 0) kills itself, and each rank writes its
+counts to ``$TLM_COUNTS/rank-R.json`` (not to the output the ranks share)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import sys
+from pathlib import Path
 
 import tl_multilingual as tlm
 from tl_multilingual import distributed
@@ -53,8 +54,9 @@ def main(out: str, step: str, kill_at: int) -> None:
                   words=tlm.data.words(languages), quiet=True)
     study.run()
     if distributed.active():
-        counts["rank"] = distributed.rank()
-    print(json.dumps(counts), flush=True)
+        Path(os.environ["TLM_COUNTS"], f"rank-{distributed.rank()}.json").write_text(json.dumps(counts))
+    else:
+        print(json.dumps(counts), flush=True)
     distributed.shutdown()
 
 

@@ -344,10 +344,13 @@ LONG_STEPS = {"statistics": ["statistics/tensors.safetensors"],
 
 def killed_study(out: Path, step: str, kill_at: int) -> tuple[int, str, dict[int, dict]]:
     """A small study on two ranks; rank 1 kills itself at unit ``kill_at`` of ``step``
-    (0: never). Returns the exit code, the output and each rank's units of work."""
-    code, output = finish(torchrun([str(out), step, str(kill_at)], script=KILLER, env={"TLM_KILL_RANK": "1"}))
-    lines = [json.loads(line) for line in output.splitlines() if line.startswith("{") and '"rank"' in line]
-    return code, output, {line["rank"]: line for line in lines}
+    (0: never). Returns the exit code, the output and the units of work of each rank
+    that finished."""
+    counts = out.parent / f"counts-{step}-{kill_at}-{time.monotonic_ns()}"
+    counts.mkdir(parents=True)
+    code, output = finish(torchrun([str(out), step, str(kill_at)], script=KILLER,
+                                   env={"TLM_KILL_RANK": "1", "TLM_COUNTS": str(counts)}))
+    return code, output, {int(p.stem.split("-")[1]): json.loads(p.read_text()) for p in counts.glob("rank-*.json")}
 
 
 @pytest.fixture(scope="module")

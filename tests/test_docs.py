@@ -90,6 +90,12 @@ def test_tutorial_runs_as_the_notebook_made_from_it(page, executed, kernel, tmp_
     assert not any(o.output_type == "error" for cell in ran for o in cell.outputs)
     skipped = [cell for cell in cells if cell not in ran]
     assert all(cell.execution_count is None and not cell.outputs for cell in skipped)
+    # Every cell that draws a figure (and does not save it) shows it, whichever
+    # notebooks the kernel ran before.
+    for cell in ran:
+        if re.search(r"^figure = ", cell.source, re.M) and "save(" not in cell.source:
+            assert any("image/png" in o.get("data", {}) for o in cell.outputs), (
+                f"{page.name}: this cell draws a figure but shows none:\n{cell.source}")
     tutorials.write(notebook, executed / f"{page.stem}.ipynb")
 
     # The page with its outputs: every output of every cell is on it, under its block.

@@ -44,8 +44,10 @@ SKIP_TAG = "skip-execution"
 TIMEOUT_S = 1200  # per cell
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"  # figures as the cells' outputs
 
-# Run before the first cell, then removed: no progress bars, and warnings shown as
-# "Category: message" (without the kernel's temporary file names).
+# Run before the first cell, then removed: no progress bars, warnings shown as
+# "Category: message" (without the kernel's temporary file names), and figures drawn
+# inline (``%matplotlib inline`` again for every notebook: after the first notebook of a
+# kernel, pyplot's interactive mode can be off, and a figure then shows only if saved).
 _SETUP = """\
 import os as _os, warnings as _warnings
 _os.environ["TQDM_DISABLE"] = "1"
@@ -160,7 +162,7 @@ class Kernel:
         work = Path(cwd) if cwd is not None else Path(tempfile.mkdtemp(prefix="tlm-notebook-"))
         setup = nbformat.v4.new_code_cell(
             f"%reset -f\nimport os as _os\n_os.chdir({str(work)!r})\n{_SETUP}"
-            "import matplotlib.pyplot as _plt\n_plt.close('all')\n"
+            "%matplotlib inline\nimport matplotlib.pyplot as _plt\n_plt.close('all')\n"
         )
         setup["id"] = "setup"
         notebook.cells.insert(0, setup)
