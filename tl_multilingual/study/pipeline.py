@@ -21,12 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from .. import distributed
-from ..errors import CorpusError, SaveError, TLMultilingualError, UnsupportedModelError, warn
+from ..errors import CorpusError, SaveError, TLMultilingualError, warn
 from ..inputs.corpus import Corpus
 from ..model.adapters import ModelAdapter, adapt
 from ..neurons.identification import METHODS
 from ..persist import is_temporary, library_versions, read_json, write_text
-from ..stages.segmentation import check_layer_count
 from .steps import STEPS, Skip, Step, StudySettings, key, lens_prompts
 
 __all__ = ["Study", "DEMO_SETTINGS", "check_output_folder", "study_entries"]
@@ -175,13 +174,12 @@ class Study:
         the report; returns the manifest.
 
         Raises:
-            UnsupportedModelError: a model of fewer than four layers (the study maps
-                them onto four stages), before anything is written.
+            UnsupportedModelError: a step the study can never run (the stage map of a
+                model with fewer than four layers), before anything is written.
         """
-        try:
-            check_layer_count(self.lm.n_layers)
-        except TLMultilingualError as err:
-            raise UnsupportedModelError(f"{self.lm.name} cannot be studied: {err}") from None
+        for step in STEPS.values():
+            if step.check is not None:
+                step.check(self)
         distributed.on_main(self._prepare_folder)
         done: dict[str, Any] = {}
         for step in STEPS.values():

@@ -41,7 +41,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..errors import CorpusError
+from ..errors import CorpusError, TLMultilingualError, UnsupportedModelError
 from ..experiments.deactivation import DeactivationResult, deactivation_matrix, variant_mask
 from ..experiments.stage_deactivation import StageEffects, stage_effects
 from ..inputs.items import ParallelItem, ParallelItems
@@ -53,6 +53,7 @@ from ..neurons.sharing_classes import Sharing, sharing
 from ..neurons.stats import ActivationStats
 from ..stages.lens import LensResult, language_lens
 from ..stages.mapping import map_stages
+from ..stages.segmentation import check_layer_count
 from ..stages.stage_map import StageMap
 
 __all__ = ["StudySettings", "Step", "Skip", "STEPS", "key", "settings_of"]
@@ -116,6 +117,8 @@ class Step:
             report writes from the result (``tables/<name>.csv``).
         required: whether the report counts the study as in progress until the step
             has run.
+        check: ``check(study)``, run before any step: raises (the library's error) when
+            the study can never run this step, so that nothing is written first.
     """
 
     name: str
@@ -130,6 +133,7 @@ class Step:
     tables: Callable[[Any, StudySettings], dict[str, pd.DataFrame]] | None = field(
         default=None, repr=False)
     required: bool = False
+    check: Callable[[Any], None] | None = None
 
     def save_result(self, result: Any, path: Path) -> Any:
         """Save ``result`` at ``path`` (the declared ``save``, else the result's own)."""
@@ -236,6 +240,13 @@ def _lens(study: Any, done: Mapping[str, Any]) -> LensResult | Skip:
                          progress=study.progress)
 
 
+def _check_stages(study: Any) -> None:
+    try:
+        check_layer_count(study.lm.n_layers)
+    except TLMultilingualError as err:
+        raise UnsupportedModelError(f"{study.lm.name} cannot be studied: {err}") from None
+
+
 def _stages(study: Any, done: Mapping[str, Any]) -> StageMap:
     s = study.settings
     return map_stages(done["neurons"][s.method], done["lens"], stats=done["statistics"],
@@ -319,7 +330,7 @@ STEPS: dict[str, Step] = {
         Step("stages", "the four-stage map of the layers the evidence supports, with its verdict",
              path="stages.json", result=StageMap, run=_stages,
              depends=("statistics", "neurons", "lens"), settings=("method", "n_boot", "seed"),
-             tables=_stage_tables, required=True),
+             tables=_stage_tables, required=True, check=_check_stages),
         Step("deactivation", "the deactivation matrix on held-out texts",
              path="deactivation", result=DeactivationResult, run=_deactivation,
              depends=("neurons",),
